@@ -1,0 +1,5 @@
+import sys
+
+from avsslib.cli import main
+
+sys.exit(main())
