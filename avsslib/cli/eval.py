@@ -1,0 +1,102 @@
+"""``avss eval``: evaluate a model on our tasks and write the result files.
+
+``avss eval --model NAME_OR_DIR --tasks sciq_mc,sst2 --n 100 --seed 0 --out results/dir`` writes
+into ``--out``:
+
+* ``metrics.json``: per task the protocol, metric values and per-example scores
+  (:meth:`avsslib.evaluate.EvalResult.to_dict`; read back with ``EvalResult.from_dict``);
+* ``metrics.csv``: one row per task and metric with its bootstrap confidence interval;
+* ``record.json``: the run record (command, configuration, seed, model fingerprint, data file
+  hashes, versions, device, metrics table, timings) and ``record.md``, its result card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from avsslib.errors import ConfigError
+from avsslib.evaluate import TASKS, EvalResult, evaluate, task_data_files
+from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+from avsslib.seeding import set_seed
+
+HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    parser.add_argument("--tasks", required=True,
+                        help=f"comma-separated task names: {', '.join(TASKS)}")
+    parser.add_argument("--n", type=int, help="examples per task, sampled with --seed (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="sample and harness seed (default 0)")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--num-fewshot", type=int,
+                        help="few-shot examples for every task (default: each task's own; sst2: 4)")
+    parser.add_argument("--max-length", type=int, default=2048,
+                        help="harness context length, the window of wikitext2_word_ppl (default 2048)")
+    parser.add_argument("--ppl-window", type=int, default=512, help="wikitext2_ppl window (default 512)")
+    parser.add_argument("--ppl-stride", type=int, default=512, help="wikitext2_ppl stride (default 512)")
+    parser.add_argument("--chat-template", action="store_true",
+                        help="wrap harness prompts in the tokenizer's chat template")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)")
+
+
+def _command(config: dict, out: Path) -> str:
+    """The full command line that repeats this run (every option explicit)."""
+    argv = ["avss", "eval"]
+    for key, value in config.items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    return shlex.join([*argv, "--out", str(out)])
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from avsslib.models import load_model
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = {
+        "model": args.model, "tasks": tasks, "n": args.n, "seed": args.seed,
+        "batch_size": args.batch_size, "num_fewshot": args.num_fewshot, "max_length": args.max_length,
+        "ppl_window": args.ppl_window, "ppl_stride": args.ppl_stride,
+        "chat_template": args.chat_template, "n_boot": args.n_boot, "device": device, "dtype": args.dtype,
+    }
+    set_seed(args.seed)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    load_s = time.perf_counter() - t0
+    record = RunRecord.start(_command(config, args.out), config, args.seed, model=model,
+                             data_files=task_data_files(tasks))
+    result: EvalResult = evaluate(
+        model, tokenizer, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot, max_length=args.max_length, ppl_window=args.ppl_window,
+        ppl_stride=args.ppl_stride, chat_template=args.chat_template,
+    )
+    table = result.table(n_boot=args.n_boot, seed=args.seed)
+    out: Path = args.out
+    write_json_atomic(out / "metrics.json", result.to_dict())
+    write_csv_atomic(out / "metrics.csv", table)
+    record.finish(
+        {"table": table.to_dict(orient="records"),
+         "protocols": {name: t.protocol for name, t in result.tasks.items()}},
+        load_model_s=load_s, tasks_s={name: t.wall_s for name, t in result.tasks.items()},
+    )
+    save_record(record, out / "record.json")
+    print(table.to_string(index=False))
+    print(f"wrote {out}/metrics.json, metrics.csv, record.json, record.md")
+    return 0

@@ -1,0 +1,304 @@
+"""Run records and result files: what ran, on what, with which versions, and what came out.
+
+* :class:`RunRecord` holds the configuration, command, seed, model fingerprint, data file
+  hashes, library versions, device, metrics and timings of one run.
+* :func:`write_json_atomic` / :func:`write_csv_atomic` write through a temporary file in the
+  target directory, ``fsync`` and ``os.replace``: a reader sees the old file or the new one, never
+  half of one, and an error while serialising leaves the old file as it was.
+* JSON files use sorted keys, two-space indents and floats rounded to 12 significant digits, so
+  that result files diff well; everything that varies between identical runs (dates, durations)
+  sits under the single key ``"timing"``, which determinism checks ignore.
+* :func:`result_card` renders a record as a short markdown summary; :func:`save_record` writes
+  the JSON and the card side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avsslib.errors import DataError
+
+FLOAT_DIGITS = 12
+"""Significant digits kept for floats in JSON and CSV result files."""
+
+_PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "numpy", "pandas", "avsslib")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape the numbers (``"absent"`` if missing)."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def device_name(model: torch.nn.Module | None = None) -> str:
+    """``"cpu"`` or the GPU's name (e.g. ``"cuda: NVIDIA H200"``): the model's device, else the
+    default one."""
+    device = next(model.parameters()).device if model is not None else None
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the in-memory weights: every parameter and buffer (name, shape, dtype and
+    bytes, in ``named_parameters``/``named_buffers`` order, shared tensors once). Pruned or
+    fine-tuned models get a different hash. Reads every weight once (about a second per GB)."""
+    sha = hashlib.sha256()
+    for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        t = tensor.detach().cpu().contiguous()
+        sha.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
+        sha.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return sha.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """:func:`avsslib.models.model_fingerprint` (id, source, file hashes, type, dtype, block
+    count, size) plus ``state_sha256``, the hash of the weights as they are now."""
+    from avsslib.models import model_fingerprint as origin
+
+    return {**origin(model), "state_sha256": state_sha256(model)}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex). Raises ``DataError`` if it cannot be read."""
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+    except OSError as exc:
+        raise DataError(f"cannot hash data file {path}: {exc}; check that the file exists.") from exc
+    return sha.hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """Everything needed to tell what a run did and to repeat it.
+
+    ``metrics`` is free-form but JSON-able (``avsslib.evaluate`` puts its per-task table
+    there); ``timing`` holds ``start``/``end`` (UTC ISO 8601), ``wall_s`` and any per-step
+    durations. Build one with :meth:`start`, call :meth:`finish` when done.
+    """
+
+    command: str
+    config: dict[str, Any]
+    seed: int
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=library_versions)
+    device: str = "cpu"
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        command: str,
+        config: Mapping[str, Any],
+        seed: int,
+        *,
+        model: torch.nn.Module | None = None,
+        data_files: Mapping[str, str] | None = None,
+    ) -> RunRecord:
+        """A record stamped with the start time, versions, device and model fingerprint.
+
+        ``data_files``: ``{file: sha256}`` of the data read (e.g. from
+        :func:`avsslib.data.data_file_hashes`)."""
+        record = cls(
+            command=command,
+            config=dict(config),
+            seed=seed,
+            model=model_fingerprint(model) if model is not None else {},
+            data_files=dict(data_files or {}),
+            device=device_name(model),
+        )
+        record.timing = {"start": _utc_now(), "_t0": time.perf_counter()}
+        return record
+
+    def finish(self, metrics: Mapping[str, Any], **durations: Any) -> RunRecord:
+        """Store ``metrics``, the end time, the wall time since :meth:`start` and any named
+        ``durations`` (seconds, or dicts of seconds) under ``timing``. Returns ``self``."""
+        t0 = self.timing.pop("_t0", None)
+        self.metrics = dict(metrics)
+        self.timing["end"] = _utc_now()
+        if t0 is not None:
+            self.timing["wall_s"] = time.perf_counter() - t0
+        self.timing.update(durations)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the layout of the record file)."""
+        out = dataclasses.asdict(self)
+        out["timing"] = {k: v for k, v in self.timing.items() if not k.startswith("_")}
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Numpy, paths, tuples and dataclasses to JSON types; floats rounded to FLOAT_DIGITS
+    significant digits; NaN and infinities to ``null``. Unknown objects are left for ``json`` to
+    reject."""
+    if obj is None or isinstance(obj, bool | str | int):
+        return obj
+    if isinstance(obj, float | np.floating):
+        x = float(obj)
+        return float(format(x, f".{FLOAT_DIGITS}g")) if math.isfinite(x) else None
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    return obj
+
+
+def _atomic_write(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
+    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then ``os.replace``
+    it onto ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON (sorted keys, indent 2, floats to 12 significant digits, NaN as
+    ``null``, trailing newline), atomically. A ``TypeError`` from an object JSON cannot encode
+    leaves any existing file at ``path`` intact."""
+
+    def write(fh: IO[str]) -> None:
+        json.dump(_jsonable(obj), fh, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+        fh.write("\n")
+
+    return _atomic_write(path, write)
+
+
+def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> Path:
+    """Write ``df`` as CSV (no index, ``\\n`` line ends, floats to 12 significant digits),
+    atomically."""
+    return _atomic_write(
+        path,
+        lambda fh: df.to_csv(fh, index=False, float_format=f"%.{FLOAT_DIGITS}g", lineterminator="\n"),
+    )
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float | np.floating):
+        return "n/a" if not math.isfinite(x) else f"{x:.4g}"
+    return "n/a" if x is None else str(x)
+
+
+def result_card(record: RunRecord) -> str:
+    """A markdown summary of ``record``: what ran, on what, and the metrics table.
+
+    Metrics are shown as a table when ``record.metrics["table"]`` is a list of row dicts (the
+    layout ``avsslib.evaluate`` writes: task, metric, value, ci_low, ci_high, n); other metric
+    entries are listed as JSON.
+    """
+    m = record.model
+    lines = [
+        f"# Result card: `{record.command}`",
+        "",
+        f"- **Model:** {m.get('id', 'n/a')} ({m.get('source', '?')}, {m.get('model_type', '?')}, "
+        f"{m.get('num_layers', '?')} blocks, {m.get('parameters', '?')} parameters, "
+        f"{m.get('dtype', '?')}), weights sha256 `{str(m.get('state_sha256', 'n/a'))[:16]}`",
+        f"- **Seed:** {record.seed}; **device:** {record.device}",
+        "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items())),
+        f"- **Started:** {record.timing.get('start', 'n/a')}; **wall time:** "
+        f"{_fmt(record.timing.get('wall_s'))} s",
+        f"- **Data files:** {len(record.data_files)} hashed (see the JSON record)",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(_jsonable(record.config), sort_keys=True, indent=2),
+        "```",
+        "",
+        "## Metrics",
+        "",
+    ]
+    table = record.metrics.get("table")
+    if isinstance(table, list) and table:
+        lines += ["| task | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
+        for row in table:
+            ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]"
+            lines.append(
+                f"| {row.get('task')} | {row.get('metric')} | {_fmt(row.get('value'))} | {ci} "
+                f"| {row.get('n')} |"
+            )
+    rest = {k: v for k, v in record.metrics.items() if k != "table"}
+    if rest:
+        lines += ["", "```json", json.dumps(_jsonable(rest), sort_keys=True, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def save_record(record: RunRecord, path: str | Path) -> Path:
+    """Write ``record`` as JSON at ``path`` and its :func:`result_card` next to it (same name,
+    ``.md``), both atomically. Returns the JSON path."""
+    path = Path(path)
+    write_json_atomic(path, record.to_dict())
+    card = result_card(record)
+    _atomic_write(path.with_suffix(".md"), lambda fh: fh.write(card))
+    return path
+
+
+__all__ = [
+    "FLOAT_DIGITS",
+    "RunRecord",
+    "device_name",
+    "file_sha256",
+    "library_versions",
+    "model_fingerprint",
+    "result_card",
+    "state_sha256",
+    "save_record",
+    "write_csv_atomic",
+    "write_json_atomic",
+]
