@@ -1,0 +1,297 @@
+"""Per-layer importance scores: pure functions from statistics to arrays (PAPER.md §2, §5).
+
+One convention for every score: **importance, higher = keep**. A score is an array of shape
+``(n_layers,)``; the layers with the *lowest* values are the ones to prune
+(``avsslib.selection.select_layers``).
+
+Scores live in ``REGISTRY`` (name -> ``Score``) and share one signature::
+
+    fn(stats, *, model=None, batches=None, seed=0) -> np.ndarray
+
+``stats`` is a fitted ``LayerStats`` (or any object with the attributes the score reads, e.g.
+``variance_`` and ``sparsity_``); scores that run the model (``needs_model``) get ``model`` and
+``batches``. Add a score with the ``register`` decorator.
+
+Registered here:
+
+* ``avss``: NAV / NAS, the normalised variance over the normalised sparsity (PAPER.md §2 items
+  4-5). It equals the official ``V / S`` times one constant shared by all layers, so rankings,
+  NAVSS and the cumulative sums are the same (tested). Sparsities are clamped at ``1e-12``
+  (PAPER.md §4 row 8) with a ``SparsityClampWarning`` naming the layers with no near-zero value.
+* ``block_influence``: mean ``1 - cos(block input, block output)`` (ShortGPT).
+* ``angular``: mean ``arccos(cos(input, output)) / pi`` (Gromov et al., ``n = 1``).
+* ``ppl_removal``: the increase of the mean token loss when the block alone is skipped
+  (``avsslib.prune.skip_layers``); needs the model and batches.
+* ``random``: uniform random importance from ``numpy.random.default_rng(seed)``.
+* ``tail``: ``n_layers - index``: prunes the last layers first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from avsslib.errors import AvssError, ConfigError
+
+__all__ = [
+    "REGISTRY",
+    "SPARSITY_CLAMP",
+    "Score",
+    "SparsityClampWarning",
+    "avss_values",
+    "compute_scores",
+    "cumulative",
+    "navss",
+    "register",
+    "score",
+]
+
+SPARSITY_CLAMP = 1e-12
+"""Sparsities below this value are raised to it before dividing (PAPER.md §4 row 8)."""
+
+
+class SparsityClampWarning(UserWarning):
+    """Some layer had no near-zero activation at all: its sparsity was clamped."""
+
+
+ScoreFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A registered score: the function, whether it runs the model, and one line of help."""
+
+    name: str
+    fn: ScoreFn
+    needs_model: bool      # runs the model: score() needs model= and batches=
+    needs_stats: bool      # reads a fitted LayerStats
+    description: str
+
+
+REGISTRY: dict[str, Score] = {}
+
+
+def register(
+    name: str, *, needs_model: bool = False, needs_stats: bool = True
+) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator adding ``fn`` to ``REGISTRY`` under ``name`` (its docstring's first line is the
+    description). ``fn(stats, *, model, batches, seed)`` returns importance, higher = keep."""
+
+    def decorate(fn: ScoreFn) -> ScoreFn:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        REGISTRY[name] = Score(name, fn, needs_model, needs_stats, doc[0] if doc else "")
+        return fn
+
+    return decorate
+
+
+# ---------------------------------------------------------------------- AVSS arithmetic
+def avss_values(
+    variance: Sequence[float] | np.ndarray,
+    sparsity: Sequence[float] | np.ndarray,
+    clamp: float = SPARSITY_CLAMP,
+) -> np.ndarray:
+    """``AVSS(l) = NAV(l) / NAS(l)`` with ``NAV = V / sum V`` and ``NAS = S / sum S``.
+
+    Args:
+        variance: per-layer activation variance ``V``, shape ``(M,)``.
+        sparsity: per-layer near-zero fraction ``S``, shape ``(M,)``; values below ``clamp``
+            are raised to ``clamp`` (a ``SparsityClampWarning`` names those layers).
+        clamp: the floor of ``S``.
+
+    Returns: float64 array of shape ``(M,)``; higher = more important.
+
+    Raises ``AvssError`` for NaN inputs (naming the layers), fewer than two layers, or shapes
+    that differ; ``ConfigError`` for ``clamp <= 0``.
+    """
+    v = np.asarray(variance, dtype=np.float64)
+    s = np.asarray(sparsity, dtype=np.float64)
+    if v.shape != s.shape or v.ndim != 1:
+        raise AvssError(
+            f"variance and sparsity must be 1-D arrays of the same length, got shapes "
+            f"{v.shape} and {s.shape}."
+        )
+    if v.size < 2:
+        raise AvssError(
+            f"AVSS normalises over layers and needs at least 2 layers, got {v.size}."
+        )
+    if not clamp > 0:
+        raise ConfigError(f"clamp must be > 0, got {clamp}.")
+    bad = np.flatnonzero(np.isnan(v) | np.isnan(s))
+    if bad.size:
+        raise AvssError(
+            f"variance or sparsity is NaN at layers {bad.tolist()}: those layers saw no "
+            "counted token (all padding?). Check the batches and the attention mask."
+        )
+    zero = np.flatnonzero(s < clamp)
+    if zero.size:
+        warnings.warn(
+            f"layers {zero.tolist()} have no near-zero activation (sparsity 0): sparsity "
+            f"clamped to {clamp:g}, so their AVSS is huge (PAPER.md §4 row 8). Consider a "
+            "larger eps or more data.",
+            SparsityClampWarning,
+            stacklevel=2,
+        )
+    s = np.maximum(s, clamp)
+    return (v / v.sum()) / (s / s.sum())
+
+
+def navss(avss: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Normalised AVSS, ``AVSS / sum AVSS`` (sums to 1); shape ``(M,)``."""
+    a = np.asarray(avss, dtype=np.float64)
+    return a / a.sum()
+
+
+def cumulative(navss_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Cumulative NAVSS in layer order, ``C(l) = sum_{k <= l} NAVSS(k)`` (PAPER.md §2 item 6).
+
+    This is the quantity the official ``AVSS.py`` thresholds (the ``code_bug`` rule)."""
+    return np.cumsum(np.asarray(navss_values, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------- registered scores
+@register("avss")
+def _avss(stats: Any, **_: Any) -> np.ndarray:
+    """NAV / NAS from the statistics' variance_ and sparsity_ (PAPER.md §2)."""
+    return avss_values(stats.variance_, stats.sparsity_)
+
+
+@register("block_influence")
+def _block_influence(stats: Any, **_: Any) -> np.ndarray:
+    """Mean 1 - cos(block input, block output) over tokens (ShortGPT's BI)."""
+    return np.asarray(stats.cosine_distance_, dtype=np.float64)
+
+
+@register("angular")
+def _angular(stats: Any, **_: Any) -> np.ndarray:
+    """Mean arccos(cos(input, output)) / pi over tokens (Gromov et al., n = 1)."""
+    return np.asarray(stats.angular_distance_, dtype=np.float64)
+
+
+@register("random", needs_stats=False)
+def _random(stats: Any, *, model: torch.nn.Module | None = None, seed: int = 0,
+            **_: Any) -> np.ndarray:
+    """Uniform random importance, seeded (numpy default_rng(seed))."""
+    return np.random.default_rng(seed).random(_n_layers(stats, model))
+
+
+@register("tail", needs_stats=False)
+def _tail(stats: Any, *, model: torch.nn.Module | None = None, **_: Any) -> np.ndarray:
+    """n_layers - index: the last layers are the least important."""
+    n = _n_layers(stats, model)
+    return np.arange(n, 0, -1, dtype=np.float64)
+
+
+@register("ppl_removal", needs_model=True, needs_stats=False)
+def _ppl_removal(
+    stats: Any,
+    *,
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    progress: bool = True,
+    **_: Any,
+) -> np.ndarray:
+    """Increase of the mean token loss (nats) when the block alone is skipped."""
+    from tqdm.auto import tqdm
+
+    from avsslib.models import blocks
+    from avsslib.prune import skip_layers
+
+    batches = list(batches)
+    base = mean_token_loss(model, batches)
+    n = len(blocks(model))
+    out = np.empty(n)
+    for layer in tqdm(range(n), desc="ppl_removal: skip each layer", disable=not progress):
+        with skip_layers(model, [layer]):
+            out[layer] = mean_token_loss(model, batches) - base
+    return out
+
+
+def mean_token_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> float:
+    """Mean next-token cross-entropy (nats) of a causal LM over all counted target tokens.
+
+    Each batch holds ``input_ids`` ``(B, T)`` and optionally ``attention_mask``; a target
+    token counts when it and its context position are not padding. The model is put in
+    ``eval()`` mode for the pass and its flags restored afterwards.
+    """
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                ids = batch["input_ids"].to(device)
+                mask = batch.get("attention_mask")
+                mask = torch.ones_like(ids) if mask is None else mask.to(device)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+                total += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                    ignore_index=-100, reduction="sum",
+                ).item()
+                count += int((target != -100).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise AvssError("mean_token_loss: the batches hold no target token (all padding?).")
+    return total / count
+
+
+# ---------------------------------------------------------------------- front door
+def score(
+    name: str,
+    stats: Any = None,
+    *,
+    model: torch.nn.Module | None = None,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> np.ndarray:
+    """The registered score ``name``: importance per layer, shape ``(n_layers,)``, higher = keep."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown score {name!r}; registered scores: {sorted(REGISTRY)}.")
+    entry = REGISTRY[name]
+    if entry.needs_model and (model is None or batches is None):
+        raise ConfigError(f"score {name!r} runs the model: pass model= and batches=.")
+    if entry.needs_stats and stats is None:
+        raise ConfigError(f"score {name!r} is computed from statistics: pass a fitted LayerStats.")
+    result = entry.fn(stats, model=model, batches=batches, seed=seed, **kwargs)
+    return np.asarray(result, dtype=np.float64)
+
+
+def compute_scores(
+    names: Iterable[str],
+    stats: Any = None,
+    *,
+    model: torch.nn.Module | None = None,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    seed: int = 0,
+):
+    """Several scores side by side: a ``pandas.DataFrame`` indexed by ``layer`` with one
+    column per score name (importance, higher = keep)."""
+    import pandas as pd
+
+    columns = {name: score(name, stats, model=model, batches=batches, seed=seed) for name in names}
+    lengths = {name: len(v) for name, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise AvssError(f"scores have different numbers of layers: {lengths}.")
+    frame = pd.DataFrame(columns)
+    frame.index.name = "layer"
+    return frame
+
+
+def _n_layers(stats: Any, model: torch.nn.Module | None) -> int:
+    if stats is not None:
+        n = getattr(stats, "n_layers_", None)
+        return int(n) if n is not None else len(stats.variance_)
+    if model is not None:
+        from avsslib.models import blocks
+
+        return len(blocks(model))
+    raise ConfigError("pass a fitted LayerStats or a model to know the number of layers.")
