@@ -1,0 +1,143 @@
+"""``avss prune``: remove the least important layers and save a loadable model directory.
+
+``avss prune --model smollm2-135m --score avss --rule count --fraction 0.25 --out MODEL_DIR``
+scores the layers on a calibration set (the options of ``avss score``), or reads the scores
+from a table written by ``avss score`` / ``avss study`` (``--from-scores DIR/layer_stats.csv``),
+or takes ``--layers 3,7,9`` as given; deletes the chosen blocks
+(:func:`avsslib.prune.prune_layers_`) and writes into ``--out``:
+
+* the model and tokenizer (``save_pretrained``; ``avss eval --model MODEL_DIR`` and
+  ``avsslib.models.load_model(MODEL_DIR)`` load it);
+* ``selection.json``: score, rule, fraction, the removed original layer indices, the kept ones
+  in their new order, and where the scores came from;
+* ``record.json`` and ``record.md``: the run record and its result card.
+
+The directory is built under a temporary name next to ``--out`` and renamed when complete, so
+an interrupted run never leaves a half-written model; an existing ``--out`` is replaced only
+with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+from avsslib.cli.score import (
+    add_calibration_arguments,
+    add_common_arguments,
+    calibration_from_args,
+    command_line,
+    parse_list,
+    resolve_device,
+)
+from avsslib.errors import ConfigError
+from avsslib.selection import RULES
+
+HELP = "prune the least important layers (AVSS or a baseline) and save the model directory"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    parser.add_argument("--score", default="avss", help="score that ranks the layers (default avss)")
+    parser.add_argument("--rule", choices=RULES, default="count", help="selection rule (default count)")
+    parser.add_argument("--fraction", type=float, default=0.25, help="pruned share (default 0.25)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--from-scores", type=Path,
+                        help="layer_stats.csv of `avss score` or `avss study` (else: score now)")
+    source.add_argument("--layers", help="comma-separated layer indices to remove, as given")
+    add_calibration_arguments(parser)
+    parser.add_argument("--faithful", action="store_true",
+                        help="score with official-script statistics (when scoring now)")
+    parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
+    parser.add_argument("--out", required=True, type=Path, help="output model directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_common_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from avsslib.models import blocks, load_model
+    from avsslib.prune import prune_layers_
+    from avsslib.report import RunRecord, file_sha256, save_record, write_json_atomic
+    from avsslib.seeding import set_seed
+    from avsslib.selection import select_layers
+    from avsslib.study import layer_scores, read_layer_table
+
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose "
+                          "another directory.")
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    load_s = time.perf_counter() - t0
+    n_layers = len(blocks(model))
+    data_files: dict[str, str] = {}
+    t0 = time.perf_counter()
+    if args.layers is not None:
+        layers = sorted(parse_list(args.layers, "--layers", int))
+        source: dict = {"layers": "given on the command line"}
+    else:
+        if args.from_scores is not None:
+            path = args.from_scores
+            if not path.is_file():
+                raise ConfigError(f"--from-scores {path}: no such file; pass the layer_stats.csv "
+                                  "written by `avss score` or `avss study`.")
+            table = read_layer_table(path)
+            source = {"from_scores": str(path), "sha256": file_sha256(path)}
+        else:
+            batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
+            _, table = layer_scores(model, batches, scores=[args.score], faithful=args.faithful,
+                                    seed=args.seed, eps=args.eps)
+            source = {"calibration": calib, "faithful": args.faithful, "eps": args.eps}
+            data_files = calib["data_files"]
+        if args.score not in table:
+            raise ConfigError(f"score {args.score!r} is not a column of the scores table "
+                              f"({', '.join(c for c in table.columns if not c.startswith('rank_'))}).")
+        if len(table) != n_layers:
+            raise ConfigError(f"the scores table has {len(table)} layers but {args.model} has "
+                              f"{n_layers}: it was computed for another model.")
+        layers = select_layers(table[args.score].to_numpy(), args.fraction, args.rule,
+                               score=args.score)
+    select_s = time.perf_counter() - t0
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("command", "debug")}
+    config["device"] = device
+    record = RunRecord.start(command_line("prune", args), config, args.seed, model=model,
+                             data_files=data_files)
+    prune_layers_(model, layers)
+    kept = [i for i in range(n_layers) if i not in set(layers)]
+    given = args.layers is not None
+    selection = {"model": args.model, "score": None if given else args.score,
+                 "rule": None if given else args.rule,
+                 "fraction": None if given else args.fraction, "n_layers_before": n_layers,
+                 "n_layers_after": len(kept), "pruned_layers": layers, "kept_layers": kept,
+                 "source": source}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        write_json_atomic(work / "selection.json", selection)
+        record.finish({"selection": selection}, load_model_s=load_s, select_s=select_s)
+        record.model = {**record.model, "pruned": {"num_layers": len(kept), "pruned_layers": layers}}
+        save_record(record, work / "record.json")
+        stale = out.parent / f".{out.name}.stale-{os.getpid()}"
+        if out.exists():
+            os.rename(out, stale)
+        os.rename(work, out)
+        shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    how = "as given" if given else f"{args.score}, rule {args.rule}, fraction {args.fraction}"
+    print(f"pruned layers {layers} of {n_layers} ({how}); {len(kept)} blocks left")
+    print(f"wrote {out} (model, tokenizer, selection.json, record.json, record.md)")
+    return 0
