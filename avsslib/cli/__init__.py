@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from avsslib import __version__
 from avsslib.errors import AvssError
 
-COMMANDS: tuple[str, ...] = ("models", "data", "eval")
+COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "hallucination", "mitigate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,234 @@
+"""``avss hallucination``: label the model's answers, then find hallucination-prone layers.
+
+``avss hallucination --model smollm2-135m --datasets nq_open,triviaqa --n 40 --out DIR``
+labels ``--n`` answers per dataset (:mod:`avsslib.labels`), splits each dataset's questions
+into disjoint calibration and evaluation parts (``--calib-fraction``, stratified by label),
+measures HSAV/HSS on the calibration part (:mod:`avsslib.eavss`) and writes into ``--out``:
+
+* ``labels/<dataset>.jsonl``: one labelled answer per line (prompt, answer, label, rule,
+  evidence);
+* ``splits.json``: the calibration and evaluation ids of every dataset;
+* ``label_summary.csv`` / ``.json``: counts and the hallucination rate with a 95% bootstrap CI,
+  and how many hallucinated / truthful answers the statistics used;
+* ``profiles/<dataset>_<family>.csv``: per-layer V/S of both sets, HSAV, HSS, EAVSS, AVSS_T,
+  delta, prone rank and flag;
+* ``prone_layers.json``: the prone layers per dataset and family (``prone[dataset][family]``:
+  ``--k`` and the sweep ``{1, 2, 4, ceil(M/4)}``), the datasets skipped for too few answers of
+  one class, and per dataset how real the sparsities are (``sparsity``: near-zero counts and
+  the layers clamped for having none; at ``eps = 1e-5`` on answer tokens of a small model most
+  layers have none, and EAVSS then ranks clamp artefacts);
+* ``figures/profile_<dataset>_<family>.png`` and ``figures/prone_heatmap_<family>.png``;
+* ``record.json`` and ``record.md``: the run record and its result card.
+
+``--labels-from DIR`` reuses ``DIR/labels/<dataset>.jsonl`` instead of generating answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from avsslib.cli.score import add_common_arguments, command_line, parse_list, resolve_device
+from avsslib.errors import ConfigError
+
+HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
+
+_DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avsslib.labels import DEFAULT_TEMPLATE
+
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    parser.add_argument("--datasets", default=_DATASETS,
+                        help=f"comma-separated datasets (default {_DATASETS})")
+    parser.add_argument("--n", type=int, default=40,
+                        help="questions per dataset, seeded sample (default 40)")
+    parser.add_argument("--family", default="P,C",
+                        help="score families, comma-separated: P, C (default P,C)")
+    parser.add_argument("--prone-by", choices=("default", "eavss"), default="default",
+                        help="rank prone layers by the family's default (P: delta, C: eavss) or "
+                             "by EAVSS alone (the literal option)")
+    parser.add_argument("--positions", choices=("answer", "all"), default="answer",
+                        help="tokens counted in the statistics (default answer)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="number of prone layers (default ceil(0.25 * layers))")
+    parser.add_argument("--calib-fraction", type=float, default=0.5,
+                        help="share of each dataset's questions in the calibration part "
+                             "(default 0.5; the rest is the evaluation part)")
+    parser.add_argument("--min-per-class", type=int, default=2,
+                        help="fewest hallucinated and truthful calibration answers needed to "
+                             "score a dataset (default 2)")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE,
+                        help="prompt template with {question} (default: PAPER.md §7.2's)")
+    parser.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
+                        help="wrap the prompt in the tokenizer's chat template (auto: when it "
+                             "has one)")
+    parser.add_argument("--question-guard", action="store_true",
+                        help="NQ/TriviaQA/SciQ: an alias the question contains counts only as an "
+                             "exact answer (avsslib.labels)")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="answer length limit in tokens (default 32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--eps", type=float, default=1e-5,
+                        help="near-zero threshold of the sparsity (default 1e-5)")
+    parser.add_argument("--labels-from", type=Path, default=None,
+                        help="reuse DIR/labels/<dataset>.jsonl instead of generating answers")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_arguments(parser)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    from avsslib.eavss import FAMILIES
+    from avsslib.labels import RULES
+
+    datasets = parse_list(args.datasets, "--datasets")
+    families = [f.upper() for f in parse_list(args.family, "--family")]
+    unknown = [d for d in datasets if d not in RULES]
+    if not datasets or unknown:
+        raise ConfigError(f"--datasets {args.datasets!r}: choose among {sorted(RULES)}.")
+    if not families or any(f not in FAMILIES for f in families):
+        raise ConfigError(f"--family {args.family!r}: choose among {FAMILIES}.")
+    if not 0.0 < args.calib_fraction <= 1.0:
+        raise ConfigError(f"--calib-fraction {args.calib_fraction}: must lie in (0, 1].")
+    if args.min_per_class < 1:
+        raise ConfigError(f"--min-per-class {args.min_per_class}: must be >= 1.")
+    return datasets, families
+
+
+def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
+    """How much of a profile's sparsity is real: total near-zero counts of both sets and the
+    layers clamped for having none (PAPER.md §10.1); ``degenerate`` when either set has no
+    near-zero element in at least half of the layers."""
+    from avsslib.scores import SPARSITY_CLAMP
+
+    clamped_h = [int(i) for i in table.index[table["s_h"] < SPARSITY_CLAMP]]
+    clamped_t = [int(i) for i in table.index[table["s_t"] < SPARSITY_CLAMP]]
+    n = len(table)
+    return {"eps": eps, "n_layers": n, "clamped_h": clamped_h, "clamped_t": clamped_t,
+            "near_zero_h": float(table["near_zero_h"].sum()),
+            "near_zero_t": float(table["near_zero_t"].sum()),
+            "degenerate": max(len(clamped_h), len(clamped_t)) >= n / 2}
+
+
+def run(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import torch
+
+    from avsslib import plots
+    from avsslib.data import data_file_hashes, get_spec
+    from avsslib.eavss import hallucination_stats, profiles_matrix, prone_sweep
+    from avsslib.labels import label_dataset, label_summary, read_labels, split_ids, write_labels
+    from avsslib.models import load_model
+    from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+    from avsslib.seeding import set_seed
+
+    datasets, families = _check_args(args)
+    chat: Any = {"auto": "auto", "on": True, "off": False}[args.chat_template]
+    out: Path = args.out
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    load_s = time.perf_counter() - t0
+    splits = {d: get_spec(d).split_name(None) for d in datasets}
+    hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")
+              and k not in ("command", "debug")}
+    config.update(out=str(out), device=device, datasets=datasets, family=families, splits=splits,
+                  labels_from=str(args.labels_from) if args.labels_from else None)
+    record = RunRecord.start(command_line("hallucination", args), config, args.seed, model=model,
+                             data_files=hashes)
+    progress = not args.quiet
+    fractions = (args.calib_fraction, 1.0 - args.calib_fraction)
+    summaries, split_record, prone, skipped, profiles, sparsity = {}, {}, {}, {}, {}, {}
+    timings: dict[str, dict[str, float]] = {"label_s": {}, "stats_s": {}}
+    for dataset in datasets:
+        t0 = time.perf_counter()
+        if args.labels_from is not None:
+            labelled = read_labels(args.labels_from / "labels" / f"{dataset}.jsonl")
+        else:
+            labelled = label_dataset(model, tokenizer, dataset, splits[dataset], n=args.n,
+                                     seed=args.seed, template=args.template,
+                                     max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, chat_template=chat,
+                                     question_guard=args.question_guard, progress=progress)
+        write_labels(out / "labels" / f"{dataset}.jsonl", labelled)
+        timings["label_s"][dataset] = time.perf_counter() - t0
+        calib_ids, eval_ids = split_ids([e.id for e in labelled], fractions, args.seed,
+                                        stratify=[e.label for e in labelled])
+        split_record[dataset] = {"split": splits[dataset], "calibration": calib_ids,
+                                 "evaluation": eval_ids}
+        chosen = set(calib_ids)
+        calib = [e for e in labelled if e.id in chosen]
+        t0 = time.perf_counter()
+        hs = hallucination_stats(model, tokenizer, calib, positions=args.positions,
+                                 batch_size=args.batch_size, eps=args.eps, progress=progress)
+        timings["stats_s"][dataset] = time.perf_counter() - t0
+        summaries[dataset] = {**label_summary(labelled, seed=args.seed),
+                              "calib_hallucinated": hs.n_hallucinated,
+                              "calib_truthful": hs.n_truthful,
+                              "calib_skipped_empty": hs.n_skipped_empty}
+        if min(hs.n_hallucinated, hs.n_truthful) < args.min_per_class:
+            skipped[dataset] = (f"{hs.n_hallucinated} hallucinated and {hs.n_truthful} truthful "
+                                f"calibration answers; --min-per-class is {args.min_per_class}")
+            print(f"{dataset}: skipped, {skipped[dataset]}")
+            continue
+        prone[dataset] = {}
+        for family in families:
+            by = "eavss" if args.prone_by == "eavss" else None
+            table = hs.scores(family, k=args.k, by=by)
+            profiles[(dataset, family)] = table
+            write_csv_atomic(out / "profiles" / f"{dataset}_{family}.csv", table.reset_index())
+            prone[dataset][family] = {"by": table.attrs["by"], "k": table.attrs["k"],
+                                      "layers": [int(i) for i in table.index[table["prone"]]],
+                                      "sweep": prone_sweep(table, by=table.attrs["by"])}
+            if dataset not in sparsity:
+                sparsity[dataset] = _sparsity_note(table, args.eps)
+            plots.use_style()
+            fig = plots.eavss_layer_profile(table, title=f"{dataset}, family {family}")
+            plots.save(fig, out / "figures" / f"profile_{dataset}_{family}.png")
+            plt.close(fig)
+
+    for family in families:
+        tables = {d: t for (d, f), t in profiles.items() if f == family}
+        if tables:
+            by = next(iter(tables.values())).attrs["by"]
+            fig = plots.prone_heatmap(profiles_matrix(tables, by),
+                                      prone={d: prone[d][family]["layers"] for d in tables},
+                                      title=f"family {family}: {by} per layer")
+            plots.save(fig, out / "figures" / f"prone_heatmap_{family}.png")
+            plt.close(fig)
+
+    summary_df = pd.DataFrame([{"dataset": d, **s} for d, s in summaries.items()])
+    write_csv_atomic(out / "label_summary.csv", summary_df)
+    write_json_atomic(out / "label_summary.json", summaries)
+    write_json_atomic(out / "splits.json", {"seed": args.seed, "fractions": list(fractions),
+                                            "stratified_by": "label", "datasets": split_record})
+    write_json_atomic(out / "prone_layers.json", {"positions": args.positions, "eps": args.eps,
+                                                  "prone": prone, "skipped": skipped,
+                                                  "sparsity": sparsity})
+    table_rows = [{"task": d, "metric": "hallucination_rate", "value": s["hallucination_rate"],
+                   "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"]}
+                  for d, s in summaries.items()]
+    record.finish({"table": table_rows, "labels": summaries, "prone": prone, "skipped": skipped,
+                   "sparsity": sparsity}, load_model_s=load_s, **timings)
+    save_record(record, out / "record.json")
+    print(summary_df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    for dataset, fams in prone.items():
+        for family, entry in fams.items():
+            print(f"{dataset:>12} {family} (by {entry['by']}, k={entry['k']}): {entry['layers']}")
+    for dataset, note in sparsity.items():
+        if note["degenerate"]:
+            print(f"{dataset}: warning: no near-zero element at eps={args.eps:g} in "
+                  f"{len(note['clamped_h'])} (hallucinated) / {len(note['clamped_t'])} (truthful) "
+                  f"of {note['n_layers']} layers; HSS and EAVSS there reflect the 1e-12 clamp. "
+                  "Use a larger --eps, --positions all or a larger --n.")
+    print(f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
+          "prone_layers.json, record.json")
+    return 0
