@@ -69,6 +69,9 @@ book: setup notebooks
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "==> open _build/html/index.html"
 
+bench: setup
+	$(PY) benchmarks/bench_stats.py --device cpu $(BENCH_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check avsslib tests benchmarks
 
