@@ -23,6 +23,8 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 # with its own defaults, which must then be small enough for a CPU smoke run.
 TINY_PARAMS: dict[str, dict[str, object]] = {
     "00_setup": {"max_new_tokens": 8},
+    "01_avss_first_principles": {"n_calib": 8, "seq_len": 16, "batch_size": 4, "n_boot": 20},
+    "04_official_code": {"n_calib": 8, "seq_len": 16, "batch_size": 4},
 }
 CELL_TIMEOUT_S = 900
 
