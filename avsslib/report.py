@@ -190,6 +190,9 @@ def _atomic_write(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are for everyone to read
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             write(fh)
