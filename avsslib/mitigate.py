@@ -687,7 +687,12 @@ def train(
     start = 0
     ckpt = out / CHECKPOINT if out is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise ConfigError(f"{ckpt} cannot be read as a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); delete it to train from the start, or use "
+                              "another out_dir.") from None
         same = {k: v for k, v in state["config"].items() if k != "checkpoint_every"} == \
             {k: v for k, v in config_dict.items() if k != "checkpoint_every"}
         if not same or state["data_sha256"] != data_sha or state["base_sha256"] != base["state_sha256"]:

@@ -10,19 +10,23 @@
   sits under the single key ``"timing"``, which determinism checks ignore.
 * :func:`result_card` renders a record as a short markdown summary; :func:`save_record` writes
   the JSON and the card side by side.
+* :func:`results_lock` serialises runs that write the same results directory: a second run is
+  refused at once with a message naming the directory and the PID that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import platform
+import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from avsslib.errors import DataError
+from avsslib.errors import ConfigError, DataError
 
 FLOAT_DIGITS = 12
 """Significant digits kept for floats in JSON and CSV result files."""
@@ -292,14 +296,113 @@ def save_record(record: RunRecord, path: str | Path) -> Path:
     return path
 
 
+LOCK_NAME = ".avss.lock"
+"""The lock file :func:`results_lock` holds in a results directory while a run writes there."""
+
+# Temporary files of the atomic writers (mkstemp: 8 random characters), left behind only when a
+# process is killed between creating and renaming one.
+_STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|png|pdf|svg)$")
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text(encoding="utf-8").split()[0]
+    except (OSError, IndexError):
+        return "PID unknown"
+    return f"PID {pid}"
+
+
+def _remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files that killed runs left in ``directory`` and its direct
+    subfolders (``figures/``, ``eval/``, ...); only called while holding the directory's lock,
+    so no live writer owns them."""
+    removed = []
+    folders = [directory, *(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for path in (f for folder in folders for f in folder.glob(".*")):
+        if path.is_file() and _STALE_TMP.match(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def results_lock(directory: str | Path, *, lock_file: str | Path | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on the results directory ``directory`` while a run writes there.
+
+    The lock is ``fcntl.flock`` on ``directory/.avss.lock`` (or on ``lock_file``, for a
+    directory that is replaced as a whole, e.g. the model directory of ``avss prune``), taken
+    without waiting: when another process holds it, :class:`ConfigError` names the directory and
+    that process's PID, and says what to do. The lock file's folder is created (and removed
+    again if the run left it empty); temporary files
+    left in ``directory`` by a killed run are removed once the lock is held. The lock file is
+    deleted on exit and the kernel drops the lock when the process dies, so a killed run never
+    blocks the next one.
+    A no-op lock where ``fcntl`` does not exist (Windows). Yields the directory.
+    """
+    directory = Path(directory)
+    path = Path(lock_file) if lock_file is not None else directory / LOCK_NAME
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"results directory {directory} is a file, not a directory; pass an "
+                          "--out that is a directory (it is created if missing).")
+    created = not path.parent.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the results directory {path.parent} "
+                          f"({exc.strerror or exc}); pass an --out in a writable place.") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield directory
+        return
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot write in the results directory {path.parent} "
+                              f"({exc.strerror or exc}); pass an --out in a writable place.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"results directory {directory} is in use by another avss run ({_holder(path)}, "
+                f"holding {path}). Wait until that run ends, or pass another --out. The lock is "
+                "released when the process ends; do not delete the lock file while it runs."
+            ) from None
+        try:  # the holder before us may have deleted the file after we opened it: retry
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        if directory.is_dir():
+            _remove_stale_temporaries(directory)
+        yield directory
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # closing releases the flock
+        if created:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+
+
 __all__ = [
     "FLOAT_DIGITS",
+    "LOCK_NAME",
     "RunRecord",
     "device_name",
     "file_sha256",
     "library_versions",
     "model_fingerprint",
     "result_card",
+    "results_lock",
     "state_sha256",
     "save_record",
     "write_csv_atomic",

@@ -106,8 +106,9 @@ def avss_values(
 
     Returns: float64 array of shape ``(M,)``; higher = more important.
 
-    Raises ``AvssError`` for NaN inputs (naming the layers), fewer than two layers, or shapes
-    that differ; ``ConfigError`` for ``clamp <= 0``.
+    Raises ``AvssError`` for NaN or infinite inputs (naming the layers; float16 overflow gives
+    them), negative values or an all-zero variance, fewer than two layers, or shapes that
+    differ; ``ConfigError`` for ``clamp <= 0``.
     """
     v = np.asarray(variance, dtype=np.float64)
     s = np.asarray(sparsity, dtype=np.float64)
@@ -126,7 +127,21 @@ def avss_values(
     if bad.size:
         raise AvssError(
             f"variance or sparsity is NaN at layers {bad.tolist()}: those layers saw no "
-            "counted token (all padding?). Check the batches and the attention mask."
+            "counted token (all padding?) or their activations overflowed (float16). Check the "
+            "batches and the attention mask, or compute the statistics in float32."
+        )
+    bad = np.flatnonzero(np.isinf(v) | np.isinf(s))
+    if bad.size:
+        raise AvssError(
+            f"variance or sparsity is infinite at layers {bad.tolist()}: the activations "
+            "overflowed (float16 holds at most 65504). Compute the statistics in float32 "
+            "(--dtype float32) or bfloat16."
+        )
+    if (v < 0).any() or (s < 0).any() or not v.sum() > 0:
+        raise AvssError(
+            f"variance must be >= 0 with a positive sum over layers and sparsity >= 0, got "
+            f"variance {v.tolist()} and sparsity {s.tolist()}: these are not activation "
+            "statistics (constant activations?). Check the statistics passed in."
         )
     zero = np.flatnonzero(s < clamp)
     if zero.size:

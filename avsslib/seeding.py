@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 
@@ -18,7 +19,18 @@ def set_seed(seed: int, *, deterministic: bool = True) -> None:
     that deterministic matrix products need (``CUBLAS_WORKSPACE_CONFIG``, if unset; it only takes
     effect before CUDA is first used). Two runs with the same seed on the same machine and
     library versions then give the same numbers.
+
+    Raises ``ConfigError`` for a seed that is not an integer in ``0 .. 2**32 - 1`` (NumPy's range).
     """
+    from avsslib.errors import ConfigError
+
+    try:
+        ok = not isinstance(seed, bool) and 0 <= operator.index(seed) < 2**32
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"seed = {seed!r}: a seed must be an integer from 0 to 2**32 - 1 "
+                          "(e.g. --seed 0).")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

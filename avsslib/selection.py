@@ -67,7 +67,9 @@ def select_layers(
         raise ConfigError(f"unknown selection rule {rule!r}; choose one of {RULES}.")
     if np.isnan(values).any():
         raise ConfigError(
-            f"importance is NaN at layers {np.flatnonzero(np.isnan(values)).tolist()}."
+            f"importance is NaN at layers {np.flatnonzero(np.isnan(values)).tolist()}: the "
+            "score could not be computed there (no counted token, or a float16 overflow). "
+            "Recompute the scores in float32 on non-empty batches."
         )
     order = np.argsort(values, kind="stable")              # least important first
 

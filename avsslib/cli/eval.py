@@ -17,6 +17,7 @@ import shlex
 import time
 from pathlib import Path
 
+from avsslib.cli.score import add_trust_remote_code_argument
 from avsslib.errors import ConfigError
 from avsslib.evaluate import TASKS, EvalResult, evaluate, task_data_files
 from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)")
+    add_trust_remote_code_argument(parser)
 
 
 def _command(config: dict, out: Path) -> str:
@@ -60,7 +62,7 @@ def _command(config: dict, out: Path) -> str:
     return shlex.join([*argv, "--out", str(out)])
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from avsslib.models import load_model
@@ -75,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "num_fewshot": args.num_fewshot, "max_length": args.max_length,
         "ppl_window": args.ppl_window, "ppl_stride": args.ppl_stride,
         "chat_template": args.chat_template, "n_boot": args.n_boot, "device": device, "dtype": args.dtype,
+        "trust_remote_code": getattr(args, "trust_remote_code", False),
     }
     set_seed(args.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
     load_s = time.perf_counter() - t0
     record = RunRecord.start(_command(config, args.out), config, args.seed, model=model,
                              data_files=task_data_files(tasks))
@@ -100,3 +104,12 @@ def run(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     print(f"wrote {out}/metrics.json, metrics.csv, record.json, record.md")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
+    a second run writing the same directory is refused."""
+    from avsslib.report import results_lock
+
+    with results_lock(args.out):
+        return _run(args)

@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import add_common_arguments, command_line, parse_list, resolve_device
+from avsslib.cli.score import (
+    add_common_arguments,
+    check_numbers,
+    command_line,
+    parse_list,
+    resolve_device,
+)
 from avsslib.errors import ConfigError
 
 HELP = "contrastive fine-tuning of chosen (prone) layers, evaluated before/after with KL and perplexity"
@@ -124,7 +130,7 @@ def _layers_from(path: Path, dataset: str, family: str | None = None
         return None, table.sort_index()["avss"].tolist()
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise ConfigError(f"--layers-from {path}: not readable JSON ({exc}).") from exc
     if isinstance(obj, dict) and isinstance(obj.get("prone"), dict):
         per_family = obj["prone"].get(dataset)
@@ -154,7 +160,7 @@ def _own_negatives(path: Path | None) -> list[tuple[str, str]] | None:
         return None
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise ConfigError(f"--own-negatives {path}: not readable JSON ({exc}).") from exc
     out = []
     for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
@@ -179,7 +185,7 @@ def _card_rows(change: Any, before: Any, after: Any, n_boot: int) -> list[dict[s
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
@@ -193,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         task_data_files,
     )
     from avsslib.mitigate import (
+        CHECKPOINT,
         TRAINED_META,
         TrainConfig,
         ablation_layers,
@@ -206,10 +213,15 @@ def run(args: argparse.Namespace) -> int:
     from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
     from avsslib.seeding import set_seed
 
+    check_numbers(args)
     out: Path = args.out
     if (out / TRAINED_META).exists() and not args.resume:
         raise ConfigError(f"--out {out} already holds a finished run; pass --resume to re-evaluate "
                           "it or choose another directory.")
+    if (out / CHECKPOINT).exists() and not args.resume:
+        raise ConfigError(f"--out {out} holds {CHECKPOINT} of an interrupted run; pass --resume to "
+                          f"continue it, or choose another directory (or delete {CHECKPOINT} to "
+                          "start over).")
     tasks = parse_list(args.eval_tasks or DEFAULT_EVAL_TASKS.get(args.dataset), "--eval-tasks")
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
@@ -220,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_seed(args.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
     load_s = time.perf_counter() - t0
     n_layers = len(blocks(model))
 
@@ -348,3 +361,12 @@ def run(args: argparse.Namespace) -> int:
               f"{effects['perplexity']['tuned']['value']:.3f}")
     print(f"wrote {out} (trained_layers.*, metrics.json, changes.csv, data.json, record.json, record.md)")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
+    a second run writing the same directory is refused."""
+    from avsslib.report import results_lock
+
+    with results_lock(args.out):
+        return _run(args)

@@ -29,6 +29,7 @@ from avsslib.cli.score import (
     add_calibration_arguments,
     add_common_arguments,
     calibration_from_args,
+    check_numbers,
     command_line,
     parse_list,
     resolve_device,
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from avsslib.models import blocks, load_model
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from avsslib.selection import select_layers
     from avsslib.study import layer_scores, read_layer_table
 
+    check_numbers(args)
     out: Path = args.out
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose "
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_seed(args.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
     load_s = time.perf_counter() - t0
     n_layers = len(blocks(model))
     data_files: dict[str, str] = {}
@@ -141,3 +144,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"pruned layers {layers} of {n_layers} ({how}); {len(kept)} blocks left")
     print(f"wrote {out} (model, tokenizer, selection.json, record.json, record.md)")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command holding a lock next to ``--out`` (the directory itself is swapped in
+    whole, so the lock file is ``.<name>.avss.lock`` beside it). What a killed earlier run left
+    is tidied first: a previous model directory moved aside but not replaced is put back, and
+    half-built temporary directories are removed."""
+    from avsslib.report import results_lock
+
+    out: Path = args.out
+    with results_lock(out, lock_file=out.parent / f".{out.name}.avss.lock"):
+        for kind in ("stale", "tmp"):
+            for left in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+                if not (left.is_dir() and left.name.rsplit("-", 1)[-1].isdigit()):
+                    continue
+                if kind == "stale" and not out.exists():
+                    os.rename(left, out)   # killed between the two renames of the swap
+                else:
+                    shutil.rmtree(left, ignore_errors=True)
+        return _run(args)

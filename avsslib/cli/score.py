@@ -39,6 +39,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, seed: int = 0) -> N
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="model dtype (default float32; faithful statistics need float32)")
+    add_trust_remote_code_argument(parser)
+
+
+def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code``: off by default, so loading a model directory or hub id never
+    runs Python code shipped with it."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow running the Python code of a model that ships its own "
+                             "(auto_map in config.json); only for models you trust")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +71,34 @@ def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
     except ValueError:
         raise ConfigError(f"{option} {value!r}: expected a comma-separated list of "
                           f"{kind.__name__} values.") from None
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse impossible option values before any model or data is loaded; ``ConfigError``
+    names the option. Checks the options this namespace has: ``--fraction`` in (0, 1),
+    ``--eps`` > 0, ``--n``, ``--seq-len`` and ``--batch-size`` >= 1, ``--seed`` and
+    ``--calib-seed`` >= 0."""
+    import math
+
+    def bad(option: str, value: Any, rule: str) -> ConfigError:
+        return ConfigError(f"{option} {value}: {rule}.")
+
+    fraction = getattr(args, "fraction", None)
+    if fraction is not None and not 0.0 < fraction < 1.0:
+        raise bad("--fraction", fraction, "the pruned share must lie strictly between 0 and 1, "
+                                          "e.g. 0.25")
+    eps = getattr(args, "eps", None)
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise bad("--eps", eps, "the near-zero threshold must be a positive number, e.g. 1e-5")
+    for name in ("n", "seq_len", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise bad(f"--{name.replace('_', '-')}", value, "must be a positive integer")
+    for name in ("seed", "calib_seed"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value < 2**32:
+            raise bad(f"--{name.replace('_', '-')}", value,
+                      "a seed must be an integer from 0 to 2**32 - 1")
 
 
 def resolve_device(device: str | None) -> str:
@@ -107,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import torch
 
@@ -117,12 +154,14 @@ def run(args: argparse.Namespace) -> int:
     from avsslib.seeding import set_seed
     from avsslib.study import batch_table, layer_scores, save_layer_table, selections
 
+    check_numbers(args)
     scores = parse_list(args.scores, "--scores")
     device = resolve_device(args.device)
     out: Path = args.out
     set_seed(args.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
     load_s = time.perf_counter() - t0
     batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "debug")}
@@ -157,3 +196,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key:>24}: {layers}")
     print(f"wrote {out}/layer_stats.csv, layer_stats.json, batch_stats.csv, record.json, record.md")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
+    a second run writing the same directory is refused."""
+    from avsslib.report import results_lock
+
+    with results_lock(args.out):
+        return _run(args)

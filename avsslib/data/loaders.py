@@ -386,7 +386,12 @@ def split_articles(text: str, split: str) -> list[TextDocument]:
 def wikitext2_local(paths: Sequence[Path], split: str) -> list[TextDocument]:
     """``test``: the raw HF rows-joined file with CRLF turned into LF (the standard HF perplexity
     string). ``validation``: the tokenized v1 ``wiki.valid.tokens`` (contains ``<unk>``)."""
-    return split_articles(_io.read_text(paths[0]).replace("\r\n", "\n"), split)
+    try:
+        return split_articles(_io.read_text(paths[0]).replace("\r\n", "\n"), split)
+    except DataError as exc:  # name the file when the message does not already
+        if str(paths[0]) in str(exc):
+            raise
+        raise DataError(f"{paths[0]}: {exc}") from None
 
 
 def wikitext2_from_hub(rows: Iterable[Row], split: str) -> list[TextDocument]:

@@ -325,11 +325,22 @@ def _data_root(data_dir: str | Path | None) -> tuple[Path, str] | None:
     return root, origin
 
 
+def _manifest_sizes(root: Path) -> dict[str, int]:
+    """``{relative path: bytes}`` from ``root/MANIFEST.json`` (the layout of shared/data); empty
+    when the folder has no readable manifest (it is optional)."""
+    try:
+        files = json.loads((root / "MANIFEST.json").read_text(encoding="utf-8"))["files"]
+        return {str(f["path"]): int(f["bytes"]) for f in files if "bytes" in f}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def resolve_source(
     name: str, split: str | None = None, *, data_dir: str | Path | None = None
 ) -> DataSource:
     """Decide where ``name``/``split`` is read from (see the module docstring); checks that the
-    local files exist and lie inside the data directory."""
+    local files exist, lie inside the data directory and, where the folder has a MANIFEST.json,
+    have the size it lists (a truncated copy is refused even when it still parses)."""
     spec = get_spec(name)
     split = spec.split_name(split)
     s = spec.splits[split]
@@ -349,6 +360,15 @@ def resolve_source(
             raise DataError(
                 f"{name} {split}: file {rel} not found in {root} (the data directory from {origin}). "
                 "Point AVSS_DATA_DIR at a folder laid out like shared/data (see its README.md)."
+            )
+    sizes = _manifest_sizes(root)
+    for rel, path in zip(s.files, files, strict=True):
+        size = path.stat().st_size
+        if rel in sizes and size != sizes[rel]:
+            raise DataError(
+                f"{path}: has {size:,} bytes but {root / 'MANIFEST.json'} lists {sizes[rel]:,}; "
+                "the copy is truncated or altered. Replace the file with an intact copy (its "
+                "sha256 is in MANIFEST.json)."
             )
     return DataSource(name, split, root, origin, files, spec.hub_id, config, s.hub_split)
 
