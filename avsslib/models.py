@@ -240,6 +240,12 @@ def _installed_part(dist: str, relpath: str) -> Path | None:
 
 
 def _zoo_parts(entry: ZooModel) -> list[Path]:
+    """The files whose concatenation is the zoo GGUF: the assembled file in ``AVSS_GGUF_DIR``
+    when that directory holds ``entry.gguf_name`` (machines without pip, e.g. a GPU node the
+    file was copied to), else the installed wheels' parts."""
+    gguf_dir = os.environ.get("AVSS_GGUF_DIR")
+    if gguf_dir and (Path(gguf_dir) / entry.gguf_name).is_file():
+        return [Path(gguf_dir) / entry.gguf_name]
     paths, missing = [], []
     for dist, relpath in entry.parts:
         path = _installed_part(dist, relpath)
@@ -525,7 +531,8 @@ _HUB_HINT = (
 
 
 def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_code: bool,
-                     hint: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                     hint: str, device_map: str | dict[str, Any] | None = None,
+                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` of model and tokenizer; ``OSError``/``ValueError`` become
     ``ModelError`` with ``hint`` (what to do) appended."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -533,14 +540,21 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_cod
     for what in ("model", "tokenizer"):
         try:
             if what == "model":
+                extra = {} if device_map is None else {"device_map": device_map}
                 model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=dtype, trust_remote_code=trust_remote_code
+                    source, dtype=dtype, trust_remote_code=trust_remote_code, **extra
                 )
             else:
                 tokenizer = AutoTokenizer.from_pretrained(
                     source, trust_remote_code=trust_remote_code
                 )
         except (OSError, ValueError) as exc:
+            if not trust_remote_code and "trust_remote_code" in str(exc):
+                raise ModelError(
+                    f"refusing to run the Python code shipped with {str(source)!r} (auto_map in "
+                    "its config.json): loading a model never executes code from it by default. "
+                    "If you trust that code, pass --trust-remote-code "
+                    f"(load_model(..., trust_remote_code=True)).\n({exc})") from exc
             raise ModelError(f"cannot load the {what} of {str(source)!r}: {exc}\n{hint}") from exc
     return model, tokenizer
 
@@ -552,6 +566,7 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     verify: bool = False,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, model in eval mode on ``device`` with ``dtype``.
 
@@ -559,6 +574,12 @@ def load_model(
     cached, see ``prepare_zoo_model``), a local directory with ``config.json`` and weights, or a
     Hugging Face hub id. ``verify=True`` re-hashes a zoo cache before using it. Remote code runs
     only with ``trust_remote_code=True``.
+
+    ``device_map`` (needs ``accelerate``) spreads a model too large for one device over several:
+    ``"auto"`` fills the GPUs in order (then CPU memory), a dict maps module names to devices
+    (``{"model.layers.0": 0, ...}``); it is passed to ``from_pretrained`` and ``device`` is then
+    ignored. ``LayerStats`` works on such a model: each block's reductions run on that block's
+    device and only the small per-batch results move to the first parameter's device.
 
     The tokenizer has a pad token (EOS when the model has none) and ``padding_side="right"``.
     ``model_fingerprint(model)`` gives what a run record needs about the loaded model.
@@ -573,13 +594,13 @@ def load_model(
                   "gguf_sha256": manifest["gguf_sha256"],
                   "weights_sha256": manifest["files"]["model.safetensors"]["sha256"]}
         model, tokenizer = _load_pretrained(
-            directory, dtype=dtype, trust_remote_code=False,
+            directory, dtype=dtype, trust_remote_code=False, device_map=device_map,
             hint="The zoo cache is damaged: run `avss models --verify` to rebuild it.",
         )
     elif local.is_dir():
         _check_local_dir(local)
         model, tokenizer = _load_pretrained(
-            local, dtype=dtype, trust_remote_code=trust_remote_code,
+            local, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
             hint=f"The directory {local} needs config.json, the weights and the tokenizer files "
             "(tokenizer.json, tokenizer_config.json): save both with save_pretrained(dir).",
         )
@@ -588,7 +609,7 @@ def load_model(
         raise ModelError(f"model directory {local} does not exist (or is not a directory).")
     else:
         model, tokenizer = _load_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code,
+            name, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
             hint=_HUB_HINT.format(zoo=", ".join(ZOO)),
         )
         origin = {"id": name, "source": "hub",
@@ -599,7 +620,25 @@ def load_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.avss_origin = origin
-    return model.to(device).eval(), tokenizer
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest input, in tokens, the model was built for (``config.max_position_embeddings``
+    or its equivalent: ``n_positions`` for GPT-2, ...); ``None`` when the config names none."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    for field in _CONTEXT_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Per-layer activation statistics, streamed through forward hooks (PAPER.md §3.3, §4, §10).
 
 ``LayerStats`` hooks the output of every transformer block (``avsslib.models.blocks``), reduces
-each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the model's
+each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the block's
 device, and adds them up over batches. No activation is kept beyond the forward pass of its
 batch, no value is copied to the host during a forward pass, and every accumulator is float64.
+A model split over several devices (``load_model(..., device_map="auto")``) works: each block is
+reduced where it lives and the small float64 accumulators sit on the first parameter's device;
+for data-parallel runs over several processes see ``avsslib.distributed``.
 
 Cost: on the embedded SmolLM2-135M (CPU, 2 threads, batch 8 x 128) a ``LayerStats`` pass took
 1.02-1.03x a bare no-grad forward; on an H200 with a 7B-shaped bf16 Llama, 1.07x at 8 x 128
@@ -69,7 +72,7 @@ import numpy as np
 import torch
 
 from avsslib.errors import AvssError, ConfigError, ModelError
-from avsslib.models import blocks
+from avsslib.models import blocks, context_length
 
 __all__ = [
     "AGGREGATES",
@@ -343,6 +346,10 @@ class LayerStats:
                         "first positional argument or `hidden_states` keyword; use "
                         "LayerStats(similarity=False) for this model."
                     )
+                if h_in.device != h.device:
+                    # a model split over devices (device_map): the hook sees the input as the
+                    # previous block left it, before accelerate moved it to this block's device
+                    h_in = h_in.to(h.device)
             batch.calls[k] += 1
             if not batch.pending and not batch.stash_layers:
                 budget = self.stash_bytes
@@ -425,6 +432,19 @@ class LayerStats:
                 f"attention_mask shape {tuple(mask.shape)} differs from input_ids shape "
                 f"{tuple(input_ids.shape)}."
             )
+        context = context_length(model)
+        if context is not None and input_ids.shape[-1] > context:
+            raise ConfigError(
+                f"a batch of {input_ids.shape[-1]} tokens per row is longer than the model's "
+                f"context of {context} tokens (config.max_position_embeddings or equivalent); "
+                f"truncate the texts to at most {context} tokens (seq_len / --seq-len)."
+            )
+        if self.mask_pad and not bool(mask.any()):
+            raise ConfigError(
+                f"a batch of shape {tuple(input_ids.shape)} has no real token: its attention_mask "
+                "is all 0 (an all-padding batch), so it adds nothing to the statistics. Drop "
+                "empty texts before batching (calibration_batches does) or check the mask."
+            )
         pass_mask = self.pass_mask
         if pass_mask is None:
             pass_mask = not (self.faithful and _is_generative(model))
@@ -433,6 +453,8 @@ class LayerStats:
             inputs["attention_mask"] = mask
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = batch["token_type_ids"].to(device)
+        if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+            inputs["use_cache"] = False     # scoring needs no KV cache: do not build one
 
         if self.faithful and not self._warned_dtype:
             dtype = next(model.parameters()).dtype
@@ -837,14 +859,18 @@ def _is_generative(model: torch.nn.Module) -> bool:
 
 @contextlib.contextmanager
 def _training_mode(model: torch.nn.Module, train: bool) -> Iterator[None]:
-    """Put every submodule in train (dropout on) or eval mode; restore each flag afterwards."""
-    saved = [(m, m.training) for m in model.modules()]
-    model.train(train)
+    """Put every submodule in train (dropout on) or eval mode; restore each flag afterwards.
+
+    Only the modules whose flag differs are touched (usually none: a model in eval mode being
+    scored in fixed mode), which keeps this off the per-batch cost of large models."""
+    changed = [m for m in model.modules() if m.training != train]
+    for module in changed:
+        module.training = train
     try:
         yield
     finally:
-        for module, flag in saved:
-            module.training = flag
+        for module in changed:
+            module.training = not train
 
 
 @contextlib.contextmanager

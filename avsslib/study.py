@@ -22,7 +22,8 @@ The whole study: :func:`pruning_study` writes, under ``out_dir``::
     retention.csv              per configuration x task x metric: original, pruned, retention, CI
     sweep.csv                  retention against the pruned fraction, per score (count rule)
     agreement.csv              rank correlations between scores, calibration sets, seeds, modes
-    record.json, record.md     the run record and its result card
+    record.json, record.md     the run record and its result card (record.partial.json when
+                               written with ``evaluate_missing=False`` and configurations missing)
     figures/layer_profile.png, figures/retention.png, figures/sweep.png
 
 It is **resumable**: a configuration whose ``eval/<config>.json`` holds the same config hash
@@ -294,6 +295,7 @@ def pruning_study(
     agreement_calibs: Sequence[Mapping[str, Any]] = DEFAULT_AGREEMENT_CALIBS,
     agreement_seeds: Sequence[int] = (0, 1),
     evaluate_faithful: bool = True,
+    evaluate_missing: bool = True,
     seed: int = 42,
     eps: float = 1e-5,
     device: str = "cpu",
@@ -307,6 +309,7 @@ def pruning_study(
     progress: bool = True,
     command: str | None = None,
     loaded: tuple[Any, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run the AVSS pruning study on one model and write its result files (module docstring).
 
@@ -341,6 +344,8 @@ def pruning_study(
         command: the command line recorded in ``record.json`` (default: this call).
         loaded: an already loaded ``(model, tokenizer)`` to use instead of loading
             ``model_name`` (it is left unpruned).
+        trust_remote_code: let ``load_model`` run Python code shipped with the model (off:
+            a model directory or hub id never executes code from it).
 
     Returns a dict with ``out_dir``, ``layer_stats``, ``layer_stats_faithful`` (DataFrames),
     ``selections`` (``{"fixed": ..., "faithful": ...}``), ``configs`` (name -> pruned layers),
@@ -378,7 +383,8 @@ def pruning_study(
     if loaded is not None:
         model, tokenizer = loaded
     else:
-        model, tokenizer = load_model(model_name, dtype=getattr(torch, dtype), device=device)
+        model, tokenizer = load_model(model_name, dtype=getattr(torch, dtype), device=device,
+                                      trust_remote_code=trust_remote_code)
     load_s = time.perf_counter() - t0
     n_layers = len(blocks(model))
     for f in [fraction, *sweep_fractions]:
@@ -467,7 +473,9 @@ def pruning_study(
     protocol = {"format": STUDY_FORMAT, "model": identity, "versions": versions, "tasks": tasks,
                 **eval_kwargs}
     results, status, eval_s = _evaluate_configs(model, tokenizer, configs, tasks, out / "eval",
-                                                protocol, eval_kwargs, progress)
+                                                protocol, eval_kwargs, progress, evaluate_missing)
+    if not evaluate_missing:      # tables of what a partial (e.g. interrupted) run evaluated
+        configs = {k: v for k, v in configs.items() if k in results}
 
     # ------------------------------------------------------------ retention, sweep, agreement
     retention_df = _retention_table(results, configs, n_boot, seed)
@@ -493,7 +501,9 @@ def pruning_study(
     record.finish({"table": table, "selections": chosen, "configs": {k: v["layers"] for k, v in configs.items()},
                    "clamped_layers": fixed.index[fixed["clamped"]].tolist()}, **timing)
     record.timing["total_s"] = time.perf_counter() - t_start
-    save_record(record, out / "record.json")
+    missing = sorted(k for k, v in status.items() if v == "missing")
+    # a partial study (configurations missing) must not look finished to a resuming driver
+    save_record(record, out / ("record.partial.json" if missing else "record.json"))
     return {
         "out_dir": out, "layer_stats": fixed, "layer_stats_faithful": faithful, "selections": chosen,
         "configs": {k: v["layers"] for k, v in configs.items()}, "retention": retention_df,
@@ -544,7 +554,7 @@ def _configurations(chosen: Mapping[str, Mapping[str, list[int]]],
 
 def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[str, Mapping[str, Any]],
                       tasks: Sequence[str], folder: Path, protocol: Mapping[str, Any],
-                      eval_kwargs: Mapping[str, Any], progress: bool
+                      eval_kwargs: Mapping[str, Any], progress: bool, evaluate_missing: bool = True
                       ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     """Evaluate every configuration, resumably: a configuration whose ``folder/<name>.json``
     holds the same config hash (``protocol`` + pruned layers) is read back (``cached``), one
@@ -571,6 +581,9 @@ def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[s
         saved = _read_json(path)
         if saved is not None and saved.get("config_hash") == config_hash:
             result_dict, status[name] = saved["result"], "cached"
+        elif config_hash not in by_hash and not evaluate_missing:
+            status[name] = "missing"       # left out of the tables (evaluate_missing=False)
+            continue
         elif config_hash in by_hash:
             same_as, result_dict = by_hash[config_hash]
             status[name] = "reused"

@@ -3,7 +3,8 @@
 Three modes run on the SAME batches, interleaved (by batch on CPUs, by repeat on GPUs:
 ``--interleave``) so that machine noise hits all of them alike (see ``benchmarks/README.md``):
 
-* ``a``: bare forward, ``model.eval()``, ``torch.no_grad()``, ``model(input_ids, attention_mask)``;
+* ``a``: bare forward, ``model.eval()``, ``torch.no_grad()``, ``model(input_ids, attention_mask,
+  use_cache=False)`` (no KV cache, as ``LayerStats.update`` runs it);
 * ``b``: ``avsslib.stats.LayerStats()`` with default settings (fixed mode, what users run):
   ``stats.update(model, batch)`` per batch, then ``variance_`` and ``sparsity_`` read once;
 * ``c``: the official recipe (PAPER.md §3.2-3.5): forward hooks that copy every block output
@@ -128,7 +129,8 @@ class BareForward:
 
     def step(self, batch: Batch) -> None:
         with torch.no_grad():
-            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False)
 
     def end(self) -> None:
         pass

@@ -320,3 +320,14 @@ def test_smol_truncated_cache_is_rebuilt(smol, tmp_path: Path, monkeypatch,
     assert (copy / "model.safetensors").stat().st_size == (source / "model.safetensors").stat().st_size
     assert torch.equal(model.model.norm.weight, smol[0].model.norm.weight)
     assert not list(tmp_path.glob(".smollm2-135m.*-*"))  # no build or stale directory left
+
+
+def test_gguf_dir_overrides_the_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a node without pip the assembled GGUF file can be given through AVSS_GGUF_DIR."""
+    entry = models.ZOO["qwen2.5-coder-1.5b"]
+    monkeypatch.setenv("AVSS_GGUF_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "_installed_part", lambda dist, rel: None)
+    with pytest.raises(ModelError, match="needs the wheel"):     # not there: the wheels' error
+        models._zoo_parts(entry)
+    (tmp_path / entry.gguf_name).write_bytes(b"GGUF")
+    assert models._zoo_parts(entry) == [tmp_path / entry.gguf_name]

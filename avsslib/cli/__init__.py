@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from avsslib import __version__
 from avsslib.errors import AvssError
 
-COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "hallucination", "mitigate")
+COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "hallucination", "mitigate",
+                             "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

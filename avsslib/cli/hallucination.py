@@ -30,12 +30,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import add_common_arguments, command_line, parse_list, resolve_device
+from avsslib.cli.score import (
+    add_common_arguments,
+    check_numbers,
+    command_line,
+    parse_list,
+    resolve_device,
+)
 from avsslib.errors import ConfigError
 
 HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
 
 _DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
+
+
+def _same_key(path: Path, key: dict[str, Any]) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == key
+    except (OSError, ValueError):
+        return False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +130,7 @@ def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
             "degenerate": max(len(clamped_h), len(clamped_t)) >= n / 2}
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import pandas as pd
     import torch
@@ -128,13 +143,15 @@ def run(args: argparse.Namespace) -> int:
     from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
     from avsslib.seeding import set_seed
 
+    check_numbers(args)
     datasets, families = _check_args(args)
     chat: Any = {"auto": "auto", "on": True, "off": False}[args.chat_template]
     out: Path = args.out
     device = resolve_device(args.device)
     set_seed(args.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
     load_s = time.perf_counter() - t0
     splits = {d: get_spec(d).split_name(None) for d in datasets}
     hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
@@ -150,15 +167,24 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, dict[str, float]] = {"label_s": {}, "stats_s": {}}
     for dataset in datasets:
         t0 = time.perf_counter()
+        label_file = out / "labels" / f"{dataset}.jsonl"
+        label_key = {"model_sha256": record.model.get("state_sha256"), "split": splits[dataset],
+                     "n": args.n, "seed": args.seed, "template": args.template,
+                     "max_new_tokens": args.max_new_tokens, "chat_template": args.chat_template,
+                     "question_guard": args.question_guard, "batch_size": args.batch_size}
+        key_file = label_file.with_suffix(".key.json")
         if args.labels_from is not None:
             labelled = read_labels(args.labels_from / "labels" / f"{dataset}.jsonl")
+        elif label_file.exists() and key_file.exists() and _same_key(key_file, label_key):
+            labelled = read_labels(label_file)          # resumed: same model, sample and settings
         else:
             labelled = label_dataset(model, tokenizer, dataset, splits[dataset], n=args.n,
                                      seed=args.seed, template=args.template,
                                      max_new_tokens=args.max_new_tokens,
                                      batch_size=args.batch_size, chat_template=chat,
                                      question_guard=args.question_guard, progress=progress)
-        write_labels(out / "labels" / f"{dataset}.jsonl", labelled)
+        write_labels(label_file, labelled)
+        write_json_atomic(key_file, label_key)
         timings["label_s"][dataset] = time.perf_counter() - t0
         calib_ids, eval_ids = split_ids([e.id for e in labelled], fractions, args.seed,
                                         stratify=[e.label for e in labelled])
@@ -232,3 +258,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
           "prone_layers.json, record.json")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
+    a second run writing the same directory is refused."""
+    from avsslib.report import results_lock
+
+    with results_lock(args.out):
+        return _run(args)

@@ -18,7 +18,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import add_common_arguments, command_line, parse_list, resolve_device
+from avsslib.cli.score import (
+    add_common_arguments,
+    check_numbers,
+    command_line,
+    parse_list,
+    resolve_device,
+)
 from avsslib.study import DEFAULT_AGREEMENT_CALIBS, DEFAULT_CALIB, DEFAULT_SCORES
 
 HELP = "run the AVSS pruning study: scores, selections, evaluation, retention, figures, record"
@@ -58,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NAME:SPLIT calibration sets for the AVSS stability check "
                              "(default wikitext2:validation,sst2:validation)")
     parser.add_argument("--agreement-seeds", default="0,1", help="sample seeds for the stability check")
+    parser.add_argument("--no-new-evals", action="store_true",
+                        help="evaluate nothing new: write the tables, figures and record from the "
+                             "configurations already evaluated (a partial run's results so far)")
     parser.add_argument("--no-faithful-eval", action="store_true",
                         help="do not evaluate the faithful-mode AVSS selections")
     parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
@@ -88,11 +97,12 @@ def _agreement_calibs(value: str) -> list[dict[str, str]]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     from avsslib.study import primary_metric_rows, pruning_study
 
     for name in _DEFAULTS:                  # record the values actually used
         setattr(args, name, _option(args, name))
+    check_numbers(args)
     window = int(args.ppl_window)
     result = pruning_study(
         args.model,
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         agreement_calibs=_agreement_calibs(args.agreement_calibs),
         agreement_seeds=parse_list(args.agreement_seeds, "--agreement-seeds", int),
         evaluate_faithful=not args.no_faithful_eval,
+        evaluate_missing=not args.no_new_evals,
         seed=args.seed,
         eps=args.eps,
         device=resolve_device(args.device),
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         progress=not args.quiet,
         command=command_line("study", args),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
     )
     main = result["retention"]
     main = main[(main["fraction"] == args.fraction) | (main["config"] == "original")]
@@ -133,3 +145,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} (layer_stats*.csv, selections.json, eval/, retention.csv, sweep.csv, "
           "agreement.csv, figures/, record.json, record.md)")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
+    a second run writing the same directory is refused."""
+    from avsslib.report import results_lock
+
+    with results_lock(args.out):
+        return _run(args)

@@ -1,0 +1,320 @@
+"""The paper-scale pipeline of one model, resumable: AVSS study, hallucination-prone layers,
+contrastive mitigation with its ablations over seeds, and the summary tables the book reads.
+
+Every stage is one ``avss`` command (the same code a user runs by hand) writing into
+``results/<model>/``::
+
+    avss/                              avss study (scores, selections, evaluation, retention)
+    eavss/                             avss hallucination (labels, HSAV/HSS/EAVSS, prone layers)
+    mitigation/<dataset>/<mode>-seed<k>/   avss mitigate (one run per dataset, mode and seed)
+    mitigation/summary.csv             one row per dataset, mode, seed, task and metric
+    mitigation/summary_modes.csv       the same averaged over seeds (mean, sd, min, max)
+    reproduce.json                     what ran, what was skipped, wall times, the device
+
+A stage whose finished marker exists (``record.json``; ``metrics.json`` for mitigation runs) is
+skipped, so an interrupted run continues where it stopped (the study also resumes inside
+itself, and a mitigation run with a checkpoint continues from it). Stages run in an order that
+gives whole comparisons early: all modes of seed 0, then seed 1, ...
+
+Scales (:data:`SCALES`): ``ci`` is a smoke run of minutes on a CPU; ``book`` the sizes of the
+committed CPU runs; ``full`` the GPU sizes (evaluation sets capped at ``n_eval`` examples).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from avsslib.errors import ConfigError
+
+MODES = ("eavss", "random", "avss", "full")
+
+#: hallucination dataset (prone layers) of each mitigation dataset
+PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
+                "triviaqa": "triviaqa", "wikiqa": "wikiqa"}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one reproduction scale (see the module docstring)."""
+
+    study: tuple[str, ...]                       # extra ``avss study`` arguments
+    hallucination_n: int
+    hallucination_datasets: tuple[str, ...]
+    mitigation_datasets: tuple[str, ...]
+    modes: tuple[str, ...] = MODES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_train: int = 400
+    n_eval: int = 200
+    kl_texts: int = 32
+    ppl_windows: int = 8
+    family: str = "P"
+    batch_size: int = 8
+    keep_weights: bool = True                    # False: delete trained weights once evaluated
+    extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+SCALES: dict[str, Scale] = {
+    "ci": Scale(
+        study=("--quick", "--scores", "avss,block_influence,random", "--sweep-fractions", "0.25"),
+        hallucination_n=16, hallucination_datasets=("truthfulqa", "sciq"),
+        mitigation_datasets=("truthfulqa",), modes=("eavss", "random"), seeds=(0,),
+        n_train=8, n_eval=12, kl_texts=2, ppl_windows=1,
+        extra={"mitigate": ("--max-negatives", "2", "--grad-accum", "1")},
+    ),
+    "book": Scale(
+        study=("--n-eval", "100", "--sweep-fractions", "0.1,0.25,0.5"),
+        hallucination_n=100, hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
+        mitigation_datasets=("truthfulqa",), n_train=200, n_eval=100, kl_texts=16, ppl_windows=4,
+    ),
+    "full": Scale(
+        study=("--n-eval", "500"),
+        hallucination_n=400, hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
+        mitigation_datasets=("truthfulqa", "sciq_mc"), n_train=400, n_eval=300, batch_size=32,
+    ),
+}
+
+
+def model_slug(model: str) -> str:
+    """The results directory name of a model (zoo name, or the last part of a path / hub id)."""
+    return Path(str(model).rstrip("/")).name.replace(" ", "_") or "model"
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    done: Path                                   # exists once the stage finished
+
+    def is_done(self) -> bool:
+        return self.done.exists()
+
+
+def _prone_layers(eavss_dir: Path, dataset: str, family: str, n_layers: int | None) -> list[int]:
+    path = eavss_dir / "prone_layers.json"
+    try:
+        prone = json.loads(path.read_text(encoding="utf-8"))["prone"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: no prone layers to train ({exc}); run the hallucination "
+                          "stage first.") from exc
+    source = PRONE_SOURCE.get(dataset, dataset)
+    entry = prone.get(source, {}).get(family)
+    if not entry:
+        raise ConfigError(f"{path}: no prone layers for dataset {source!r} family {family!r} "
+                          f"(it has {sorted(prone)}): too few truthful or hallucinated answers? "
+                          "Raise the hallucination n or drop this mitigation dataset.")
+    return [int(x) for x in entry["layers"]]
+
+
+def _own_negatives(eavss_dir: Path, dataset: str, out: Path) -> Path | None:
+    """The model's own hallucinated answers of ``dataset`` as ``[[question, answer], ...]``."""
+    from avsslib.labels import read_labels
+
+    path = eavss_dir / "labels" / f"{PRONE_SOURCE.get(dataset, dataset)}.jsonl"
+    if not path.exists():
+        return None
+    pairs = [[e.question, e.answer] for e in read_labels(path) if e.label == "hallucinated"]
+    if not pairs:
+        return None
+    from avsslib.report import write_json_atomic
+
+    write_json_atomic(out, pairs)
+    return out
+
+
+def plan(model: str, results: Path, scale: Scale, *, device: str | None, dtype: str) -> list[Stage]:
+    """The study and hallucination stages (the mitigation stages depend on their output and are
+    planned by :func:`mitigation_stages` once they exist)."""
+    root = results / model_slug(model)
+    common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
+    study = Stage("study", ["study", *common, "--out", str(root / "avss"), "--quiet",
+                            "--batch-size", str(scale.batch_size), *scale.study], root / "avss" / "record.json")
+    hall = Stage("hallucination", [
+        "hallucination", *common, "--out", str(root / "eavss"), "--quiet",
+        "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),
+        "--batch-size", str(scale.batch_size), *scale.extra.get("hallucination", ()),
+    ], root / "eavss" / "record.json")
+    return [study, hall]
+
+
+def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | None,
+                      dtype: str) -> list[Stage]:
+    root = results / model_slug(model)
+    common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
+    stages = []
+    for seed in scale.seeds:
+        for dataset in scale.mitigation_datasets:
+            prone = _prone_layers(root / "eavss", dataset, scale.family, None)
+            for mode in scale.modes:
+                out = root / "mitigation" / dataset / f"{mode}-seed{seed}"
+                argv = ["mitigate", *common, "--dataset", dataset, "--mode", mode, "--seed", str(seed),
+                        "--n-train", str(scale.n_train), "--n-eval", str(scale.n_eval),
+                        "--eval-batch-size", str(scale.batch_size), "--kl-texts", str(scale.kl_texts),
+                        "--ppl-windows", str(scale.ppl_windows), "--out", str(out),
+                        *scale.extra.get("mitigate", ())]
+                if mode == "eavss":
+                    argv += ["--layers", ",".join(map(str, prone)), "--full-params"]
+                elif mode == "random":
+                    argv += ["--k", str(len(prone)), "--full-params"]
+                elif mode == "avss":
+                    argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
+                             "--k", str(len(prone)), "--full-params"]
+                negatives = _own_negatives(root / "eavss", dataset,
+                                           root / "mitigation" / dataset / "own_negatives.json")
+                if negatives is not None:
+                    argv += ["--own-negatives", str(negatives)]
+                if (out / "checkpoint.pt").exists():
+                    argv.append("--resume")
+                stages.append(Stage(f"mitigate {dataset} {mode} seed {seed}", argv, out / "metrics.json"))
+    return stages
+
+
+def summarise(root: Path) -> pd.DataFrame | None:
+    """``mitigation/summary.csv`` (every finished run's change table with dataset, mode and
+    seed) and ``summary_modes.csv`` (mean, sd, min and max over seeds); the first frame."""
+    from avsslib.report import write_csv_atomic
+
+    rows = []
+    for metrics in sorted((root / "mitigation").glob("*/*-seed*/metrics.json")):
+        mode, _, seed = metrics.parent.name.rpartition("-seed")
+        data = json.loads(metrics.read_text(encoding="utf-8"))
+        effects = data.get("side_effects", {})
+        kl = effects.get("kl_to_base", {}).get("value", math.nan)
+        ppl_ratio = effects.get("perplexity", {}).get("ratio_tuned_to_base", math.nan)
+        for r in data["change"]:
+            rows.append({"model": root.name, "dataset": metrics.parent.parent.name, "mode": mode,
+                         "seed": int(seed), **{k: r[k] for k in (
+                             "task", "metric", "before", "after", "delta_abs", "delta_rel",
+                             "abs_ci_low", "abs_ci_high", "rel_ci_low", "rel_ci_high", "n")},
+                         "kl_to_base": kl, "ppl_ratio": ppl_ratio,
+                         "layers": " ".join(map(str, data["training"]["layers"] or []))})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).sort_values(["dataset", "task", "metric", "mode", "seed"])
+    write_csv_atomic(root / "mitigation" / "summary.csv", frame)
+    keys = ["model", "dataset", "task", "metric", "mode"]
+    agg = frame.groupby(keys, sort=True).agg(
+        seeds=("seed", "nunique"), before=("before", "mean"), after_mean=("after", "mean"),
+        delta_abs_mean=("delta_abs", "mean"), delta_abs_sd=("delta_abs", "std"),
+        delta_abs_min=("delta_abs", "min"), delta_abs_max=("delta_abs", "max"),
+        delta_rel_mean=("delta_rel", "mean"), kl_to_base_mean=("kl_to_base", "mean"),
+        ppl_ratio_mean=("ppl_ratio", "mean"),
+    ).reset_index()
+    write_csv_atomic(root / "mitigation" / "summary_modes.csv", agg)
+    return frame
+
+
+def _device_name(device: str | None) -> str:
+    import torch
+
+    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device: str | None = None,
+              dtype: str = "float32", stages: tuple[str, ...] = ("study", "hallucination", "mitigation"),
+              overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the pipeline of ``model`` into ``results/<model>``; returns the log."""
+    from avsslib.cli import main as avss
+    from avsslib.report import write_json_atomic
+
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ConfigError(f"scale {scale!r}: choose among {', '.join(SCALES)}.")
+        name, scale = scale, SCALES[scale]
+    else:
+        name = "custom"
+    if overrides:
+        scale = replace(scale, **overrides)
+    unknown = [s for s in stages if s not in ("study", "hallucination", "mitigation")]
+    if unknown:
+        raise ConfigError(f"stages {unknown}: choose among study, hallucination, mitigation.")
+    root = results / model_slug(model)
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = root / "reproduce.json"
+    meta = {"model": str(model), "scale": name, "device": _device_name(device), "dtype": dtype}
+
+    def note(stage: str, entry: dict[str, Any], *, keep: bool = False) -> None:
+        """Merge one stage's entry into reproduce.json, re-read first: several processes may
+        share it (e.g. the study and the mitigation of one model run side by side)."""
+        current = json.loads(log_path.read_text(encoding="utf-8")) if log_path.exists() else {}
+        current.update(meta)
+        stages_log = current.setdefault("stages", {})
+        if keep and stage in stages_log:
+            return
+        stages_log[stage] = {**stages_log.get(stage, {}), **entry}
+        write_json_atomic(log_path, current)
+        log["stages"][stage] = stages_log[stage]
+
+    log: dict[str, Any] = {**meta, "stages": {}}
+
+    def run(stage: Stage, i: int, n: int) -> None:
+        if stage.is_done():
+            note(stage.name, {"status": "done"}, keep=True)
+            if progress:
+                print(f"[{i}/{n}] {stage.name}: already done", flush=True)
+            return
+        if stage.argv[0] == "mitigate":
+            _share_baseline(stage.done.parent)
+        if progress:
+            print(f"[{i}/{n}] {stage.name}: avss {' '.join(stage.argv)}", flush=True)
+        t0 = time.perf_counter()
+        code = avss(stage.argv)
+        wall = time.perf_counter() - t0
+        note(stage.name, {"status": "done" if code == 0 else f"failed ({code})",
+                          "wall_s": round(wall, 1), "argv": stage.argv})
+        _free_memory()
+        if code != 0:
+            raise ConfigError(f"stage {stage.name!r} failed with exit status {code}; its output "
+                              f"is above. Rerun the same command to resume after fixing it.")
+        if not scale.keep_weights and stage.argv[0] == "mitigate":
+            out = stage.done.parent          # metrics.json written: the weights are not needed
+            for name in ("trained_layers.safetensors", "checkpoint.pt"):
+                (out / name).unlink(missing_ok=True)
+            note(stage.name, {"weights": "deleted (--drop-weights)"})
+        if progress:
+            print(f"[{i}/{n}] {stage.name}: done in {wall:.0f} s", flush=True)
+
+    first = [s for s in plan(model, results, scale, device=device, dtype=dtype) if s.name in stages]
+    for i, stage in enumerate(first, 1):
+        run(stage, i, len(first))
+    if "mitigation" in stages:
+        later = mitigation_stages(model, results, scale, device=device, dtype=dtype)
+        for i, stage in enumerate(later, 1):
+            run(stage, i, len(later))
+            summarise(root)
+    summarise(root)
+    return log
+
+
+def _share_baseline(out: Path) -> None:
+    """Give a mitigation run the base model's evaluation of a sibling run (same dataset), so it
+    is computed once per dataset, not once per mode and seed. ``avss mitigate`` reuses it only
+    when its key (model hash, tasks, n, evaluation seed, batch size) matches, else recomputes."""
+    import shutil
+
+    if (out / "before.json").exists():
+        return
+    for sibling in sorted(out.parent.glob("*-seed*/before.json")):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".before.json.tmp"
+        shutil.copyfile(sibling, tmp)
+        tmp.replace(out / "before.json")
+        return
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,159 @@
+"""The reproduction driver: stage planning, resume (skip finished stages), summaries.
+
+The stages themselves are the ``avss`` commands tested elsewhere; here ``avsslib.cli.main`` is
+replaced by a recorder that writes each stage's finished marker, so the driver's own logic is
+tested in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from avsslib import reproduce as rp
+from avsslib.errors import ConfigError
+
+
+def _eavss_dir(root: Path) -> None:
+    (root / "eavss" / "labels").mkdir(parents=True)
+    (root / "eavss" / "prone_layers.json").write_text(json.dumps(
+        {"prone": {"truthfulqa": {"P": {"layers": [3, 7]}, "C": {"layers": [1, 2]}}}}))
+    rows = [{"id": "a", "question": "Q1?", "answer": "wrong", "label": "hallucinated"},
+            {"id": "b", "question": "Q2?", "answer": "right", "label": "truthful"}]
+    (root / "eavss" / "labels" / "truthfulqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class Recorder:
+    """Stands in for ``avsslib.cli.main``: records argv, writes the stage's finished marker."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv: list[str]) -> int:
+        self.calls.append(list(argv))
+        if self.fail_on and self.fail_on in argv:
+            return 2
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "hallucination":
+            _eavss_dir(out.parent) if not (out / "prone_layers.json").exists() else None
+        if argv[0] == "mitigate":
+            seed = int(argv[argv.index("--seed") + 1])
+            before = 0.5
+            after = before + 0.01 * (seed + 1) * (argv[argv.index("--mode") + 1] == "eavss")
+            (out / "metrics.json").write_text(json.dumps({
+                "change": [{"task": "truthfulqa_mc2", "metric": "acc", "before": before, "after": after,
+                            "delta_abs": after - before, "delta_rel": (after - before) / before,
+                            "abs_ci_low": -0.1, "abs_ci_high": 0.1, "rel_ci_low": -0.2,
+                            "rel_ci_high": 0.2, "n": 12}],
+                "side_effects": {"kl_to_base": {"value": 0.01}},
+                "training": {"layers": [3, 7]}}))
+        else:
+            (out / "record.json").write_text("{}")
+        return 0
+
+
+def _label_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import avsslib.labels as labels
+
+    def read(path):
+        return [SimpleNamespace(**json.loads(line)) for line in Path(path).read_text().splitlines()]
+
+    monkeypatch.setattr(labels, "read_labels", read)
+
+
+def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
+    _label_reader(monkeypatch)
+    rec = Recorder()
+    monkeypatch.setattr("avsslib.cli.main", rec)
+    scale = rp.SCALES["ci"]
+    log = rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False,
+                       overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")})
+    names = [c[0] for c in rec.calls]
+    assert names == ["study", "hallucination"] + ["mitigate"] * 6
+    # seed-major order: every mode of seed 0 before seed 1
+    seeds = [c[c.index("--seed") + 1] for c in rec.calls[2:]]
+    assert seeds == ["0", "0", "0", "1", "1", "1"]
+    eavss = rec.calls[2]
+    assert eavss[eavss.index("--layers") + 1] == "3,7"           # family P by default
+    random_call = rec.calls[3]
+    assert random_call[random_call.index("--k") + 1] == "2"      # same k as the prone set
+    avss_call = rec.calls[4]
+    assert avss_call[avss_call.index("--layers-from") + 1].endswith("avss/layer_stats.csv")
+    negatives = json.loads((tmp_path / "smollm2-135m" / "mitigation" / "truthfulqa" /
+                            "own_negatives.json").read_text())
+    assert negatives == [["Q1?", "wrong"]]                       # hallucinated answers only
+    assert all(v["status"] == "done" for v in log["stages"].values())
+
+    summary = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary.csv")
+    assert len(summary) == 6 and set(summary["mode"]) == {"eavss", "random", "avss"}
+    modes = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary_modes.csv").set_index("mode")
+    assert modes.loc["eavss", "seeds"] == 2
+    assert modes.loc["eavss", "delta_abs_mean"] == pytest.approx(0.015)
+    assert modes.loc["random", "delta_abs_mean"] == pytest.approx(0.0)
+
+    # a second run finds everything finished and runs nothing
+    rec2 = Recorder()
+    monkeypatch.setattr("avsslib.cli.main", rec2)
+    rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False,
+                 overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")})
+    assert rec2.calls == []
+
+
+def test_interrupted_run_resumes_the_missing_stages(tmp_path, monkeypatch):
+    _label_reader(monkeypatch)
+    rec = Recorder(fail_on="random")
+    monkeypatch.setattr("avsslib.cli.main", rec)
+    with pytest.raises(ConfigError, match="mitigate truthfulqa random seed 0"):
+        rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False)
+    log = json.loads((tmp_path / "m" / "reproduce.json").read_text())
+    assert log["stages"]["mitigate truthfulqa random seed 0"]["status"].startswith("failed")
+    rec2 = Recorder()
+    monkeypatch.setattr("avsslib.cli.main", rec2)
+    rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False)
+    assert [(c[0], c[c.index("--mode") + 1] if "--mode" in c else None) for c in rec2.calls] == [
+        ("mitigate", "random")]
+
+
+def test_drop_weights_and_checkpoint_resume_flag(tmp_path, monkeypatch):
+    _label_reader(monkeypatch)
+    out = tmp_path / "m" / "mitigation" / "truthfulqa" / "eavss-seed0"
+    out.mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"x")
+    rec = Recorder()
+
+    def main(argv):
+        code = rec(argv)
+        if argv[0] == "mitigate":
+            (Path(argv[argv.index("--out") + 1]) / "trained_layers.safetensors").write_bytes(b"w")
+        return code
+
+    monkeypatch.setattr("avsslib.cli.main", main)
+    rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, overrides={"keep_weights": False})
+    eavss = [c for c in rec.calls if c[0] == "mitigate" and "eavss" in c][0]
+    assert "--resume" in eavss                       # a checkpoint was there: continue from it
+    assert not (out / "checkpoint.pt").exists() and not (out / "trained_layers.safetensors").exists()
+    assert (out / "metrics.json").exists()
+
+
+def test_missing_prone_layers_and_bad_scale_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="scale 'huge'"):
+        rp.reproduce("m", tmp_path, "huge", progress=False)
+    with pytest.raises(ConfigError, match="stages"):
+        rp.reproduce("m", tmp_path, "ci", stages=("train",), progress=False)
+    (tmp_path / "eavss").mkdir()
+    (tmp_path / "eavss" / "prone_layers.json").write_text(json.dumps({"prone": {"sciq": {}}}))
+    with pytest.raises(ConfigError, match="no prone layers for dataset 'truthfulqa'"):
+        rp._prone_layers(tmp_path / "eavss", "truthfulqa", "P", None)
+
+
+def test_model_slug():
+    assert rp.model_slug("smollm2-135m") == "smollm2-135m"
+    assert rp.model_slug("Qwen/Qwen2.5-7B/") == "Qwen2.5-7B"
+    assert rp.model_slug("/models/my model") == "my_model"

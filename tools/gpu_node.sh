@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Run avsslib on a GPU node that has PyTorch but no network (maintainers' tool; see README,
+# "Running on an offline GPU node"). Model files and missing wheels reach such a node in pieces;
+# this script assembles them and runs the pipeline in the background, detached from the shell.
+#
+#   tools/gpu_node.sh setup WHEELDIR DATADIR   install the wheels into $NODE/site, copy the data
+#   tools/gpu_node.sh piece FILE NAME          append FILE (a piece of a GGUF file) to NAME.part
+#   tools/gpu_node.sh finish NAME SHA256       check the assembled file, then name it NAME
+#   tools/gpu_node.sh start TAG GPU ARGS...    python3 ARGS on GPU (e.g. -m avsslib reproduce ...), detached
+#   tools/gpu_node.sh status                   tail the logs, GPU use
+#   tools/gpu_node.sh pack OUTDIR              results (no weights) as OUTDIR/results.tgz
+set -euo pipefail
+NODE=${AVSS_NODE_DIR:-/root/avss-node}
+export PYTHONPATH=$NODE/site:$NODE/src AVSS_DATA_DIR=$NODE/data AVSS_CACHE_DIR=$NODE/cache \
+  AVSS_GGUF_DIR=$NODE/gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+  PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p "$NODE"/{site,src,data,cache,gguf,logs,results}
+cmd=${1:?usage: see the header of $0}; shift
+case $cmd in
+  setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$NODE/site" "$1"/*.whl
+    cp -r "$2"/. "$NODE/data/"
+    python3 -c "import lm_eval, datasets, gguf, torch; print('lm_eval', lm_eval.__version__, 'torch', torch.__version__, 'gpus', torch.cuda.device_count())" ;;
+  piece)
+    cat "$1" >> "$NODE/gguf/$2.part"; rm -f "$1"; ls -l "$NODE/gguf/" ;;
+  finish)
+    echo "$2  $NODE/gguf/$1.part" | sha256sum -c - && mv "$NODE/gguf/$1.part" "$NODE/gguf/$1" ;;
+  start)
+    tag=$1 gpu=$2; shift 2
+    rm -rf "$NODE/src/$tag" && mkdir -p "$NODE/src/$tag" && cp -r avsslib benchmarks "$NODE/src/$tag/"
+    (cd "$NODE/src/$tag" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
+      setsid nohup python3 "$@" > "$NODE/logs/$tag.log" 2>&1 < /dev/null &)
+    sleep 2; echo "started $tag on GPU $gpu: python3 $*" ;;
+  start-after)   # start-after FILE TAG GPU ARGS...: wait until FILE exists, then start
+    file=$1; shift; tag=$1 gpu=$2; shift 2
+    rm -rf "$NODE/src/$tag" && mkdir -p "$NODE/src/$tag" && cp -r avsslib benchmarks "$NODE/src/$tag/"
+    (cd "$NODE/src/$tag" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
+      setsid nohup bash -c 'while [ ! -e "$0" ]; do sleep 5; done; exec python3 "$@"' "$file" "$@" \
+      > "$NODE/logs/$tag.log" 2>&1 < /dev/null &)
+    echo "started $tag on GPU $gpu once $file exists: python3 $*" ;;
+  status)
+    for f in "$NODE"/logs/*.log; do [ -e "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -n 4 | cut -c1-220; done
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
+  pack)
+    tar czf "$1/results.tgz" -C "$NODE" --exclude='*.safetensors' --exclude='*.pt' results logs
+    ls -l "$1" ;;
+  *) echo "unknown command $cmd" >&2; exit 2 ;;
+esac
