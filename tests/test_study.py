@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -207,6 +208,12 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         n_calls = len(calls)
         mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()}
         second = pruning_study("smollm2-135m", **kwargs)
+        # tables of a partial run: a new sweep point is not evaluated, only reported missing
+        partial_dir = tmp_path / "partial"
+        shutil.copytree(tmp_path, partial_dir, ignore=shutil.ignore_patterns("record.*"))
+        third = pruning_study("smollm2-135m", **{**kwargs, "out_dir": partial_dir,
+                                                 "sweep_fractions": (0.25, 0.5, 0.1)},
+                              evaluate_missing=False)
     finally:  # set_seed's deterministic-kernels switch is process-wide
         torch.use_deterministic_algorithms(False)
 
@@ -227,6 +234,10 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
     assert second["timing"]["stats"] == "cached"
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()} == mtimes
     pd.testing.assert_frame_equal(first["retention"], second["retention"])
+
+    assert len(calls) == n_calls and third["status"]["sweep-avss-0.1"] == "missing"
+    assert "sweep-avss-0.1" not in set(third["retention"]["config"])
+    assert (partial_dir / "record.partial.json").is_file() and not (partial_dir / "record.json").exists()
 
     study = load_study(tmp_path)
     ret = study["retention"]
