@@ -74,6 +74,7 @@ __all__ = [
     "pruning_study",
     "rank_layers",
     "read_layer_table",
+    "retention_table",
     "save_layer_table",
     "score_agreement",
     "score_names",
@@ -478,7 +479,7 @@ def pruning_study(
         configs = {k: v for k, v in configs.items() if k in results}
 
     # ------------------------------------------------------------ retention, sweep, agreement
-    retention_df = _retention_table(results, configs, n_boot, seed)
+    retention_df = retention_table(results, configs, n_boot, seed)
     sweep_df = retention_df[retention_df["config"].str.startswith("sweep-")].drop(
         columns=["config", "stats", "rule"]).reset_index(drop=True)
     agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds)
@@ -512,7 +513,7 @@ def pruning_study(
     }
 
 
-def _retention_table(results: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]],
+def retention_table(results: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]],
                      n_boot: int, seed: int) -> pd.DataFrame:
     """``retention.csv``: per configuration x task x metric, retention against ``original``
     with its paired bootstrap interval (:func:`avsslib.evaluate.retention`), after columns

@@ -24,7 +24,19 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 TINY_PARAMS: dict[str, dict[str, object]] = {
     "00_setup": {"max_new_tokens": 8},
     "01_avss_first_principles": {"n_calib": 8, "seq_len": 16, "batch_size": 4, "n_boot": 20},
+    "02_layer_importance": {"n_calib": 8, "seq_len": 16, "batch_size": 4},
+    "03_pruning_retention": {"tasks": ["wikitext2_ppl"], "n_eval": 4, "ppl_window": 32,
+                             "n_calib": 8, "seq_len": 16, "scores": ["avss", "random", "tail"],
+                             "sweep_fractions": [0.25], "sweep_scores": ["avss"],
+                             "n_boot": 20},
     "04_official_code": {"n_calib": 8, "seq_len": 16, "batch_size": 4},
+    "05_hallucination_prone_layers": {"datasets": "sciq,truthfulqa", "n": 8, "n_wikiqa": 2,
+                                      "max_new_tokens": 6, "batch_size": 8, "n_boot": 20},
+    "06_mitigation": {"n_label": 8, "max_new_tokens": 6, "n_train": 4, "n_eval": 4,
+                      "kl_texts": 2, "ppl_windows": 1, "n_boot": 20},
+    "07_paper_scale": {"n_boot": 20},
+    "08_reproduce_yourself": {},
+    "09_exercises": {},
 }
 CELL_TIMEOUT_S = 900
 
