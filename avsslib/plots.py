@@ -70,6 +70,22 @@ def use_style(dpi: int = 110) -> None:
     )
 
 
+def table(data, *, index: bool = True, precision: int = 3, **formats: str):
+    """A DataFrame (or a pandas ``Styler``) drawn in the book's table style: the theme styles
+    the HTML class ``dataframe``. ``formats``: column -> format string (DataFrames only);
+    ``index=False`` hides the index."""
+    styler = data if hasattr(data, "set_table_attributes") else \
+        data.style.format(formats or None, precision=precision)
+    if not index:
+        styler = styler.hide(axis="index")
+    return styler.set_table_attributes('class="dataframe"')
+
+
+def layer_list(layers: Iterable[int]) -> str:
+    """Layer indices as text, ``"3, 7, 11"``, or ``"none"``."""
+    return ", ".join(str(int(i)) for i in layers) or "none"
+
+
 def _as_1d(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """``values`` (a sequence, array or CPU tensor of shape ``(n_layers,)``) as a float array."""
     array = np.asarray(values, dtype=float)

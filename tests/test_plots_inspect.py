@@ -79,3 +79,14 @@ def test_residual_rms_matches_hidden_states(tiny_llama):
         expected = hidden[layer + 1].double().pow(2).mean(-1).sqrt().numpy()
         np.testing.assert_allclose(rms[layer], expected, rtol=1e-5)
     assert tiny_llama.training is False
+
+
+def test_table_style_and_layer_list():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [0.123456, 2.0], "b": ["x", "y"]})
+    html = plots.table(frame, index=False).to_html()
+    assert 'class="dataframe"' in html and "0.123" in html and "0.123456" not in html
+    assert "row0" in plots.table(frame.style).to_html()          # a Styler passes through
+    assert plots.table(frame, a="{:.1f}").to_html().count("0.1") >= 1
+    assert plots.layer_list([3, 7, 11]) == "3, 7, 11" and plots.layer_list([]) == "none"
