@@ -987,3 +987,41 @@ __all__ = [
     "supcon",
     "train",
 ]
+
+
+def truthfulqa_quick_eval(model: torch.nn.Module, tokenizer: Any,
+                          records: Sequence[TruthfulQAExample], *, max_new_tokens: int = 32,
+                          task: str = "truthfulqa") -> Any:
+    """A light held-out evaluation of TruthfulQA questions, for runs sized for a CPU (the
+    book's chapter 06); returns an :class:`avsslib.evaluate.EvalResult` with one task.
+
+    Per question: ``truthful`` (the greedy answer, :func:`avsslib.labels.generate_answers`,
+    labelled by the TruthfulQA rule), ``mc1`` (the correct MC1 choice has the highest
+    log-probability after :func:`prompt`, no few-shot preamble) and ``margin`` (that
+    log-probability minus the best wrong choice's, nats). The harness tasks ``truthfulqa_mc1`` /
+    ``truthfulqa_mc2`` remain the reference protocol (6-shot preamble, as ``avss mitigate``
+    evaluates); this one costs one generation and one scoring pass per question.
+    """
+    from avsslib.evaluate import EvalResult, MetricScores, TaskResult
+    from avsslib.labels import continuation_logprobs, generate_answers, label_truthfulqa
+
+    if not records:
+        raise ConfigError("truthfulqa_quick_eval: no questions to evaluate.")
+    t0 = time.perf_counter()
+    answers = generate_answers(model, tokenizer, records, max_new_tokens=max_new_tokens,
+                               progress=False)
+    truthful = [label_truthfulqa(a.answer, r.correct_answers, r.incorrect_answers)[0] == "truthful"
+                for a, r in zip(answers, records, strict=True)]
+    margins = []
+    for r in records:
+        ids = [tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in r.mc1_choices]
+        logp = np.asarray(continuation_logprobs(model, tokenizer, tokenizer(prompt(r.question))["input_ids"], ids))
+        true = list(r.mc1_labels).index(1)
+        margins.append(float(logp[true] - np.delete(logp, true).max()))
+    scores = {"truthful": np.array(truthful, float), "mc1": (np.array(margins) > 0).astype(float),
+              "margin": np.array(margins)}
+    metrics = {k: MetricScores(float(v.mean()), "mean", True, v) for k, v in scores.items()}
+    protocol = {"prompt": prompt("{question}"), "max_new_tokens": max_new_tokens,
+                "metrics": "truthful (labelling rule), mc1 (no preamble), margin (nats)"}
+    return EvalResult({task: TaskResult(task, tuple(r.id for r in records), metrics, protocol,
+                                        time.perf_counter() - t0)})

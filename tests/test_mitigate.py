@@ -379,3 +379,21 @@ def test_short_training_on_embedded_model(smol, data_dir, tmp_path):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and {block_of(n) for n in changed} == {20, 28}
     assert (tmp_path / "trained_layers.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_truthfulqa_quick_eval_on_the_embedded_model(smol, data_dir):
+    from avsslib.data import load_dataset
+    from avsslib.mitigate import truthfulqa_quick_eval
+
+    model, tokenizer = smol
+    records = load_dataset("truthfulqa", n=3, seed=0, data_dir=data_dir)
+    result = truthfulqa_quick_eval(model, tokenizer, records, max_new_tokens=8)
+    task = result.tasks["truthfulqa"]
+    assert task.ids == tuple(r.id for r in records)
+    margin = task.metrics["margin"].per_example
+    assert set(task.metrics) == {"truthful", "mc1", "margin"} and margin.shape == (3,)
+    np.testing.assert_array_equal(task.metrics["mc1"].per_example, (margin > 0).astype(float))
+    assert set(task.metrics["truthful"].per_example) <= {0.0, 1.0}
+    with pytest.raises(ConfigError, match="no questions"):
+        truthfulqa_quick_eval(model, tokenizer, [])
