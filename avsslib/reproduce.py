@@ -247,11 +247,14 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
         """Merge one stage's entry into reproduce.json, re-read first: several processes may
         share it (e.g. the study and the mitigation of one model run side by side)."""
         current = json.loads(log_path.read_text(encoding="utf-8")) if log_path.exists() else {}
-        current.update(meta)
+        for key, value in meta.items():     # the first run's values stay; each stage has its own
+            current.setdefault(key, value)
+        current["devices"] = sorted({*current.get("devices", [current["device"]]), meta["device"]})
         stages_log = current.setdefault("stages", {})
         if keep and stage in stages_log:
             return
-        stages_log[stage] = {**stages_log.get(stage, {}), **entry}
+        ran_here = {} if keep else {"device": meta["device"], "scale": name}
+        stages_log[stage] = {**stages_log.get(stage, {}), **entry, **ran_here}
         write_json_atomic(log_path, current)
         log["stages"][stage] = stages_log[stage]
 
