@@ -90,6 +90,9 @@ def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
                             "own_negatives.json").read_text())
     assert negatives == [["Q1?", "wrong"]]                       # hallucinated answers only
     assert all(v["status"] == "done" for v in log["stages"].values())
+    on_disk = json.loads((tmp_path / "smollm2-135m" / "reproduce.json").read_text())
+    assert all(v["device"].startswith("cpu") and v["scale"] == "custom" for v in on_disk["stages"].values())
+    assert on_disk["devices"] == [on_disk["device"]]
 
     summary = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary.csv")
     assert len(summary) == 6 and set(summary["mode"]) == {"eavss", "random", "avss"}
