@@ -72,10 +72,10 @@ book: setup notebooks
 	@echo "==> open _build/html/index.html"
 
 # The papers' pipeline at scale (GPU when present, else CPU), resumable: rerun to continue.
-# SCALE=full writes results/ (committed); SCALE=ci is a smoke run into _build/reproduce-ci.
+# SCALE=full writes results/ (committed); SCALE=ci or book write _build/reproduce-<scale>.
 SCALE   ?= full
 MODELS  ?= $(if $(filter ci,$(SCALE)),smollm2-135m,smollm2-135m$(comma)qwen2.5-coder-1.5b)
-RESULTS ?= $(if $(filter ci,$(SCALE)),_build/reproduce-ci,results)
+RESULTS ?= $(if $(filter full,$(SCALE)),results,_build/reproduce-$(SCALE))
 comma   := ,
 reproduce: setup
 	$(if $(findstring qwen,$(MODELS)),$(MAKE) qwen,)

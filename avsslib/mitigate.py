@@ -986,6 +986,7 @@ __all__ = [
     "save_trained_layers",
     "supcon",
     "train",
+    "truthfulqa_quick_eval",
 ]
 
 
@@ -1003,10 +1004,19 @@ def truthfulqa_quick_eval(model: torch.nn.Module, tokenizer: Any,
     evaluates); this one costs one generation and one scoring pass per question.
     """
     from avsslib.evaluate import EvalResult, MetricScores, TaskResult
-    from avsslib.labels import continuation_logprobs, generate_answers, label_truthfulqa
+    from avsslib.labels import (
+        DEFAULT_TEMPLATE,
+        continuation_logprobs,
+        generate_answers,
+        label_truthfulqa,
+    )
 
     if not records:
         raise ConfigError("truthfulqa_quick_eval: no questions to evaluate.")
+    few = [r.id for r in records if len(r.mc1_choices) < 2 or list(r.mc1_labels).count(1) != 1]
+    if few:
+        raise ConfigError(f"truthfulqa_quick_eval: questions {few[:5]} need at least two MC1 "
+                          "choices with exactly one correct.")
     t0 = time.perf_counter()
     answers = generate_answers(model, tokenizer, records, max_new_tokens=max_new_tokens,
                                progress=False)
@@ -1021,7 +1031,10 @@ def truthfulqa_quick_eval(model: torch.nn.Module, tokenizer: Any,
     scores = {"truthful": np.array(truthful, float), "mc1": (np.array(margins) > 0).astype(float),
               "margin": np.array(margins)}
     metrics = {k: MetricScores(float(v.mean()), "mean", True, v) for k, v in scores.items()}
-    protocol = {"prompt": prompt("{question}"), "max_new_tokens": max_new_tokens,
+    protocol = {"generation": {"template": DEFAULT_TEMPLATE, "chat_template": "auto",
+                               "max_new_tokens": max_new_tokens, "decoding": "greedy"},
+                "scoring_prompt": prompt("{question}"), "scoring": "log-probability of each "
+                "MC1 choice after the scoring prompt (tokenizer's BOS, no chat template)",
                 "metrics": "truthful (labelling rule), mc1 (no preamble), margin (nats)"}
     return EvalResult({task: TaskResult(task, tuple(r.id for r in records), metrics, protocol,
                                         time.perf_counter() - t0)})

@@ -22,11 +22,14 @@ committed CPU runs; ``full`` the GPU sizes (evaluation sets capped at ``n_eval``
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import platform
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,14 +91,62 @@ def model_slug(model: str) -> str:
     return Path(str(model).rstrip("/")).name.replace(" ", "_") or "model"
 
 
+STAGE_SETTINGS = "reproduce_stage.json"
+"""Written beside a finished stage's marker: the ``avss`` arguments it ran with."""
+
+
 @dataclass
 class Stage:
     name: str
     argv: list[str]
     done: Path                                   # exists once the stage finished
 
+    @property
+    def settings(self) -> list[str]:
+        """The arguments that define the result: all but ``--resume`` and ``--device`` (how
+        and where it runs; the run record keeps the device)."""
+        out, skip = [], False
+        for a in self.argv:
+            if skip:
+                skip = False
+            elif a == "--device":
+                skip = True
+            elif a != "--resume":
+                out.append(a)
+        return out
+
     def is_done(self) -> bool:
-        return self.done.exists()
+        """Finished, with the same settings; a finished stage run with other settings is an
+        error (its results would be mixed with this run's), not something to skip silently."""
+        if not self.done.exists():
+            return False
+        path = self.done.parent / STAGE_SETTINGS
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))["argv"]
+        except (OSError, KeyError, ValueError):
+            return True                          # finished before settings were recorded
+        if before != self.settings:
+            changed = [f"{k} {b} -> {c}" for k, b, c in _pairs(before, self.settings) if b != c]
+            raise ConfigError(
+                f"stage {self.name!r} already finished in {self.done.parent} with other settings "
+                f"(differing: {', '.join(changed) or 'argument order'}). Use another --results "
+                f"directory, or delete {self.done.parent} to redo it with the new settings.")
+        return True
+
+    def mark_done(self) -> None:
+        from avsslib.report import write_json_atomic
+
+        write_json_atomic(self.done.parent / STAGE_SETTINGS, {"stage": self.name, "argv": self.settings})
+
+
+def _pairs(a: list[str], b: list[str]) -> list[tuple[str, str | None, str | None]]:
+    """(option, value in a, value in b) for every ``--option [value]`` of either list (the
+    value ``None`` for a flag, ``"absent"`` for an option the list lacks)."""
+    def values(argv: list[str]) -> dict[str, str | None]:
+        return {x: (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
+                for i, x in enumerate(argv) if x.startswith("--")}
+    va, vb = values(a), values(b)
+    return [(k, va.get(k, "absent"), vb.get(k, "absent")) for k in sorted(set(va) | set(vb))]
 
 
 def _prone_layers(eavss_dir: Path, dataset: str, family: str, n_layers: int | None) -> list[int]:
@@ -121,6 +172,8 @@ def _own_negatives(eavss_dir: Path, dataset: str, out: Path) -> Path | None:
     path = eavss_dir / "labels" / f"{PRONE_SOURCE.get(dataset, dataset)}.jsonl"
     if not path.exists():
         return None
+    if out.exists():                 # written once per dataset: finished runs refer to it
+        return out
     pairs = [[e.question, e.answer] for e in read_labels(path) if e.label == "hallucinated"]
     if not pairs:
         return None
@@ -171,7 +224,8 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                                            root / "mitigation" / dataset / "own_negatives.json")
                 if negatives is not None:
                     argv += ["--own-negatives", str(negatives)]
-                if (out / "checkpoint.pt").exists():
+                if (out / "checkpoint.pt").exists() or ((out / "trained_layers.json").exists()
+                                                         and not (out / "metrics.json").exists()):
                     argv.append("--resume")
                 stages.append(Stage(f"mitigate {dataset} {mode} seed {seed}", argv, out / "metrics.json"))
     return stages
@@ -184,7 +238,10 @@ def summarise(root: Path) -> pd.DataFrame | None:
 
     rows = []
     for metrics in sorted((root / "mitigation").glob("*/*-seed*/metrics.json")):
-        mode, _, seed = metrics.parent.name.rpartition("-seed")
+        match = re.fullmatch(r"(.+)-seed(\d+)", metrics.parent.name)
+        if match is None:            # e.g. a renamed copy "eavss-seed0-old": not a run of ours
+            continue
+        mode, seed = match.groups()
         data = json.loads(metrics.read_text(encoding="utf-8"))
         effects = data.get("side_effects", {})
         kl = effects.get("kl_to_base", {}).get("value", math.nan)
@@ -216,7 +273,9 @@ def _device_name(device: str | None) -> str:
     import torch
 
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return torch.cuda.get_device_name(0)
+        if not torch.cuda.is_available():
+            return str(device)               # the stage itself will say that CUDA is missing
+        return torch.cuda.get_device_name(torch.device(device or "cuda").index or 0)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -244,9 +303,17 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
     meta = {"model": str(model), "scale": name, "device": _device_name(device), "dtype": dtype}
 
     def note(stage: str, entry: dict[str, Any], *, keep: bool = False) -> None:
-        """Merge one stage's entry into reproduce.json, re-read first: several processes may
-        share it (e.g. the study and the mitigation of one model run side by side)."""
+        """Merge one stage's entry into reproduce.json under a (waiting) lock: several processes
+        may share it (e.g. the study and the mitigation of one model run side by side)."""
+        with _waiting_lock(root / ".reproduce.lock"):
+            _note(stage, entry, keep)
+
+    def _note(stage: str, entry: dict[str, Any], keep: bool) -> None:
         current = json.loads(log_path.read_text(encoding="utf-8")) if log_path.exists() else {}
+        if current.get("model", str(model)) != str(model):
+            raise ConfigError(f"{root} holds the results of {current['model']!r}, not of "
+                              f"{str(model)!r} (both map to the folder {root.name!r}); choose "
+                              "another --results directory.")
         for key, value in meta.items():     # the first run's values stay; each stage has its own
             current.setdefault(key, value)
         current["devices"] = sorted({*current.get("devices", [current["device"]]), meta["device"]})
@@ -271,11 +338,18 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
         if progress:
             print(f"[{i}/{n}] {stage.name}: avss {' '.join(stage.argv)}", flush=True)
         t0 = time.perf_counter()
-        code = avss(stage.argv)
-        wall = time.perf_counter() - t0
-        note(stage.name, {"status": "done" if code == 0 else f"failed ({code})",
-                          "wall_s": round(wall, 1), "argv": stage.argv})
-        _free_memory()
+        code = 1
+        try:
+            code = avss(stage.argv)
+        finally:
+            wall = time.perf_counter() - t0
+            note(stage.name, {"status": "done" if code == 0 else f"failed ({code})",
+                              "wall_s": round(wall, 1), "argv": stage.argv})
+            _free_memory()
+        if code == 130:
+            raise KeyboardInterrupt
+        if code == 0:
+            stage.mark_done()
         if code != 0:
             raise ConfigError(f"stage {stage.name!r} failed with exit status {code}; its output "
                               f"is above. Rerun the same command to resume after fixing it.")
@@ -313,6 +387,20 @@ def _share_baseline(out: Path) -> None:
         shutil.copyfile(sibling, tmp)
         tmp.replace(out / "before.json")
         return
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, waiting for other holders (short critical sections)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_memory() -> None:

@@ -477,6 +477,10 @@ def pruning_study(
                                                 protocol, eval_kwargs, progress, evaluate_missing)
     if not evaluate_missing:      # tables of what a partial (e.g. interrupted) run evaluated
         configs = {k: v for k, v in configs.items() if k in results}
+        if "original" not in results:
+            raise ConfigError(f"{out}: the unpruned model has not been evaluated yet, so there is "
+                              "no retention to tabulate; run the study without "
+                              "evaluate_missing=False (--no-new-evals) first.")
 
     # ------------------------------------------------------------ retention, sweep, agreement
     retention_df = retention_table(results, configs, n_boot, seed)
@@ -505,6 +509,9 @@ def pruning_study(
     missing = sorted(k for k, v in status.items() if v == "missing")
     # a partial study (configurations missing) must not look finished to a resuming driver
     save_record(record, out / ("record.partial.json" if missing else "record.json"))
+    if not missing:               # complete now: an earlier partial record is out of date
+        for stale in ("record.partial.json", "record.partial.md"):
+            (out / stale).unlink(missing_ok=True)
     return {
         "out_dir": out, "layer_stats": fixed, "layer_stats_faithful": faithful, "selections": chosen,
         "configs": {k: v["layers"] for k, v in configs.items()}, "retention": retention_df,
@@ -726,7 +733,7 @@ def load_study(out_dir: str | Path) -> dict[str, Any]:
                      n_pruned=len(layers))
                 for mode in ("fixed", "faithful") for key, layers in chosen.get(mode, {}).items()]
         result["selections"] = pd.DataFrame(rows)
-    record = _read_json(out / "record.json")
+    record = _read_json(out / "record.json") or _read_json(out / "record.partial.json")
     if record is not None:
         result["record"] = record
     if not result:

@@ -268,3 +268,14 @@ def test_cli_end_to_end(tmp_path, data_dir):
     assert record["command"].startswith("avss hallucination")
     assert (out / "record.md").exists()
     assert set(prone["sparsity"]) == set(prone["prone"])
+
+    # generated labels carry their key (resume); labels copied with --labels-from do not
+    assert (out / "labels" / "nq_open.key.json").exists()
+    copy = tmp_path / "copy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["hallucination", "--datasets", "nq_open", "--n", "6", "--max-new-tokens", "8",
+                   "--min-per-class", "1", "--eps", "1e-3", "--calib-fraction", "1.0",
+                   "--labels-from", str(out), "--out", str(copy), "--quiet"])
+    assert rc == 0 and not (copy / "labels" / "nq_open.key.json").exists()
+    assert (copy / "labels" / "nq_open.jsonl").read_text() == (out / "labels" / "nq_open.jsonl").read_text()

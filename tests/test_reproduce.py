@@ -160,3 +160,27 @@ def test_model_slug():
     assert rp.model_slug("smollm2-135m") == "smollm2-135m"
     assert rp.model_slug("Qwen/Qwen2.5-7B/") == "Qwen2.5-7B"
     assert rp.model_slug("/models/my model") == "my_model"
+
+
+def test_finished_stage_with_other_settings_is_refused(tmp_path, monkeypatch):
+    _label_reader(monkeypatch)
+    monkeypatch.setattr("avsslib.cli.main", Recorder())
+    rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
+    assert json.loads((tmp_path / "m" / "avss" / rp.STAGE_SETTINGS).read_text())["argv"][0] == "study"
+    # the same settings on another device: still finished, nothing runs
+    rec = Recorder()
+    monkeypatch.setattr("avsslib.cli.main", rec)
+    rp.reproduce("m", tmp_path, "ci", device="cuda", progress=False, stages=("study",))
+    assert rec.calls == []
+    with pytest.raises(ConfigError, match=r"other settings .*--sweep-fractions"):
+        rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, stages=("study",),
+                     overrides={"study": ("--quick", "--sweep-fractions", "0.5")})
+    with pytest.raises(ConfigError, match="-> other/m"):          # a second model, same folder
+        rp.reproduce("other/m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
+
+
+def test_summary_skips_folders_that_are_not_runs(tmp_path):
+    stray = tmp_path / "mitigation" / "truthfulqa" / "eavss-seed0-old"
+    stray.mkdir(parents=True)
+    (stray / "metrics.json").write_text("{}")
+    assert rp.summarise(tmp_path) is None

@@ -6,7 +6,9 @@
 #   tools/gpu_node.sh setup WHEELDIR DATADIR   install the wheels into $NODE/site, copy the data
 #   tools/gpu_node.sh piece FILE NAME          append FILE (a piece of a GGUF file) to NAME.part
 #   tools/gpu_node.sh finish NAME SHA256       check the assembled file, then name it NAME
-#   tools/gpu_node.sh start TAG GPU ARGS...    python3 ARGS on GPU (e.g. -m avsslib reproduce ...), detached
+#   tools/gpu_node.sh start TAG GPU ARGS...    python3 ARGS on GPU (e.g. -m avsslib reproduce ...), detached,
+#                                              run from $NODE (relative paths land there)
+#   tools/gpu_node.sh start-after FILE TAG GPU ARGS...   the same, once FILE exists
 #   tools/gpu_node.sh status                   tail the logs, GPU use
 #   tools/gpu_node.sh pack OUTDIR              results (no weights) as OUTDIR/results.tgz
 set -euo pipefail
@@ -26,22 +28,22 @@ case $cmd in
     cat "$1" >> "$NODE/gguf/$2.part"; rm -f "$1"; ls -l "$NODE/gguf/" ;;
   finish)
     echo "$2  $NODE/gguf/$1.part" | sha256sum -c - && mv "$NODE/gguf/$1.part" "$NODE/gguf/$1" ;;
-  start)
+  start|start-after)   # [start-after FILE] TAG GPU ARGS...: python3 ARGS, detached
+    file=; if [ "$cmd" = start-after ]; then file=$(cd "$NODE" && realpath -m "$1"); shift; fi
     tag=$1 gpu=$2; shift 2
+    pid=$(cat "$NODE/logs/$tag.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      echo "job $tag (pid $pid) is still running; wait for it or choose another tag" >&2; exit 2
+    fi
     rm -rf "$NODE/src/$tag" && mkdir -p "$NODE/src/$tag" && cp -r avsslib benchmarks "$NODE/src/$tag/"
-    (cd "$NODE/src/$tag" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
-      setsid nohup python3 "$@" > "$NODE/logs/$tag.log" 2>&1 < /dev/null &)
-    sleep 2; echo "started $tag on GPU $gpu: python3 $*" ;;
-  start-after)   # start-after FILE TAG GPU ARGS...: wait until FILE exists, then start
-    file=$1; shift; tag=$1 gpu=$2; shift 2
-    rm -rf "$NODE/src/$tag" && mkdir -p "$NODE/src/$tag" && cp -r avsslib benchmarks "$NODE/src/$tag/"
-    (cd "$NODE/src/$tag" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
-      setsid nohup bash -c 'while [ ! -e "$0" ]; do sleep 5; done; exec python3 "$@"' "$file" "$@" \
-      > "$NODE/logs/$tag.log" 2>&1 < /dev/null &)
-    echo "started $tag on GPU $gpu once $file exists: python3 $*" ;;
+    # from $NODE, so relative --results/--out paths land beside results/ (what `pack` collects)
+    (cd "$NODE" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
+      setsid nohup bash -c 'while [ -n "$1" ] && [ ! -e "$1" ]; do sleep 5; done; shift; python3 "$@"' \
+      "avss-node-job=$tag" "$file" "$@" > "$NODE/logs/$tag.log" 2>&1 < /dev/null & echo $! > "$NODE/logs/$tag.pid")
+    echo "started $tag on GPU $gpu${file:+ once $file exists}: python3 $*" ;;
   status)
-    for f in "$NODE"/logs/*.log; do [ -e "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -n 4 | cut -c1-220; done
-    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
+    for f in "$NODE"/logs/*.log; do [ -e "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | { grep -v '^\s*$' || true; } | tail -n 4 | cut -c1-220; done
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true ;;
   pack)
     tar czf "$1/results.tgz" -C "$NODE" --exclude='*.safetensors' --exclude='*.pt' results logs
     ls -l "$1" ;;

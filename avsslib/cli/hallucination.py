@@ -183,8 +183,10 @@ def _run(args: argparse.Namespace) -> int:
                                      max_new_tokens=args.max_new_tokens,
                                      batch_size=args.batch_size, chat_template=chat,
                                      question_guard=args.question_guard, progress=progress)
+        key_file.unlink(missing_ok=True)      # labels and key are never out of step
         write_labels(label_file, labelled)
-        write_json_atomic(key_file, label_key)
+        if args.labels_from is None:          # copied labels are not this run's answers
+            write_json_atomic(key_file, label_key)
         timings["label_s"][dataset] = time.perf_counter() - t0
         calib_ids, eval_ids = split_ids([e.id for e in labelled], fractions, args.seed,
                                         stratify=[e.label for e in labelled])

@@ -339,13 +339,13 @@ def _run(args: argparse.Namespace) -> int:
                 "trainable_parameters": sum(t.numel() for t in result.state.values())}
     metrics = {"before": before.to_dict(), "after": after.to_dict(), "change": change.to_dict("records"),
                "side_effects": effects, "training": training}
-    write_json_atomic(out / "metrics.json", metrics)
     write_csv_atomic(out / "changes.csv", change)
     record.finish({"table": _card_rows(change, before, after, args.n_boot), "side_effects": effects,
                    "training": {k: v for k, v in training.items() if k != "history"},
                    "loss_first": result.history[0]["loss"], "loss_last": result.history[-1]["loss"]},
                   **timings)
     save_record(record, out / "record.json")
+    write_json_atomic(out / "metrics.json", metrics)   # last: it marks the run as finished
 
     print(f"trained {result.meta['kind']} on layers {layers} ({len(triples)} questions, "
           f"{len(result.history)} steps, {result.s_per_step:.2f} s/step); loss "

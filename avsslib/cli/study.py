@@ -139,11 +139,13 @@ def _run(args: argparse.Namespace) -> int:
     columns = ["config", "n_pruned", "task", "metric", "original", "pruned", "retention", "ci_low", "ci_high"]
     print(main[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     timing = result["timing"]
-    counts = {s: list(result["status"].values()).count(s) for s in ("evaluated", "reused", "cached")}
+    counts = {s: list(result["status"].values()).count(s)
+              for s in ("evaluated", "reused", "cached", "missing")}
     print(f"configurations: {counts}; statistics {timing['stats']} in {timing['stats_s']:.1f} s; "
           f"total {timing['total_s']:.1f} s")
+    record = "record.partial.json" if counts["missing"] else "record.json"
     print(f"wrote {args.out} (layer_stats*.csv, selections.json, eval/, retention.csv, sweep.csv, "
-          "agreement.csv, figures/, record.json, record.md)")
+          f"agreement.csv, figures/, {record} and its .md)")
     return 0
 
 
