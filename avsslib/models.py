@@ -34,7 +34,6 @@ import shutil
 import struct
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ import torch
 
 from avsslib.errors import ModelError
 from avsslib.paths import cache_dir
+from avsslib.report import file_lock, replace_directory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -348,24 +348,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (a lock file), so that concurrent processes build one
-    cache once; a no-op where ``fcntl`` does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def zoo_cache_path(name: str) -> Path:
     """Where the dequantized zoo model ``name`` is (or will be) cached: ``cache_dir()/name``."""
     return cache_dir() / name
@@ -432,11 +414,7 @@ def _build_cache(entry: ZooModel, target: Path) -> None:
                         gguf=entry.gguf_name, gguf_sha256=digest, dtype="float32",
                         transformers=transformers.__version__)
         logger.info("dequantized %s in %.1f s", entry.name, time.perf_counter() - t0)
-        stale = target.parent / f".{entry.name}.stale-{os.getpid()}"
-        if target.exists():
-            os.rename(target, stale)
-        os.rename(out, target)
-        shutil.rmtree(stale, ignore_errors=True)
+        replace_directory(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -452,7 +430,7 @@ def prepare_zoo_model(name: str, *, verify: bool = False) -> Path:
     target = zoo_cache_path(name)
     if target.exists() and _verify_cache(target, full=verify) is None:
         return target
-    with _lock(target.parent / f".{name}.lock"):
+    with file_lock(target.parent / f".{name}.lock"):
         if target.exists():  # checked again: another process may have rebuilt it meanwhile
             problem = _verify_cache(target, full=verify)
             if problem is None:

@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -294,6 +295,38 @@ def save_record(record: RunRecord, path: str | Path) -> Path:
     card = result_card(record)
     _atomic_write(path.with_suffix(".md"), lambda fh: fh.write(card))
     return path
+
+
+def replace_directory(new: str | Path, target: str | Path) -> None:
+    """Put the complete directory ``new`` in the place of ``target`` by renames (same file
+    system): the old ``target`` is first set aside as ``.<name>.stale-<pid>`` beside it, then
+    removed; a kill in between leaves that complete copy to restore."""
+    new, target = Path(new), Path(target)
+    stale = target.parent / f".{target.name}.stale-{os.getpid()}"
+    if target.exists():
+        os.rename(target, stale)
+    os.rename(new, target)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the lock file ``path``, **waiting** for other holders: for
+    short critical sections shared by processes (building a model cache once, merging a log).
+    A no-op where ``fcntl`` does not exist. Compare :func:`results_lock`, which refuses."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 LOCK_NAME = ".avss.lock"

@@ -22,14 +22,12 @@ committed CPU runs; ``full`` the GPU sizes (evaluation sets capped at ``n_eval``
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
 import platform
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -305,7 +303,9 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
     def note(stage: str, entry: dict[str, Any], *, keep: bool = False) -> None:
         """Merge one stage's entry into reproduce.json under a (waiting) lock: several processes
         may share it (e.g. the study and the mitigation of one model run side by side)."""
-        with _waiting_lock(root / ".reproduce.lock"):
+        from avsslib.report import file_lock
+
+        with file_lock(root / ".reproduce.lock"):
             _note(stage, entry, keep)
 
     def _note(stage: str, entry: dict[str, Any], keep: bool) -> None:
@@ -387,20 +387,6 @@ def _share_baseline(out: Path) -> None:
         shutil.copyfile(sibling, tmp)
         tmp.replace(out / "before.json")
         return
-
-
-@contextlib.contextmanager
-def _waiting_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, waiting for other holders (short critical sections)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_memory() -> None:

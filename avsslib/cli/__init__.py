@@ -1,7 +1,9 @@
 """The ``avss`` command line: thin subcommands over the same functions the notebooks call.
 
 Each subcommand lives in its own module in this package and exposes three names:
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; ``LOCK_OUT = True``
+makes the dispatcher hold the lock of ``--out`` (:func:`avsslib.report.results_lock`) while
+``run`` writes there, so that a second run into the same directory is refused.
 To add a command, write the module and append its name to ``COMMANDS``.
 
 Errors of the ``AvssError`` family print one paragraph and exit with status 2;
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"avsslib.cli.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _lock_out=getattr(module, "LOCK_OUT", False))
     return parser
 
 
@@ -45,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args._lock_out:       # one writer per results directory (avsslib.report.results_lock)
+            from avsslib.report import results_lock
+
+            with results_lock(args.out):
+                return int(args._run(args) or 0)
         return int(args._run(args) or 0)
     except AvssError as exc:
         if args.debug:

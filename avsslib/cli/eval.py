@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import time
 from pathlib import Path
 
-from avsslib.cli.score import add_trust_remote_code_argument
+from avsslib.cli.score import add_trust_remote_code_argument, load_cli_model
 from avsslib.errors import ConfigError
 from avsslib.evaluate import TASKS, EvalResult, evaluate, task_data_files
 from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
-from avsslib.seeding import set_seed
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
+LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -62,10 +61,9 @@ def _command(config: dict, out: Path) -> str:
     return shlex.join([*argv, "--out", str(out)])
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
-    from avsslib.models import load_model
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -79,11 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         "chat_template": args.chat_template, "n_boot": args.n_boot, "device": device, "dtype": args.dtype,
         "trust_remote_code": getattr(args, "trust_remote_code", False),
     }
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    load_s = time.perf_counter() - t0
+    model, tokenizer, load_s = load_cli_model(args, device)
     record = RunRecord.start(_command(config, args.out), config, args.seed, model=model,
                              data_files=task_data_files(tasks))
     result: EvalResult = evaluate(
@@ -104,12 +98,3 @@ def _run(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     print(f"wrote {out}/metrics.json, metrics.csv, record.json, record.md")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
-    a second run writing the same directory is refused."""
-    from avsslib.report import results_lock
-
-    with results_lock(args.out):
-        return _run(args)

@@ -34,12 +34,14 @@ from avsslib.cli.score import (
     add_common_arguments,
     check_numbers,
     command_line,
+    load_cli_model,
     parse_list,
     resolve_device,
 )
 from avsslib.errors import ConfigError
 
 HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
+LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
 
 _DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
 
@@ -130,29 +132,22 @@ def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
             "degenerate": max(len(clamped_h), len(clamped_t)) >= n / 2}
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import pandas as pd
-    import torch
 
     from avsslib import plots
     from avsslib.data import data_file_hashes, get_spec
     from avsslib.eavss import hallucination_stats, profiles_matrix, prone_sweep
     from avsslib.labels import label_dataset, label_summary, read_labels, split_ids, write_labels
-    from avsslib.models import load_model
     from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
-    from avsslib.seeding import set_seed
 
     check_numbers(args)
     datasets, families = _check_args(args)
     chat: Any = {"auto": "auto", "on": True, "off": False}[args.chat_template]
     out: Path = args.out
     device = resolve_device(args.device)
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    load_s = time.perf_counter() - t0
+    model, tokenizer, load_s = load_cli_model(args, device)
     splits = {d: get_spec(d).split_name(None) for d in datasets}
     hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")
@@ -260,12 +255,3 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
           "prone_layers.json, record.json")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
-    a second run writing the same directory is refused."""
-    from avsslib.report import results_lock
-
-    with results_lock(args.out):
-        return _run(args)

@@ -37,12 +37,14 @@ from avsslib.cli.score import (
     add_common_arguments,
     check_numbers,
     command_line,
+    load_cli_model,
     parse_list,
     resolve_device,
 )
 from avsslib.errors import ConfigError
 
 HELP = "contrastive fine-tuning of chosen (prone) layers, evaluated before/after with KL and perplexity"
+LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
 
 DEFAULT_EVAL_TASKS = {
     "truthfulqa": "truthfulqa_mc1,truthfulqa_mc2",
@@ -185,7 +187,7 @@ def _card_rows(change: Any, before: Any, after: Any, n_boot: int) -> list[dict[s
     return rows
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
@@ -209,9 +211,8 @@ def _run(args: argparse.Namespace) -> int:
         paired_change,
         train,
     )
-    from avsslib.models import blocks, load_model
+    from avsslib.models import blocks
     from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
-    from avsslib.seeding import set_seed
 
     check_numbers(args)
     out: Path = args.out
@@ -230,11 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--n-eval and --n-train must be positive.")
     split = get_spec(args.dataset).split_name(args.split)
     device = resolve_device(args.device)
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    load_s = time.perf_counter() - t0
+    model, tokenizer, load_s = load_cli_model(args, device)
     n_layers = len(blocks(model))
 
     given, scores = (parse_list(args.layers, "--layers", int) or None), None
@@ -361,12 +358,3 @@ def _run(args: argparse.Namespace) -> int:
               f"{effects['perplexity']['tuned']['value']:.3f}")
     print(f"wrote {out} (trained_layers.*, metrics.json, changes.csv, data.json, record.json, record.md)")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
-    a second run writing the same directory is refused."""
-    from avsslib.report import results_lock
-
-    with results_lock(args.out):
-        return _run(args)

@@ -31,6 +31,7 @@ from avsslib.cli.score import (
     calibration_from_args,
     check_numbers,
     command_line,
+    load_cli_model,
     parse_list,
     resolve_device,
 )
@@ -60,12 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
 
-    from avsslib.models import blocks, load_model
+    from avsslib.models import blocks
     from avsslib.prune import prune_layers_
-    from avsslib.report import RunRecord, file_sha256, save_record, write_json_atomic
-    from avsslib.seeding import set_seed
+    from avsslib.report import (
+        RunRecord,
+        file_sha256,
+        replace_directory,
+        save_record,
+        write_json_atomic,
+    )
     from avsslib.selection import select_layers
     from avsslib.study import layer_scores, read_layer_table
 
@@ -75,11 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose "
                           "another directory.")
     device = resolve_device(args.device)
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    load_s = time.perf_counter() - t0
+    model, tokenizer, load_s = load_cli_model(args, device)
     n_layers = len(blocks(model))
     data_files: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -133,11 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         record.finish({"selection": selection}, load_model_s=load_s, select_s=select_s)
         record.model = {**record.model, "pruned": {"num_layers": len(kept), "pruned_layers": layers}}
         save_record(record, work / "record.json")
-        stale = out.parent / f".{out.name}.stale-{os.getpid()}"
-        if out.exists():
-            os.rename(out, stale)
-        os.rename(work, out)
-        shutil.rmtree(stale, ignore_errors=True)
+        replace_directory(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     how = "as given" if given else f"{args.score}, rule {args.rule}, fraction {args.fraction}"

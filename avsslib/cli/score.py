@@ -29,6 +29,7 @@ from avsslib.errors import ConfigError
 from avsslib.study import DEFAULT_SCORES, DTYPES
 
 HELP = "per-layer activation statistics and importance scores (AVSS and baselines) of a model"
+LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -60,6 +61,23 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per text (default 128)")
     parser.add_argument("--batch-size", type=int, default=8, help="texts per batch (default 8)")
     parser.add_argument("--calib-seed", type=int, default=0, help="seed of the text sample (default 0)")
+
+
+def load_cli_model(args: argparse.Namespace, device: str) -> tuple[Any, Any, float]:
+    """Seed everything (``--seed``), then load ``--model`` in ``--dtype`` on ``device``, honouring
+    ``--trust-remote-code``; returns ``(model, tokenizer, load seconds)``."""
+    import time
+
+    import torch
+
+    from avsslib.models import load_model
+    from avsslib.seeding import set_seed
+
+    set_seed(args.seed)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
+                                  trust_remote_code=getattr(args, "trust_remote_code", False))
+    return model, tokenizer, time.perf_counter() - t0
 
 
 def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
@@ -144,25 +162,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
-    import torch
 
     from avsslib import plots
-    from avsslib.models import load_model
     from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
-    from avsslib.seeding import set_seed
     from avsslib.study import batch_table, layer_scores, save_layer_table, selections
 
     check_numbers(args)
     scores = parse_list(args.scores, "--scores")
     device = resolve_device(args.device)
     out: Path = args.out
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    load_s = time.perf_counter() - t0
+    model, tokenizer, load_s = load_cli_model(args, device)
     batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "debug")}
     config.update(out=str(out), device=device, scores=scores)
@@ -196,12 +207,3 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{key:>24}: {layers}")
     print(f"wrote {out}/layer_stats.csv, layer_stats.json, batch_stats.csv, record.json, record.md")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
-    a second run writing the same directory is refused."""
-    from avsslib.report import results_lock
-
-    with results_lock(args.out):
-        return _run(args)

@@ -28,6 +28,7 @@ from avsslib.cli.score import (
 from avsslib.study import DEFAULT_AGREEMENT_CALIBS, DEFAULT_CALIB, DEFAULT_SCORES
 
 HELP = "run the AVSS pruning study: scores, selections, evaluation, retention, figures, record"
+LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
 
 # Defaults of the options left as None by the parser: (full study, --quick).
 _DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -97,7 +98,7 @@ def _agreement_calibs(value: str) -> list[dict[str, str]]:
     return out
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from avsslib.study import primary_metric_rows, pruning_study
 
     for name in _DEFAULTS:                  # record the values actually used
@@ -147,12 +148,3 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} (layer_stats*.csv, selections.json, eval/, retention.csv, sweep.csv, "
           f"agreement.csv, figures/, {record} and its .md)")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command while holding the lock of ``--out`` (:func:`avsslib.report.results_lock`):
-    a second run writing the same directory is refused."""
-    from avsslib.report import results_lock
-
-    with results_lock(args.out):
-        return _run(args)
