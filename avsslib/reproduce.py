@@ -42,6 +42,10 @@ MODES = ("eavss", "random", "avss", "full")
 PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
                 "triviaqa": "triviaqa", "wikiqa": "wikiqa"}
 
+#: training split of a mitigation dataset where its default split cannot supply one: WikiQA's
+#: test split has 243 answerable questions, all held out when ``n_eval`` >= 243
+TRAIN_SPLIT = {"wikiqa": "train"}
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -211,6 +215,8 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                         "--eval-batch-size", str(scale.batch_size), "--kl-texts", str(scale.kl_texts),
                         "--ppl-windows", str(scale.ppl_windows), "--out", str(out),
                         *scale.extra.get("mitigate", ())]
+                if dataset in TRAIN_SPLIT:
+                    argv += ["--split", TRAIN_SPLIT[dataset]]
                 if mode == "eavss":
                     argv += ["--layers", ",".join(map(str, prone)), "--full-params"]
                 elif mode == "random":

@@ -359,6 +359,23 @@ def test_cli_layer_and_negative_files(tmp_path):
         _own_negatives(tmp_path / "bad.json")
 
 
+def test_cli_refuses_a_split_left_empty_by_the_evaluation_before_loading(data_dir, capsys, tmp_path):
+    """WikiQA's test split has 243 answerable questions; --n-eval 300 holds all of them out, so
+    nothing is left to train on. The command says so (and which split to use) before it loads the
+    model: the model path does not exist and is never reached."""
+    from avsslib.cli import main
+
+    code = main(["mitigate", "--model", "/no/such/model", "--dataset", "wikiqa", "--n-eval", "300",
+                 "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no training examples in wikiqa:test" in err and "--split train" in err
+    assert "243 are held out" in err and not (tmp_path / "never").exists()
+    # with the training split the data are fine and the (missing) model is the next error
+    assert main(["mitigate", "--model", "/no/such/model", "--dataset", "wikiqa", "--split", "train",
+                 "--n-eval", "300", "--out", str(tmp_path / "never")]) == 2
+    assert "model directory /no/such/model does not exist" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the embedded model
 
 

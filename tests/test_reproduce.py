@@ -156,6 +156,20 @@ def test_missing_prone_layers_and_bad_scale_are_clear(tmp_path):
         rp._prone_layers(tmp_path / "eavss", "truthfulqa", "P", None)
 
 
+def test_wikiqa_mitigation_trains_on_its_train_split(tmp_path, monkeypatch):
+    _label_reader(monkeypatch)
+    root = tmp_path / "smollm2-135m"
+    _eavss_dir(root)
+    prone = json.loads((root / "eavss" / "prone_layers.json").read_text())
+    prone["prone"]["wikiqa"] = {"P": {"layers": [2]}}
+    (root / "eavss" / "prone_layers.json").write_text(json.dumps(prone))
+    scale = rp.replace(rp.SCALES["ci"], mitigation_datasets=("truthfulqa", "wikiqa"), seeds=(0,))
+    stages = rp.mitigation_stages("smollm2-135m", tmp_path, scale, device="cpu", dtype="float32")
+    split = {s.name.split()[1]: (s.argv[s.argv.index("--split") + 1] if "--split" in s.argv else None)
+             for s in stages}
+    assert split == {"truthfulqa": None, "wikiqa": "train"}
+
+
 def test_model_slug():
     assert rp.model_slug("smollm2-135m") == "smollm2-135m"
     assert rp.model_slug("Qwen/Qwen2.5-7B/") == "Qwen2.5-7B"

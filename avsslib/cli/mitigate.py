@@ -230,6 +230,28 @@ def run(args: argparse.Namespace) -> int:
     if args.n_eval < 1 or (args.n_train is not None and args.n_train < 1):
         raise ConfigError("--n-eval and --n-train must be positive.")
     split = get_spec(args.dataset).split_name(args.split)
+    # evaluation questions first, training questions from the rest (before the model loads)
+    eval_ids: set[str] = set()
+    for task in tasks:
+        spec = TASKS[task]
+        if spec.runner == "harness":
+            eval_ids |= {r.id for r in load_dataset(spec.dataset, spec.split, n=args.n_eval,
+                                                    seed=args.eval_seed, answerable_only=spec.answerable_only)}
+    every = load_dataset(args.dataset, split)
+    pool = [r for r in every if r.id not in eval_ids]
+    records = subsample(pool, args.n_train, args.seed)
+    triples = build_triples(args.dataset, records, own_negatives=_own_negatives(args.own_negatives),
+                            max_negatives=args.max_negatives,
+                            dataset_negatives=not args.no_dataset_negatives)
+    if not triples:
+        other = [s for s in get_spec(args.dataset).splits if s != split]
+        hint = (f"Train on another split (--split {other[0]}; splits: {', '.join(other)}) or lower "
+                "--n-eval." if other else "Lower --n-eval.")
+        raise ConfigError(
+            f"no training examples in {args.dataset}:{split}: of its {len(every)} records, "
+            f"{len(every) - len(pool)} are held out for evaluation (--n-eval {args.n_eval}) and none "
+            f"of the {len(records)} sampled from the rest has a correct answer to train on. {hint}")
+
     device = resolve_device(args.device)
     model, tokenizer, load_s = load_cli_model(args, device)
     n_layers = len(blocks(model))
@@ -241,18 +263,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("a layer_stats.csv gives AVSS scores: use it with --mode avss and --k.")
     layers = ablation_layers(args.mode, n_layers, layers=given, k=args.k, scores=scores, seed=args.seed)
 
-    # evaluation questions first, training questions from the rest
-    eval_ids: set[str] = set()
-    for task in tasks:
-        spec = TASKS[task]
-        if spec.runner == "harness":
-            eval_ids |= {r.id for r in load_dataset(spec.dataset, spec.split, n=args.n_eval,
-                                                    seed=args.eval_seed, answerable_only=spec.answerable_only)}
-    pool = [r for r in load_dataset(args.dataset, split) if r.id not in eval_ids]
-    records = subsample(pool, args.n_train, args.seed)
-    triples = build_triples(args.dataset, records, own_negatives=_own_negatives(args.own_negatives),
-                            max_negatives=args.max_negatives,
-                            dataset_negatives=not args.no_dataset_negatives)
     encoded = encode_triples(triples, tokenizer)
     train_ids = [t.id for t in triples]
     assert not set(train_ids) & eval_ids
