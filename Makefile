@@ -21,6 +21,8 @@ STAMP      := $(VENV)/.installed
 NOTEBOOK_SRC := $(sort $(wildcard notebooks/*.md))
 NOTEBOOK_OUT := $(NOTEBOOK_SRC:.md=.ipynb)
 LIB_SRC      := $(shell find avsslib -name '*.py' -o -name '*.yaml' 2>/dev/null)
+# the chapters that read the committed runs under results/ re-execute when a result changes
+RESULT_FILES := $(shell find results -type f 2>/dev/null)
 
 .PHONY: help setup test test-fast book notebooks html reproduce bench lint student qwen clean freeze
 
@@ -60,6 +62,8 @@ notebooks/%.ipynb: notebooks/%.md $(LIB_SRC) | setup
 	$(VENV)/bin/jupytext --quiet --to ipynb -o $@.src.ipynb $<
 	cd notebooks && ../$(VENV)/bin/papermill --progress-bar -k python3 $(notdir $@).src.ipynb $(notdir $@).run.ipynb
 	rm -f $@.src.ipynb && mv $@.run.ipynb $@
+
+notebooks/06_mitigation.ipynb notebooks/07_paper_scale.ipynb notebooks/08_reproduce_yourself.ipynb: $(RESULT_FILES)
 
 notebooks: $(NOTEBOOK_OUT)
 

@@ -1,0 +1,34 @@
+"""``bench_stats.py`` with another ``torch.compile`` setting of the statistics reductions.
+
+An experiment, not a library option: ``avsslib.stats`` compiles ``reduce_block_output`` with
+``dynamic=True`` (one kernel set for every batch shape). This script swaps in ``dynamic=False``
+(``static``: kernels specialised to the shape) or the default ``dynamic=None`` (``auto``:
+static first, dynamic after a shape change) and then runs ``benchmarks/bench_stats.py`` with
+the remaining arguments; ``dynamic`` leaves the library's setting as it is.
+
+    python benchmarks/compile_variant.py static --config llama2-7b --device cuda \\
+        --dtype bfloat16 --modes a,b --json out.json
+
+Results of session 3 on one H200: ``results/bench/compile_variants/``.
+"""
+
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import avsslib.stats as st  # noqa: E402
+
+VARIANTS = {"static": False, "auto": None}
+
+if len(sys.argv) < 2 or sys.argv[1] not in (*VARIANTS, "dynamic"):
+    sys.exit(f"usage: {sys.argv[0]} {{static,auto,dynamic}} [bench_stats.py arguments]")
+variant = sys.argv.pop(1)
+if variant in VARIANTS:
+    st._COMPILED = torch.compile(st.reduce_block_output, dynamic=VARIANTS[variant])
+print(f"compile variant: {variant}", flush=True)
+sys.argv[0] = str(ROOT / "benchmarks" / "bench_stats.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
