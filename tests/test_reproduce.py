@@ -198,3 +198,21 @@ def test_summary_skips_folders_that_are_not_runs(tmp_path):
     stray.mkdir(parents=True)
     (stray / "metrics.json").write_text("{}")
     assert rp.summarise(tmp_path) is None
+
+
+def test_results_tables_read_the_committed_runs(capsys, monkeypatch):
+    """tools/results_tables.py (closing-note tables) reads every committed result file kind."""
+    import runpy
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setattr(sys, "argv", ["results_tables.py", "--results", str(root / "results")])
+    runpy.run_path(str(root / "tools" / "results_tables.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for model in ("smollm2-135m", "qwen2.5-coder-1.5b"):
+        assert f"**{model}**, 25% of layers" in out and f"| {model} | truthfulqa |" in out
+    retention = pd.read_csv(root / "results" / "smollm2-135m" / "avss" / "retention.csv")
+    row = retention[(retention["config"] == "avss-count") & (retention["task"] == "sciq_mc")
+                    & (retention["metric"] == "acc")].iloc[0]
+    assert f"{row.retention:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]" in out
+    assert "speed-up" in out and "Hallucination labels" in out
