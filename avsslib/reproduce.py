@@ -42,6 +42,10 @@ MODES = ("eavss", "random", "avss", "full")
 PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
                 "triviaqa": "triviaqa", "wikiqa": "wikiqa"}
 
+#: relative changes of metrics whose base value is below this are not compared with the paper's
+#: 12% (1 -> 3 correct answers of 300 is +200%); the book shows their absolute changes only
+RELATIVE_BASE_FLOOR = 0.05
+
 #: training split of a mitigation dataset where its default split cannot supply one: WikiQA's
 #: test split has 243 answerable questions, all held out when ``n_eval`` >= 243
 TRAIN_SPLIT = {"wikiqa": "train"}

@@ -20,7 +20,7 @@ TASKS = [("sciq_mc", "acc"), ("sst2", "acc"), ("triviaqa_em", "exact_match"),
 
 def _md(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -106,7 +106,15 @@ def bench(root: Path) -> str:
                          "device": f"{d['environment']['world_size']} x {d['environment']['device_name']}",
                          "(b)/(a)": "", "(c)/(b)": "",
                          "speed-up": f"{d['speedup']:.2f} (ideal {d['ideal_speedup']})"})
-    return "Benchmarks:\n\n" + _md(pd.DataFrame(rows).fillna(""))
+    out = ["Benchmarks:\n\n" + _md(pd.DataFrame(rows).fillna(""))]
+    for path in sorted((root / "bench").glob("sweep_*.csv")):
+        sweep = pd.read_csv(path)
+        sweep = sweep[sweep["status"] == "ok"] if "status" in sweep else sweep
+        cell = [f"{r.layerstats_tokens_per_s:,.0f} ({r.ratio_b_over_a:.3f})" for r in sweep.itertuples()]
+        piv = sweep.assign(cell=cell).pivot(index="batch_size", columns="seq_len", values="cell")
+        out.append(f"`{path.relative_to(root)}`: LayerStats tokens/s (time ratio to a bare forward), "
+                   "rows batch size, columns sequence length:\n\n" + _md(piv.reset_index()))
+    return "\n\n".join(out)
 
 
 def main() -> None:
