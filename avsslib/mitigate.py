@@ -128,6 +128,13 @@ def _answers(dataset_name: str, ex: Any) -> tuple[str | None, tuple[str, ...], t
     )
 
 
+def has_answer(dataset_name: str, ex: Any) -> bool:
+    """Whether a record has a correct answer to train on (WikiQA questions without a label-1
+    sentence have none; every record of the other datasets has one)."""
+    gold = _answers(dataset_name, ex)[0]
+    return bool(gold and gold.strip())
+
+
 def build_triples(
     dataset_name: str,
     examples: Iterable[Any],
@@ -976,6 +983,7 @@ __all__ = [
     "capture_blocks",
     "collate",
     "encode_triples",
+    "has_answer",
     "info_nce",
     "kl_to_base",
     "load_trained_layers",

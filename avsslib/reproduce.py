@@ -47,7 +47,8 @@ PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_op
 RELATIVE_BASE_FLOOR = 0.05
 
 #: training split of a mitigation dataset where its default split cannot supply one: WikiQA's
-#: test split has 243 answerable questions, all held out when ``n_eval`` >= 243
+#: test split has 243 answerable questions, all held out when ``n_eval`` >= 243. The model's own
+#: hallucinated answers (labelled on the default split) do not apply to it.
 TRAIN_SPLIT = {"wikiqa": "train"}
 
 
@@ -228,8 +229,9 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                 elif mode == "avss":
                     argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
                              "--k", str(len(prone)), "--full-params"]
-                negatives = _own_negatives(root / "eavss", dataset,
-                                           root / "mitigation" / dataset / "own_negatives.json")
+                # the labels are of the default split: no own answers for another training split
+                negatives = None if dataset in TRAIN_SPLIT else _own_negatives(
+                    root / "eavss", dataset, root / "mitigation" / dataset / "own_negatives.json")
                 if negatives is not None:
                     argv += ["--own-negatives", str(negatives)]
                 if (out / "checkpoint.pt").exists() or ((out / "trained_layers.json").exists()

@@ -359,6 +359,16 @@ def test_cli_layer_and_negative_files(tmp_path):
         _own_negatives(tmp_path / "bad.json")
 
 
+def test_has_answer_and_triples_skip_wikiqa_questions_without_a_correct_sentence():
+    from avsslib.data.records import WikiQAQuestion
+    from avsslib.mitigate import has_answer
+
+    good = WikiQAQuestion("Q1", "Who?", "T", ("a.", "b."), (0, 1))
+    bad = WikiQAQuestion("Q2", "What?", "T", ("c.",), (0,))
+    assert has_answer("wikiqa", good) and not has_answer("wikiqa", bad)
+    assert [t.id for t in build_triples("wikiqa", [good, bad])] == ["Q1"]
+
+
 def test_cli_refuses_a_split_left_empty_by_the_evaluation_before_loading(data_dir, capsys, tmp_path):
     """WikiQA's test split has 243 answerable questions; --n-eval 300 holds all of them out, so
     nothing is left to train on. The command says so (and which split to use) before it loads the

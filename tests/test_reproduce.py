@@ -162,12 +162,16 @@ def test_wikiqa_mitigation_trains_on_its_train_split(tmp_path, monkeypatch):
     _eavss_dir(root)
     prone = json.loads((root / "eavss" / "prone_layers.json").read_text())
     prone["prone"]["wikiqa"] = {"P": {"layers": [2]}}
+    labels = root / "eavss" / "labels"
+    (labels / "wikiqa.jsonl").write_text((labels / "truthfulqa.jsonl").read_text())
     (root / "eavss" / "prone_layers.json").write_text(json.dumps(prone))
     scale = rp.replace(rp.SCALES["ci"], mitigation_datasets=("truthfulqa", "wikiqa"), seeds=(0,))
     stages = rp.mitigation_stages("smollm2-135m", tmp_path, scale, device="cpu", dtype="float32")
     split = {s.name.split()[1]: (s.argv[s.argv.index("--split") + 1] if "--split" in s.argv else None)
              for s in stages}
     assert split == {"truthfulqa": None, "wikiqa": "train"}
+    own = {s.name.split()[1]: "--own-negatives" in s.argv for s in stages}
+    assert own == {"truthfulqa": True, "wikiqa": False}   # labels are of WikiQA's test split
 
 
 def test_model_slug():

@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         ablation_layers,
         build_triples,
         encode_triples,
+        has_answer,
         kl_to_base,
         paired_change,
         train,
@@ -238,19 +239,23 @@ def run(args: argparse.Namespace) -> int:
             eval_ids |= {r.id for r in load_dataset(spec.dataset, spec.split, n=args.n_eval,
                                                     seed=args.eval_seed, answerable_only=spec.answerable_only)}
     every = load_dataset(args.dataset, split)
-    pool = [r for r in every if r.id not in eval_ids]
+    rest = [r for r in every if r.id not in eval_ids]
+    pool = [r for r in rest if has_answer(args.dataset, r)]   # sample only what can be trained on
+    if not pool:
+        spec = get_spec(args.dataset)
+        eval_splits = {spec.split_name(TASKS[t].split) for t in tasks if TASKS[t].dataset == args.dataset}
+        other = [s for s in spec.splits if s != split and s not in eval_splits]
+        hint = " or ".join(([f"train on another split (--split {other[0]})"] if other else [])
+                           + (["lower --n-eval"] if len(rest) < len(every) else []))
+        raise ConfigError(
+            f"no training examples in {args.dataset}:{split}: of its {len(every)} records, "
+            f"{len(every) - len(rest)} are held out for evaluation (--n-eval {args.n_eval}) and none "
+            f"of the other {len(rest)} has a correct answer to train on"
+            + (f"; {hint}." if hint else "."))
     records = subsample(pool, args.n_train, args.seed)
     triples = build_triples(args.dataset, records, own_negatives=_own_negatives(args.own_negatives),
                             max_negatives=args.max_negatives,
                             dataset_negatives=not args.no_dataset_negatives)
-    if not triples:
-        other = [s for s in get_spec(args.dataset).splits if s != split]
-        hint = (f"Train on another split (--split {other[0]}; splits: {', '.join(other)}) or lower "
-                "--n-eval." if other else "Lower --n-eval.")
-        raise ConfigError(
-            f"no training examples in {args.dataset}:{split}: of its {len(every)} records, "
-            f"{len(every) - len(pool)} are held out for evaluation (--n-eval {args.n_eval}) and none "
-            f"of the {len(records)} sampled from the rest has a correct answer to train on. {hint}")
 
     device = resolve_device(args.device)
     model, tokenizer, load_s = load_cli_model(args, device)
