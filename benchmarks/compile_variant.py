@@ -12,6 +12,7 @@ the remaining arguments; ``dynamic`` leaves the library's setting as it is.
 Results of session 3 on one H200: ``results/bench/compile_variants/``.
 """
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -31,4 +32,12 @@ if variant in VARIANTS:
     st._COMPILED = torch.compile(st.reduce_block_output, dynamic=VARIANTS[variant])
 print(f"compile variant: {variant}", flush=True)
 sys.argv[0] = str(ROOT / "benchmarks" / "bench_stats.py")
-runpy.run_path(sys.argv[0], run_name="__main__")
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:   # tag the report, so that the JSON says which variant it measured
+    if "--json" in sys.argv[1:]:
+        report = Path(sys.argv[sys.argv.index("--json") + 1])
+        if report.is_file():
+            data = json.loads(report.read_text())
+            data["compile_variant"] = {"variant": variant, "dynamic": VARIANTS.get(variant, True)}
+            report.write_text(json.dumps(data, indent=2) + "\n")

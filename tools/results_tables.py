@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from avsslib.reproduce import RELATIVE_BASE_FLOOR
+
 TASKS = [("sciq_mc", "acc"), ("sst2", "acc"), ("triviaqa_em", "exact_match"),
          ("wikitext2_ppl", "token_perplexity")]
 
@@ -40,17 +42,20 @@ def avss(root: Path) -> str:
         for config, g in ret[(ret["config"] != "original") & ~ret["config"].str.startswith("sweep")
                              ].groupby("config", sort=False):
             g = g.set_index(["task", "metric"])
-            row = {"configuration": config, "pruned layers": g["layers"].iloc[0]}
+            row = {"configuration": config, "pruned": int(g["n_pruned"].iloc[0]),
+                   "pruned layers": g["layers"].iloc[0]}
             for task, metric in TASKS:
                 row[task] = _ci(g.loc[(task, metric)]) if (task, metric) in g.index else ""
             rows.append(row)
         base = ", ".join(f"{t} {orig.loc[(t, m), 'original']:.4g}" for t, m in TASKS if (t, m) in orig.index)
-        out.append(f"**{model}**, 25% of layers, retention [95% CI], n = {n} per task "
+        fraction = ", ".join(f"{f:.0%}" for f in sorted(set(ret["fraction"]) - {0}))
+        out.append(f"**{model}**, pruned fraction {fraction} (the `mass` and `code_bug` rules choose "
+                   f"their own count), retention [95% CI], n = {n} examples per task at most "
                    f"(perplexity inverted; original: {base}):\n\n" + _md(pd.DataFrame(rows)))
         sweep = pd.read_csv(folder / "sweep.csv")
         sweep = sweep[(sweep["task"] == "sciq_mc") & (sweep["metric"] == "acc")]
-        piv = sweep.assign(value=[_ci(r) for r in sweep.itertuples()]).pivot(
-            index="fraction", columns="score", values="value").reset_index()
+        piv = sweep.assign(value=[_ci(r) for r in sweep.itertuples()]).pivot_table(
+            index="fraction", columns="score", values="value", aggfunc="first").reset_index()
         out.append(f"**{model}**, SciQ accuracy retention against the pruned fraction:\n\n" + _md(piv))
         agr = pd.read_csv(folder / "agreement.csv")
         agr = agr.assign(spearman=agr["spearman"].map("{:.2f}".format),
@@ -79,15 +84,18 @@ def eavss(root: Path) -> str:
         for (model, dataset, task, metric), g in s.groupby(["model", "dataset", "task", "metric"]):
             row = {"model": model, "dataset": dataset, "task (metric)": f"{task} ({metric})",
                    "base": f"{g['before'].iloc[0]:.3f}"}
+            tiny = g["before"].iloc[0] < RELATIVE_BASE_FLOOR
             for mode in ("eavss", "random", "avss", "full"):
                 m = g[g["mode"] == mode]
+                rel = "rel. n/a" if tiny else f"{m['delta_rel'].mean():+.0%}"
                 row[mode] = "" if m.empty else (
-                    f"{m['after'].mean():.3f} ({m['delta_abs'].mean():+.3f}; "
-                    f"{m['delta_rel'].mean():+.0%}; CI [{m['abs_ci_low'].min():+.3f}, "
-                    f"{m['abs_ci_high'].max():+.3f}]; {m['seed'].nunique()} seeds)")
+                    f"{m['after'].mean():.3f} ({m['delta_abs'].mean():+.3f}; {rel}; "
+                    f"[{m['abs_ci_low'].min():+.3f}, {m['abs_ci_high'].max():+.3f}]; "
+                    f"{m['seed'].nunique()} seeds)")
             rows.append(row)
-    out.append("Mitigation: mean after-value over seeds (mean absolute change; mean relative change; "
-               "the widest 95% bootstrap interval of the absolute change over the seeds; seeds):\n\n"
+    out.append("Mitigation: mean after-value over seeds (mean absolute change; mean relative change, "
+               f"n/a on a base under {RELATIVE_BASE_FLOOR:.0%}; the lowest lower and highest upper "
+               "bound of the seeds' 95% bootstrap intervals of the absolute change; seeds):\n\n"
                + _md(pd.DataFrame(rows)))
     return "\n\n".join(out)
 
@@ -96,22 +104,30 @@ def bench(root: Path) -> str:
     rows = []
     for path in sorted((root / "bench").glob("**/*.json")):
         d = json.loads(path.read_text())
-        r = d.get("ratios")
+        if not isinstance(d, dict) or "environment" not in d:
+            continue
+        env, st = d["environment"], d.get("settings", {})
+        row = {"file": str(path.relative_to(root)), "device": env.get("device_name"),
+               "model": d.get("model", {}).get("id", ""),
+               "batches x shape": f"{st.get('batches', '')} x {st.get('batch_size', '')} x "
+                                  f"{st.get('seq_len', '')}", "repeats": st.get("repeats", "")}
+        r = d.get("ratios") or {}
         if r:
-            rows.append({"file": str(path.relative_to(root)), "device": d["environment"].get("device_name"),
-                         "(b)/(a)": f"{r['b_over_a']:.3f}",
-                         "(c)/(b)": f"{r['c_over_b']:.1f}" if "c_over_b" in r else ""})
+            row.update({"(b)/(a)": f"{r['b_over_a']:.3f}" if "b_over_a" in r else "",
+                        "(c)/(b)": f"{r['c_over_b']:.1f}" if "c_over_b" in r else ""})
         elif "speedup" in d:
-            rows.append({"file": str(path.relative_to(root)),
-                         "device": f"{d['environment']['world_size']} x {d['environment']['device_name']}",
-                         "(b)/(a)": "", "(c)/(b)": "",
-                         "speed-up": f"{d['speedup']:.2f} (ideal {d['ideal_speedup']})"})
+            row.update({"device": f"{env['world_size']} x {env['device_name']}",
+                        "speed-up": f"{d['speedup']:.2f} (ideal {d['ideal_speedup']})"})
+        else:
+            continue
+        rows.append(row)
     out = ["Benchmarks:\n\n" + _md(pd.DataFrame(rows).fillna(""))]
     for path in sorted((root / "bench").glob("sweep_*.csv")):
         sweep = pd.read_csv(path)
         sweep = sweep[sweep["status"] == "ok"] if "status" in sweep else sweep
         cell = [f"{r.layerstats_tokens_per_s:,.0f} ({r.ratio_b_over_a:.3f})" for r in sweep.itertuples()]
-        piv = sweep.assign(cell=cell).pivot(index="batch_size", columns="seq_len", values="cell")
+        piv = sweep.assign(cell=cell).pivot_table(index="batch_size", columns="seq_len", values="cell",
+                                                  aggfunc="first")
         out.append(f"`{path.relative_to(root)}`: LayerStats tokens/s (time ratio to a bare forward), "
                    "rows batch size, columns sequence length:\n\n" + _md(piv.reset_index()))
     return "\n\n".join(out)
