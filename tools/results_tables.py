@@ -39,8 +39,8 @@ def avss(root: Path) -> str:
         n = int(ret["n"].max())
         orig = ret[ret["config"] == "original"].set_index(["task", "metric"])
         rows = []
-        for config, g in ret[(ret["config"] != "original") & ~ret["config"].str.startswith("sweep")
-                             ].groupby("config", sort=False):
+        main = ret[(ret["config"] != "original") & ~ret["config"].str.startswith("sweep")]
+        for config, g in main.groupby("config", sort=False):
             g = g.set_index(["task", "metric"])
             row = {"configuration": config, "pruned": int(g["n_pruned"].iloc[0]),
                    "pruned layers": g["layers"].iloc[0]}
@@ -48,7 +48,7 @@ def avss(root: Path) -> str:
                 row[task] = _ci(g.loc[(task, metric)]) if (task, metric) in g.index else ""
             rows.append(row)
         base = ", ".join(f"{t} {orig.loc[(t, m), 'original']:.4g}" for t, m in TASKS if (t, m) in orig.index)
-        fraction = ", ".join(f"{f:.0%}" for f in sorted(set(ret["fraction"]) - {0}))
+        fraction = ", ".join(f"{f:.0%}" for f in sorted(set(main["fraction"])))
         out.append(f"**{model}**, pruned fraction {fraction} (the `mass` and `code_bug` rules choose "
                    f"their own count), retention [95% CI], n = {n} examples per task at most "
                    f"(perplexity inverted; original: {base}):\n\n" + _md(pd.DataFrame(rows)))
