@@ -242,9 +242,10 @@ def run(args: argparse.Namespace) -> int:
     rest = [r for r in every if r.id not in eval_ids]
     pool = [r for r in rest if has_answer(args.dataset, r)]   # sample only what can be trained on
     if not pool:
-        spec = get_spec(args.dataset)
-        eval_splits = {spec.split_name(TASKS[t].split) for t in tasks if TASKS[t].dataset == args.dataset}
-        other = [s for s in spec.splits if s != split and s not in eval_splits]
+        data_spec = get_spec(args.dataset)
+        eval_splits = {data_spec.split_name(TASKS[t].split) for t in tasks
+                       if TASKS[t].dataset == args.dataset}
+        other = [s for s in data_spec.splits if s != split and s not in eval_splits]
         hint = " or ".join(([f"train on another split (--split {other[0]})"] if other else [])
                            + (["lower --n-eval"] if len(rest) < len(every) else []))
         raise ConfigError(
