@@ -67,15 +67,55 @@ def device_name(model: torch.nn.Module | None = None) -> str:
     return device.type
 
 
+def _offloaded_tensor(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The real value of parameter/buffer ``name`` when accelerate offloaded it (the module
+    holds a ``meta`` placeholder and its ``_hf_hook`` keeps the weights in ``weights_map``);
+    ``None`` when nothing holds it."""
+    module_name, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return None
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        weights = getattr(h, "weights_map", None)
+        if weights is not None:
+            try:
+                return weights[leaf]
+            except (KeyError, AttributeError):
+                continue
+    return None
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of ``tensor`` in row-major order, on the CPU, whatever its shape (0-d
+    included), layout (non-contiguous views), dtype (bfloat16, float8, bool, ...) or device.
+    Raises ``ValueError`` for a ``meta`` tensor, which has no data."""
+    if tensor.device.type == "meta":
+        raise ValueError("a meta tensor has no data")
+    t = tensor.detach().to("cpu").reshape(-1).contiguous()
+    if t.numel() == 0:
+        return b""
+    return t.view(torch.uint8).numpy().tobytes()
+
+
 def state_sha256(model: torch.nn.Module) -> str:
     """SHA-256 over the in-memory weights: every parameter and buffer (name, shape, dtype and
     bytes, in ``named_parameters``/``named_buffers`` order, shared tensors once). Pruned or
-    fine-tuned models get a different hash. Reads every weight once (about a second per GB)."""
+    fine-tuned models get a different hash; the same weights give the same hash on CPU and CUDA.
+
+    Every shape and dtype is hashed (0-d scalars such as an embedding scale, non-contiguous
+    views, bfloat16, float8, bool). Weights that accelerate offloaded under ``device_map`` are
+    read from their offload map; a ``meta`` tensor that nothing holds (an empty model) enters
+    with its name, shape and dtype and the marker ``meta``. Reads every weight once (about a
+    second per GB)."""
     sha = hashlib.sha256()
     for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        t = tensor.detach().cpu().contiguous()
-        sha.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
-        sha.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if tensor.device.type == "meta":
+            real = _offloaded_tensor(model, key)
+            tensor = real if real is not None and real.device.type != "meta" else tensor
+        sha.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        sha.update(b"meta" if tensor.device.type == "meta" else tensor_bytes(tensor))
     return sha.hexdigest()
 
 
@@ -436,8 +476,9 @@ __all__ = [
     "model_fingerprint",
     "result_card",
     "results_lock",
-    "state_sha256",
     "save_record",
+    "state_sha256",
+    "tensor_bytes",
     "write_csv_atomic",
     "write_json_atomic",
 ]

@@ -98,6 +98,82 @@ def test_state_hash_sees_weight_changes(tiny_llama):
             w[0, 0] -= 1.0
 
 
+class _Holder(torch.nn.Module):
+    """A module with one buffer of each kind a real checkpoint can carry."""
+
+    def __init__(self, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("t", (torch.randn(shape) * 3).to(dtype))
+
+
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8,
+           torch.bool, torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64]
+
+
+@pytest.mark.parametrize("dtype", _DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5), (0, 4)], ids=["0d", "1", "3x5", "empty"])
+def test_state_hash_every_shape_and_dtype(dtype, shape):
+    module = _Holder(dtype, shape)
+    digest = report.state_sha256(module)
+    assert len(digest) == 64 and digest == report.state_sha256(_Holder(dtype, shape))
+    expected = module.t.reshape(-1).view(torch.uint8).numpy().tobytes() if module.t.numel() else b""
+    assert report.tensor_bytes(module.t) == expected
+    if module.t.numel():  # the bytes enter the hash: change one element, the hash changes
+        flipped = module.t.reshape(-1).view(torch.uint8).clone()
+        flipped[0] ^= 1
+        module.t = flipped.view(dtype).reshape(shape)
+        assert report.state_sha256(module) != digest
+
+
+def test_state_hash_scalar_buffer_is_its_value():
+    a, b = torch.nn.Module(), torch.nn.Module()
+    a.register_buffer("embed_scale", torch.tensor(24.0))
+    b.register_buffer("embed_scale", torch.tensor(24.5))
+    assert report.state_sha256(a) != report.state_sha256(b)
+    # a 0-d scalar and a 1-element vector of the same value are different tensors
+    c = torch.nn.Module()
+    c.register_buffer("embed_scale", torch.tensor([24.0]))
+    assert report.state_sha256(c) != report.state_sha256(a)
+
+
+def test_state_hash_non_contiguous_equals_its_copy():
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    view, copy = torch.nn.Module(), torch.nn.Module()
+    view.register_buffer("w", base.t())           # a transposed view, not contiguous
+    copy.register_buffer("w", base.t().contiguous())
+    assert not view.w.is_contiguous()
+    assert report.state_sha256(view) == report.state_sha256(copy)
+
+
+def test_state_hash_meta_and_offloaded(tiny_llama):
+    """A model whose weights accelerate offloaded (meta placeholders + a weights map) hashes as
+    the same weights in memory; an empty meta model hashes without data and differs."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    expected = report.state_sha256(tiny_llama)
+    offloaded = cpu_offload(copy.deepcopy(tiny_llama), execution_device=torch.device("cpu"))
+    assert next(offloaded.parameters()).device.type == "meta"
+    assert report.state_sha256(offloaded) == expected
+    with torch.device("meta"):
+        empty = type(tiny_llama)(tiny_llama.config)
+    digest = report.state_sha256(empty)
+    assert len(digest) == 64 and digest != expected
+    with pytest.raises(ValueError, match="meta"):
+        report.tensor_bytes(next(empty.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_state_hash_same_on_cpu_and_cuda(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    model.register_buffer("scale", torch.tensor(2.0))
+    assert report.state_sha256(model) == report.state_sha256(copy.deepcopy(model).cuda())
+
+
 def test_card_and_save_record(tmp_path):
     rec = RunRecord("avss eval --tasks sciq_mc", {"n": 4}, 7, device="cpu")
     rec.metrics = {"table": [{"task": "sciq_mc", "metric": "acc", "value": 0.5, "ci_low": 0.25,
