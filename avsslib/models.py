@@ -57,10 +57,14 @@ class Architecture:
     ``"model.layers"`` in ``LlamaForCausalLM``); the bare base model has the same path without
     its first component (``"layers"`` in ``LlamaModel``).
     ``n_layers``: the ``config`` attribute holding the number of blocks (updated on pruning).
+    ``causal``: a decoder (loaded as ``AutoModelForCausalLM``); ``False`` for bidirectional
+    encoders, which ``load_model`` loads as masked language models and which the commands that
+    generate or score continuations refuse.
     """
 
     blocks: str
     n_layers: str = "num_hidden_layers"
+    causal: bool = True
 
 
 # One line per architecture, keyed by ``config.model_type`` (pyvene's convention).
@@ -89,10 +93,29 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture("gpt_neox.layers"),
     "opt": Architecture("model.decoder.layers"),
     # encoders
-    "bert": Architecture("bert.encoder.layer"),
-    "roberta": Architecture("roberta.encoder.layer"),
-    "distilbert": Architecture("distilbert.transformer.layer", "n_layers"),
+    "bert": Architecture("bert.encoder.layer", causal=False),
+    "roberta": Architecture("roberta.encoder.layer", causal=False),
+    "distilbert": Architecture("distilbert.transformer.layer", "n_layers", causal=False),
 }
+
+
+def is_causal_lm_architecture(model_type: str) -> bool:
+    """Whether ``model_type`` is a decoder of ``ARCHITECTURES`` (``True`` for types not in the
+    table, which ``load_model`` tries as causal language models)."""
+    arch = ARCHITECTURES.get(model_type)
+    return arch is None or arch.causal
+
+
+def require_causal_lm(model: torch.nn.Module, command: str) -> None:
+    """Raise ``ModelError`` when ``model`` is an encoder: ``command`` needs a causal language
+    model (it generates answers or scores continuations)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is not None and not is_causal_lm_architecture(model_type):
+        raise ModelError(
+            f"{command} needs a causal language model (a decoder), but this is a {model_type!r} "
+            "encoder. Encoders work with `avss score` and `avss prune`; for evaluation, "
+            "hallucination labels and mitigation use a decoder model."
+        )
 
 
 def _architecture(model: torch.nn.Module) -> tuple[str, Architecture]:
@@ -513,13 +536,17 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_cod
                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` of model and tokenizer; ``OSError``/``ValueError`` become
     ``ModelError`` with ``hint`` (what to do) appended."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     for what in ("model", "tokenizer"):
         try:
             if what == "model":
                 extra = {} if device_map is None else {"device_map": device_map}
-                model = AutoModelForCausalLM.from_pretrained(
+                model_type = AutoConfig.from_pretrained(
+                    source, trust_remote_code=trust_remote_code).model_type
+                auto = (AutoModelForCausalLM if is_causal_lm_architecture(model_type)
+                        else AutoModelForMaskedLM)
+                model = auto.from_pretrained(
                     source, dtype=dtype, trust_remote_code=trust_remote_code, **extra
                 )
             else:
@@ -546,7 +573,7 @@ def load_model(
     verify: bool = False,
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer, model in eval mode on ``device`` with ``dtype``.
+    """Load a causal LM (a masked LM for the encoders of ``ARCHITECTURES``) and its tokenizer, model in eval mode on ``device`` with ``dtype``.
 
     ``name_or_path``: a zoo name (``ZOO``, default ``"smollm2-135m"``; dequantized once and
     cached, see ``prepare_zoo_model``), a local directory with ``config.json`` and weights, or a
@@ -595,8 +622,9 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)   # encoders have none
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
     model.avss_origin = origin
     if device_map is None:
         model = model.to(device)

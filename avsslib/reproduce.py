@@ -98,6 +98,10 @@ def model_slug(model: str) -> str:
     return Path(str(model).rstrip("/")).name.replace(" ", "_") or "model"
 
 
+STUDY_SEED = 42
+"""The seed of the pruning-study stage (random layers, harness sampling): the committed studies
+ran with it."""
+
 STAGE_SETTINGS = "reproduce_stage.json"
 """Written beside a finished stage's marker: the ``avss`` arguments it ran with."""
 
@@ -196,7 +200,8 @@ def plan(model: str, results: Path, scale: Scale, *, device: str | None, dtype: 
     root = results / model_slug(model)
     common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
     study = Stage("study", ["study", *common, "--out", str(root / "avss"), "--quiet",
-                            "--batch-size", str(scale.batch_size), *scale.study], root / "avss" / "record.json")
+                            "--batch-size", str(scale.batch_size), "--seed", str(STUDY_SEED),
+                            *scale.study], root / "avss" / "record.json")
     hall = Stage("hallucination", [
         "hallucination", *common, "--out", str(root / "eavss"), "--quiet",
         "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),

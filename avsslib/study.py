@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 
 from avsslib.errors import ConfigError
-from avsslib.models import blocks
+from avsslib.models import blocks, require_causal_lm
 from avsslib.scores import REGISTRY, avss_values, compute_scores, cumulative, navss
 from avsslib.selection import MASS_SCORES, select_all, select_layers
 from avsslib.stats import LayerStats
@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_AGREEMENT_CALIBS",
     "DEFAULT_CALIB",
     "DEFAULT_SCORES",
+    "FAST_SCORES",
     "DTYPES",
     "PRIMARY_METRICS",
     "STUDY_FORMAT",
@@ -85,6 +86,10 @@ STUDY_FORMAT = "avsslib.study/1"
 """Version of the study's file layout and hashing; part of every cache key."""
 
 DEFAULT_SCORES: tuple[str, ...] = ("avss", "block_influence", "angular", "ppl_removal", "random", "tail")
+"""The scores of the pruning study."""
+FAST_SCORES: tuple[str, ...] = tuple(s for s in DEFAULT_SCORES if s != "ppl_removal")
+"""The study's scores that come from the one statistics pass (``avss score``'s default):
+``ppl_removal`` runs the model again for every layer."""
 DEFAULT_CALIB: dict[str, Any] = {"name": "wikitext2", "split": "validation", "n": 64, "seq_len": 128}
 DEFAULT_AGREEMENT_CALIBS: tuple[dict[str, str], ...] = (
     {"name": "wikitext2", "split": "validation"},
@@ -154,7 +159,8 @@ def layer_scores(
     stats = LayerStats(eps=eps, faithful=faithful).fit(model, batches, progress=progress)
     table = stats.to_frame()
     table["clamped"] = table["near_zero_count"] == 0
-    scored = compute_scores(names, stats, model=model, batches=batches, seed=seed)
+    scored = compute_scores(names, stats, model=model, batches=batches, seed=seed,
+                            progress=progress)
     for name in names:
         table[name] = scored[name].to_numpy()
     if "avss" in names:
@@ -386,6 +392,7 @@ def pruning_study(
     else:
         model, tokenizer = load_model(model_name, dtype=getattr(torch, dtype), device=device,
                                       trust_remote_code=trust_remote_code)
+    require_causal_lm(model, "the pruning study (it evaluates the pruned models)")
     load_s = time.perf_counter() - t0
     n_layers = len(blocks(model))
     for f in [fraction, *sweep_fractions]:

@@ -44,3 +44,24 @@ def smol():
     from avsslib.models import load_model
 
     return load_model("smollm2-135m")
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (259 ids: ``<pad>``, ``<s>``, ``</s>`` and the 256 bytes): any text
+    encodes, nothing is downloaded. Returns a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(alphabet)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer_factory():
+    """:func:`byte_tokenizer` as a fixture (a new tokenizer per call)."""
+    return byte_tokenizer

@@ -108,3 +108,45 @@ def test_ppl_removal_equals_loss_of_each_pruned_model(tiny_llama):
     ids2[2, 6:] = 7
     padded_differently = [{"input_ids": ids2, "attention_mask": mask}]
     assert mean_token_loss(tiny_llama, padded_differently) == pytest.approx(base, abs=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2", "falcon", "opt", "qwen2"])
+def test_removal_losses_cached_equal_the_plain_way(model_type):
+    """ppl_removal from the kept block outputs gives the same losses as running the whole model
+    once per skipped block, on padded batches of two lengths, for block outputs that are bare
+    tensors and tuples, sliding-window layers and a 0-d scalar buffer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from avsslib.models import blocks
+    from avsslib.scores import removal_losses, removal_losses_plain
+
+    cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type in ("qwen2", "gemma3_text"):
+        cfg.update(sliding_window=6)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg)).eval()
+    ids = torch.randint(3, 64, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    batches = [{"input_ids": ids, "attention_mask": mask},
+               {"input_ids": ids[:2, :12], "attention_mask": mask[:2, :12]}]
+    base, removed = removal_losses(model, batches, progress=False)
+    plain_base, plain_removed = removal_losses_plain(model, batches, progress=False)
+    assert removed.shape == (4,)
+    np.testing.assert_allclose(base, plain_base, rtol=1e-6)
+    np.testing.assert_allclose(removed, plain_removed, rtol=1e-6)
+    assert len(set(np.round(removed, 6))) == 4          # each skipped block changes the loss
+    assert all(isinstance(b, torch.nn.Module) and type(b).__name__ != "_Replay"
+               for b in blocks(model))                   # the blocks are back
+
+
+def test_ppl_removal_score_is_the_loss_increase(tiny_llama):
+    from avsslib.scores import compute_scores, removal_losses_plain
+
+    torch.manual_seed(1)
+    batches = [{"input_ids": torch.randint(3, 128, (2, 10))}]
+    scored = compute_scores(["ppl_removal"], None, model=tiny_llama, batches=batches, seed=0)
+    base, removed = removal_losses_plain(tiny_llama, batches, progress=False)
+    np.testing.assert_allclose(np.asarray(scored["ppl_removal"]), removed - base, rtol=1e-6)

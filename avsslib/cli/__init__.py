@@ -6,16 +6,25 @@ makes the dispatcher hold the lock of ``--out`` (:func:`avsslib.report.results_l
 ``run`` writes there, so that a second run into the same directory is refused.
 To add a command, write the module and append its name to ``COMMANDS``.
 
-Errors of the ``AvssError`` family print one paragraph and exit with status 2;
-``--debug`` shows the traceback instead.
+Errors of the ``AvssError`` family (bad input) print one paragraph and exit with status 2.
+Any other exception is a bug in avsslib: the command prints one paragraph naming the command and
+the file that holds the traceback and the environment (:func:`write_crash_report`, under
+``<cache>/crash-reports/``) and exits with status 1. ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import platform
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from avsslib import __version__
 from avsslib.errors import AvssError
@@ -40,12 +49,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Within the block every tqdm bar is disabled, whoever creates it (ours, the harness's,
+    transformers'), and child processes inherit ``TQDM_DISABLE=1``."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    saved = os.environ.get("TQDM_DISABLE")
+    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original  # type: ignore[method-assign]
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+
+
+def _environment() -> list[str]:
+    """Versions and devices, for a crash report (never fails)."""
+    from avsslib.report import library_versions
+
+    lines = [f"platform: {platform.platform()}"]
+    lines += [f"{k}: {v}" for k, v in library_versions().items()]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            lines.append(f"cuda: {torch.version.cuda}; devices: {', '.join(names)}")
+        else:
+            lines.append("cuda: not available")
+    except Exception as exc:  # noqa: BLE001 - a report must not fail on a broken install
+        lines.append(f"torch: cannot query devices ({exc!r})")
+    return lines
+
+
+def write_crash_report(command: str, argv: Sequence[str], exc: BaseException) -> Path:
+    """Write the traceback of ``exc`` and the environment to a new file under
+    ``<cache>/crash-reports/`` (``avsslib.paths.cache_dir``; the system temporary directory when
+    that is not writable) and return its path."""
+    from avsslib.paths import cache_dir
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = "\n".join([
+        f"avss {command}: unexpected error (a bug in avsslib)",
+        f"command line: avss {' '.join(argv)}",
+        f"time (UTC): {stamp}",
+        "",
+        "".join(traceback.format_exception(exc)).rstrip(),
+        "",
+        "environment:",
+        *(f"  {line}" for line in _environment()),
+    ]) + "\n"
+    name = f"avss-{command}-{stamp}-{os.getpid()}.txt"
+    for folder in (cache_dir() / "crash-reports", Path(os.environ.get("TMPDIR", "/tmp"))):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    raise OSError("no writable directory for the crash report")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    quiet = bool(getattr(args, "quiet", False))
+    stack = contextlib.ExitStack()
+    if quiet:            # every tqdm bar, ours and the libraries' (harness, transformers)
+        stack.enter_context(_no_progress_bars())
     try:
         if args._lock_out:       # one writer per results directory (avsslib.report.results_lock)
             from avsslib.report import results_lock
@@ -61,6 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"avss {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: report it, exit 1
+        if args.debug:
+            raise
+        try:
+            report = write_crash_report(args.command, argv, exc)
+            where = f"The traceback and the environment (versions, device) are in {report}."
+        except OSError:
+            where = "No file could be written for the traceback; rerun with --debug to see it."
+        print(f"avss {args.command}: internal error: {type(exc).__name__}: {exc}. This is a bug "
+              f"in avsslib, not in your input. {where} Please report it with that file; "
+              f"`avss --debug {args.command} ...` shows the traceback here.", file=sys.stderr)
+        return 1
+    finally:
+        stack.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

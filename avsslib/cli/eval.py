@@ -16,24 +16,20 @@ import argparse
 import shlex
 from pathlib import Path
 
-from avsslib.cli.score import add_trust_remote_code_argument, load_cli_model
+from avsslib.cli.common import add_model_options, load_cli_model
 from avsslib.errors import ConfigError
 from avsslib.evaluate import TASKS, EvalResult, evaluate, task_data_files
 from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
 LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    add_model_options(parser)
     parser.add_argument("--tasks", required=True,
                         help=f"comma-separated task names: {', '.join(TASKS)}")
     parser.add_argument("--n", type=int, help="examples per task, sampled with --seed (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="sample and harness seed (default 0)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--num-fewshot", type=int,
                         help="few-shot examples for every task (default: each task's own; sst2: 4)")
@@ -44,9 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-template", action="store_true",
                         help="wrap harness prompts in the tokenizer's chat template")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)")
-    add_trust_remote_code_argument(parser)
+
 
 
 def _command(config: dict, out: Path) -> str:
@@ -77,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         "chat_template": args.chat_template, "n_boot": args.n_boot, "device": device, "dtype": args.dtype,
         "trust_remote_code": getattr(args, "trust_remote_code", False),
     }
-    model, tokenizer, load_s = load_cli_model(args, device)
+    model, tokenizer, load_s = load_cli_model(args, device, causal_for="eval")
     record = RunRecord.start(_command(config, args.out), config, args.seed, model=model,
                              data_files=task_data_files(tasks))
     result: EvalResult = evaluate(

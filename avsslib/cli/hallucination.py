@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import (
-    add_common_arguments,
+from avsslib.cli.common import (
+    add_model_options,
     check_numbers,
     command_line,
     load_cli_model,
@@ -58,8 +58,7 @@ def _same_key(path: Path, key: dict[str, Any]) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avsslib.labels import DEFAULT_TEMPLATE
 
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    add_model_options(parser)
     parser.add_argument("--datasets", default=_DATASETS,
                         help=f"comma-separated datasets (default {_DATASETS})")
     parser.add_argument("--n", type=int, default=40,
@@ -80,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fewest hallucinated and truthful calibration answers needed to "
                              "score a dataset (default 2)")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help="prompt template with {question} (default: PAPER.md §7.2's)")
+                        help="prompt template with {question} (default: the EAVSS prompt, avsslib.labels)")
     parser.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                         help="wrap the prompt in the tokenizer's chat template (auto: when it "
                              "has one)")
@@ -94,9 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="near-zero threshold of the sparsity (default 1e-5)")
     parser.add_argument("--labels-from", type=Path, default=None,
                         help="reuse DIR/labels/<dataset>.jsonl instead of generating answers")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_common_arguments(parser)
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -147,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     chat: Any = {"auto": "auto", "on": True, "off": False}[args.chat_template]
     out: Path = args.out
     device = resolve_device(args.device)
-    model, tokenizer, load_s = load_cli_model(args, device)
+    model, tokenizer, load_s = load_cli_model(args, device, causal_for="hallucination")
     splits = {d: get_spec(d).split_name(None) for d in datasets}
     hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")

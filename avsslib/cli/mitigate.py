@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import (
-    add_common_arguments,
+from avsslib.cli.common import (
+    add_model_options,
     check_numbers,
     command_line,
     load_cli_model,
@@ -58,8 +58,7 @@ DEFAULT_EVAL_TASKS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avsslib.mitigate import DEFAULT_MAX_NEGATIVES, MODES
 
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    add_model_options(parser)
     parser.add_argument("--dataset", default="truthfulqa",
                         help="training data: truthfulqa, sciq_mc, wikiqa, nq_open, triviaqa, sciq")
     parser.add_argument("--split", help="its split (default: the dataset's default split)")
@@ -112,8 +111,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="optimizer steps between checkpoints (0 = none; default 50)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    add_common_arguments(parser, seed=42)
 
 
 def _layers_from(path: Path, dataset: str, family: str | None = None
@@ -259,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
                             dataset_negatives=not args.no_dataset_negatives)
 
     device = resolve_device(args.device)
-    model, tokenizer, load_s = load_cli_model(args, device)
+    model, tokenizer, load_s = load_cli_model(args, device, causal_for="mitigate")
     n_layers = len(blocks(model))
 
     given, scores = (parse_list(args.layers, "--layers", int) or None), None

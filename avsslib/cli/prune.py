@@ -25,9 +25,9 @@ import shutil
 import time
 from pathlib import Path
 
-from avsslib.cli.score import (
-    add_calibration_arguments,
-    add_common_arguments,
+from avsslib.cli.common import (
+    add_calibration_options,
+    add_model_options,
     calibration_from_args,
     check_numbers,
     command_line,
@@ -42,8 +42,7 @@ HELP = "prune the least important layers (AVSS or a baseline) and save the model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="zoo name, local directory or hub id (default smollm2-135m)")
+    add_model_options(parser, out_help="output model directory")
     parser.add_argument("--score", default="avss", help="score that ranks the layers (default avss)")
     parser.add_argument("--rule", choices=RULES, default="count", help="selection rule (default count)")
     parser.add_argument("--fraction", type=float, default=0.25, help="pruned share (default 0.25)")
@@ -51,13 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--from-scores", type=Path,
                         help="layer_stats.csv of `avss score` or `avss study` (else: score now)")
     source.add_argument("--layers", help="comma-separated layer indices to remove, as given")
-    add_calibration_arguments(parser)
+    add_calibration_options(parser)
     parser.add_argument("--faithful", action="store_true",
                         help="score with official-script statistics (when scoring now)")
     parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
-    parser.add_argument("--out", required=True, type=Path, help="output model directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_common_arguments(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -98,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
             _, table = layer_scores(model, batches, scores=[args.score], faithful=args.faithful,
-                                    seed=args.seed, eps=args.eps)
+                                    seed=args.seed, eps=args.eps, progress=not args.quiet)
             source = {"calibration": calib, "faithful": args.faithful, "eps": args.eps}
             data_files = calib["data_files"]
         if args.score not in table:

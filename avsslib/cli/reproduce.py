@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avsslib.cli.score import parse_list, resolve_device
+from avsslib.cli.common import DTYPES, parse_list, resolve_device
 
 HELP = "run (or resume) the whole pipeline of the papers on one or more models at a chosen scale"
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int, help="mitigation training questions")
     parser.add_argument("--n-eval", type=int, help="mitigation evaluation questions")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="model dtype (default float32)")
     parser.add_argument("--drop-weights", action="store_true",
                         help="delete each mitigation run's trained weights and checkpoint once it "

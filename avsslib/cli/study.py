@@ -7,6 +7,8 @@ pruned configuration, and writes retention, sweep and agreement tables, figures 
 record into ``DIR`` (layout in :mod:`avsslib.study`). Rerunning with the same options resumes:
 configurations already evaluated are read back, not recomputed.
 
+``--batch-size`` is the batch of the calibration texts and of the evaluation.
+
 ``--quick`` is a smoke run in minutes on a CPU: 20 examples of ``sciq_mc`` and
 ``wikitext2_ppl`` (128-token windows), 16 calibration texts of 64 tokens, no ``ppl_removal``
 score, sweep at 0.25 and 0.5. Options given explicitly override it.
@@ -15,17 +17,19 @@ score, sweep at 0.25 and 0.5. Options given explicitly override it.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from avsslib.cli.score import (
-    add_common_arguments,
+from avsslib.cli.common import (
+    CALIBRATION_DEFAULTS,
+    add_calibration_options,
+    add_model_options,
     check_numbers,
     command_line,
+    given,
     parse_list,
     resolve_device,
 )
-from avsslib.study import DEFAULT_AGREEMENT_CALIBS, DEFAULT_CALIB, DEFAULT_SCORES
+from avsslib.study import DEFAULT_AGREEMENT_CALIBS, DEFAULT_SCORES
 
 HELP = "run the AVSS pruning study: scores, selections, evaluation, retention, figures, record"
 LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
@@ -34,8 +38,8 @@ LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes t
 _DEFAULTS: dict[str, tuple[Any, Any]] = {
     "tasks": ("wikitext2_ppl,sst2,sciq_mc,triviaqa_em", "sciq_mc,wikitext2_ppl"),
     "n_eval": (200, 20),
-    "n": (DEFAULT_CALIB["n"], 16),
-    "seq_len": (DEFAULT_CALIB["seq_len"], 64),
+    "n": (CALIBRATION_DEFAULTS["n"], 16),
+    "seq_len": (CALIBRATION_DEFAULTS["seq_len"], 64),
     "scores": (",".join(DEFAULT_SCORES), ",".join(s for s in DEFAULT_SCORES if s != "ppl_removal")),
     "sweep_fractions": ("0.1,0.2,0.25,0.3,0.4,0.5", "0.25,0.5"),
     "ppl_window": (512, 128),
@@ -44,9 +48,8 @@ _DEFAULTS: dict[str, tuple[Any, Any]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="zoo name, local directory or hub id (default smollm2-135m)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (resumed if present)")
+    add_model_options(parser, out_help="output directory (resumed if present)")
+    add_calibration_options(parser)
     parser.add_argument("--quick", action="store_true", help="small smoke-run sizes (see module help)")
     parser.add_argument("--tasks", help=f"comma-separated tasks (default {_DEFAULTS['tasks'][0]})")
     parser.add_argument("--n-eval", type=int, help="examples per task (default 200; windows for wikitext2_ppl)")
@@ -55,11 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-fractions", help=f"default {_DEFAULTS['sweep_fractions'][0]}")
     parser.add_argument("--sweep-scores", default="avss,block_influence,random",
                         help="scores swept over the fractions (default avss,block_influence,random)")
-    parser.add_argument("--calib", default=DEFAULT_CALIB["name"], help="calibration dataset (default wikitext2)")
-    parser.add_argument("--split", default=DEFAULT_CALIB["split"], help="its split (default validation)")
-    parser.add_argument("--n", type=int, help="calibration texts (default 64)")
-    parser.add_argument("--seq-len", type=int, help="tokens per calibration text (default 128)")
-    parser.add_argument("--calib-seed", type=int, default=0, help="calibration sample seed (default 0)")
     parser.add_argument("--agreement-calibs",
                         default=",".join(f"{c['name']}:{c['split']}" for c in DEFAULT_AGREEMENT_CALIBS),
                         help="NAME:SPLIT calibration sets for the AVSS stability check "
@@ -71,18 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-faithful-eval", action="store_true",
                         help="do not evaluate the faithful-mode AVSS selections")
     parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
-    parser.add_argument("--batch-size", type=int, default=8, help="calibration and evaluation batch size")
     parser.add_argument("--max-length", type=int, default=2048, help="harness context length (default 2048)")
     parser.add_argument("--ppl-window", type=int, help="wikitext2_ppl window (default 512)")
     parser.add_argument("--ppl-stride", type=int, help="wikitext2_ppl stride (default: the window)")
     parser.add_argument("--num-fewshot", type=int, help="few-shot examples for every task (default: each task's own)")
     parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars over configurations")
-    add_common_arguments(parser, seed=42)
 
 
 def _option(args: argparse.Namespace, name: str) -> Any:
     value = getattr(args, name)
+    if name in CALIBRATION_DEFAULTS:     # the parser filled in the full-study default
+        return _DEFAULTS[name][1] if args.quick and not given(args, name) else value
     return value if value is not None else _DEFAULTS[name][1 if args.quick else 0]
 
 
@@ -110,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         tasks=parse_list(args.tasks, "--tasks"),
         n_eval=args.n_eval,
-        calib={"name": args.calib, "split": args.split, "n": args.n, "seq_len": args.seq_len,
+        calib={"name": args.calib, "split": args.calib_split, "n": args.n, "seq_len": args.seq_len,
                "seed": args.calib_seed},
         fraction=args.fraction,
         scores=parse_list(args.scores, "--scores"),
