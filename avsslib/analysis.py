@@ -1,5 +1,5 @@
 """Diagnostics of AVSS statistics: where near-zero counts come from, how stable the layer
-rankings are, and what the official scripts compute (PAPER.md §3.3, §3.6, §4, §10.1).
+rankings are, and what the official scripts compute.
 
 * :func:`gaussian_near_zero_fraction` and :func:`gaussian_scale`: for a centred Gaussian of
   scale ``sigma``, ``P(|x| < eps) ~ 2 eps p(0) = sqrt(2/pi) eps / sigma`` (``eps << sigma``),

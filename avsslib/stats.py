@@ -1,4 +1,4 @@
-"""Per-layer activation statistics, streamed through forward hooks (PAPER.md §3.3, §4, §10).
+"""Per-layer activation statistics, streamed through forward hooks.
 
 ``LayerStats`` hooks the output of every transformer block (``avsslib.models.blocks``), reduces
 each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the block's
@@ -27,7 +27,7 @@ What is measured, per layer ``l`` (``w`` is the token mask: 1 for a counted posi
 
 * **sparsity**: the fraction of counted token-level elements with ``|h| < eps`` (strict, in
   float32), at ``eps`` and at every threshold of ``eps_grid``; the raw near-zero and element
-  counts are kept, because at ``eps = 1e-5`` the count is a few hundred (PAPER.md §10.1).
+  counts are kept, because at ``eps = 1e-5`` the count is a few hundred.
 * **mean**, **rms** (``sqrt(sum h^2 / N)``) and **token variance** (unbiased variance over the
   hidden units of one token, averaged over tokens) of the counted elements.
 * optionally (``similarity=True``) the block's **input-output similarity**: the mean over counted
@@ -42,7 +42,7 @@ How values are aggregated over batches (``aggregate``):
 * ``"pooled"``: every sample (variance) or element (sparsity, mean, ...) of the whole data set
   weighs the same. Pooled values do not depend on how the data was cut into batches.
 
-``faithful=True`` reproduces the official scripts (PAPER.md §3.4, §4 rows 6-7): pad positions are
+``faithful=True`` reproduces the official scripts: pad positions are
 counted as ordinary tokens, causal LMs get no attention mask, dropout stays on (``train()``
 during the pass) and values are per-batch means. The default (``faithful=False``) is the fixed
 mode: ``eval()``, attention mask passed to the model, pad positions excluded from every
@@ -203,7 +203,7 @@ class LayerStats:
 
     Parameters (set at construction, never changed by fitting):
 
-    * ``eps``: the primary near-zero threshold of ``sparsity_`` (PAPER.md: ``1e-5``).
+    * ``eps``: the primary near-zero threshold of ``sparsity_`` (the official code's ``1e-5``).
     * ``eps_grid``: further thresholds whose counts are kept (``eps`` is added to the grid).
     * ``faithful``: reproduce the official scripts (see the module docstring). It sets the
       defaults of ``mask_pad`` (False), ``pass_mask`` (only for non-generative models, as the

@@ -80,7 +80,7 @@ def test_label_alias(answer, aliases, label, match, matched):
 def test_question_guard_ignores_echoed_aliases():
     question = "What section of a Qwerty keyboard can type most words, left or right?"
     answer = "The keyboard can type most words left to right."
-    assert label_alias(answer, ["Left"])[0] == "truthful"                      # PAPER's rule
+    assert label_alias(answer, ["Left"])[0] == "truthful"                      # the alias rule
     label, ev = label_alias(answer, ["Left", "LHS"], question=question)
     assert label == "hallucinated" and ev["question_aliases"] == ["Left"]
     assert label_alias("Left.", ["Left"], question=question)[0] == "truthful"   # exact still counts

@@ -12,7 +12,7 @@ into ``--out``:
 * ``record.json`` and ``record.md``: the run record and its result card.
 
 ``--faithful`` reproduces the official scripts (pads counted, batches padded to
-``--seq-len``, dropout on, per-batch means; PAPER.md §3-4).
+``--seq-len``, dropout on, per-batch means).
 
 This module also holds the options and helpers that ``avss prune`` and ``avss study`` share.
 """
