@@ -286,7 +286,7 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
             render = (fmt if callable(fmt) else (lambda v, f=fmt: DASH if _missing(v) else f.format(v))
                       if fmt else fmt_value)
             shown[column] = [render(v) for v in shown[column]]
-        full_html = shown.to_html(index=index, classes="dataframe", border=0, escape=escape,
+        full_html = shown.to_html(index=index, border=0, escape=escape,
                                   na_rep=DASH)
         csv_frame = frame
     n = len(frame)
