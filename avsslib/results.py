@@ -84,6 +84,10 @@ AVSS_CLAIM = "Pruning the 25% lowest-AVSS layers keeps over 90%"
 PRONE_CLAIM = "Training the prone layers beats training random ones"
 GAIN_CLAIM = "Training the prone layers improves up to 12%"
 
+CHAPTER_TITLES = {"06_mitigation": "Contrastive mitigation (chapter 6)",
+                  "07_paper_scale": "Paper-scale results (chapter 7)"}
+"""Chapter notebook -> its title and number in the book's sidebar."""
+
 BOOT = 1000
 SEED = 0
 
@@ -625,15 +629,13 @@ def verdict_markdown(frame: pd.DataFrame, *, link: str = "{chapter}.md",
         for c in columns:
             value = str(row[c])
             if c == "evidence":
-                value = f"[chapter {row['chapter'][:2]}]({link.format(chapter=row['chapter'])})"
+                value = (f"[{CHAPTER_TITLES.get(row['chapter'], row['chapter'])}]"
+                         f"({link.format(chapter=row['chapter'])})")
             if c == "verdict":
                 value = f"**{value}**"
             cells.append(value.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-CHAPTER_TITLES = {"06_mitigation": "Contrastive mitigation", "07_paper_scale": "Paper-scale results"}
 
 
 def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"):
