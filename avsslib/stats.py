@@ -8,10 +8,9 @@ A model split over several devices (``load_model(..., device_map="auto")``) work
 reduced where it lives and the small float64 accumulators sit on the first parameter's device;
 for data-parallel runs over several processes see ``avsslib.distributed``.
 
-Cost: on the embedded SmolLM2-135M (CPU, 2 threads, batch 8 x 128) a ``LayerStats`` pass took
-1.02-1.03x a bare no-grad forward; on an H200 with a 7B-shaped bf16 Llama, 1.07x at 8 x 128
-tokens (the forward itself is launch-bound there), 1.02-1.04x at 8 x 512 and 1.02x at
-16 x 1024 (``compile`` on, the default on CUDA; 1.13-1.19x without it).
+Cost: ``benchmarks/bench_stats.py`` times a ``LayerStats`` pass against a bare no-grad forward
+pass on the same batches, in the same run, and prints the ratio; the committed measurements are
+the JSON files under ``results/bench/``, tabulated in the book's chapter 7.
 
 What is measured, per layer ``l`` (``w`` is the token mask: 1 for a counted position):
 
@@ -222,8 +221,8 @@ class LayerStats:
       reduction. ``None``: 0 on CPU (each output is reduced at once, while it is in cache),
       64 MiB on other devices (several small outputs per call; a large one alone).
     * ``compile``: run ``reduce_block_output`` through ``torch.compile`` (a few fused
-      kernels instead of about fifteen small ones: on an H200 it cuts the overhead over a bare
-      forward from ~15% to ~2-4%; the first batches pay the compilation, some seconds).
+      kernels instead of about fifteen small ones; ``benchmarks/compile_variant.py`` compares
+      the variants; the first batches pay the compilation, some seconds).
       ``None`` (default): on CUDA devices only. A failed compilation falls back to eager.
 
     Usage: ``fit(model, batches)`` (resets, then accumulates every batch) or, for streaming and
