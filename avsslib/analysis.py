@@ -32,6 +32,7 @@ from avsslib.scores import SparsityClampWarning, avss_values
 from avsslib.stats import LayerStats
 
 __all__ = [
+    "bootstrap_statistics",
     "QUANTITIES",
     "block_outputs",
     "bootstrap_agreement",
@@ -253,3 +254,11 @@ def block_outputs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
         for handle in handles:
             handle.remove()
     return [captured[k] for k in range(len(captured))]
+
+
+def bootstrap_statistics(stats: LayerStats, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and sparsity per layer (each shape ``(n_layers,)``) of ``stats`` on one bootstrap
+    resample of the batches it was fitted on (:func:`subset_statistics`)."""
+    frame = subset_statistics(stats, rng.integers(0, stats.n_batches_, size=stats.n_batches_))
+    return frame["variance"].to_numpy(), frame["sparsity"].to_numpy()
+

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -49,6 +49,7 @@ from avsslib.scores import SPARSITY_CLAMP, SparsityClampWarning
 from avsslib.stats import LayerStats
 
 __all__ = [
+    "mean_jaccard",
     "DEFAULT_BY",
     "FAMILIES",
     "POSITIONS",
@@ -337,4 +338,14 @@ def prone_sweep(frame: pd.DataFrame, ks: Sequence[int] | None = None, *,
 def profiles_matrix(profiles: Mapping[str, pd.DataFrame], column: str) -> pd.DataFrame:
     """One column of several profiles side by side: layers x names (e.g. datasets)."""
     return pd.DataFrame({name: p[column] for name, p in profiles.items()})
+
+
+def mean_jaccard(sets: Sequence[Iterable[int]]) -> float:
+    """Mean Jaccard similarity ``|A & B| / |A | B|`` over every pair of the given layer sets
+    (1 for equal sets, 0 for disjoint ones); NaN with fewer than two sets."""
+    sets = [set(int(i) for i in s) for s in sets]
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    if not pairs:
+        return float("nan")
+    return float(np.mean([len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]))
 

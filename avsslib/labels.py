@@ -58,6 +58,7 @@ import torch
 from avsslib.errors import ConfigError, DataError
 
 __all__ = [
+    "evidence_text",
     "DEFAULT_TEMPLATE",
     "LABELS",
     "RULES",
@@ -655,3 +656,20 @@ def label_summary(
         "n_empty_answers": sum(1 for e in examples if not e.answer_ids),
         "n_truncated": sum(1 for e in examples if e.evidence.get("truncated")),
     }
+
+
+def evidence_text(example: Any) -> str:
+    """The part of a labelled answer's ``evidence`` that decided its label, as one short text
+    (the matched alias, the correct option found or not, the two ROUGE-L scores, or the chosen
+    WikiQA sentence and its label)."""
+    ev, rule = example.evidence, example.rule
+    if rule.startswith("alias"):
+        found = ev["matched_alias"] or f"{ev['n_aliases']} aliases"
+        return f"{ev['match'] or 'no match'} ({found})"
+    if rule.startswith("contains"):
+        return f"correct option {ev['correct_option']!r}: {'found' if ev['match'] else 'absent'}"
+    if rule.startswith("rouge"):
+        return f"ROUGE-L correct {ev['max_correct']:.2f} vs incorrect {ev['max_incorrect']:.2f}"
+    chosen = ev["chosen_index"]
+    return f"sentence {chosen} of {ev['n_candidates']}, label {ev['labels'][chosen]}"
+

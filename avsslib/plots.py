@@ -191,6 +191,11 @@ def words(items: Iterable[object], conjunction: str = "and") -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
+def shorten(text: str, width: int = 70) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
 def layer_list(layers: Iterable[int]) -> str:
     """Layer indices as ranges, ``"0\u20133, 5, 7"``, or ``"none"`` (0-based, sorted)."""
     values = sorted({int(i) for i in layers})
