@@ -614,6 +614,16 @@ def prone_heatmap(
 # Figures of the committed runs (avsslib.results frames in, a new figure out).
 
 
+def glue_figure(name: str, fig: Figure) -> None:
+    """Glue ``fig`` under ``name`` for a ``{glue:figure}`` directive (myst-nb) and close it, so
+    that it is shown once, with its caption, where the directive stands."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)
+
+
 def placeholder(text: str) -> Figure:
     """A small figure that says what is missing, so that a figure slot is never empty."""
     import matplotlib.pyplot as plt

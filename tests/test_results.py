@@ -272,3 +272,28 @@ def test_library_versions_record_avsslib_and_commit():
     versions = library_versions()
     assert versions["avsslib"] != "absent"
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|absent", versions["avsslib_commit"])
+
+
+# ------------------------------------------------------------------------ thin result chapters
+
+CELL = re.compile(r"```\{code-cell\}[^\n]*\n((?::tags:[^\n]*\n)?)([\s\S]*?)```")
+
+
+@pytest.mark.parametrize("stem", ["05_hallucination_prone_layers", "06_mitigation", "07_paper_scale",
+                                  "08_reproduce_yourself"])
+def test_result_chapters_are_thin(stem):
+    text = (REPO / "notebooks" / f"{stem}.md").read_text(encoding="utf-8")
+    cells = CELL.findall(text)
+    visible = sum(len([line for line in body.splitlines() if line.strip()])
+                  for tags, body in cells if "hide-input" not in tags and "remove-input" not in tags)
+    assert visible <= 40, f"{stem}: {visible} visible lines of code (at most 40)"
+    assert not any(re.search(r"^\s*def ", body, flags=re.M) for _, body in cells), (
+        f"{stem} defines a function: move it into avsslib")
+    if stem in ("07_paper_scale", "08_reproduce_yourself"):      # conclusions are Markdown (glue)
+        assert not any("print(" in body for _, body in cells), f"{stem} prints"
+
+
+def test_notebook_numbers_follow_the_reading_order():
+    stems = re.findall(r"file:\s*notebooks/(\d\d)_", (REPO / "_toc.yml").read_text())
+    assert stems == sorted(stems) and len(set(stems)) == len(stems)
+    assert stems == [f"{i:02d}" for i in range(len(stems))]
