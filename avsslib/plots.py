@@ -105,6 +105,11 @@ def _decimals(*values: float, pct: bool = True) -> int:
     return 2 if top >= 0.1 or pct else 3
 
 
+def _no_negative_zero(text: str) -> str:
+    """``"-0.00"`` (a tiny negative rounded away) as ``"0.00"``; ``"+0.0"`` as ``"0.0"``."""
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
 def fmt_int(x: object) -> str:
     """An integer with thousands separators (``"1,234"``); ``DASH`` if undefined."""
     return DASH if _missing(x) else f"{int(round(float(x))):,}"  # type: ignore[arg-type]
@@ -153,8 +158,8 @@ def fmt_ci(value: object, low: object, high: object, *, kind: str = "pct") -> st
     else:
         d = _decimals(v, *bounds)
         signed = kind in ("pp", "rel")
-        body = f"{v:{'+' if signed else ''}.{d}f}" + (" pp" if kind == "pp" else "%")
-        inner = ", ".join(f"{b:.{d}f}" for b in bounds)
+        body = _no_negative_zero(f"{v:{'+' if signed else ''}.{d}f}") + (" pp" if kind == "pp" else "%")
+        inner = ", ".join(_no_negative_zero(f"{b:.{d}f}") for b in bounds)
     return body + (f" [{inner}]" if len(bounds) == 2 else "")
 
 
@@ -486,7 +491,7 @@ def retention_sweep(
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(sweep["task"], sweep["metric"], strict=True)))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.4),
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(6.5, 3.6 * len(panels)), 3.8),
                              sharey=False, squeeze=False)
     scores = list(dict.fromkeys(sweep["score"]))
     palette = dict(zip(scores, colors(max(1, len(scores))), strict=True))
@@ -506,7 +511,7 @@ def retention_sweep(
         ax.set_ylabel("retention (1 = no loss)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, title="score", loc="outside lower center",
-               ncols=min(4, max(1, len(labels))))
+               ncols=min(2 * len(panels), 4, max(1, len(labels))))
     return fig
 
 

@@ -639,19 +639,28 @@ def verdict_markdown(frame: pd.DataFrame, *, link: str = "{chapter}.md",
 
 
 def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"):
-    """The verdict table as a book table (:func:`avsslib.plots.table`), the evidence column a
-    link to the chapter (``link`` formats ``{chapter}``, relative to the page that shows it)."""
+    """The verdict table for the book's first page (:func:`avsslib.plots.table`): claim; model
+    and sample size; the verdict with its reason; the measured value, the random-layer baseline
+    and the best other score, each with its 95% interval; a link to the chapter with the
+    evidence (``link`` formats ``{chapter}``, relative to the page that shows it)."""
     import html
 
     from avsslib.plots import table
 
     frame = verdicts(root)
-    shown = frame.assign(
-        verdict=[f"<strong>{html.escape(v)}</strong>" for v in frame["verdict"]],
-        evidence=[f'<a href="{link.format(chapter=c)}">{CHAPTER_TITLES.get(c, c)}</a>'
-                  for c in frame["chapter"]],
-        **{c: frame[c].map(html.escape) for c in VERDICT_COLUMNS if c not in ("verdict", "evidence")})
-    return table(shown[VERDICT_COLUMNS], index=False, escape=False, name="verdicts",
+    esc = html.escape
+    shown = pd.DataFrame({
+        "claim": frame["claim"].map(esc),
+        "model (n)": [f"{esc(m)}<br><small>{esc(n)}</small>" for m, n in
+                      zip(frame["model"], frame["n"], strict=True)],
+        "verdict": [f"<strong>{esc(v)}</strong><br><small>{esc(w)}</small>" for v, w in
+                    zip(frame["verdict"], frame["why"], strict=True)],
+        "measured [95% CI]": frame["measured [95% CI]"].map(esc),
+        "random layers": frame["random layers"].map(esc),
+        "best other": frame["best other"].map(esc),
+        "evidence": [f'<a href="{link.format(chapter=c)}">chapter {int(c[:2])}</a>'
+                     for c in frame["chapter"]]})
+    return table(shown, index=False, escape=False, name="verdicts",
                  note="Intervals: 95% bootstrap over evaluation examples (paired where two models "
                       "or modes are compared); pp: percentage points.")
 
