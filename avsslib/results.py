@@ -513,8 +513,9 @@ def _avss_verdicts(root: Path) -> list[Verdict]:
                   if len(below) else f"above {THRESHOLD:.0%} on every informative task"
                   if verdict == "holds" else "intervals straddle the 90% line")
         if len(skipped):
-            reason += "; not counted: " + "; ".join(
-                f"{task_name(t)} ({w})" for t, w in zip(skipped["task"], skipped["why"], strict=True))
+            reason += "; not counted: " + ", ".join(
+                f"{task_name(t)} {'at chance' if 'chance' in w else 'near zero' if 'zero' in w else w}"
+                for t, w in zip(skipped["task"], skipped["why"], strict=True))
         out.append(Verdict(
             AVSS_CLAIM, "AVSS", m,
             verdict, f"{n} per task", f"{task_name(task)} retention {fmt_ci(h.retention, h.ci_low, h.ci_high)}",
@@ -542,8 +543,10 @@ def _mitigation_verdicts(root: Path) -> list[Verdict]:
         r = by.loc["random"] if "random" in by.index else None
         rest = by.drop(index=[i for i in ("eavss", "random") if i in by.index])
         best = rest.loc[rest["delta_abs"].idxmax()] if len(rest) else None
-        seeds = ", ".join(f"{k} {int(by.loc[k, 'seeds'])}" for k in MODES if k in by.index)
-        n = f"{int(e.n)} questions; seeds {seeds}"
+        counts = {k: int(by.loc[k, "seeds"]) for k in MODES if k in by.index}
+        n = (f"{int(e.n)} questions, {next(iter(counts.values()))} seeds per mode"
+             if len(set(counts.values())) == 1 else
+             f"{int(e.n)} questions; seeds: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         claim = PRONE_CLAIM
         measured = f"{task_name(t, metric)} {fmt_ci(e.delta_abs, e.abs_ci_low, e.abs_ci_high, kind='pp')}"
         rand = "–" if r is None else fmt_ci(r.delta_abs, r.abs_ci_low, r.abs_ci_high, kind="pp")
@@ -563,7 +566,8 @@ def _mitigation_verdicts(root: Path) -> list[Verdict]:
         dr = row.iloc[0]
         verdict = "holds" if dr.ci_low > 0 else "does not hold"
         reason = (f"prone − random {fmt_ci(dr.difference, dr.ci_low, dr.ci_high, kind='pp')}"
-                  + ("" if verdict == "holds" else ": no better than random layers"))
+                  + ("" if verdict == "holds" else ": worse than random layers" if dr.ci_high < 0
+                     else ": no better than random layers"))
         out.append(Verdict(claim, "EAVSS", m, verdict, n, measured, rand, other, reason,
                            "06_mitigation"))
     return out
