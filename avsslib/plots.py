@@ -293,8 +293,8 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
         shown = frame.copy()
         for column in shown.columns:
             fmt = formats.get(column)
-            render = (fmt if callable(fmt) else (lambda v, f=fmt: DASH if _missing(v) else f.format(v))
-                      if fmt else fmt_value)
+            call = fmt if callable(fmt) else (fmt.format if fmt else None)
+            render = ((lambda v, f=call: DASH if _missing(v) else f(v)) if call else fmt_value)
             shown[column] = [render(v) for v in shown[column]]
         full_html = shown.to_html(index=index, border=0, escape=escape,
                                   na_rep=DASH)
