@@ -268,13 +268,14 @@ def _styler_rows(html_text: str, keep: Sequence[int]) -> str:
 
 def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] | None = None,
           visible: int = VISIBLE_ROWS, name: str = "table", note: str | None = None,
-          escape: bool = True, **formats) -> TableHTML:
+          escape: bool = True, csv_only: Sequence[str] = (), **formats) -> TableHTML:
     """A DataFrame (or a pandas ``Styler``) as a book table (:class:`TableHTML`).
 
     ``formats``: column -> format string or callable (DataFrames only); other cells use
     :func:`fmt_value`. ``index=False`` hides the index. ``show``: a boolean mask of the rows a
     reader needs on the page (default: the first ``visible``); the others are only in the
-    dropdown and the CSV (``name``.csv). ``escape=False`` keeps HTML in cells (links).
+    dropdown and the CSV (``name``.csv). ``csv_only``: columns left off the page (long commands,
+    version strings) but kept in the CSV. ``escape=False`` keeps HTML in cells (links).
     ``precision`` is kept for Styler callers."""
     if hasattr(data, "set_table_attributes"):       # a Styler: keep its formats
         styler, frame = data, data.data
@@ -290,7 +291,7 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
         csv_frame = frame
     else:
         frame = data
-        shown = frame.copy()
+        shown = frame.drop(columns=[c for c in csv_only if c in frame.columns])
         for column in shown.columns:
             fmt = formats.get(column)
             call = fmt if callable(fmt) else (fmt.format if fmt else None)
