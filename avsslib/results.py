@@ -713,6 +713,40 @@ def findings(root: str | Path) -> list[str]:
     return out
 
 
+def mitigation_sentence(root: str | Path, model: str) -> str:
+    """What the committed mitigation runs of ``model`` show, in sentences: the largest relative
+    change among informative metrics (any mode) and with the prone layers, each with its 95%
+    interval, against the EAVSS abstract's 12%; prone minus random layers per metric (paired);
+    and which metrics are left out as uninformative."""
+    from avsslib.plots import fmt_ci, plural
+
+    changes = mitigation_changes(root)
+    changes = changes[changes["model"] == model] if len(changes) else changes
+    diff = prone_minus_random(root)
+    diff = diff[(diff["model"] == model) & diff["why"].isna()] if len(diff) else diff
+    ok = changes[changes["why"].isna() & changes["delta_rel"].notna()] if len(changes) else changes
+    prone = ok[ok["mode"] == "eavss"] if len(ok) else ok
+    if not len(prone):
+        return f"No committed mitigation run of {model} with an informative metric under {root}."
+    best, top = ok.loc[ok["delta_rel"].idxmax()], prone.loc[prone["delta_rel"].idxmax()]
+    text = (f"On {model_name(model)}, the largest relative change among informative metrics is "
+            f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} "
+            f"({MODE_NAMES[best['mode']]}, {task_name(best.task, best.metric)}, "
+            f"{plural(best.seeds, 'seed')}); with the prone layers it is at most "
+            f"{fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')} "
+            f"({task_name(top.task, top.metric)}). The EAVSS abstract reports up to "
+            f"{PAPER_MAX_GAIN:.0%}. Prone minus random layers, paired over the same questions: "
+            + "; ".join(f"{task_name(r.task, r.metric)} "
+                        f"{fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')}"
+                        for r in diff.itertuples()) + ".")
+    left_out = changes[changes["why"].notna()].drop_duplicates(["task", "metric"])
+    if len(left_out):
+        text += (" Not counted (base score at chance or near zero): "
+                 + "; ".join(f"{task_name(r.task, r.metric)} ({r.why})" for r in left_out.itertuples())
+                 + ".")
+    return text
+
+
 # ------------------------------------------------------------------------- records and costs
 
 

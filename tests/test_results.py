@@ -297,3 +297,13 @@ def test_notebook_numbers_follow_the_reading_order():
     stems = re.findall(r"file:\s*notebooks/(\d\d)_", (REPO / "_toc.yml").read_text())
     assert stems == sorted(stems) and len(set(stems)) == len(stems)
     assert stems == [f"{i:02d}" for i in range(len(stems))]
+
+
+def test_mitigation_sentence_names_model_and_intervals(tmp_path):
+    before = [0, 0, 1, 1, 0, 1, 0, 0, 1, 0]
+    _fake_mitigation(tmp_path, {("eavss", 0): [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
+                                ("random", 0): [0, 0, 1, 1, 0, 1, 0, 0, 1, 1]}, before)
+    text = R.mitigation_sentence(tmp_path, "tiny")
+    assert text.startswith("On tiny,") and "12%" in text and "Prone minus random" in text
+    assert re.search(r"\+25% \[\d+, \d+\]", text), text          # 0.4 -> 0.5: +25% relative
+    assert "No committed" in R.mitigation_sentence(tmp_path, "other")
