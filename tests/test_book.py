@@ -72,7 +72,7 @@ LAYOUT_PROBE = r"""(() => {
   }
   for (const img of article.querySelectorAll('img')) {
     const alt = (img.getAttribute('alt') || '').trim();
-    if (!alt || /[\/\]|\.(png|jpe?g|svg|gif)$/i.test(alt)) { out.alt.push(img.src + ' alt=' + alt); }
+    if (!alt || /[\/\\]|\.(png|jpe?g|svg|gif)$/i.test(alt)) { out.alt.push(img.src + ' alt=' + alt); }
     const fig = img.closest('figure');
     if (!fig || !fig.querySelector('figcaption') || !fig.querySelector('figcaption').textContent.trim()) {
       out.caption.push(img.src);
@@ -286,6 +286,8 @@ async def _check_page(cdp: DevTools, base: str, page: str, view: str, width: int
     facts = json.loads(result["result"]["value"])
     layout = await cdp.send("Runtime.evaluate", {"expression": LAYOUT_PROBE, "returnByValue": True},
                             session=session)
+    if "value" not in layout.get("result", {}):
+        raise RuntimeError(f"{page}: the layout probe failed: {layout.get('exceptionDetails')}")
     facts["layout"] = json.loads(layout["result"]["value"])
     shot = await cdp.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
                           session=session)

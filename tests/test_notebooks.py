@@ -34,7 +34,7 @@ TINY_PARAMS: dict[str, dict[str, object]] = {
                                       "max_new_tokens": 6, "batch_size": 8, "n_boot": 20},
     "06_mitigation": {"n_label": 8, "max_new_tokens": 6, "n_train": 4, "n_eval": 4,
                       "kl_texts": 2, "ppl_windows": 1, "n_boot": 20},
-    "07_paper_scale": {"n_boot": 20},
+    "07_paper_scale": {},
     "08_reproduce_yourself": {},
     "09_exercises": {},
 }
