@@ -1,7 +1,8 @@
 """avsslib: layer importance (AVSS) and hallucination-prone layers (EAVSS) for transformer LLMs.
 
 Reproduces Song, Huang, Wu and Kang, arXiv 2411.02117 (AVSS) and 2411.10069 (EAVSS).
-See ``README.md`` and the book for the data flow; the specification is ``shared/PAPER.md``.
+See ``README.md`` and the book for the data flow; the book's appendix "How we read the methods"
+gives every formula and where each choice comes from.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,5 +1,5 @@
 """Diagnostics of AVSS statistics: where near-zero counts come from, how stable the layer
-rankings are, and what the official scripts compute (PAPER.md §3.3, §3.6, §4, §10.1).
+rankings are, and what the official scripts compute.
 
 * :func:`gaussian_near_zero_fraction` and :func:`gaussian_scale`: for a centred Gaussian of
   scale ``sigma``, ``P(|x| < eps) ~ 2 eps p(0) = sqrt(2/pi) eps / sigma`` (``eps << sigma``),
@@ -32,6 +32,7 @@ from avsslib.scores import SparsityClampWarning, avss_values
 from avsslib.stats import LayerStats
 
 __all__ = [
+    "bootstrap_statistics",
     "QUANTITIES",
     "block_outputs",
     "bootstrap_agreement",
@@ -253,3 +254,11 @@ def block_outputs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
         for handle in handles:
             handle.remove()
     return [captured[k] for k in range(len(captured))]
+
+
+def bootstrap_statistics(stats: LayerStats, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and sparsity per layer (each shape ``(n_layers,)``) of ``stats`` on one bootstrap
+    resample of the batches it was fitted on (:func:`subset_statistics`)."""
+    frame = subset_statistics(stats, rng.integers(0, stats.n_batches_, size=stats.n_batches_))
+    return frame["variance"].to_numpy(), frame["sparsity"].to_numpy()
+

@@ -4,7 +4,7 @@
 and pads every batch on the right with the tokenizer's pad token, with an attention mask
 (1 = real token, 0 = pad). By default a batch is padded to its longest row; with
 ``pad_to_max_length=True`` every batch is padded to ``seq_len`` exactly, as the official
-scripts do (``padding="max_length"``; PAPER.md §3.4), which matters in faithful mode where pad
+scripts do (``padding="max_length"``), which matters in faithful mode where pad
 positions are counted.
 
 ``calibration_set(tokenizer, name, split, n, ...)`` draws the texts with

@@ -1,4 +1,4 @@
-"""HSAV, HSS and EAVSS: hallucination-specific layer statistics and prone layers (PAPER.md §7.3).
+"""HSAV, HSS and EAVSS: hallucination-specific layer statistics and prone layers.
 
 Statistics are measured separately on the hallucinated answers ``H`` and the truthful answers
 ``T`` of :mod:`avsslib.labels`, teacher-forced on ``prompt + the model's own answer``, with one
@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -49,6 +49,7 @@ from avsslib.scores import SPARSITY_CLAMP, SparsityClampWarning
 from avsslib.stats import LayerStats
 
 __all__ = [
+    "mean_jaccard",
     "DEFAULT_BY",
     "FAMILIES",
     "POSITIONS",
@@ -183,12 +184,12 @@ def hallucination_stats(
 
 # ---------------------------------------------------------------------- scores
 def default_k(n_layers: int, fraction: float = 0.25) -> int:
-    """``ceil(fraction * n_layers)`` (PAPER.md §7.3): 1 of 4 layers, 8 of 30, 8 of 32."""
+    """``ceil(fraction * n_layers)``: 1 of 4 layers, 8 of 30, 8 of 32."""
     return max(1, math.ceil(fraction * n_layers - 1e-9))
 
 
 def k_sweep(n_layers: int) -> list[int]:
-    """The sweep ``{1, 2, 4, ceil(0.25 M)}`` of PAPER.md §7.3, ascending, capped at ``M``."""
+    """The sweep ``{1, 2, 4, ceil(0.25 M)}`` of prone-set sizes, ascending, capped at ``M``."""
     return sorted({k for k in (1, 2, 4, default_k(n_layers)) if k <= n_layers})
 
 
@@ -200,7 +201,7 @@ def _clamped(s: np.ndarray, name: str, clamp: float) -> np.ndarray:
     low = np.flatnonzero(s < clamp)
     if low.size:
         warnings.warn(f"{name} is below {clamp:g} (no near-zero activation) at layers "
-                      f"{low.tolist()}: clamped to {clamp:g} (PAPER.md §4 row 8), so ratios there "
+                      f"{low.tolist()}: clamped to {clamp:g}, so ratios there "
                       "are huge; consider a larger eps or more data.",
                       SparsityClampWarning, stacklevel=3)
     return np.maximum(s, clamp)
@@ -281,7 +282,7 @@ def eavss_scores(
     ``variance_`` and ``sparsity_``): ``stats_h`` on hallucinated, ``stats_t`` on truthful
     answers. When the objects have ``near_zero_counts_`` and ``element_counts_`` (as
     ``LayerStats`` does), the frame also gets the raw counts behind each sparsity:
-    ``near_zero_h``, ``elements_h``, ``near_zero_t``, ``elements_t`` (PAPER.md §10.1)."""
+    ``near_zero_h``, ``elements_h``, ``near_zero_t``, ``elements_t``."""
     frame = eavss_profile(stats_h.variance_, stats_h.sparsity_, stats_t.variance_,
                           stats_t.sparsity_, family, k=k, by=by, clamp=clamp)
     for tag, stats in (("h", stats_h), ("t", stats_t)):
@@ -337,4 +338,14 @@ def prone_sweep(frame: pd.DataFrame, ks: Sequence[int] | None = None, *,
 def profiles_matrix(profiles: Mapping[str, pd.DataFrame], column: str) -> pd.DataFrame:
     """One column of several profiles side by side: layers x names (e.g. datasets)."""
     return pd.DataFrame({name: p[column] for name, p in profiles.items()})
+
+
+def mean_jaccard(sets: Sequence[Iterable[int]]) -> float:
+    """Mean Jaccard similarity ``|A & B| / |A | B|`` over every pair of the given layer sets
+    (1 for equal sets, 0 for disjoint ones); NaN with fewer than two sets."""
+    sets = [set(int(i) for i in s) for s in sets]
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    if not pairs:
+        return float("nan")
+    return float(np.mean([len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]))
 

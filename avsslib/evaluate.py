@@ -248,7 +248,7 @@ class EvalResult:
 def retention(
     original: EvalResult, pruned: EvalResult, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> pd.DataFrame:
-    """Retention per task and metric, with a paired bootstrap interval (PAPER §6.3).
+    """Retention per task and metric, with a paired bootstrap interval.
 
     Retention is ``pruned / original`` for metrics where higher is better and
     ``original / pruned`` where lower is better (perplexity: ``PPL_orig / PPL_pruned``), so 1.0

@@ -1,4 +1,4 @@
-"""Hallucination labels: the model's own answers, labelled by one rule per dataset (PAPER.md §7.2).
+"""Hallucination labels: the model's own answers, labelled by one rule per dataset.
 
 Answers are generated greedily from a fixed prompt (default ``"Answer the question.\\nQ:
 {question}\\nA:"``), batched with left padding, at most ``max_new_tokens`` new tokens, cut at the
@@ -22,7 +22,7 @@ An optional *question guard* (``question_guard=True``; the rule name gets ``+que
 tightens the three containment rules: an alias or option that the question itself contains
 counts only when the answer equals it. Verbose instruct answers often repeat the question
 ("The lion king started on broadway in 1929" matches the NQ alias "Broadway"). It is off by
-default, to keep PAPER.md §7.2's rule.
+default, to keep the plain containment rule.
 
 "SQuAD normalisation" is the official SQuAD v1.1 ``normalize_answer``: lower case, punctuation
 removed (``"Eiffel-Tower"`` -> ``"eiffeltower"``), the articles *a*, *an*, *the* removed,
@@ -58,6 +58,7 @@ import torch
 from avsslib.errors import ConfigError, DataError
 
 __all__ = [
+    "evidence_text",
     "DEFAULT_TEMPLATE",
     "LABELS",
     "RULES",
@@ -81,7 +82,7 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATE = "Answer the question.\nQ: {question}\nA:"
-"""The prompt of PAPER.md §7.2; ``{question}`` is replaced by the question text."""
+"""The answer prompt; ``{question}`` is replaced by the question text."""
 
 LABELS: tuple[str, str] = ("hallucinated", "truthful")
 
@@ -529,7 +530,7 @@ def label_dataset(
     :func:`continuation_logprobs`, mean log-probability per token); the other datasets generate
     with :func:`generate_answers`. WikiQA questions without a correct sentence are dropped
     before sampling. ``question_guard`` turns on the question guard of :func:`label_alias` and
-    :func:`label_sciq` (off by default: PAPER.md §7.2's rule; the rule name gets the suffix
+    :func:`label_sciq` (off by default: the plain containment rule; the rule name gets the suffix
     ``+question_guard``). Returns one :class:`LabelledExample` per record, in the records'
     order.
     """
@@ -655,3 +656,20 @@ def label_summary(
         "n_empty_answers": sum(1 for e in examples if not e.answer_ids),
         "n_truncated": sum(1 for e in examples if e.evidence.get("truncated")),
     }
+
+
+def evidence_text(example: Any) -> str:
+    """The part of a labelled answer's ``evidence`` that decided its label, as one short text
+    (the matched alias, the correct option found or not, the two ROUGE-L scores, or the chosen
+    WikiQA sentence and its label)."""
+    ev, rule = example.evidence, example.rule
+    if rule.startswith("alias"):
+        found = ev["matched_alias"] or f"{ev['n_aliases']} aliases"
+        return f"{ev['match'] or 'no match'} ({found})"
+    if rule.startswith("contains"):
+        return f"correct option {ev['correct_option']!r}: {'found' if ev['match'] else 'absent'}"
+    if rule.startswith("rouge"):
+        return f"ROUGE-L correct {ev['max_correct']:.2f} vs incorrect {ev['max_incorrect']:.2f}"
+    chosen = ev["chosen_index"]
+    return f"sentence {chosen} of {ev['n_candidates']}, label {ev['labels'][chosen]}"
+

@@ -1,4 +1,4 @@
-"""Contrastive mitigation on hallucination-prone layers (EAVSS, PAPER §8 and §9.3).
+"""Contrastive mitigation on hallucination-prone layers (EAVSS; our reading, see the book's methods appendix).
 
 The pipeline, top to bottom:
 
@@ -920,7 +920,7 @@ def _interval(boot: np.ndarray, alpha: float) -> tuple[float, float]:
 def paired_change(before: Any, after: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
                   ) -> pd.DataFrame:
     """Absolute and relative change of every metric from ``before`` to ``after``
-    (:class:`avsslib.evaluate.EvalResult` s on the same examples), PAPER §9.3.
+    (:class:`avsslib.evaluate.EvalResult` s on the same examples).
 
     ``delta_abs = after - before`` and ``delta_rel = (after - before) / before``, each with a
     paired percentile bootstrap interval (one set of example indices per resample, applied to

@@ -46,6 +46,11 @@ def use_style(dpi: int = 110) -> None:
     for inline figures (saved figures use 150 dpi).
     """
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
+    import pandas as pd
+
+    # pandas Stylers created after this call: three decimals at most, undefined values as a dash
+    pd.set_option("styler.format.precision", 3)
+    pd.set_option("styler.format.na_rep", DASH)
     mpl.rcParams.update(
         {
             "figure.dpi": dpi,
@@ -70,20 +75,237 @@ def use_style(dpi: int = 110) -> None:
     )
 
 
-def table(data, *, index: bool = True, precision: int = 3, **formats: str):
-    """A DataFrame (or a pandas ``Styler``) drawn in the book's table style: the theme styles
-    the HTML class ``dataframe``. ``formats``: column -> format string (DataFrames only);
-    ``index=False`` hides the index."""
-    styler = data if hasattr(data, "set_table_attributes") else \
-        data.style.format(formats or None, precision=precision)
-    if not index:
-        styler = styler.hide(axis="index")
-    return styler.set_table_attributes('class="dataframe"')
+# --------------------------------------------------------------------------------------------
+# One number format for the whole book (tables, glued prose, the README's findings).
+
+DASH = "\u2013"
+"""What an undefined value (NaN, an infinite ratio, a missing entry) shows as."""
+
+VISIBLE_ROWS = 15
+"""Rows a table shows on the page; the rest sit in a dropdown (and in the CSV download)."""
+
+
+def _missing(x: object) -> bool:
+    if x is None:
+        return True
+    try:
+        return not np.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _decimals(*values: float, pct: bool = True) -> int:
+    """Decimals that give the largest magnitude among ``values`` 2-3 significant digits."""
+    finite = [abs(v) for v in values if v is not None and np.isfinite(v)]
+    top = max(finite, default=0.0)
+    if top >= 10 or top == 0:
+        return 0
+    if top >= 1:
+        return 1
+    return 2 if top >= 0.1 or pct else 3
+
+
+def _no_negative_zero(text: str) -> str:
+    """``"-0.00"`` (a tiny negative rounded away) as ``"0.00"``; ``"+0.0"`` as ``"0.0"``."""
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
+def fmt_int(x: object) -> str:
+    """An integer with thousands separators (``"1,234"``); ``DASH`` if undefined."""
+    return DASH if _missing(x) else f"{int(round(float(x))):,}"  # type: ignore[arg-type]
+
+
+def fmt_num(x: object, sig: int = 3) -> str:
+    """A number with ``sig`` significant digits, integers as integers, large numbers with
+    thousands separators and no exponent below 10^9 (``"0.123"``, ``"24"``, ``"224,971"``)."""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if _missing(x):
+        return DASH
+    v = float(x)  # type: ignore[arg-type]
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) >= 10 ** sig and abs(v) < 1e9:
+        return f"{v:,.0f}"
+    if abs(v) < 1e-3 or abs(v) >= 1e9:
+        return f"{v:.{sig - 1}e}"
+    text = f"{v:.{sig}g}"
+    return f"{float(text):,}" if "e" in text else text
+
+
+def fmt_pct(x: object, *, sign: bool = False) -> str:
+    """A fraction as a percentage with 2-3 significant digits: 0.812 -> ``"81%"``, 0.0523 ->
+    ``"5.2%"``, 0.0033 -> ``"0.33%"``; ``sign=True`` prefixes ``+`` to positive values."""
+    if _missing(x):
+        return DASH
+    v = 100 * float(x)  # type: ignore[arg-type]
+    return f"{v:{'+' if sign else ''}.{_decimals(v)}f}%"
+
+
+def fmt_ci(value: object, low: object, high: object, *, kind: str = "pct") -> str:
+    """A value with its interval in one format: ``kind="pct"`` ``"81% [76, 86]"`` (fractions),
+    ``"pp"`` ``"+5.2 pp [2.3, 8.1]"`` (changes of a fraction, in percentage points),
+    ``"rel"`` ``"+20% [8, 33]"`` (relative changes), ``"num"`` ``"0.41 [0.38, 0.44]"``.
+    An undefined value gives ``DASH``; an undefined interval leaves the brackets out."""
+    if _missing(value):
+        return DASH
+    scale = 1.0 if kind == "num" else 100.0
+    v = float(value) * scale  # type: ignore[arg-type]
+    bounds = [float(b) * scale for b in (low, high) if not _missing(b)]  # type: ignore[arg-type]
+    if kind == "num":
+        body = fmt_num(v)
+        inner = ", ".join(fmt_num(b) for b in bounds)
+    else:
+        d = _decimals(v, *bounds)
+        signed = kind in ("pp", "rel")
+        body = _no_negative_zero(f"{v:{'+' if signed else ''}.{d}f}") + (" pp" if kind == "pp" else "%")
+        inner = ", ".join(_no_negative_zero(f"{b:.{d}f}") for b in bounds)
+    return body + (f" [{inner}]" if len(bounds) == 2 else "")
+
+
+def fmt_value(x: object) -> str:
+    """The default cell format of every table: integers as integers, other numbers with three
+    significant digits, booleans as yes/no, undefined values as ``DASH``, text unchanged."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float, np.integer, np.floating)) or x is None:
+        return fmt_num(x)
+    try:
+        if _missing(x):
+            return DASH
+    except (TypeError, ValueError):
+        pass
+    return str(x)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 dataset"``, ``"3 datasets"``, ``"no dataset"``; ``many`` is the irregular plural."""
+    n = int(n)
+    if n == 0:
+        return f"no {word}"
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def words(items: Iterable[object], conjunction: str = "and") -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``; ``"none"`` for no item."""
+    items = [str(i) for i in items]
+    if not items:
+        return "none"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
+def shorten(text: str, width: int = 70) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def layer_list(layers: Iterable[int]) -> str:
-    """Layer indices as text, ``"3, 7, 11"``, or ``"none"``."""
-    return ", ".join(str(int(i)) for i in layers) or "none"
+    """Layer indices as ranges, ``"0\u20133, 5, 7"``, or ``"none"`` (0-based, sorted)."""
+    values = sorted({int(i) for i in layers})
+    if not values:
+        return "none"
+    parts, start = [], values[0]
+    for prev, cur in zip(values, [*values[1:], None], strict=True):
+        if cur is not None and cur == prev + 1:
+            continue
+        if prev - start >= 2:
+            parts.append(f"{start}\u2013{prev}")
+        else:
+            parts.extend(str(i) for i in range(start, prev + 1))
+        start = cur if cur is not None else start
+    return ", ".join(parts)
+
+
+def parse_layers(text: object) -> list[int]:
+    """``"0 1 2 9"`` (the layer columns of the result files) as a list of ints; ``[]`` if empty."""
+    if _missing(text) or not str(text).strip():
+        return []
+    return [int(float(v)) for v in str(text).replace(",", " ").split()]
+
+
+class TableHTML:
+    """A table ready for the book: at most :data:`VISIBLE_ROWS` rows on the page inside a
+    container that scrolls sideways, the full table in a dropdown, a CSV download (a ``data:``
+    link, so it works offline) and an optional note. Notebooks display it as the last
+    expression of a cell (``_repr_html_``)."""
+
+    def __init__(self, visible: str, full: str | None, csv: str, name: str, n_rows: int,
+                 note: str | None = None) -> None:
+        self.visible, self.full, self.csv, self.name = visible, full, csv, name
+        self.n_rows, self.note = n_rows, note
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        scroll = '<div class="avss-table-scroll" style="overflow-x:auto;max-width:100%">{}</div>'
+        parts = [f'<div class="avss-table">{scroll.format(self.visible)}']
+        if self.full is not None:
+            parts.append(f'<details class="avss-table-full"><summary>Full table '
+                         f"({plural(self.n_rows, 'row')})</summary>{scroll.format(self.full)}"
+                         "</details>")
+        data = base64.b64encode(self.csv.encode("utf-8")).decode("ascii")
+        parts.append(f'<p class="avss-table-download"><a download="{html.escape(self.name)}.csv" '
+                     f'href="data:text/csv;charset=utf-8;base64,{data}">Download as CSV</a> '
+                     f"({plural(self.n_rows, 'row')})</p>")
+        if self.note:
+            parts.append(f'<p class="avss-table-note">{html.escape(self.note)}</p>')
+        parts.append("</div>")
+        return "".join(parts)
+
+
+def _styler_rows(html_text: str, keep: Sequence[int]) -> str:
+    """A Styler's HTML with only the body rows at positions ``keep``."""
+    import re
+
+    head, sep, rest = html_text.partition("<tbody>")
+    body, sep2, tail = rest.partition("</tbody>")
+    rows = [r for r in re.split(r"(?=<tr>)", body) if r.strip()]
+    return head + sep + "".join(rows[i] for i in keep if i < len(rows)) + sep2 + tail
+
+
+def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] | None = None,
+          visible: int = VISIBLE_ROWS, name: str = "table", note: str | None = None,
+          escape: bool = True, csv_only: Sequence[str] = (), **formats) -> TableHTML:
+    """A DataFrame (or a pandas ``Styler``) as a book table (:class:`TableHTML`).
+
+    ``formats``: column -> format string or callable (DataFrames only); other cells use
+    :func:`fmt_value`. ``index=False`` hides the index. ``show``: a boolean mask of the rows a
+    reader needs on the page (default: the first ``visible``); the others are only in the
+    dropdown and the CSV (``name``.csv). ``csv_only``: columns left off the page (long commands,
+    version strings) but kept in the CSV. ``escape=False`` keeps HTML in cells (links).
+    ``precision`` is kept for Styler callers."""
+    if hasattr(data, "set_table_attributes"):       # a Styler: keep its formats
+        styler, frame = data, data.data
+        for column in frame.columns:                 # integral floats print as integers
+            values = frame[column]
+            if values.dtype.kind == "f" and values.notna().all() and (values == values.round()).all() \
+                    and (values.abs() < 1e15).all():
+                frame[column] = values.astype("int64")
+        if not index:
+            styler = styler.hide(axis="index")
+        styler = styler.set_table_attributes('class="dataframe"')
+        full_html = styler.to_html()
+        csv_frame = frame
+    else:
+        frame = data
+        shown = frame.drop(columns=[c for c in csv_only if c in frame.columns])
+        for column in shown.columns:
+            fmt = formats.get(column)
+            call = fmt if callable(fmt) else (fmt.format if fmt else None)
+            render = ((lambda v, f=call: DASH if _missing(v) else f(v)) if call else fmt_value)
+            shown[column] = [render(v) for v in shown[column]]
+        full_html = shown.to_html(index=index, border=0, escape=escape,
+                                  na_rep=DASH)
+        csv_frame = frame
+    n = len(frame)
+    keep = (list(np.flatnonzero(np.asarray(show, dtype=bool))) if show is not None
+            else list(range(min(n, visible))))
+    full = None if len(keep) == n else full_html
+    visible_html = full_html if full is None else _styler_rows(full_html, keep)
+    return TableHTML(visible_html, full, csv_frame.to_csv(index=index), name, n, note)
 
 
 def _as_1d(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -270,7 +492,7 @@ def retention_sweep(
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(sweep["task"], sweep["metric"], strict=True)))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.4),
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(6.5, 3.6 * len(panels)), 3.8),
                              sharey=False, squeeze=False)
     scores = list(dict.fromkeys(sweep["score"]))
     palette = dict(zip(scores, colors(max(1, len(scores))), strict=True))
@@ -288,7 +510,9 @@ def retention_sweep(
         ax.set_title(f"{task} ({metric})")
         ax.set_xlabel("fraction of layers pruned")
         ax.set_ylabel("retention (1 = no loss)")
-    axes[0][0].legend(title="score")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="score", loc="outside lower center",
+               ncols=min(2 * len(panels), 4, max(1, len(labels))))
     return fig
 
 
@@ -343,13 +567,15 @@ def prone_heatmap(
     prone: dict[str, Iterable[int]] | None = None,
     scale: str = "rank",
     title: str | None = None,
+    ax: Axes | None = None,
 ) -> Figure:
     """Layers x datasets heatmap of a prone score (rows: layers, 0-based; columns: datasets, e.g.
     from ``avsslib.eavss.profiles_matrix``). Each column is scaled to [0, 1] so that datasets
     with different score ranges share one colour scale: ``scale="rank"`` (default) by rank within
     the column (robust to the heavy tails that clamped sparsities give EAVSS), ``"minmax"``
     linearly. NaN cells stay blank. The ``prone`` layers of each column (``{column: layers}``)
-    are marked with a ring. Returns the figure."""
+    are marked with a ring. ``ax``: draw into this axes (e.g. one panel of a grid) instead of a
+    new figure. Returns the figure."""
     import matplotlib.pyplot as plt
 
     if scale not in ("rank", "minmax"):
@@ -365,7 +591,10 @@ def prone_heatmap(
             scaled = np.where(high > low, (values - low) / (high - low), 0.5)
     scaled[np.isnan(values)] = np.nan
     n_layers, n_cols = values.shape
-    fig, ax = plt.subplots(figsize=(2.6 + 1.1 * n_cols, 1.2 + 0.2 * n_layers))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(2.6 + 1.1 * n_cols, 1.2 + 0.2 * n_layers))
+    else:
+        fig = ax.figure
     image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
                       interpolation="nearest")
     for j, column in enumerate(matrix.columns):
@@ -384,4 +613,108 @@ def prone_heatmap(
     fig.colorbar(image, ax=ax, label=label)
     if title:
         ax.set_title(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Figures of the committed runs (avsslib.results frames in, a new figure out).
+
+
+def glue_figure(name: str, fig: Figure) -> None:
+    """Glue ``fig`` under ``name`` for a ``{glue:figure}`` directive (myst-nb) and close it, so
+    that it is shown once, with its caption, where the directive stands."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)
+
+
+def placeholder(text: str) -> Figure:
+    """A small figure that says what is missing, so that a figure slot is never empty."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 1.4))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig
+
+
+def mitigation_points(runs: pandas.DataFrame, modes: Sequence[str], *,  # noqa: F821
+                      ncols: int = 3) -> Figure:
+    """Change after minus before of every mitigation run (one point per seed, whisker: its 95%
+    interval over questions), one column per mode in ``modes`` order with one colour each, one
+    panel per model, dataset, task and metric of ``runs`` (rows of ``mitigation/summary.csv``)."""
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(zip(runs["model"], runs["dataset"], runs["task"], runs["metric"],
+                                    strict=True)))
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.7 * nrows), squeeze=False)
+    palette = dict(zip(modes, colors(len(modes)), strict=True))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (m, d, t, metric) in zip(axes.flat, panels, strict=False):
+        rows = runs[(runs["model"] == m) & (runs["dataset"] == d) & (runs["task"] == t)
+                    & (runs["metric"] == metric)]
+        present = [mode for mode in modes if mode in set(rows["mode"])]
+        for i, mode in enumerate(present):
+            r = rows[rows["mode"] == mode]
+            x = i + (np.linspace(-0.15, 0.15, len(r)) if len(r) > 1 else np.zeros(1))
+            err = np.clip([r["delta_abs"] - r["abs_ci_low"], r["abs_ci_high"] - r["delta_abs"]], 0,
+                          None)
+            ax.errorbar(x, 100 * r["delta_abs"], yerr=100 * err, fmt="o", capsize=2,
+                        color=palette[mode])
+        ax.axhline(0, color="0.3", linewidth=1)
+        ax.set_xticks(range(len(present)), present)
+        ax.set_title(f"{m}\n{t} ({metric})", fontsize=10)
+        ax.set_ylabel("change (points)")
+        ax.grid(axis="x", visible=False)
+    return fig
+
+
+def throughput_sweep(sweep: pandas.DataFrame) -> Figure:  # noqa: F821
+    """(a) tokens/s of a bare forward pass (solid) and of ``LayerStats`` (dashed) against the
+    sequence length, one colour per batch size; (b) their time ratio. The legend sits below the
+    panels, outside the data."""
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(sweep["batch_size"].unique())
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for color, b in zip(colors(len(sizes)), sizes, strict=True):
+        g = sweep[sweep["batch_size"] == b].sort_values("seq_len")
+        ax_t.plot(g["seq_len"], g["bare_tokens_per_s"], marker="o", color=color, label=f"batch {b}")
+        ax_t.plot(g["seq_len"], g["layerstats_tokens_per_s"], marker="s", linestyle="--", color=color)
+        ax_r.plot(g["seq_len"], g["ratio_b_over_a"], marker="o", color=color)
+    for ax in (ax_t, ax_r):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length (tokens)")
+    ax_t.set_ylabel("throughput (tokens/s)")
+    ax_t.set_title("(a) bare forward (solid), LayerStats (dashed)")
+    ax_r.axhline(1.0, color="0.3", linestyle="--", linewidth=1)
+    ax_r.set_ylabel("time ratio (b)/(a)")
+    ax_r.set_title("(b) overhead of LayerStats")
+    fig.legend(*ax_t.get_legend_handles_labels(), loc="outside lower center", ncols=len(sizes))
+    return fig
+
+
+def stage_cost_bars(costs: pandas.DataFrame) -> Figure:  # noqa: F821
+    """Horizontal bars of wall time (minutes) per model and stage, one colour per device
+    (``avsslib.results.stage_costs``); the legend sits below the bars."""
+    import matplotlib.pyplot as plt
+
+    labels = costs["model"].astype(str) + ": " + costs["stage"]
+    devices = list(dict.fromkeys(costs["device"]))
+    palette = dict(zip(devices, colors(len(devices)), strict=True))
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.32 * len(costs)))
+    y = np.arange(len(costs))
+    for device in devices:
+        mask = (costs["device"] == device).to_numpy()
+        ax.barh(y[mask], costs["minutes"].to_numpy()[mask], color=palette[device], label=device)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time (minutes, summed over runs)")
+    ax.grid(axis="y", visible=False)
+    fig.legend(loc="outside lower center", ncols=min(3, len(devices)), title="device")
     return fig

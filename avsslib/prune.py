@@ -1,4 +1,4 @@
-"""Removing transformer blocks, for good or for the length of a ``with`` (PAPER.md §5.2).
+"""Removing transformer blocks, for good or for the length of a ``with``.
 
 * ``prune_layers_(model, layers)`` deletes the blocks **in place** (the trailing underscore is
   PyTorch's in-place convention) and returns the same model object, which still generates with a

@@ -45,14 +45,47 @@ FLOAT_DIGITS = 12
 _PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "numpy", "pandas", "avsslib")
 
 
+def _source_version() -> str:
+    """``avsslib``'s version from the ``pyproject.toml`` next to the package (a source tree run
+    with ``PYTHONPATH`` and no install), else ``"absent"``."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "absent"
+
+
+def source_commit() -> str:
+    """The git commit of the checkout ``avsslib`` is imported from (``"<sha>"``, with
+    ``"+dirty"`` when tracked files differ from it), or ``"absent"`` outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "absent"
+    return sha + ("+dirty" if dirty else "") if sha else "absent"
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that shape the numbers (``"absent"`` if missing)."""
+    """Versions of Python and of the libraries that shape the numbers (``"absent"`` if missing).
+
+    ``avsslib`` is the installed version, or the source tree's when it runs without an install;
+    ``avsslib_commit`` is the git commit of that source tree (:func:`source_commit`)."""
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            out[name] = "absent"
+            out[name] = _source_version() if name == "avsslib" else "absent"
+    out["avsslib_commit"] = source_commit()
     return out
 
 

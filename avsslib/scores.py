@@ -1,4 +1,4 @@
-"""Per-layer importance scores: pure functions from statistics to arrays (PAPER.md §2, §5).
+"""Per-layer importance scores: pure functions from statistics to arrays.
 
 One convention for every score: **importance, higher = keep**. A score is an array of shape
 ``(n_layers,)``; the layers with the *lowest* values are the ones to prune
@@ -14,10 +14,8 @@ Scores live in ``REGISTRY`` (name -> ``Score``) and share one signature::
 
 Registered here:
 
-* ``avss``: NAV / NAS, the normalised variance over the normalised sparsity (PAPER.md §2 items
-  4-5). It equals the official ``V / S`` times one constant shared by all layers, so rankings,
-  NAVSS and the cumulative sums are the same (tested). Sparsities are clamped at ``1e-12``
-  (PAPER.md §4 row 8) with a ``SparsityClampWarning`` naming the layers with no near-zero value.
+* ``avss``: NAV / NAS, the normalised variance over the normalised sparsity. It equals the official ``V / S`` times one constant shared by all layers, so rankings,
+  NAVSS and the cumulative sums are the same (tested). Sparsities are clamped at ``1e-12`` with a ``SparsityClampWarning`` naming the layers with no near-zero value.
 * ``block_influence``: mean ``1 - cos(block input, block output)`` (ShortGPT).
 * ``angular``: mean ``arccos(cos(input, output)) / pi`` (Gromov et al., ``n = 1``).
 * ``ppl_removal``: the increase of the mean token loss when the block alone is skipped
@@ -55,7 +53,7 @@ __all__ = [
 ]
 
 SPARSITY_CLAMP = 1e-12
-"""Sparsities below this value are raised to it before dividing (PAPER.md §4 row 8)."""
+"""Sparsities below this value are raised to it before dividing."""
 
 
 class SparsityClampWarning(UserWarning):
@@ -150,7 +148,7 @@ def avss_values(
     if zero.size:
         warnings.warn(
             f"layers {zero.tolist()} have no near-zero activation (sparsity 0): sparsity "
-            f"clamped to {clamp:g}, so their AVSS is huge (PAPER.md §4 row 8). Consider a "
+            f"clamped to {clamp:g}, so their AVSS is huge. Consider a "
             "larger eps or more data.",
             SparsityClampWarning,
             stacklevel=2,
@@ -166,7 +164,7 @@ def navss(avss: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def cumulative(navss_values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Cumulative NAVSS in layer order, ``C(l) = sum_{k <= l} NAVSS(k)`` (PAPER.md §2 item 6).
+    """Cumulative NAVSS in layer order, ``C(l) = sum_{k <= l} NAVSS(k)``.
 
     This is the quantity the official ``AVSS.py`` thresholds (the ``code_bug`` rule)."""
     return np.cumsum(np.asarray(navss_values, dtype=np.float64))
@@ -175,7 +173,7 @@ def cumulative(navss_values: Sequence[float] | np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- registered scores
 @register("avss")
 def _avss(stats: Any, **_: Any) -> np.ndarray:
-    """NAV / NAS from the statistics' variance_ and sparsity_ (PAPER.md §2)."""
+    """NAV / NAS from the statistics' variance_ and sparsity_."""
     return avss_values(stats.variance_, stats.sparsity_)
 
 

@@ -1,4 +1,4 @@
-"""Which layers to prune, given per-layer importance (PAPER.md §5.1).
+"""Which layers to prune, given per-layer importance.
 
 Three rules, all returning the **ascending list of layer indices to prune**:
 
@@ -11,13 +11,13 @@ Three rules, all returning the **ascending list of layer indices to prune**:
   intends; with heavy-tailed AVSS it can prune far more than ``fraction * M`` layers.
 * ``"code_bug"``: the literal official ``AVSS.py``: cumulative NAVSS in *layer order*, then
   prune every layer whose cumulative value is ``<= fraction``; this is a depth-order prefix
-  whatever the scores (PAPER.md §4 row 5). For ablations only.
+  whatever the scores. For ablations only.
 
 ``"mass"`` and ``"code_bug"`` treat the importance as a mass (they normalise it to sum 1), which
 is meaningful for AVSS-type ratio scores only; they refuse negative or non-finite values, and a
 ``score`` name other than those in ``MASS_SCORES``.
 
-``select_iteratively`` is the iterative variant of the count rule (PAPER.md §5.2, a [3P] hint):
+``select_iteratively`` is the iterative variant of the count rule:
 remove one layer at a time, recomputing the statistics of the remaining layers each time.
 """
 
@@ -101,7 +101,7 @@ def select_layers(
 def select_all(
     importance: Sequence[float] | np.ndarray, fraction: float = 0.25, *, score: str | None = None
 ) -> dict[str, list[int]]:
-    """The layers every rule would prune (PAPER.md §5.1: always report all three).
+    """The layers every rule would prune.
 
     Rules that do not apply to ``score`` (``mass``/``code_bug`` for a non-mass score) are left
     out of the result."""

@@ -1,4 +1,4 @@
-"""Per-layer activation statistics, streamed through forward hooks (PAPER.md §3.3, §4, §10).
+"""Per-layer activation statistics, streamed through forward hooks.
 
 ``LayerStats`` hooks the output of every transformer block (``avsslib.models.blocks``), reduces
 each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the block's
@@ -8,10 +8,9 @@ A model split over several devices (``load_model(..., device_map="auto")``) work
 reduced where it lives and the small float64 accumulators sit on the first parameter's device;
 for data-parallel runs over several processes see ``avsslib.distributed``.
 
-Cost: on the embedded SmolLM2-135M (CPU, 2 threads, batch 8 x 128) a ``LayerStats`` pass took
-1.02-1.03x a bare no-grad forward; on an H200 with a 7B-shaped bf16 Llama, 1.07x at 8 x 128
-tokens (the forward itself is launch-bound there), 1.02-1.04x at 8 x 512 and 1.02x at
-16 x 1024 (``compile`` on, the default on CUDA; 1.13-1.19x without it).
+Cost: ``benchmarks/bench_stats.py`` times a ``LayerStats`` pass against a bare no-grad forward
+pass on the same batches, in the same run, and prints the ratio; the committed measurements are
+the JSON files under ``results/bench/``, tabulated in the book's chapter 7.
 
 What is measured, per layer ``l`` (``w`` is the token mask: 1 for a counted position):
 
@@ -27,7 +26,7 @@ What is measured, per layer ``l`` (``w`` is the token mask: 1 for a counted posi
 
 * **sparsity**: the fraction of counted token-level elements with ``|h| < eps`` (strict, in
   float32), at ``eps`` and at every threshold of ``eps_grid``; the raw near-zero and element
-  counts are kept, because at ``eps = 1e-5`` the count is a few hundred (PAPER.md §10.1).
+  counts are kept, because at ``eps = 1e-5`` the count is a few hundred.
 * **mean**, **rms** (``sqrt(sum h^2 / N)``) and **token variance** (unbiased variance over the
   hidden units of one token, averaged over tokens) of the counted elements.
 * optionally (``similarity=True``) the block's **input-output similarity**: the mean over counted
@@ -42,7 +41,7 @@ How values are aggregated over batches (``aggregate``):
 * ``"pooled"``: every sample (variance) or element (sparsity, mean, ...) of the whole data set
   weighs the same. Pooled values do not depend on how the data was cut into batches.
 
-``faithful=True`` reproduces the official scripts (PAPER.md §3.4, §4 rows 6-7): pad positions are
+``faithful=True`` reproduces the official scripts: pad positions are
 counted as ordinary tokens, causal LMs get no attention mask, dropout stays on (``train()``
 during the pass) and values are per-batch means. The default (``faithful=False``) is the fixed
 mode: ``eval()``, attention mask passed to the model, pad positions excluded from every
@@ -203,7 +202,7 @@ class LayerStats:
 
     Parameters (set at construction, never changed by fitting):
 
-    * ``eps``: the primary near-zero threshold of ``sparsity_`` (PAPER.md: ``1e-5``).
+    * ``eps``: the primary near-zero threshold of ``sparsity_`` (the official code's ``1e-5``).
     * ``eps_grid``: further thresholds whose counts are kept (``eps`` is added to the grid).
     * ``faithful``: reproduce the official scripts (see the module docstring). It sets the
       defaults of ``mask_pad`` (False), ``pass_mask`` (only for non-generative models, as the
@@ -222,8 +221,8 @@ class LayerStats:
       reduction. ``None``: 0 on CPU (each output is reduced at once, while it is in cache),
       64 MiB on other devices (several small outputs per call; a large one alone).
     * ``compile``: run ``reduce_block_output`` through ``torch.compile`` (a few fused
-      kernels instead of about fifteen small ones: on an H200 it cuts the overhead over a bare
-      forward from ~15% to ~2-4%; the first batches pay the compilation, some seconds).
+      kernels instead of about fifteen small ones; ``benchmarks/compile_variant.py`` compares
+      the variants; the first batches pay the compilation, some seconds).
       ``None`` (default): on CUDA devices only. A failed compilation falls back to eager.
 
     Usage: ``fit(model, batches)`` (resets, then accumulates every batch) or, for streaming and

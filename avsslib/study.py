@@ -1,4 +1,4 @@
-"""The AVSS pruning study (PAPER.md §2-6, §9.2, §10, §11): statistics, scores, selections,
+"""The AVSS pruning study: statistics, scores, selections,
 pruning, evaluation, retention, agreement, figures and a run record, in one resumable call.
 
 Building blocks (notebooks use them one by one):

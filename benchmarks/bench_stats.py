@@ -7,7 +7,7 @@ Three modes run on the SAME batches, interleaved (by batch on CPUs, by repeat on
   use_cache=False)`` (no KV cache, as ``LayerStats.update`` runs it);
 * ``b``: ``avsslib.stats.LayerStats()`` with default settings (fixed mode, what users run):
   ``stats.update(model, batch)`` per batch, then ``variance_`` and ``sparsity_`` read once;
-* ``c``: the official recipe (PAPER.md §3.2-3.5): forward hooks that copy every block output
+* ``c``: the official recipe: forward hooks that copy every block output
   to the host (``output[0].detach().cpu()``, bare tensors handled), gradients on, no
   ``eval()``, LM loss with ``labels=input_ids`` and ``loss.backward()`` every batch, then the
   per-batch V and S of every layer from the host copies (``.item()`` each) and ``zero_grad``.
@@ -162,7 +162,7 @@ class LayerStatsMode:
 
 
 class OfficialRecipe:
-    """(c) The official scripts' loop (PAPER.md §3.2-3.5), per batch: hooks copy each block's
+    """(c) The official scripts' loop, per batch: hooks copy each block's
     output ``(B, T, d)`` to the host, LM loss with ``labels=input_ids`` (causal-LM scripts pass
     no attention mask), ``backward()``, then per layer ``V_b = h.mean(1).var(1).mean()`` and
     ``S_b = (|h| < 1e-5).mean()`` as Python floats, then ``zero_grad``. Dropout on (no

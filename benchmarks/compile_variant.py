@@ -9,7 +9,7 @@ the remaining arguments; ``dynamic`` leaves the library's setting as it is.
     python benchmarks/compile_variant.py static --config llama2-7b --device cuda \\
         --dtype bfloat16 --modes a,b --json out.json
 
-Results of session 3 on one H200: ``results/bench/compile_variants/``.
+Results of the 2026-11-29 run on one H200: ``results/bench/compile_variants/``.
 """
 
 import json

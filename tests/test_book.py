@@ -1,10 +1,14 @@
 """Book tier: build the Jupyter Book from a temporary copy of the repository (notebooks executed
 with small parameters), serve it on 127.0.0.1, and load every page in headless Chromium.
 
-Checks: the build passes with ``-W -n --keep-going`` (no warning at all); in the browser every
-page loads, every <img> decodes (naturalWidth > 0), nothing is logged as an error, no request
-leaves localhost (the site must work offline), no request fails, and MathJax typesets the
-formulas. Screenshots of two pages are written to ``test-artifacts/book/``.
+Checks: the build passes with ``-W -n --keep-going`` (no warning at all) and no built file
+mentions ``PAPER.md``; in the browser, on every page at 1400x900 and at 390x844, every page
+loads, every <img> decodes (naturalWidth > 0), nothing is logged as an error, no request leaves
+localhost (the site must work offline), no request fails, MathJax typesets the formulas, no
+element inside the article is wider than its container unless a scrolling container holds it,
+every image in the article has alt text that is not a file name and a caption, no table cell
+shows ``nan``, ``inf``, ``None`` or a float with six decimals, and the introduction's first screen
+holds the verdict table. Screenshots of every page at both widths go to ``test-artifacts/book/``.
 
 The browser is driven through the Chrome DevTools Protocol over a websocket (tornado's client,
 installed with Jupyter), so no browser-automation package is needed. Chromium comes from Debian:
@@ -40,11 +44,49 @@ ARTIFACTS = REPO / "test-artifacts" / "book"
 CHROMIUM = "/usr/bin/chromium"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 LOCAL_SCHEMES = {"data", "blob", "about", "chrome-error"}
-# Page -> (screenshot file, CSS selector scrolled into view first: the part worth looking at).
-SCREENSHOTS = {
-    "book/intro.html": ("intro.png", "h1"),
-    "notebooks/00_setup.html": ("00_setup.png", "figure"),
-}
+# The two widths every page is checked and photographed at: desktop and phone.
+VIEWPORTS = {"desktop": (1400, 900, False), "phone": (390, 844, True)}
+# Pages that must exist (and be looked at).
+REQUIRED = ("book/intro.html", "notebooks/00_setup.html", "book/methods.html")
+# Layout and content checks run in the page (JavaScript); returns a JSON string.
+LAYOUT_PROBE = r"""(() => {
+  const article = document.querySelector('article') || document.querySelector('main');
+  const out = {overflow: [], alt: [], caption: [], cells: [], verdictTop: null,
+               viewport: [window.innerWidth, window.innerHeight]};
+  if (!article) { return JSON.stringify(out); }
+  const box = article.getBoundingClientRect();
+  const scrolls = (el) => {
+    for (let a = el.parentElement; a && a !== article.parentElement; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if (o === 'auto' || o === 'scroll' || o === 'hidden') { return true; }
+    }
+    return false;
+  };
+  for (const el of article.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) { continue; }
+    if (r.right > box.right + 2 && !scrolls(el)) {
+      out.overflow.push(`${el.tagName.toLowerCase()}.${el.className}`.slice(0, 80)
+                        + ` right ${Math.round(r.right)} > ${Math.round(box.right)}`);
+    }
+  }
+  for (const img of article.querySelectorAll('img')) {
+    const alt = (img.getAttribute('alt') || '').trim();
+    if (!alt || /[\/\\]|\.(png|jpe?g|svg|gif)$/i.test(alt)) { out.alt.push(img.src + ' alt=' + alt); }
+    const fig = img.closest('figure');
+    if (!fig || !fig.querySelector('figcaption') || !fig.querySelector('figcaption').textContent.trim()) {
+      out.caption.push(img.src);
+    }
+  }
+  const bad = /(^|[^\w.])(nan|NaN|inf|-inf|None)([^\w]|$)|\d\.\d{6}(\D|$)/;
+  for (const cell of article.querySelectorAll('td, th')) {
+    const text = cell.textContent.trim();
+    if (bad.test(text)) { out.cells.push(text.slice(0, 80)); }
+  }
+  const verdicts = article.querySelector('.avss-table table');
+  if (verdicts) { out.verdictTop = verdicts.getBoundingClientRect().top + window.scrollY; }
+  return JSON.stringify(out);
+})()"""
 # Repository paths the book build does not need (and the git-ignored ones).
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "_build", "test-artifacts", "student", "__pycache__", ".*_cache",
@@ -198,54 +240,68 @@ async def _check_pages(ws_url: str, base: str, pages: list[str]) -> dict[str, di
     report: dict[str, dict] = {}
     try:
         for page in pages:
-            target = (await cdp.send("Target.createTarget", {"url": "about:blank"}))["targetId"]
-            session = (await cdp.send("Target.attachToTarget",
-                                      {"targetId": target, "flatten": True}))["sessionId"]
-            for domain in ("Page", "Runtime", "Log", "Network"):
-                await cdp.send(f"{domain}.enable", session=session)
-            await cdp.send("Emulation.setDeviceMetricsOverride",
-                           {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-                           session=session)
-            cdp.events.clear()
-            await cdp.send("Page.navigate", {"url": base + page}, session=session)
-            await cdp.wait_for("Page.loadEventFired", session)
-            # Wait for MathJax's typesetting and every image (lazy ones forced to load).
-            settle = """(async () => {
-                if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
-                await Promise.all(Array.from(document.images).map(
-                    img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
-                await document.fonts.ready;
-                return true; })()"""
-            await cdp.send("Runtime.evaluate", {"expression": settle, "awaitPromise": True},
-                           session=session)
-            await asyncio.sleep(0.5)
-            probe = """JSON.stringify({
-                images: Array.from(document.images).map(i => [i.src, i.naturalWidth]),
-                mathjax: document.querySelectorAll('mjx-container').length,
-                math: document.querySelectorAll('.math').length,
-                title: document.title})"""
-            result = await cdp.send("Runtime.evaluate", {"expression": probe, "returnByValue": True},
-                                    session=session)
-            facts = json.loads(result["result"]["value"])
-            if page in SCREENSHOTS:
-                name, selector = SCREENSHOTS[page]
-                scroll = f"document.querySelector({json.dumps(selector)})?.scrollIntoView()"
-                await cdp.send("Runtime.evaluate", {"expression": scroll}, session=session)
-                await asyncio.sleep(0.3)
-                shot = await cdp.send("Page.captureScreenshot",
-                                      {"format": "png", "captureBeyondViewport": False},
-                                      session=session)
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
-            # Drain what is still queued, then sort this tab's events.
-            await cdp.send("Runtime.evaluate", {"expression": "1"}, session=session)
-            events = [e for e in cdp.events if e.get("sessionId") == session]
-            report[page] = _problems(events, facts)
-            cdp.events = [e for e in cdp.events if e.get("sessionId") != session]
-            await cdp.send("Target.closeTarget", {"targetId": target})
+            for view, (width, height, mobile) in VIEWPORTS.items():
+                report[f"{page}@{view}"] = await _check_page(cdp, base, page, view, width, height,
+                                                              mobile)
     finally:
         ws.close()
     return report
+
+
+def _shot_name(page: str, view: str) -> str:
+    return page.removesuffix(".html").replace("/", "_") + f"-{view}.png"
+
+
+async def _check_page(cdp: DevTools, base: str, page: str, view: str, width: int, height: int,
+                      mobile: bool) -> dict:
+    """Load ``page`` in a fresh tab of ``width`` x ``height``; returns what went wrong, its facts
+    and its layout probe, and writes a screenshot of the first screen."""
+    target = (await cdp.send("Target.createTarget", {"url": "about:blank"}))["targetId"]
+    session = (await cdp.send("Target.attachToTarget",
+                              {"targetId": target, "flatten": True}))["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        await cdp.send(f"{domain}.enable", session=session)
+    await cdp.send("Emulation.setDeviceMetricsOverride",
+                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+                   session=session)
+    cdp.events.clear()
+    await cdp.send("Page.navigate", {"url": base + page}, session=session)
+    await cdp.wait_for("Page.loadEventFired", session)
+    # Wait for MathJax's typesetting and every image (lazy ones forced to load).
+    settle = """(async () => {
+        if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
+        await Promise.all(Array.from(document.images).map(
+            img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
+        await document.fonts.ready;
+        return true; })()"""
+    await cdp.send("Runtime.evaluate", {"expression": settle, "awaitPromise": True}, session=session)
+    await asyncio.sleep(0.3)
+    probe = """JSON.stringify({
+        images: Array.from(document.images).map(i => [i.src, i.naturalWidth]),
+        mathjax: document.querySelectorAll('mjx-container').length,
+        math: document.querySelectorAll('.math').length,
+        title: document.title})"""
+    result = await cdp.send("Runtime.evaluate", {"expression": probe, "returnByValue": True},
+                            session=session)
+    facts = json.loads(result["result"]["value"])
+    layout = await cdp.send("Runtime.evaluate", {"expression": LAYOUT_PROBE, "returnByValue": True},
+                            session=session)
+    if "value" not in layout.get("result", {}):
+        raise RuntimeError(f"{page}: the layout probe failed: {layout.get('exceptionDetails')}")
+    facts["layout"] = json.loads(layout["result"]["value"])
+    shot = await cdp.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
+                          session=session)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / _shot_name(page, view)).write_bytes(base64.b64decode(shot["data"]))
+    # Drain what is still queued, then sort this tab's events.
+    await cdp.send("Runtime.evaluate", {"expression": "1"}, session=session)
+    events = [e for e in cdp.events if e.get("sessionId") == session]
+    found = _problems(events, facts)
+    for key in ("overflow", "alt", "caption", "cells"):
+        found[key] = facts["layout"][key]
+    cdp.events = [e for e in cdp.events if e.get("sessionId") != session]
+    await cdp.send("Target.closeTarget", {"targetId": target})
+    return found
 
 
 def _problems(events: list[dict], facts: dict) -> dict:
@@ -279,11 +335,15 @@ def test_book_builds_and_renders_offline(built_book: Path, server: str) -> None:
     binary = _ensure_chromium()
     pages = sorted(p.relative_to(built_book).as_posix() for p in built_book.rglob("*.html")
                    if "_static" not in p.parts and "_sources" not in p.parts)
-    assert set(SCREENSHOTS) <= set(pages), f"expected pages missing from the build: {pages}"
+    assert set(REQUIRED) <= set(pages), f"expected pages missing from the build: {pages}"
+    cited = [p.relative_to(built_book).as_posix() for p in built_book.rglob("*")
+             if p.is_file() and p.suffix in {".html", ".txt", ".js", ".ipynb", ".md"}
+             and "PAPER.md" in p.read_text(encoding="utf-8", errors="replace")]
+    assert not cited, f"the built book mentions PAPER.md (a file outside the repository): {cited}"
     with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
         proc, ws_url = _start_chromium(binary, Path(profile))
         try:
-            report = asyncio.run(asyncio.wait_for(_check_pages(ws_url, server, pages), 600))
+            report = asyncio.run(asyncio.wait_for(_check_pages(ws_url, server, pages), 900))
         finally:
             proc.terminate()
             try:
@@ -293,13 +353,17 @@ def test_book_builds_and_renders_offline(built_book: Path, server: str) -> None:
     bad = {page: {k: v for k, v in r.items() if v and k != "facts"} for page, r in report.items()}
     bad = {page: r for page, r in bad.items() if r}
     assert not bad, "pages with problems:\n" + json.dumps(bad, indent=2)
-    setup = report["notebooks/00_setup.html"]["facts"]
+    setup = report["notebooks/00_setup.html@desktop"]["facts"]
     assert setup["images"], "the setup chapter shows no image"
-    intro = report["book/intro.html"]["facts"]
+    intro = report["book/intro.html@desktop"]["facts"]
     assert intro["math"] > 0 and intro["mathjax"] >= intro["math"], (
         f"MathJax typeset {intro['mathjax']} of {intro['math']} formulas on the introduction")
-    for name, _ in SCREENSHOTS.values():
-        assert (ARTIFACTS / name).stat().st_size > 10_000
+    top, (_, height) = intro["layout"]["verdictTop"], intro["layout"]["viewport"]
+    assert top is not None and top < height, (
+        f"the verdict table starts at {top} px, below the introduction's first screen ({height} px)")
+    for page in pages:
+        for view in VIEWPORTS:
+            assert (ARTIFACTS / _shot_name(page, view)).stat().st_size > 10_000, (page, view)
 
 
 def test_problems_sorts_devtools_events():

@@ -279,3 +279,12 @@ def test_cli_end_to_end(tmp_path, data_dir):
                    "--labels-from", str(out), "--out", str(copy), "--quiet"])
     assert rc == 0 and not (copy / "labels" / "nq_open.key.json").exists()
     assert (copy / "labels" / "nq_open.jsonl").read_text() == (out / "labels" / "nq_open.jsonl").read_text()
+
+
+def test_mean_jaccard_over_pairs():
+    from avsslib.eavss import mean_jaccard
+
+    assert mean_jaccard([[1, 2], [1, 2]]) == 1.0
+    assert mean_jaccard([[1, 2], [3, 4]]) == 0.0
+    assert abs(mean_jaccard([[1, 2], [2, 3], [1, 2]]) - (1 / 3 + 1 + 1 / 3) / 3) < 1e-12
+    assert mean_jaccard([[1, 2]]) != mean_jaccard([[1, 2]])          # NaN for one set

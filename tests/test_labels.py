@@ -80,7 +80,7 @@ def test_label_alias(answer, aliases, label, match, matched):
 def test_question_guard_ignores_echoed_aliases():
     question = "What section of a Qwerty keyboard can type most words, left or right?"
     answer = "The keyboard can type most words left to right."
-    assert label_alias(answer, ["Left"])[0] == "truthful"                      # PAPER's rule
+    assert label_alias(answer, ["Left"])[0] == "truthful"                      # the alias rule
     label, ev = label_alias(answer, ["Left", "LHS"], question=question)
     assert label == "hallucinated" and ev["question_aliases"] == ["Left"]
     assert label_alias("Left.", ["Left"], question=question)[0] == "truthful"   # exact still counts
@@ -280,3 +280,18 @@ def test_smol_generates_real_answers(smol):
     assert "paris" in gens[0].answer.lower()
     assert tok.decode(list(gens[0].answer_ids)).strip() == gens[0].answer
 
+
+
+def test_evidence_text_names_what_decided():
+    from types import SimpleNamespace
+
+    from avsslib.labels import evidence_text
+
+    alias = SimpleNamespace(rule="alias_contains", evidence={"matched_alias": None, "n_aliases": 3,
+                                                             "match": None})
+    assert evidence_text(alias) == "no match (3 aliases)"
+    rouge = SimpleNamespace(rule="rouge_l", evidence={"max_correct": 0.5, "max_incorrect": 0.25})
+    assert evidence_text(rouge) == "ROUGE-L correct 0.50 vs incorrect 0.25"
+    wiki = SimpleNamespace(rule="top_sentence", evidence={"chosen_index": 1, "n_candidates": 4,
+                                                          "labels": [1, 0, 0, 0]})
+    assert evidence_text(wiki) == "sentence 1 of 4, label 0"

@@ -213,11 +213,14 @@ def test_results_tables_read_the_committed_runs(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["results_tables.py", "--results", str(root / "results")])
     runpy.run_path(str(root / "tools" / "results_tables.py"), run_name="__main__")
     out = capsys.readouterr().out
+    from avsslib.plots import fmt_ci
+
+    assert out.startswith("Verdicts:")
     for model in ("smollm2-135m", "qwen2.5-coder-1.5b"):
-        assert f"**{model}**, pruned fraction 25% (" in out
-        assert f"| {model} | truthfulqa |" in out
+        assert f"| {model} | AVSS (count rule) |" in out
+        assert f"| {model} | TruthfulQA MC1 accuracy | eavss |" in out
     retention = pd.read_csv(root / "results" / "smollm2-135m" / "avss" / "retention.csv")
     row = retention[(retention["config"] == "avss-count") & (retention["task"] == "sciq_mc")
                     & (retention["metric"] == "acc")].iloc[0]
-    assert f"{row.retention:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]" in out
-    assert "speed-up" in out and "Hallucination labels" in out
+    assert fmt_ci(row.retention, row.ci_low, row.ci_high) in out
+    assert "speed-up" in out and "Hallucination rates" in out and "Prone minus random" in out

@@ -26,7 +26,7 @@ S = np.array([2e-5, 5e-5, 1e-5, 4e-5, 3e-5])
 
 
 def test_nav_over_nas_is_v_over_s_times_a_constant():
-    """PAPER.md §2: normalising first changes nothing but one shared constant."""
+    """Normalising first changes nothing but one shared constant."""
     nav_nas = avss_values(V, S)
     raw = V / S                                       # the official AVSS.py
     ratio = nav_nas / raw

@@ -1,4 +1,4 @@
-"""Layer selection rules (PAPER.md §5.1), checked against the official AVSS.py logic."""
+"""Layer selection rules, checked against the official AVSS.py logic."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from avsslib.selection import select_all, select_layers
 
 
 def official_avss_py(variance: np.ndarray, sparsity: np.ndarray, threshold: float = 0.25):
-    """The official AVSS.py (PAPER.md §3.6), step by step: two hand-made CSV files, V / S,
+    """The official AVSS.py, step by step: two hand-made CSV files, V / S,
     normalise, cumulative sum in file (layer) order, sort by AVSS, keep Cumulative <= 0.25."""
     a_csv = "Layer,Variance\n" + "".join(f"{i},{float(v)!r}\n" for i, v in enumerate(variance))
     b_csv = "Layer,Sparsity\n" + "".join(f"{i},{float(s)!r}\n" for i, s in enumerate(sparsity))
@@ -40,7 +40,7 @@ def test_hand_example_all_three_rules():
     # count: round(0.25 * 12) = 3 lowest AVSS: 0.5 (layer 11), 1 (layer 0), 1 (layer 2)
     assert select_layers(importance, 0.25, "count") == [0, 2, 11]
     # code_bug: layer-order prefix 1 + 8 + 1 = 10 <= 0.25 * 46.5 = 11.625; adding 10 exceeds.
-    # Layer 1 has the second-highest AVSS and is pruned anyway (PAPER.md §4 row 5).
+    # Layer 1 has the second-highest AVSS and is pruned anyway.
     assert select_layers(importance, 0.25, "code_bug") == [0, 1, 2]
     assert official_avss_py(HAND_V, HAND_S) == [0, 1, 2]
     # mass: sorted 0.5, 1, 1, 2, 2.5, 3 -> cumulative 10 <= 11.625; the next (3.5) exceeds

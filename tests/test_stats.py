@@ -350,7 +350,7 @@ def test_hooked_forward_is_bit_identical_and_hooks_are_removed(tiny_llama):
 
 
 def reference_block_stats(model, layers, batches, eps=1e-5, pass_mask=False):
-    """PAPER.md §5.3, the reference algorithm, as written there (float32, .item() per batch)."""
+    """The reference algorithm of the official scripts, as a plain loop (float32, .item() per batch)."""
     cache, V, S = {}, [[] for _ in layers], [[] for _ in layers]
 
     def make_hook(k):

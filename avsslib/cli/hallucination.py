@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fewest hallucinated and truthful calibration answers needed to "
                              "score a dataset (default 2)")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help="prompt template with {question} (default: the EAVSS prompt, avsslib.labels)")
+                        help="prompt template with {question} (default: avsslib.labels.DEFAULT_TEMPLATE)")
     parser.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                         help="wrap the prompt in the tokenizer's chat template (auto: when it "
                              "has one)")
@@ -115,7 +115,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
     """How much of a profile's sparsity is real: total near-zero counts of both sets and the
-    layers clamped for having none (PAPER.md §10.1); ``degenerate`` when either set has no
+    layers clamped for having none; ``degenerate`` when either set has no
     near-zero element in at least half of the layers."""
     from avsslib.scores import SPARSITY_CLAMP
 

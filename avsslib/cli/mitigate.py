@@ -1,4 +1,4 @@
-"""``avss mitigate``: contrastive fine-tuning of the hallucination-prone layers (PAPER §8),
+"""``avss mitigate``: contrastive fine-tuning of the hallucination-prone layers,
 evaluated before and after on held-out questions (§9.3).
 
 ``avss mitigate --model smollm2-135m --dataset truthfulqa --layers 3,7,11 --mode eavss --lora

@@ -12,7 +12,7 @@ into ``--out``:
 * ``record.json`` and ``record.md``: the run record and its result card.
 
 ``--faithful`` reproduces the official scripts (pads counted, batches padded to
-``--seq-len``, dropout on, per-batch means; PAPER.md §3-4).
+``--seq-len``, dropout on, per-batch means).
 
 By default only the scores that come from the one statistics pass are computed
 (``avsslib.study.FAST_SCORES``); a score that runs the model again (``ppl_removal``) runs when
