@@ -566,6 +566,27 @@ def task_data_files(tasks: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _make_lm(backend: str, model: torch.nn.Module, tokenizer: Any, batch_size: int,
+             max_length: int | None) -> Any:
+    """The harness model object of ``backend`` (``"avsslib"``: ``CachedLM``; ``"harness"``: ``HFLM``)."""
+    if backend == "harness":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    from avsslib.eval_backend import CachedLM
+
+    return CachedLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def _backend_protocol(lm: Any, backend: str) -> dict[str, Any]:
+    """What a run record says about the model backend that produced a harness task's numbers."""
+    out: dict[str, Any] = {"model_backend": backend, "model_backend_class": type(lm).__name__}
+    if backend == "avsslib":
+        out["cache_reuse"] = lm.reuse_cache
+        out["cache_reuse_reason"] = lm.reuse_reason
+    return out
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -579,6 +600,7 @@ def evaluate(
     ppl_window: int = 512,
     ppl_stride: int = 512,
     chat_template: bool = False,
+    backend: str = "avsslib",
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on our tasks (names in :data:`TASKS`).
 
@@ -603,6 +625,10 @@ def evaluate(
             ``apply_chat_template``; few-shot examples as turns). Off by default, as in the
             harness; instruction-tuned models often answer only inside their template (the
             embedded SmolLM2-Instruct ends most plain TriviaQA answers at once).
+        backend: the harness model backend: ``"avsslib"`` (default; :class:`avsslib.eval_backend.
+            CachedLM`, shared contexts encoded once, same numbers as the harness's within
+            rounding) or ``"harness"`` (the harness's own ``HFLM``, for comparison). Each
+            harness task's protocol records it (``model_backend``).
 
     Returns an :class:`EvalResult`: per task, the metrics, one score per example and the
     protocol (data, sample, prompt, few-shot, decoding, versions of what produced the numbers).
@@ -622,8 +648,12 @@ def evaluate(
             )
     if n is not None and n <= 0:
         raise ConfigError(f"n = {n}: the number of examples per task must be positive (or None for all).")
+    from avsslib.eval_backend import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
+                          "('avsslib' is ours and the default, 'harness' the harness's HFLM).")
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     results: dict[str, TaskResult] = {}
     with _offline(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
@@ -634,12 +664,12 @@ def evaluate(
                 ids, metrics, protocol = _perplexity_task(model, tokenizer, n, ppl_window, ppl_stride, batch_size)
             else:
                 if lm is None:
-                    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+                    lm = _make_lm(backend, model, tokenizer, batch_size, max_length)
                 folder = Path(tmp) / name
                 data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot)
                 ids, metrics, protocol = _harness_task(lm, name, folder, seed, chat_template)
                 protocol = {**data_protocol, **protocol, "batch_size": batch_size,
-                            "lm_eval": lm_eval.__version__}
+                            "lm_eval": lm_eval.__version__, **_backend_protocol(lm, backend)}
             results[name] = TaskResult(name, ids, metrics, protocol, time.perf_counter() - t0)
     return EvalResult(results)
 
