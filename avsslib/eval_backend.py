@@ -64,10 +64,6 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-BACKENDS = ("avsslib", "harness")
-"""Model backends of :func:`avsslib.evaluate.evaluate`: ours (:class:`CachedLM`) and the
-harness's ``HFLM``."""
-
 REUSE_ARCHITECTURES = frozenset({
     "llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3", "olmo", "olmo2", "granite", "smollm3",
     "stablelm", "gemma", "phi", "gptj",
@@ -405,4 +401,4 @@ class CachedLM(HFLM):
         return out
 
 
-__all__ = ["BACKENDS", "REUSE_ARCHITECTURES", "CachedLM", "cache_reuse_support", "common_prefix", "select_rows"]
+__all__ = ["REUSE_ARCHITECTURES", "CachedLM", "cache_reuse_support", "common_prefix", "select_rows"]

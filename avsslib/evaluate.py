@@ -2,7 +2,10 @@
 
 Harness tasks (``sst2``, ``sciq_mc``, ``triviaqa_em``, ``nq_open_em``, ``truthfulqa_mc1``,
 ``truthfulqa_mc2``, ``wikiqa``, ``wikitext2_word_ppl``) run through ``lm_eval.simple_evaluate``
-on the in-memory model (``HFLM(pretrained=model, tokenizer=tokenizer)``). Their documents are
+on the in-memory model, by default through our backend
+(:class:`avsslib.eval_backend.CachedLM`, an ``HFLM`` subclass that encodes shared contexts
+once and reuses their KV cache; same numbers within float32 rounding), with
+``backend="harness"`` through the harness's own ``HFLM(pretrained=model, tokenizer=tokenizer)``. Their documents are
 our records (:mod:`avsslib.data`, subsampled with ``n``/``seed``), written as JSONL into a
 temporary folder; a generated task YAML includes the template in ``avsslib/tasks/<task>.yaml``
 and points ``dataset_path: json`` at those files, and a ``TaskManager(include_path=...)``
@@ -44,6 +47,10 @@ TASK_DIR = Path(__file__).resolve().parent / "tasks"
 
 FEWSHOT_POOL = 256
 """Training examples (sampled with the run's seed) from which few-shot examples are drawn."""
+
+BACKENDS = ("avsslib", "harness")
+"""Model backends of :func:`evaluate`: ours (:class:`avsslib.eval_backend.CachedLM`, the
+default) and the harness's ``HFLM`` (for comparison)."""
 
 Kind = Literal["mean", "perplexity", "bits_per_byte"]
 
@@ -648,8 +655,6 @@ def evaluate(
             )
     if n is not None and n <= 0:
         raise ConfigError(f"n = {n}: the number of examples per task must be positive (or None for all).")
-    from avsslib.eval_backend import BACKENDS
-
     if backend not in BACKENDS:
         raise ConfigError(f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
                           "('avsslib' is ours and the default, 'harness' the harness's HFLM).")
@@ -675,6 +680,7 @@ def evaluate(
 
 
 __all__ = [
+    "BACKENDS",
     "FEWSHOT_POOL",
     "TASKS",
     "EvalResult",

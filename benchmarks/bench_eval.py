@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import tempfile
@@ -42,8 +41,9 @@ DEFAULT_TASKS = ("truthfulqa_mc1", "sst2", "sciq_mc", "triviaqa_em")
 
 def build_requests(name: str, folder: Path, n: int, seed: int) -> list[Any]:
     """The harness ``Instance`` s of task ``name`` on ``n`` sampled records (as ``evaluate`` does)."""
-    import avsslib.evaluate as ev
     from lm_eval.tasks import TaskManager
+
+    import avsslib.evaluate as ev
 
     ev.materialise_task(name, folder, n=n, seed=seed)
     with ev._offline():
@@ -66,12 +66,12 @@ def answer(lm: Any, requests: list[Any]) -> tuple[list[Any], float]:
 def compare(kind: str, a: list[Any], b: list[Any]) -> dict[str, Any]:
     """Largest |log-likelihood difference|, differing greedy flags, differing strings."""
     if kind == "generate_until":
-        return {"max_abs_ll_diff": None, "greedy_diffs": None, "text_diffs": sum(x != y for x, y in zip(a, b))}
+        return {"max_abs_ll_diff": None, "greedy_diffs": None, "text_diffs": sum(x != y for x, y in zip(a, b, strict=True))}
     if kind == "loglikelihood_rolling":
         return {"max_abs_ll_diff": float(np.max(np.abs(np.subtract(a, b)))), "greedy_diffs": None,
                 "text_diffs": None}
-    return {"max_abs_ll_diff": float(np.max(np.abs([x[0] - y[0] for x, y in zip(a, b)]))),
-            "greedy_diffs": sum(x[1] != y[1] for x, y in zip(a, b)), "text_diffs": None}
+    return {"max_abs_ll_diff": float(np.max(np.abs([x[0] - y[0] for x, y in zip(a, b, strict=True)]))),
+            "greedy_diffs": sum(x[1] != y[1] for x, y in zip(a, b, strict=True)), "text_diffs": None}
 
 
 def main(argv: list[str] | None = None) -> int:
