@@ -157,14 +157,16 @@ def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
                     va, vb = np.asarray(sa[m], dtype=float), np.asarray(sb[m], dtype=float)
                     if m.endswith(("perplexity", "per_byte")):  # (log-likelihood, count) pairs
                         assert close(va[0], vb[0]) and va[1] == vb[1], (name, m)
-                    else:
+                    elif set(va.ravel()) | set(vb.ravel()) <= {0.0, 1.0}:  # a decision: identical
                         assert np.array_equal(va, vb), (name, m, va, vb)
+                    else:  # a rank (map, mrr) or a probability mass (truthfulqa_mc2)
+                        assert np.allclose(va, vb, rtol=1e-3, atol=1e-12), (name, m, va, vb)
 
 
 @pytest.mark.parametrize("model_type", PARITY_ARCHITECTURES)
 def test_every_task_parity_tiny_models(model_type, tok, data_dir):
     model = tiny_causal_lm(model_type, len(tok))
-    assert_task_parity(model, tok, HARNESS_TASKS, n=3, max_length=96)
+    assert_task_parity(model, tok, HARNESS_TASKS, n=2, max_length=128)
 
 
 @pytest.mark.slow
