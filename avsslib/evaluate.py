@@ -2,7 +2,10 @@
 
 Harness tasks (``sst2``, ``sciq_mc``, ``triviaqa_em``, ``nq_open_em``, ``truthfulqa_mc1``,
 ``truthfulqa_mc2``, ``wikiqa``, ``wikitext2_word_ppl``) run through ``lm_eval.simple_evaluate``
-on the in-memory model (``HFLM(pretrained=model, tokenizer=tokenizer)``). Their documents are
+on the in-memory model, by default through our backend
+(:class:`avsslib.eval_backend.CachedLM`, an ``HFLM`` subclass that encodes shared contexts
+once and reuses their KV cache; same numbers within float32 rounding), with
+``backend="harness"`` through the harness's own ``HFLM(pretrained=model, tokenizer=tokenizer)``. Their documents are
 our records (:mod:`avsslib.data`, subsampled with ``n``/``seed``), written as JSONL into a
 temporary folder; a generated task YAML includes the template in ``avsslib/tasks/<task>.yaml``
 and points ``dataset_path: json`` at those files, and a ``TaskManager(include_path=...)``
@@ -44,6 +47,10 @@ TASK_DIR = Path(__file__).resolve().parent / "tasks"
 
 FEWSHOT_POOL = 256
 """Training examples (sampled with the run's seed) from which few-shot examples are drawn."""
+
+BACKENDS = ("avsslib", "harness")
+"""Model backends of :func:`evaluate`: ours (:class:`avsslib.eval_backend.CachedLM`, the
+default) and the harness's ``HFLM`` (for comparison)."""
 
 Kind = Literal["mean", "perplexity", "bits_per_byte"]
 
@@ -566,6 +573,27 @@ def task_data_files(tasks: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _make_lm(backend: str, model: torch.nn.Module, tokenizer: Any, batch_size: int,
+             max_length: int | None) -> Any:
+    """The harness model object of ``backend`` (``"avsslib"``: ``CachedLM``; ``"harness"``: ``HFLM``)."""
+    if backend == "harness":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    from avsslib.eval_backend import CachedLM
+
+    return CachedLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def _backend_protocol(lm: Any, backend: str) -> dict[str, Any]:
+    """What a run record says about the model backend that produced a harness task's numbers."""
+    out: dict[str, Any] = {"model_backend": backend, "model_backend_class": type(lm).__name__}
+    if backend == "avsslib":
+        out["cache_reuse"] = lm.reuse_cache
+        out["cache_reuse_reason"] = lm.reuse_reason
+    return out
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -579,6 +607,7 @@ def evaluate(
     ppl_window: int = 512,
     ppl_stride: int = 512,
     chat_template: bool = False,
+    backend: str = "avsslib",
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on our tasks (names in :data:`TASKS`).
 
@@ -603,6 +632,10 @@ def evaluate(
             ``apply_chat_template``; few-shot examples as turns). Off by default, as in the
             harness; instruction-tuned models often answer only inside their template (the
             embedded SmolLM2-Instruct ends most plain TriviaQA answers at once).
+        backend: the harness model backend: ``"avsslib"`` (default; :class:`avsslib.eval_backend.
+            CachedLM`, shared contexts encoded once, same numbers as the harness's within
+            rounding) or ``"harness"`` (the harness's own ``HFLM``, for comparison). Each
+            harness task's protocol records it (``model_backend``).
 
     Returns an :class:`EvalResult`: per task, the metrics, one score per example and the
     protocol (data, sample, prompt, few-shot, decoding, versions of what produced the numbers).
@@ -622,8 +655,10 @@ def evaluate(
             )
     if n is not None and n <= 0:
         raise ConfigError(f"n = {n}: the number of examples per task must be positive (or None for all).")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
+                          "('avsslib' is ours and the default, 'harness' the harness's HFLM).")
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     results: dict[str, TaskResult] = {}
     with _offline(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
@@ -634,17 +669,18 @@ def evaluate(
                 ids, metrics, protocol = _perplexity_task(model, tokenizer, n, ppl_window, ppl_stride, batch_size)
             else:
                 if lm is None:
-                    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+                    lm = _make_lm(backend, model, tokenizer, batch_size, max_length)
                 folder = Path(tmp) / name
                 data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot)
                 ids, metrics, protocol = _harness_task(lm, name, folder, seed, chat_template)
                 protocol = {**data_protocol, **protocol, "batch_size": batch_size,
-                            "lm_eval": lm_eval.__version__}
+                            "lm_eval": lm_eval.__version__, **_backend_protocol(lm, backend)}
             results[name] = TaskResult(name, ids, metrics, protocol, time.perf_counter() - t0)
     return EvalResult(results)
 
 
 __all__ = [
+    "BACKENDS",
     "FEWSHOT_POOL",
     "TASKS",
     "EvalResult",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from avsslib.cli.common import add_model_options, load_cli_model
 from avsslib.errors import ConfigError
-from avsslib.evaluate import TASKS, EvalResult, evaluate, task_data_files
+from avsslib.evaluate import BACKENDS, TASKS, EvalResult, evaluate, task_data_files
 from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ppl-stride", type=int, default=512, help="wikitext2_ppl stride (default 512)")
     parser.add_argument("--chat-template", action="store_true",
                         help="wrap harness prompts in the tokenizer's chat template")
+    parser.add_argument("--eval-backend", choices=BACKENDS, default="avsslib",
+                        help="harness model backend: avsslib (ours: shared contexts encoded once; default) "
+                             "or harness (lm-evaluation-harness's HFLM, for comparison)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
 
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model, "tasks": tasks, "n": args.n, "seed": args.seed,
         "batch_size": args.batch_size, "num_fewshot": args.num_fewshot, "max_length": args.max_length,
         "ppl_window": args.ppl_window, "ppl_stride": args.ppl_stride,
-        "chat_template": args.chat_template, "n_boot": args.n_boot, "device": device, "dtype": args.dtype,
+        "chat_template": args.chat_template, "eval_backend": args.eval_backend, "n_boot": args.n_boot,
+        "device": device, "dtype": args.dtype,
         "trust_remote_code": getattr(args, "trust_remote_code", False),
     }
     model, tokenizer, load_s = load_cli_model(args, device, causal_for="eval")
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result: EvalResult = evaluate(
         model, tokenizer, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
         num_fewshot=args.num_fewshot, max_length=args.max_length, ppl_window=args.ppl_window,
-        ppl_stride=args.ppl_stride, chat_template=args.chat_template,
+        ppl_stride=args.ppl_stride, chat_template=args.chat_template, backend=args.eval_backend,
     )
     table = result.table(n_boot=args.n_boot, seed=args.seed)
     out: Path = args.out

@@ -1,0 +1,404 @@
+"""Our lm-evaluation-harness model backend: shared contexts encoded once, their KV cache reused.
+
+:class:`CachedLM` subclasses the harness's ``HFLM`` and replaces the two methods where the time
+goes, keeping everything else (tokenisation, request plumbing, chat templates, caching hooks):
+
+``_loglikelihood_tokens`` (``loglikelihood``, multiple choice, rolling perplexity)
+    The harness runs every (context, continuation) pair in full. Here requests are grouped by
+    their context (the question shared by its answer choices) and the context prefix shared by
+    every request of the call (the few-shot preamble) is found. Three stages then run:
+
+    1. the shared prefix ``P`` once, batch 1, into a ``DynamicCache``;
+    2. per batch of contexts, each context's tokens after ``P`` except its last token, right
+       padded, on top of ``P``'s cache expanded to the batch (explicit ``position_ids``, a full
+       2-D attention mask with the padding as zeros);
+    3. per batch of continuations, ``[last context token] + continuation[:-1]``, right padded,
+       on a copy of its context's cache row (``index_select`` along the batch), with explicit
+       ``position_ids`` (the real positions, not the padded column) and a full attention mask.
+
+    The logits of stage 3 are exactly those the harness scores; only they are turned into
+    log-probabilities (the harness takes ``log_softmax`` over every padded position).
+    Request semantics are the harness's: the same ``(context, continuation)`` token lists
+    (tokenised by ``HFLM``'s own ``_encode_pair``, trailing context spaces moved to the
+    continuation), the same left truncation ``(context + continuation)[-(max_length + 1):]``,
+    the same ``log_softmax`` dtype (``softmax_dtype``, else the logits' dtype), the sum of the
+    continuation's log-probabilities and ``is_greedy`` (argmax equals the continuation at every
+    position). Only floating-point rounding differs (the parity tests hold it below 1e-4 in
+    float32).
+
+``generate_until`` (greedy generation)
+    Requests are sorted longest first (as the harness does), tokenised by ``HFLM``'s
+    ``tok_batch_encode`` one at a time (so the ``has_bos_prefix`` rule applies to each prompt,
+    not to the first prompt of a harness batch), left truncated to ``max_length -
+    max_gen_toks``, left padded, and decoded greedily with a ``DynamicCache``. A sequence leaves
+    the batch as soon as it emits one of the model's EOS ids or its decoded text contains a stop
+    string, or after ``max_gen_toks`` tokens; its text is decoded and cut at the first stop string
+    exactly as the harness does. Because the harness also cuts at the first stop string, the
+    tokens it keeps generating for a finished row (until every row of its batch is done) never
+    change the answer. Rows per batch follow a token budget rather than ``batch_size``, so far
+    more rows run at once (decoding is memory-bound).
+
+Where cache reuse is not known to be safe the plain ``HFLM`` methods run instead
+(:func:`cache_reuse_support` says why): encoder-decoder models, attention implementations other
+than ``eager``/``sdpa`` (flash-attention kernels align the causal mask to the padded columns),
+caches that are not plain ``DynamicLayer`` s (sliding-window or hybrid models such as Mistral and
+Gemma 2/3, where a window measured in padded columns would be wrong), and architectures outside
+:data:`REUSE_ARCHITECTURES`, the ones the parity tests cover. Generation also falls back for
+sampling, extra generation arguments, ``think_end_token``, and models whose
+``generation_config`` would change greedy decoding (repetition penalty, banned words, ...).
+
+Memory: one forward pass holds at most ``max_batch_tokens`` token positions (rows x (cached +
+new) columns; default ``512 * batch_size``) and computes logits at no more than an eighth of
+that; a single request longer than that runs alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm.auto import tqdm
+
+REUSE_ARCHITECTURES = frozenset({
+    "llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3", "olmo", "olmo2", "granite", "smollm3",
+    "stablelm", "gemma", "phi", "gptj",
+})
+"""``config.model_type`` values whose cache reuse the parity tests check (tiny random models;
+``llama`` also the embedded SmolLM2). Other architectures run the plain harness methods."""
+
+_GREEDY_DEFAULTS: dict[str, Any] = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "bad_words_ids": None, "min_length": 0, "min_new_tokens": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "sequence_bias": None, "num_beams": 1, "exponential_decay_length_penalty": None,
+}
+"""``generation_config`` fields that change what greedy decoding picks, at their neutral values."""
+
+
+def cache_reuse_support(model: torch.nn.Module) -> tuple[bool, str]:
+    """Whether :class:`CachedLM` may reuse KV caches on ``model``: ``(ok, reason)``."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return False, "encoder-decoder model"
+    if config.model_type not in REUSE_ARCHITECTURES:
+        return False, f"model type {config.model_type!r} is not among the architectures the parity tests cover"
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("eager", "sdpa"):
+        return False, f"attention implementation {impl!r} (only eager and sdpa are covered)"
+    params = inspect.signature(model.forward).parameters
+    missing = [p for p in ("attention_mask", "position_ids") if p not in params]
+    if "cache" not in params and "past_key_values" not in params:
+        missing.append("cache (or past_key_values)")
+    if missing:
+        return False, f"forward() takes no {', '.join(missing)}"
+    layers = DynamicCache(config=config).layers
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        return False, "sliding-window or hybrid cache layers"
+    return True, "shared contexts encoded once, KV cache reused"
+
+
+def select_rows(cache: Any, index: torch.Tensor) -> Any:
+    """A new ``DynamicCache`` holding rows ``index`` (shape (rows,), repeats allowed) of
+    ``cache``; ``cache`` itself is left unchanged (later updates of either do not touch the
+    other)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                        for layer in cache.layers])
+
+
+def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The longest token prefix shared by all ``sequences`` (empty for none)."""
+    if not sequences:
+        return ()
+    first, last = min(sequences), max(sequences)  # lexicographic extremes bound every prefix
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return tuple(first[:n])
+
+
+def _pad(rows: Sequence[Sequence[int]], width: int, value: int, *, left: bool = False) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            if left:
+                out[i, width - len(r):] = torch.tensor(r)
+            else:
+                out[i, :len(r)] = torch.tensor(r)
+    return out
+
+
+class CachedLM(HFLM):
+    """``HFLM`` with shared-context KV-cache reuse and batched greedy generation (module doc).
+
+    Args:
+        pretrained, tokenizer: an in-memory causal LM and its tokenizer (as for ``HFLM``).
+        batch_size: the harness batch size; sets the default token budget.
+        max_length: the harness context length.
+        max_batch_tokens: token positions per forward pass (rows x (cached + new) columns);
+            ``None`` = ``512 * batch_size``.
+        **kwargs: passed to ``HFLM``.
+
+    Attributes: ``reuse_cache`` and ``reuse_reason`` (:func:`cache_reuse_support`).
+    """
+
+    def __init__(self, pretrained: Any, tokenizer: Any = None, *, batch_size: int = 8,
+                 max_length: int | None = None, max_batch_tokens: int | None = None, **kwargs: Any) -> None:
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size,
+                         max_length=max_length, **kwargs)
+        self.max_batch_tokens = int(max_batch_tokens or 512 * int(batch_size))
+        self.max_logit_tokens = max(1, self.max_batch_tokens // 8)
+        self.reuse_cache, self.reuse_reason = (cache_reuse_support(self.model) if self.backend == "causal"
+                                               else (False, "not a causal LM"))
+        params = inspect.signature(self.model.forward).parameters
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renames it
+
+    # ------------------------------------------------------------ plumbing
+
+    def _forward(self, cache: Any = None, **inputs: Any) -> Any:
+        """``model(**inputs)`` under the harness's autocast setting, extending ``cache`` in place."""
+        if cache is not None:
+            inputs[self._cache_arg] = cache
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            return self.model(use_cache=True, **inputs)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    # ------------------------------------------------------------ log-likelihood
+
+    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
+                              disable_tqdm: bool = False, override_bs: int | None = None
+                              ) -> list[tuple[float, bool]]:
+        """Log-likelihood and greedy flag of each ``(key, context_tokens, continuation_tokens)``,
+        in request order (the harness's semantics; module doc)."""
+        if not self.reuse_cache:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        for _, context, continuation in requests:
+            assert len(context) > 0 and len(continuation) > 0
+            assert len(continuation) <= self.max_length
+            full = (list(context) + list(continuation))[-(self.max_length + 1):]  # left truncation
+            prepared.append((tuple(full[:-len(continuation)]), tuple(continuation)))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (context, _) in enumerate(prepared):
+            groups.setdefault(context, []).append(i)
+        contexts = sorted(groups, key=lambda c: (-len(c), c))
+        shared = common_prefix(contexts)[:min(len(c) for c in contexts) - 1]
+        prefix_cache = self._new_cache() if shared else None
+        if shared:
+            self._forward(input_ids=torch.tensor([shared], device=self.device),
+                                         attention_mask=torch.ones(1, len(shared), dtype=torch.long,
+                                                                   device=self.device),
+                                         position_ids=torch.arange(len(shared), device=self.device)[None],
+                                         cache=prefix_cache, **self._keep_last)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                   desc="log-likelihood (cached contexts)")
+        for batch in self._context_batches(contexts, len(shared)):
+            self._score_contexts(batch, groups, prepared, len(shared), prefix_cache, results, bar)
+        bar.close()
+        for (key, _, _), answer in zip(requests, results, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return results  # type: ignore[return-value]
+
+    def _context_batches(self, contexts: list[tuple[int, ...]], shared: int) -> list[list[tuple[int, ...]]]:
+        """Consecutive contexts (sorted longest first) whose stage-2 pass fits the budget and pads
+        no row by more than about a quarter of the batch's width. Without
+        a shared prefix, contexts with nothing to encode before their last token get batches
+        of their own (an all-padding row would attend to nothing)."""
+        batches: list[list[tuple[int, ...]]] = []
+        for c in contexts:
+            own = len(c) - 1 - shared
+            if batches:
+                head = batches[-1]
+                width = len(head[0]) - 1 - shared  # the batch's widest part (sorted longest first)
+                same_kind = shared > 0 or (own > 0) == (width > 0)
+                little_padding = 4 * (width - own) <= width + 16  # at most ~a quarter of the row padded
+                if (same_kind and little_padding
+                        and (len(head) + 1) * (shared + max(width, 1)) <= self.max_batch_tokens):
+                    head.append(c)
+                    continue
+            batches.append([c])
+        return batches
+
+    def _score_contexts(self, batch: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
+                        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], shared: int,
+                        prefix_cache: Any, results: list, bar: Any) -> None:
+        device = self.device
+        parts = [c[shared:-1] for c in batch]
+        width = max(len(p) for p in parts)
+        if width > 0:  # stage 2: each context after the shared prefix, but its last token
+            own = torch.tensor([[j < len(p) for j in range(width)] for p in parts], dtype=torch.long)
+            context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(device)
+            index = torch.zeros(len(batch), dtype=torch.long, device=device)
+            cache = select_rows(prefix_cache, index) if prefix_cache is not None else self._new_cache()
+            self._forward(input_ids=_pad(parts, width, self._pad_id).to(device), attention_mask=context_mask,
+                          position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
+                          cache=cache, **self._keep_last)
+        else:
+            context_mask = torch.ones(1, shared, dtype=torch.long, device=device)
+            cache = prefix_cache
+        cached = shared + width
+        rows = sorted(((g, i) for g, c in enumerate(batch) for i in groups[c]),
+                      key=lambda r: -len(prepared[r[1]][1]))
+        start = 0
+        while start < len(rows):  # stage 3: continuations on copies of their context's row
+            longest = len(prepared[rows[start][1]][1])
+            size = max(1, min(self.max_batch_tokens // (cached + longest), self.max_logit_tokens // longest))
+            chunk = rows[start:start + size]
+            start += len(chunk)
+            self._score_continuations(chunk, batch, prepared, cache, context_mask, cached, results)
+            bar.update(len(chunk))
+
+    def _score_continuations(self, chunk: list[tuple[int, int]], batch: list[tuple[int, ...]],
+                             prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], cache: Any,
+                             context_mask: torch.Tensor, cached: int, results: list) -> None:
+        device = self.device
+        inputs = [(batch[g][-1], *prepared[i][1][:-1]) for g, i in chunk]
+        width = max(len(x) for x in inputs)
+        lengths = torch.tensor([len(x) for x in inputs])
+        own = (torch.arange(width)[None] < lengths[:, None]).long()
+        rows = torch.tensor([g if context_mask.shape[0] > 1 else 0 for g, _ in chunk], device=device)
+        mask = torch.cat([context_mask.index_select(0, rows), own.to(device)], 1)
+        starts = torch.tensor([len(batch[g]) - 1 for g, _ in chunk], device=device)
+        position_ids = starts[:, None] + torch.arange(width, device=device)[None]
+        past = select_rows(cache, rows) if cache is not None else None
+        logits = self._forward(input_ids=_pad(inputs, width, self._pad_id).to(device), attention_mask=mask,
+                               position_ids=position_ids, cache=past).logits  # (rows, width, vocab)
+        real = own.bool().to(device)
+        logp = F.log_softmax(logits[real], dim=-1, dtype=self.softmax_dtype)  # (tokens, vocab)
+        targets = torch.tensor([t for _, i in chunk for t in prepared[i][1]], device=device)
+        picked = logp.gather(-1, targets[:, None])[:, 0]
+        greedy = logp.argmax(-1) == targets
+        offset = 0
+        for (_, i), n in zip(chunk, lengths.tolist(), strict=True):
+            results[i] = (float(picked[offset:offset + n].sum()), bool(greedy[offset:offset + n].all()))
+            offset += n
+
+    # ------------------------------------------------------------ generation
+
+    def _greedy_ok(self, kwargs: dict[str, Any]) -> bool:
+        if not self.reuse_cache or self.think_end_token is not None:
+            return False
+        if kwargs.get("do_sample") or set(kwargs) - {"do_sample", "temperature"}:
+            return False
+        config = getattr(self.model, "generation_config", None)
+        for key, neutral in _GREEDY_DEFAULTS.items():
+            value = getattr(config, key, None)
+            if value not in (None, neutral, [], {}):
+                return False
+        return True
+
+    def _eos_ids(self) -> set[int]:
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None) if config is not None else None
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations of ``req.args = (context, gen_kwargs)``, cut at the stop strings."""
+        from lm_eval.models.utils import (
+            handle_stop_sequences,
+            normalize_gen_kwargs,
+            postprocess_generated_text,
+        )
+
+        by_kwargs: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            by_kwargs.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
+        results: list[str | None] = [None] * len(requests)
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="greedy generation")
+        for members in by_kwargs.values():
+            gen_kwargs = requests[members[0]].args[1]
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            if not self._greedy_ok(kwargs):
+                for i, text in zip(members, super().generate_until([requests[i] for i in members], disable_tqdm),
+                                   strict=True):
+                    results[i] = text
+                bar.update(len(members))
+                continue
+            max_context = self.max_length - max_gen
+            assert max_context > 0, f"max_gen_toks ({max_gen}) must be below max_length ({self.max_length})."
+            encoded = {}
+            for i in members:
+                ids, _ = self.tok_batch_encode([requests[i].args[0]], left_truncate_len=max_context,
+                                               truncation=self.truncation)
+                encoded[i] = ids[0].tolist()
+            order = sorted(members, key=lambda i: (-len(encoded[i]), requests[i].args[0]))
+            start = 0
+            while start < len(order):
+                size = max(1, self.max_batch_tokens // (len(encoded[order[start]]) + max_gen))
+                chunk = order[start:start + size]
+                start += len(chunk)
+                for i, tokens in zip(chunk, self._greedy([encoded[i] for i in chunk], until, max_gen), strict=True):
+                    text = postprocess_generated_text(self.tok_decode(tokens), until, None)
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _greedy(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[list[int]]:
+        """Greedy tokens after each prompt (left padded batch, ``DynamicCache``); a row stops at
+        an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens."""
+        device = self.device
+        width = max(len(p) for p in prompts)
+        mask = _pad([[1] * len(p) for p in prompts], width, 0, left=True).to(device)
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        cache = self._new_cache()
+        logits = self._forward(input_ids=_pad(prompts, width, self._pad_id, left=True).to(device),
+                               attention_mask=mask, position_ids=position_ids, cache=cache,
+                               **self._keep_last).logits[:, -1]
+        eos_ids = self._eos_ids()
+        stops = [s for s in until if s]
+        out: list[list[int]] = [[] for _ in prompts]
+        active = list(range(len(prompts)))
+        next_pos = mask.sum(-1)
+        for step in range(max_gen):
+            tokens = logits.argmax(-1)
+            keep = []
+            for row, (k, t) in enumerate(zip(active, tokens.tolist(), strict=True)):
+                out[k].append(t)
+                done = (t in eos_ids or step + 1 == max_gen
+                        or any(s in self.tok_decode(out[k]) for s in stops))
+                if not done:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                active = [active[r] for r in keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            logits = self._forward(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                                   cache=cache).logits[:, -1]
+            next_pos = next_pos + 1
+        return out
+
+
+__all__ = ["REUSE_ARCHITECTURES", "CachedLM", "cache_reuse_support", "common_prefix", "select_rows"]

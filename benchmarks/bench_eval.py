@@ -1,0 +1,154 @@
+"""Evaluation speed: the harness's ``HFLM`` against our ``CachedLM`` on the same requests, one run.
+
+For every harness task asked (``--tasks``), the task's requests are built once
+(lm-evaluation-harness ``TaskManager`` over our records, ``n`` questions sampled with ``--seed``,
+exactly as :func:`avsslib.evaluate.evaluate` builds them) and answered by both backends, the
+order alternating from task to task so that drifting machine load hits both alike. Printed per
+task: requests, seconds of each backend, the ratio harness / ours, the largest absolute
+difference of a log-likelihood, how many ``is_greedy`` flags and generated strings differ.
+
+The study's task set (:func:`avsslib.study.pruning_study`'s default: ``wikitext2_ppl``, ``sst2``,
+``sciq_mc``, ``triviaqa_em``) gets a row of its own: the sum of its harness tasks' times plus
+the time of ``wikitext2_ppl`` (our own windowed perplexity, :func:`avsslib.evaluate.perplexity`,
+the same code under either backend; measured once and added to both).
+
+``--json OUT`` writes every number with the device, versions and command.
+
+Examples::
+
+    python benchmarks/bench_eval.py --n 100 --json results/bench/bench_eval_smollm2-135m_cpu.json
+    python benchmarks/bench_eval.py --device cuda --batch-size 32 --n 500 --json results/bench/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STUDY_TASKS = ("wikitext2_ppl", "sst2", "sciq_mc", "triviaqa_em")
+DEFAULT_TASKS = ("truthfulqa_mc1", "sst2", "sciq_mc", "triviaqa_em")
+
+
+def build_requests(name: str, folder: Path, n: int, seed: int) -> list[Any]:
+    """The harness ``Instance`` s of task ``name`` on ``n`` sampled records (as ``evaluate`` does)."""
+    from lm_eval.tasks import TaskManager
+
+    import avsslib.evaluate as ev
+
+    ev.materialise_task(name, folder, n=n, seed=seed)
+    with ev._offline():
+        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+        task.set_fewshot_seed(seed)
+        task.build_all_requests(limit=None, rank=0, world_size=1)
+    return list(task.instances)
+
+
+def answer(lm: Any, requests: list[Any]) -> tuple[list[Any], float]:
+    """All answers of ``lm`` (one request type) and the seconds it took."""
+    kind = requests[0].request_type
+    t0 = time.perf_counter()
+    out = getattr(lm, kind)(requests, disable_tqdm=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def compare(kind: str, a: list[Any], b: list[Any]) -> dict[str, Any]:
+    """Largest |log-likelihood difference|, differing greedy flags, differing strings."""
+    if kind == "generate_until":
+        return {"max_abs_ll_diff": None, "greedy_diffs": None, "text_diffs": sum(x != y for x, y in zip(a, b, strict=True))}
+    if kind == "loglikelihood_rolling":
+        return {"max_abs_ll_diff": float(np.max(np.abs(np.subtract(a, b)))), "greedy_diffs": None,
+                "text_diffs": None}
+    return {"max_abs_ll_diff": float(np.max(np.abs([x[0] - y[0] for x, y in zip(a, b, strict=True)]))),
+            "greedy_diffs": sum(x[1] != y[1] for x, y in zip(a, b, strict=True)), "text_diffs": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="harness tasks, comma-separated")
+    parser.add_argument("--n", type=int, default=100, help="questions per task (default 100)")
+    parser.add_argument("--ppl-windows", type=int, default=None,
+                        help="wikitext2_ppl windows of the study row (default: --n, as a study does)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import lm_eval
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+
+    import avsslib.evaluate as ev
+    from avsslib.eval_backend import CachedLM
+    from avsslib.models import load_model
+    from avsslib.report import device_name, write_json_atomic
+
+    model, tok = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    model.eval()
+    tasks = [t for t in args.tasks.split(",") if t]
+    for t in STUDY_TASKS:
+        if t != "wikitext2_ppl" and t not in tasks:
+            tasks.append(t)
+    harness = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length)
+    ours = CachedLM(model, tok, batch_size=args.batch_size, max_length=args.max_length)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, ev._offline():
+        for k, name in enumerate(tasks):
+            requests = build_requests(name, Path(tmp) / name, args.n, args.seed)
+            order = [("harness", harness), ("ours", ours)][:: 1 if k % 2 == 0 else -1]
+            answers, seconds = {}, {}
+            for label, lm in order:
+                answers[label], seconds[label] = answer(lm, requests)
+            row = {"task": name, "request_type": requests[0].request_type, "requests": len(requests),
+                   "harness_s": seconds["harness"], "ours_s": seconds["ours"],
+                   "ratio": seconds["harness"] / seconds["ours"],
+                   **compare(requests[0].request_type, answers["harness"], answers["ours"])}
+            rows.append(row)
+            print(f"{name:16s} {row['requests']:6d} requests  harness {row['harness_s']:8.2f} s  ours "
+                  f"{row['ours_s']:8.2f} s  ratio {row['ratio']:5.2f}  max|dLL| {row['max_abs_ll_diff']}  "
+                  f"greedy diffs {row['greedy_diffs']}  text diffs {row['text_diffs']}", flush=True)
+        windows = args.ppl_windows or args.n
+        t0 = time.perf_counter()
+        ev._perplexity_task(model, tok, windows, 512, 512, args.batch_size)
+        ppl_s = time.perf_counter() - t0
+    by_task = {r["task"]: r for r in rows}
+    study = {"tasks": list(STUDY_TASKS), "wikitext2_ppl_s": ppl_s, "wikitext2_ppl_windows": windows,
+             "harness_s": ppl_s + sum(by_task[t]["harness_s"] for t in STUDY_TASKS if t in by_task),
+             "ours_s": ppl_s + sum(by_task[t]["ours_s"] for t in STUDY_TASKS if t in by_task)}
+    study["ratio"] = study["harness_s"] / study["ours_s"]
+    study["max_abs_ll_diff"] = max((by_task[t]["max_abs_ll_diff"] or 0.0) for t in STUDY_TASKS if t in by_task)
+    print(f"{'study task set':16s} harness {study['harness_s']:8.2f} s  ours {study['ours_s']:8.2f} s  "
+          f"ratio {study['ratio']:5.2f}  (wikitext2_ppl {ppl_s:.2f} s, same code, in both)")
+    if args.json:
+        write_json_atomic(args.json, {
+            "benchmark": "bench_eval", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": device_name(model), "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(), "model": args.model, "dtype": args.dtype,
+            "n": args.n, "seed": args.seed, "batch_size": args.batch_size, "max_length": args.max_length,
+            "cache_reuse": ours.reuse_cache, "max_batch_tokens": ours.max_batch_tokens,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "lm_eval": lm_eval.__version__, "avsslib": version("avsslib")},
+            "tasks": rows, "study": study,
+        })
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""avsslib.eval_backend: our harness backend (CachedLM) against the harness's HFLM.
+
+Parity: per request the same log-likelihood (float32; tolerance below), the same is_greedy,
+the same generated strings and the same per-example metrics, on every harness task of TASKS,
+on tiny random models of several architectures and (slow) on the embedded model.
+
+Tolerance: the harness's own answers move with its batch size by float32 rounding (HFLM at
+batch 8 against batch 3 on WikiQA with the embedded model: 4.6e-5 at |LL| ~ 400, where one
+float32 ulp is 3e-5), so a log-likelihood must match within 1e-4, relaxed to 1e-6 relative
+beyond |LL| = 100.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import avsslib.evaluate as ev
+from avsslib.errors import ConfigError
+from avsslib.eval_backend import REUSE_ARCHITECTURES, CachedLM, common_prefix, select_rows
+from avsslib.evaluate import TASKS
+
+HARNESS_TASKS = [t for t, s in TASKS.items() if s.runner == "harness"]
+PARITY_ARCHITECTURES = ["llama", "qwen2", "gpt2", "gpt_neox"]
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-4 * max(1.0, abs(a) / 100)
+
+
+def tiny_causal_lm(model_type: str, vocab: int, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                               **({"rotary_dim": 4} if model_type == "gptj" else {}), **extra)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(smol):
+    return smol[1]
+
+
+def backends(model, tok, **kw):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tok, **kw), CachedLM(model, tok, **kw)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def test_common_prefix():
+    assert common_prefix([(1, 2, 3), (1, 2, 4), (1, 2)]) == (1, 2)
+    assert common_prefix([(5,), (1, 2)]) == ()
+    assert common_prefix([(1, 2, 3)]) == (1, 2, 3)
+    assert common_prefix([]) == ()
+
+
+def test_select_rows_copies_and_leaves_the_source_alone():
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    cache.update(k.clone(), v.clone(), 0)
+    picked = select_rows(cache, torch.tensor([1, 1, 0]))
+    assert picked.get_seq_length() == 5 and picked.layers[0].keys.shape[0] == 3
+    assert torch.equal(picked.layers[0].keys[0], k[1]) and torch.equal(picked.layers[0].values[2], v[0])
+    picked.update(torch.zeros(3, 3, 2, 4), torch.zeros(3, 3, 2, 4), 0)  # extending the copy ...
+    picked.layers[0].keys[0, 0, 0, 0] = 99.0                             # ... or writing into it
+    assert cache.get_seq_length() == 5 and torch.equal(cache.layers[0].keys, k)  # ... leaves the source
+    assert torch.equal(cache.layers[0].values, v)
+
+
+@pytest.mark.parametrize("model_type", sorted(REUSE_ARCHITECTURES))
+def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok):
+    """Synthetic token requests on every architecture that reuses caches: shared prefixes,
+    contexts of one token, several continuations per context, left truncation (max_length 24)."""
+    model = tiny_causal_lm(model_type, 128)
+    harness, ours = backends(model, tok, batch_size=3, max_length=24)
+    assert ours.reuse_cache, ours.reuse_reason
+    ours.max_batch_tokens, ours.max_logit_tokens = 40, 12  # several batches and chunks
+    rnd = random.Random(0)
+    preamble = [rnd.randrange(3, 128) for _ in range(7)]
+    requests = []
+    for q in range(6):
+        context = preamble + [rnd.randrange(3, 128) for _ in range(rnd.randrange(0, 12 if q else 30))]
+        for _ in range(rnd.randrange(1, 4)):
+            requests.append((None, context, [rnd.randrange(3, 128) for _ in range(rnd.randrange(1, 6))]))
+    requests.append((None, [5], [6, 7, 8]))  # a context of one token
+    requests.append((("a", "b"), [9], [10]))
+    for shared_only in (requests, [r for r in requests if r[1][:7] == preamble]):
+        expected = harness._loglikelihood_tokens(shared_only, disable_tqdm=True)
+        got = ours._loglikelihood_tokens(shared_only, disable_tqdm=True)
+        assert len(got) == len(expected)
+        for (e, eg), (g, gg) in zip(expected, got, strict=True):
+            assert close(e, g) and eg == gg, (model_type, e, g)
+
+
+@pytest.mark.parametrize("model_type,extra,reason", [
+    ("mistral", {"sliding_window": 8}, "not among"),                       # not covered
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}, "sliding"),
+])
+def test_unsupported_models_fall_back_to_hflm(model_type, extra, reason, tok):
+    model = tiny_causal_lm(model_type, 128, **extra)
+    harness, ours = backends(model, tok, batch_size=2, max_length=16)
+    assert not ours.reuse_cache and reason in ours.reuse_reason
+    requests = [(None, [3, 4, 5, 6], [7, 8]), (None, [3, 4, 5, 6], [9])]
+    assert ours._loglikelihood_tokens(requests) == harness._loglikelihood_tokens(requests)
+
+
+# ---------------------------------------------------------------- task parity
+
+
+def _run(lm, name: str, folder: Path, seed: int = 0) -> list[dict]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(model=lm, tasks=[name], log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=seed)
+    return sorted(out["samples"][name], key=lambda s: s["doc_id"])
+
+
+def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
+    harness, ours = backends(model, tok, batch_size=4, max_length=max_length)
+    assert ours.reuse_cache, ours.reuse_reason
+    with ev._offline(), tempfile.TemporaryDirectory() as tmp:
+        for name in tasks:
+            folder = Path(tmp) / name
+            ev.materialise_task(name, folder, n=2 if name == "wikitext2_word_ppl" else n, seed=0)
+            a, b = _run(harness, name, folder), _run(ours, name, folder)
+            assert [s["doc_id"] for s in a] == [s["doc_id"] for s in b]
+            metrics = [k for k in a[0] if k in {"acc", "acc_norm", "exact_match", "map", "mrr", "map_norm",
+                                                 "mrr_norm", "word_perplexity", "byte_perplexity",
+                                                 "bits_per_byte"}]
+            assert metrics, name
+            for sa, sb in zip(a, b, strict=True):
+                for ra, rb in zip(sa["resps"], sb["resps"], strict=True):
+                    x, y = ra[0], rb[0]
+                    if isinstance(x, str):
+                        assert x == y, (name, x, y)
+                    elif isinstance(x, tuple | list):
+                        assert close(x[0], y[0]) and x[1] == y[1], (name, x, y)
+                    else:
+                        assert close(x, y), (name, x, y)
+                for m in metrics:
+                    va, vb = np.asarray(sa[m], dtype=float), np.asarray(sb[m], dtype=float)
+                    if m.endswith(("perplexity", "per_byte")):  # (log-likelihood, count) pairs
+                        assert close(va[0], vb[0]) and va[1] == vb[1], (name, m)
+                    elif set(va.ravel()) | set(vb.ravel()) <= {0.0, 1.0}:  # a decision: identical
+                        assert np.array_equal(va, vb), (name, m, va, vb)
+                    else:  # a rank (map, mrr) or a probability mass (truthfulqa_mc2)
+                        assert np.allclose(va, vb, rtol=1e-3, atol=1e-12), (name, m, va, vb)
+
+
+@pytest.mark.parametrize("model_type", PARITY_ARCHITECTURES)
+def test_every_task_parity_tiny_models(model_type, tok, data_dir):
+    model = tiny_causal_lm(model_type, len(tok))
+    assert_task_parity(model, tok, HARNESS_TASKS, n=2, max_length=128)
+
+
+@pytest.mark.slow
+def test_every_task_parity_embedded_model(smol, data_dir):
+    model, tok = smol
+    assert_task_parity(model, tok, HARNESS_TASKS, n=3, max_length=256)
+
+
+# ---------------------------------------------------------------- evaluate() and the CLI
+
+
+def test_evaluate_records_backend_and_rejects_unknown(tok, data_dir):
+    model = tiny_causal_lm("llama", len(tok))
+    with pytest.raises(ConfigError, match="backend"):
+        ev.evaluate(model, tok, ["sciq_mc"], n=2, backend="vllm")
+    runs = {b: ev.evaluate(model, tok, ["sciq_mc"], n=2, backend=b, max_length=96) for b in ("avsslib", "harness")}
+    assert runs["avsslib"].tasks["sciq_mc"].protocol["model_backend"] == "avsslib"
+    assert runs["avsslib"].tasks["sciq_mc"].protocol["cache_reuse"] is True
+    assert runs["harness"].tasks["sciq_mc"].protocol["model_backend"] == "harness"
+    for m in ("acc", "acc_norm"):
+        assert np.array_equal(runs["avsslib"].tasks["sciq_mc"].metrics[m].per_example,
+                              runs["harness"].tasks["sciq_mc"].metrics[m].per_example)
+
+
+def test_cli_eval_backend_flag():
+    import argparse
+
+    from avsslib.cli.eval import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--tasks", "sciq_mc", "--out", "x"]
+    assert parser.parse_args(base).eval_backend == "avsslib"
+    assert parser.parse_args([*base, "--eval-backend", "harness"]).eval_backend == "harness"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--eval-backend", "vllm"])
