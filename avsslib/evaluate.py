@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -452,7 +452,8 @@ def _write_docs(path: Path, records: Sequence[Any]) -> str:
 
 
 def materialise_task(
-    name: str, folder: Path, *, n: int | None = None, seed: int = 0, num_fewshot: int | None = None
+    name: str, folder: Path, *, n: int | None = None, seed: int = 0, num_fewshot: int | None = None,
+    ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Write the documents of harness task ``name`` and its task YAML into ``folder``.
 
@@ -460,16 +461,30 @@ def materialise_task(
     seed=seed)``), ``folder/<name>.train.jsonl`` the few-shot pool if the task has one, and
     ``folder/<name>.yaml`` includes ``avsslib/tasks/<name>.yaml`` with ``dataset_kwargs``
     pointing at them (and ``num_fewshot`` when given). ``TaskManager(include_path=folder)``
-    then knows the task. Returns the data part of the task's protocol.
+    then knows the task. ``ids`` (instead of ``n``): exactly the records with these ids, in
+    file order (ids of other datasets are ignored; none of this task's is a ``ConfigError``).
+    Returns the data part of the task's protocol.
     """
     from avsslib.data import load_dataset
 
     spec = TASKS[name]
     folder.mkdir(parents=True, exist_ok=True)
-    records = load_dataset(spec.dataset, spec.split, n=n, seed=seed, answerable_only=spec.answerable_only)
+    if ids is not None:
+        if n is not None:
+            raise ConfigError(f"task {name}: pass n or ids, not both.")
+        wanted = set(ids)
+        records = [r for r in load_dataset(spec.dataset, spec.split, answerable_only=spec.answerable_only)
+                   if r.id in wanted]
+        if not records:
+            raise ConfigError(f"task {name}: none of the {len(wanted)} given ids is a question of "
+                              f"{spec.dataset}:{spec.split}.")
+    else:
+        records = load_dataset(spec.dataset, spec.split, n=n, seed=seed,
+                               answerable_only=spec.answerable_only)
     files = {"test": folder / f"{name}.test.jsonl"}
     protocol: dict[str, Any] = {
         "dataset": spec.dataset, "split": spec.split, "n_requested": n, "seed": seed,
+        **({"ids_given": len(records)} if ids is not None else {}),
         "records": len(records), "docs_sha256": _write_docs(files["test"], records),
         "answerable_only": spec.answerable_only, "fewshot_pool": None,
     }
@@ -579,6 +594,7 @@ def evaluate(
     ppl_window: int = 512,
     ppl_stride: int = 512,
     chat_template: bool = False,
+    ids: Collection[str] | None = None,
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on our tasks (names in :data:`TASKS`).
 
@@ -603,6 +619,8 @@ def evaluate(
             ``apply_chat_template``; few-shot examples as turns). Off by default, as in the
             harness; instruction-tuned models often answer only inside their template (the
             embedded SmolLM2-Instruct ends most plain TriviaQA answers at once).
+        ids: instead of ``n``: evaluate exactly these questions of each harness task (e.g. one
+            fold of :mod:`avsslib.folds`); ids of other datasets are ignored.
 
     Returns an :class:`EvalResult`: per task, the metrics, one score per example and the
     protocol (data, sample, prompt, few-shot, decoding, versions of what produced the numbers).
@@ -636,7 +654,8 @@ def evaluate(
                 if lm is None:
                     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
                 folder = Path(tmp) / name
-                data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot)
+                data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot,
+                                                 ids=ids)
                 ids, metrics, protocol = _harness_task(lm, name, folder, seed, chat_template)
                 protocol = {**data_protocol, **protocol, "batch_size": batch_size,
                             "lm_eval": lm_eval.__version__}

@@ -35,8 +35,7 @@ from typing import Any
 import pandas as pd
 
 from avsslib.errors import ConfigError
-
-MODES = ("eavss", "random", "avss", "full")
+from avsslib.mitigate import MODES  # the one definition of the mitigation modes
 
 #: hallucination dataset (prone layers) of each mitigation dataset
 PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
