@@ -132,6 +132,9 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600 files; results are for everyone
     try:
         save_file({"features": np.ascontiguousarray(features)}, tmp, metadata={
             "format": "avsslib.probe/1", "ids": json.dumps(list(ids)),

@@ -91,3 +91,28 @@ def test_features_round_trip(tmp_path):
     ids2, x2, labels2, meta = read_features(path)
     assert ids2 == ids and labels2 == labels and meta == {"model": "m"}
     np.testing.assert_array_equal(x2, x)
+
+
+def test_answer_features_equal_each_answer_alone(tiny_llama):
+    """Batched, right-padded features equal the mean block output over the answer tokens of
+    each example run alone (hidden_states[l + 1] is block l's output); empty answers dropped."""
+    import torch
+
+    from avsslib.probe import answer_features
+    from tests.test_eavss import CharTokenizer, _examples
+
+    tok, examples = CharTokenizer(), _examples()
+    with pytest.warns(RuntimeWarning, match="empty answer"):
+        ids, feats = answer_features(tiny_llama, tok, examples, batch_size=3, progress=False)
+    kept = [e for e in examples if e.answer_ids]
+    assert ids == [e.id for e in kept] and feats.shape == (4, 4, 32) and feats.dtype == np.float16
+    for row, e in enumerate(kept):
+        prompt = tok(e.prompt)["input_ids"]
+        x = torch.tensor([prompt + e.answer_ids])
+        with torch.no_grad():
+            hidden = tiny_llama(input_ids=x, output_hidden_states=True).hidden_states
+        for layer in range(4):
+            want = hidden[layer + 1][0, len(prompt):].float().mean(0).numpy()
+            if layer == 3:   # the last entry of hidden_states is after the final norm
+                continue
+            np.testing.assert_allclose(feats[row, layer].astype(np.float32), want, rtol=2e-3, atol=2e-3)
