@@ -29,7 +29,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -459,7 +459,8 @@ def _write_docs(path: Path, records: Sequence[Any]) -> str:
 
 
 def materialise_task(
-    name: str, folder: Path, *, n: int | None = None, seed: int = 0, num_fewshot: int | None = None
+    name: str, folder: Path, *, n: int | None = None, seed: int = 0, num_fewshot: int | None = None,
+    ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Write the documents of harness task ``name`` and its task YAML into ``folder``.
 
@@ -467,16 +468,30 @@ def materialise_task(
     seed=seed)``), ``folder/<name>.train.jsonl`` the few-shot pool if the task has one, and
     ``folder/<name>.yaml`` includes ``avsslib/tasks/<name>.yaml`` with ``dataset_kwargs``
     pointing at them (and ``num_fewshot`` when given). ``TaskManager(include_path=folder)``
-    then knows the task. Returns the data part of the task's protocol.
+    then knows the task. ``ids`` (instead of ``n``): exactly the records with these ids, in
+    file order (ids of other datasets are ignored; none of this task's is a ``ConfigError``).
+    Returns the data part of the task's protocol.
     """
     from avsslib.data import load_dataset
 
     spec = TASKS[name]
     folder.mkdir(parents=True, exist_ok=True)
-    records = load_dataset(spec.dataset, spec.split, n=n, seed=seed, answerable_only=spec.answerable_only)
+    if ids is not None:
+        if n is not None:
+            raise ConfigError(f"task {name}: pass n or ids, not both.")
+        wanted = set(ids)
+        records = [r for r in load_dataset(spec.dataset, spec.split, answerable_only=spec.answerable_only)
+                   if r.id in wanted]
+        if not records:
+            raise ConfigError(f"task {name}: none of the {len(wanted)} given ids is a question of "
+                              f"{spec.dataset}:{spec.split}.")
+    else:
+        records = load_dataset(spec.dataset, spec.split, n=n, seed=seed,
+                               answerable_only=spec.answerable_only)
     files = {"test": folder / f"{name}.test.jsonl"}
     protocol: dict[str, Any] = {
         "dataset": spec.dataset, "split": spec.split, "n_requested": n, "seed": seed,
+        **({"ids_given": len(records)} if ids is not None else {}),
         "records": len(records), "docs_sha256": _write_docs(files["test"], records),
         "answerable_only": spec.answerable_only, "fewshot_pool": None,
     }
@@ -608,6 +623,7 @@ def evaluate(
     ppl_stride: int = 512,
     chat_template: bool = False,
     backend: str = "avsslib",
+    ids: Collection[str] | None = None,
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on our tasks (names in :data:`TASKS`).
 
@@ -636,6 +652,8 @@ def evaluate(
             CachedLM`, shared contexts encoded once, same numbers as the harness's within
             rounding) or ``"harness"`` (the harness's own ``HFLM``, for comparison). Each
             harness task's protocol records it (``model_backend``).
+        ids: instead of ``n``: evaluate exactly these questions of each harness task (e.g. one
+            fold of :mod:`avsslib.folds`); ids of other datasets are ignored.
 
     Returns an :class:`EvalResult`: per task, the metrics, one score per example and the
     protocol (data, sample, prompt, few-shot, decoding, versions of what produced the numbers).
@@ -663,6 +681,7 @@ def evaluate(
     results: dict[str, TaskResult] = {}
     with _offline(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
         lm = None
+        wanted_ids = ids          # `ids` is reused below for each task's example ids
         for name in tqdm(tasks, desc="tasks", unit="task"):
             t0 = time.perf_counter()
             if TASKS[name].runner == "perplexity":
@@ -671,7 +690,8 @@ def evaluate(
                 if lm is None:
                     lm = _make_lm(backend, model, tokenizer, batch_size, max_length)
                 folder = Path(tmp) / name
-                data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot)
+                data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot,
+                                                 ids=wanted_ids)
                 ids, metrics, protocol = _harness_task(lm, name, folder, seed, chat_template)
                 protocol = {**data_protocol, **protocol, "batch_size": batch_size,
                             "lm_eval": lm_eval.__version__, **_backend_protocol(lm, backend)}

@@ -25,7 +25,8 @@ over ``[positives; negatives]`` gives anchors, positives, negatives and the LM l
 
 Ablations (:func:`ablation_layers`), all with the same data and step budget: ``eavss`` (the
 prone layers), ``random`` (k seeded random layers), ``avss`` (the k lowest-AVSS layers) and
-``full`` (plain fine-tuning of every parameter with ``L_LM`` only).
+``full`` (plain fine-tuning of every parameter with ``L_LM`` only) and ``probe`` (the k layers
+whose linear probe best separates hallucinated from truthful answers, :mod:`avsslib.probe`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ PROMPT = "Answer the question.\nQ: {question}\nA:"
 DEFAULT_MAX_NEGATIVES = 4
 """Negatives kept per question (K)."""
 
-MODES = ("eavss", "random", "avss", "full")
-"""Ablation modes of :func:`ablation_layers`."""
+MODES = ("eavss", "probe", "random", "avss", "full")
+"""Ablation modes of :func:`ablation_layers` (the one definition; the CLI and
+:mod:`avsslib.reproduce` import it)."""
 
 CHECKPOINT = "checkpoint.pt"
 TRAINED_LAYERS = "trained_layers.safetensors"
@@ -274,6 +276,8 @@ def ablation_layers(
       ``numpy.random.default_rng(seed)``.
     * ``avss``: the ``k`` layers with the lowest ``scores`` (plain AVSS, ties by index), or
       ``layers`` as given when no scores are passed.
+    * ``probe``: the ``k`` layers with the highest ``scores`` (probe accuracies, ties to the
+      lower index), or ``layers`` as given when no scores are passed.
     * ``full``: every layer (and :class:`TrainConfig` ``full_model=True`` trains all parameters).
     """
     if mode not in MODES:
@@ -287,6 +291,15 @@ def ablation_layers(
         if count is None:
             raise ConfigError("mode 'avss' with scores needs k (or layers, whose count is used).")
         return _check_layers(np.argsort(np.asarray(scores), kind="stable")[:count].tolist(), n_layers)
+    if mode == "probe" and scores is not None:
+        if len(scores) != n_layers:
+            raise ConfigError(f"{len(scores)} probe scores for a model with {n_layers} layers.")
+        count = k if k is not None else (len(layers) if layers else None)
+        if count is None or not 1 <= count <= n_layers:
+            raise ConfigError(f"mode 'probe' with scores needs k in 1..{n_layers} (or layers, whose "
+                              "count is used).")
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        return _check_layers(order[:count].tolist(), n_layers)
     if mode == "random":
         count = k if k is not None else len(layers or ())
         if not 1 <= count <= n_layers:

@@ -9,7 +9,15 @@ Every stage is one ``avss`` command (the same code a user runs by hand) writing 
     mitigation/<dataset>/<mode>-seed<k>/   avss mitigate (one run per dataset, mode and seed)
     mitigation/summary.csv             one row per dataset, mode, seed, task and metric
     mitigation/summary_modes.csv       the same averaged over seeds (mean, sd, min, max)
+    probe/                             avss hallucination --probe on eavss/'s labels (mode probe)
+    eavss-<K>fold/                     avss hallucination --folds K --probe on every question
+    mitigation-<K>fold/<dataset>/<mode>-seed<s>-fold<k>/   the k-fold protocol (--folds K)
+    mitigation-<K>fold/<dataset>/pooled_scores.csv, modes_vs_random.csv   its pooled comparison
     reproduce.json                     what ran, what was skipped, wall times, the device
+
+With ``folds`` (``avss reproduce --folds 2``) the mitigation stage runs the k-fold protocol of
+:mod:`avsslib.folds` instead: every question of the evaluation task is evaluated once, by runs
+trained on the other folds with layers chosen from the answers outside the evaluated fold.
 
 A stage whose finished marker exists (``record.json``; ``metrics.json`` for mitigation runs) is
 skipped, so an interrupted run continues where it stopped (the study also resumes inside
@@ -35,8 +43,7 @@ from typing import Any
 import pandas as pd
 
 from avsslib.errors import ConfigError
-
-MODES = ("eavss", "random", "avss", "full")
+from avsslib.mitigate import MODES  # the one definition of the mitigation modes
 
 #: hallucination dataset (prone layers) of each mitigation dataset
 PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
@@ -50,6 +57,10 @@ RELATIVE_BASE_FLOOR = 0.05
 #: test split has 243 answerable questions, all held out when ``n_eval`` >= 243. The model's own
 #: hallucinated answers (labelled on the default split) do not apply to it.
 TRAIN_SPLIT = {"wikiqa": "train"}
+
+#: mitigation datasets the k-fold protocol supports: training, labelling and evaluation share
+#: one split and its question ids (WikiQA trains on another split; SciQ-MC is labelled as SciQ)
+FOLD_DATASETS = ("truthfulqa", "nq_open", "triviaqa")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class Scale:
     family: str = "P"
     batch_size: int = 8
     keep_weights: bool = True                    # False: delete trained weights once evaluated
+    folds: int | None = None                     # k-fold protocol (avsslib.folds) instead
+    fold_seed: int = 0
     extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -207,13 +220,48 @@ def plan(model: str, results: Path, scale: Scale, *, device: str | None, dtype: 
         "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),
         "--batch-size", str(scale.batch_size), *scale.extra.get("hallucination", ()),
     ], root / "eavss" / "record.json")
-    return [study, hall]
+    stages = [study, hall]
+    if "probe" in scale.modes and scale.folds is None:
+        stages.append(Stage("hallucination probe", [
+            "hallucination", *common, "--out", str(root / "probe"), "--quiet",
+            "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),
+            "--batch-size", str(scale.batch_size), "--labels-from", str(root / "eavss"), "--probe",
+            *scale.extra.get("hallucination", ()),
+        ], root / "probe" / "record.json"))
+    if scale.folds is not None:
+        sources = _fold_sources(scale)
+        n_all = max(len(_all_ids(d)) for d in sources)
+        folder = root / f"eavss-{scale.folds}fold"
+        stages.append(Stage("hallucination folds", [
+            "hallucination", *common, "--out", str(folder), "--quiet", "--datasets", ",".join(sources),
+            "--n", str(n_all), "--batch-size", str(scale.batch_size), "--folds", str(scale.folds),
+            "--fold-seed", str(scale.fold_seed), *(["--probe"] if "probe" in scale.modes else []),
+            *scale.extra.get("hallucination", ()),
+        ], folder / "record.json"))
+    return stages
+
+
+def _fold_sources(scale: Scale) -> list[str]:
+    bad = [d for d in scale.mitigation_datasets if d not in FOLD_DATASETS]
+    if bad:
+        raise ConfigError(f"the k-fold protocol supports the mitigation datasets "
+                          f"{', '.join(FOLD_DATASETS)}, not {', '.join(bad)}; narrow "
+                          "--mitigation-datasets.")
+    return sorted({PRONE_SOURCE[d] for d in scale.mitigation_datasets})
+
+
+def _all_ids(dataset: str) -> list[str]:
+    from avsslib.data import get_spec, load_dataset
+
+    return [r.id for r in load_dataset(dataset, get_spec(dataset).split_name(None))]
 
 
 def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | None,
                       dtype: str) -> list[Stage]:
     root = results / model_slug(model)
     common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
+    if scale.folds is not None:
+        return _fold_stages(root, scale, common)
     stages = []
     for seed in scale.seeds:
         for dataset in scale.mitigation_datasets:
@@ -234,6 +282,9 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                 elif mode == "avss":
                     argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
                              "--k", str(len(prone)), "--full-params"]
+                elif mode == "probe":
+                    argv += ["--layers-from", str(root / "probe" / "probe_layers.json"),
+                             "--k", str(len(prone)), "--full-params"]
                 # the labels are of the default split: no own answers for another training split
                 negatives = None if dataset in TRAIN_SPLIT else _own_negatives(
                     root / "eavss", dataset, root / "mitigation" / dataset / "own_negatives.json")
@@ -244,6 +295,94 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                     argv.append("--resume")
                 stages.append(Stage(f"mitigate {dataset} {mode} seed {seed}", argv, out / "metrics.json"))
     return stages
+
+
+def _fold_stages(root: Path, scale: Scale, common: list[str]) -> list[Stage]:
+    """The k-fold protocol's mitigation runs: per seed, dataset, fold and mode one ``avss
+    mitigate --folds K --fold k`` run, its layers chosen outside fold ``k``."""
+    assert scale.folds is not None
+    _fold_sources(scale)
+    eavss = root / f"eavss-{scale.folds}fold"
+    try:
+        folds = json.loads((eavss / "prone_layers.json").read_text(encoding="utf-8"))["folds"]["prone"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{eavss}/prone_layers.json: no per-fold prone layers ({exc}); run the "
+                          "hallucination stage with --folds first.") from exc
+    stages = []
+    for seed in scale.seeds:
+        for dataset in scale.mitigation_datasets:
+            source = PRONE_SOURCE[dataset]
+            entries = folds.get(source, {}).get(scale.family)
+            if not entries:
+                raise ConfigError(f"{eavss}/prone_layers.json: no per-fold prone layers for "
+                                  f"{source!r} family {scale.family!r}.")
+            negatives = _own_negatives(eavss, dataset, root / f"mitigation-{scale.folds}fold" / dataset
+                                       / "own_negatives.json")
+            for fold in range(scale.folds):
+                k = len(entries[fold]["layers"])
+                for mode in scale.modes:
+                    out = root / f"mitigation-{scale.folds}fold" / dataset / f"{mode}-seed{seed}-fold{fold}"
+                    argv = ["mitigate", *common, "--dataset", dataset, "--mode", mode,
+                            "--seed", str(seed), "--folds", str(scale.folds), "--fold", str(fold),
+                            "--fold-seed", str(scale.fold_seed),
+                            "--eval-batch-size", str(scale.batch_size), "--kl-texts", str(scale.kl_texts),
+                            "--ppl-windows", str(scale.ppl_windows), "--out", str(out),
+                            *scale.extra.get("mitigate", ())]
+                    if mode == "eavss":
+                        argv += ["--layers-from", str(eavss / "prone_layers.json"),
+                                 "--prone-family", scale.family, "--full-params"]
+                    elif mode == "random":
+                        argv += ["--k", str(k), "--full-params"]
+                    elif mode == "avss":
+                        argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
+                                 "--k", str(k), "--full-params"]
+                    elif mode == "probe":
+                        argv += ["--layers-from", str(eavss / "probe_layers.json"),
+                                 "--k", str(k), "--full-params"]
+                    if negatives is not None:   # matched to training questions only
+                        argv += ["--own-negatives", str(negatives)]
+                    if (out / "checkpoint.pt").exists() or ((out / "trained_layers.json").exists()
+                                                             and not (out / "metrics.json").exists()):
+                        argv.append("--resume")
+                    stages.append(Stage(f"mitigate {dataset} {mode} seed {seed} fold {fold}", argv,
+                                        out / "metrics.json"))
+    return stages
+
+
+def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFrame | None:
+    """For each dataset of ``mitigation-<folds>fold``: pool the folds of every mode and seed
+    whose ``folds`` runs all finished (:func:`avsslib.folds.pool_runs`), write
+    ``pooled_scores.csv`` (mean before/after per mode, seed, task, metric over all questions)
+    and ``modes_vs_random.csv`` (:func:`avsslib.folds.compare_modes`); returns the last
+    comparison (``None`` when nothing is complete)."""
+    from avsslib.folds import compare_modes, pool_runs
+    from avsslib.report import write_csv_atomic
+
+    result = None
+    for folder in sorted((root / f"mitigation-{folds}fold").glob("*/")):
+        runs: dict[tuple[str, int], dict[int, Path]] = {}
+        for metrics in folder.glob("*-seed*-fold*/metrics.json"):
+            match = re.fullmatch(r"(.+)-seed(\d+)-fold(\d+)", metrics.parent.name)
+            if match:
+                runs.setdefault((match[1], int(match[2])), {})[int(match[3])] = metrics.parent
+        frames = []
+        for (mode, seed), by_fold in sorted(runs.items()):
+            if sorted(by_fold) == list(range(folds)):
+                frames.append(pool_runs(by_fold).assign(mode=mode, seed=seed))
+        if not frames:
+            continue
+        pooled = pd.concat(frames, ignore_index=True)
+        means = pooled.groupby(["mode", "seed", "task", "metric"]).agg(
+            n=("id", "size"), before=("before", "mean"), after=("after", "mean")).reset_index()
+        means.insert(0, "dataset", folder.name)
+        means.insert(0, "model", root.name)
+        write_csv_atomic(folder / "pooled_scores.csv", means)
+        if "random" in set(pooled["mode"]):
+            result = compare_modes(pooled, n_boot=n_boot)
+            result.insert(0, "dataset", folder.name)
+            result.insert(0, "model", root.name)
+            write_csv_atomic(folder / "modes_vs_random.csv", result)
+    return result
 
 
 def summarise(root: Path) -> pd.DataFrame | None:
@@ -378,15 +517,22 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
         if progress:
             print(f"[{i}/{n}] {stage.name}: done in {wall:.0f} s", flush=True)
 
-    first = [s for s in plan(model, results, scale, device=device, dtype=dtype) if s.name in stages]
+    first = [s for s in plan(model, results, scale, device=device, dtype=dtype)
+             if s.name.split()[0] in stages]
     for i, stage in enumerate(first, 1):
         run(stage, i, len(first))
     if "mitigation" in stages:
         later = mitigation_stages(model, results, scale, device=device, dtype=dtype)
         for i, stage in enumerate(later, 1):
             run(stage, i, len(later))
-            summarise(root)
-    summarise(root)
+            if scale.folds is None:
+                summarise(root)
+            else:
+                summarise_folds(root, scale.folds)
+    if scale.folds is None:
+        summarise(root)
+    else:
+        summarise_folds(root, scale.folds)
     return log
 
 

@@ -187,6 +187,15 @@ def test_ablation_layers():
     assert ablation_layers("avss", 6, scores=scores, k=3) == [1, 3, 5]
     assert ablation_layers("avss", 6, layers=[0, 2]) == [0, 2]
     assert ablation_layers("full", 4) == [0, 1, 2, 3]
+    # probe: the k highest accuracies (ties to the lower layer), same budget as the prone set
+    accuracy = [0.55, 0.80, 0.60, 0.80, 0.50, 0.70]
+    assert ablation_layers("probe", 6, scores=accuracy, k=3) == [1, 3, 5]
+    assert ablation_layers("probe", 6, scores=accuracy, layers=[0, 2]) == [1, 3]
+    assert ablation_layers("probe", 6, layers=[4, 2]) == [2, 4]
+    with pytest.raises(ConfigError, match="needs k"):
+        ablation_layers("probe", 6, scores=accuracy)
+    with pytest.raises(ConfigError, match="5 probe scores"):
+        ablation_layers("probe", 6, scores=accuracy[:5], k=2)
     with pytest.raises(ConfigError):
         ablation_layers("eavss", 4, layers=[1, 4])
     with pytest.raises(ConfigError):
@@ -342,16 +351,29 @@ def test_cli_layer_and_negative_files(tmp_path):
     (tmp_path / "c.json").write_text('{"layers": ["x"]}')
     (tmp_path / "s.csv").write_text("layer,avss\n1,0.2\n0,0.5\n2,0.1\n")
     (tmp_path / "p.json").write_text('{"prone": {"truthfulqa": {"P": {"layers": [4, 9]}, "C": {"layers": [1]}}}}')
-    assert _layers_from(tmp_path / "a.json", "truthfulqa") == ([3, 7], None)
-    assert _layers_from(tmp_path / "b.json", "truthfulqa") == ([1, 2], None)
-    assert _layers_from(tmp_path / "s.csv", "truthfulqa") == (None, [0.5, 0.2, 0.1])  # ordered by layer
-    assert _layers_from(tmp_path / "p.json", "truthfulqa", "C") == ([1], None)
+    assert _layers_from(tmp_path / "a.json", "truthfulqa") == ([3, 7], None, None)
+    assert _layers_from(tmp_path / "b.json", "truthfulqa") == ([1, 2], None, None)
+    assert _layers_from(tmp_path / "s.csv", "truthfulqa") == (None, [0.5, 0.2, 0.1], "avss")  # by layer
+    assert _layers_from(tmp_path / "p.json", "truthfulqa", "C") == ([1], None, None)
     with pytest.raises(ConfigError, match="--prone-family"):
         _layers_from(tmp_path / "p.json", "truthfulqa")
     with pytest.raises(ConfigError, match="no prone layers for dataset 'wikiqa'"):
         _layers_from(tmp_path / "p.json", "wikiqa", "C")
     with pytest.raises(ConfigError, match="integers"):
         _layers_from(tmp_path / "c.json", "truthfulqa")
+    # per-fold prone layers and probe accuracies (avss hallucination --folds 2 --probe)
+    (tmp_path / "f.json").write_text('{"prone": {"truthfulqa": {"P": {"layers": [4, 9]}}}, "folds": '
+                                     '{"prone": {"truthfulqa": {"P": [{"layers": [2]}, {"layers": [5]}]}}}}')
+    assert _layers_from(tmp_path / "f.json", "truthfulqa", "P", 1) == ([5], None, None)
+    assert _layers_from(tmp_path / "f.json", "truthfulqa", "P") == ([4, 9], None, None)
+    with pytest.raises(ConfigError, match="no per-fold prone layers"):
+        _layers_from(tmp_path / "p.json", "truthfulqa", "C", 0)
+    (tmp_path / "probe.json").write_text('{"probe": {"truthfulqa": {"accuracy": [0.5, 0.9, 0.6], '
+                                         '"folds": [{"accuracy": [0.7, 0.5, 0.6]}]}}}')
+    assert _layers_from(tmp_path / "probe.json", "truthfulqa") == (None, [0.5, 0.9, 0.6], "probe")
+    assert _layers_from(tmp_path / "probe.json", "truthfulqa", None, 0) == (None, [0.7, 0.5, 0.6], "probe")
+    with pytest.raises(ConfigError, match="no probe of fold 1"):
+        _layers_from(tmp_path / "probe.json", "truthfulqa", None, 1)
     (tmp_path / "own.json").write_text('[["Q1?", "wrong"], {"question": "Q2?", "answer": "also wrong"}]')
     assert _own_negatives(tmp_path / "own.json") == [("Q1?", "wrong"), ("Q2?", "also wrong")]
     (tmp_path / "bad.json").write_text('[["Q1?"]]')

@@ -224,3 +224,65 @@ def test_results_tables_read_the_committed_runs(capsys, monkeypatch):
                     & (retention["metric"] == "acc")].iloc[0]
     assert fmt_ci(row.retention, row.ci_low, row.ci_high) in out
     assert "speed-up" in out and "Hallucination rates" in out and "Prone minus random" in out
+
+
+class FoldRecorder(Recorder):
+    """A recorder for the k-fold protocol: the hallucination stage writes per-fold prone layers
+    and probes; a mitigation run scores its fold's questions (eavss +0.1 over the others)."""
+
+    FOLD_IDS = (["a", "b"], ["c", "d"])
+
+    def __call__(self, argv: list[str]) -> int:
+        self.calls.append(list(argv))
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "hallucination" and "--folds" in argv:
+            (out / "prone_layers.json").write_text(json.dumps({"prone": {}, "folds": {"prone": {
+                "truthfulqa": {"P": [{"layers": [1, 2]}, {"layers": [3, 4]}]}}}}))
+            (out / "probe_layers.json").write_text("{}")
+        if argv[0] != "mitigate":
+            (out / "record.json").write_text("{}")
+            return 0
+        fold, mode = int(argv[argv.index("--fold") + 1]), argv[argv.index("--mode") + 1]
+        ids = self.FOLD_IDS[fold]
+        before = [0.25, 0.5]
+
+        def result(values):
+            return {"tasks": {"truthfulqa_mc2": {"ids": ids, "protocol": {}, "metrics": {"acc": {
+                "value": sum(values) / 2, "kind": "mean", "higher_is_better": True,
+                "per_example": values}}}}}
+        after = [v + (0.1 if mode == "eavss" else 0.0) for v in before]
+        (out / "metrics.json").write_text(json.dumps({"before": result(before), "after": result(after)}))
+        return 0
+
+
+def test_fold_protocol_stages_and_pooled_comparison(tmp_path, monkeypatch, data_dir):
+    _label_reader(monkeypatch)
+    rec = FoldRecorder()
+    monkeypatch.setattr("avsslib.cli.main", rec)
+    scale = rp.replace(rp.SCALES["ci"], folds=2, modes=("eavss", "probe", "random"), seeds=(0, 1))
+    rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False)
+    names = [c[0] for c in rec.calls]
+    assert names == ["study", "hallucination", "hallucination"] + ["mitigate"] * 12
+    folds_call = rec.calls[2]
+    assert folds_call[folds_call.index("--n") + 1] == "817" and "--probe" in folds_call
+    assert folds_call[folds_call.index("--out") + 1].endswith("eavss-2fold")
+    runs = {(c[c.index("--mode") + 1], c[c.index("--seed") + 1], c[c.index("--fold") + 1]): c
+            for c in rec.calls[3:]}
+    assert len(runs) == 12 and all(c[c.index("--folds") + 1] == "2" for c in runs.values())
+    eavss = runs[("eavss", "0", "1")]
+    assert eavss[eavss.index("--layers-from") + 1].endswith("eavss-2fold/prone_layers.json")
+    assert runs[("random", "1", "1")][runs[("random", "1", "1")].index("--k") + 1] == "2"
+    probe = runs[("probe", "0", "0")]
+    assert probe[probe.index("--layers-from") + 1].endswith("eavss-2fold/probe_layers.json")
+    assert all("--n-eval" not in c for c in runs.values())         # the fold decides
+    folder = tmp_path / "smollm2-135m" / "mitigation-2fold" / "truthfulqa"
+    pooled = pd.read_csv(folder / "pooled_scores.csv")
+    assert set(pooled["n"]) == {4} and len(pooled) == 6          # 3 modes x 2 seeds, 4 questions each
+    table = pd.read_csv(folder / "modes_vs_random.csv").set_index("mode")
+    assert table.loc["eavss", "diff"] == pytest.approx(0.1) and table.loc["probe", "diff"] == pytest.approx(0.0)
+    assert table.loc["eavss", "n"] == 4 and table.loc["eavss", "seeds"] == 2
+
+    with pytest.raises(ConfigError, match="k-fold protocol supports"):
+        rp.plan("smollm2-135m", tmp_path, rp.replace(scale, mitigation_datasets=("wikiqa",)),
+                device="cpu", dtype="float32")

@@ -21,6 +21,20 @@ measures HSAV/HSS on the calibration part (:mod:`avsslib.eavss`) and writes into
 * ``record.json`` and ``record.md``: the run record and its result card.
 
 ``--labels-from DIR`` reuses ``DIR/labels/<dataset>.jsonl`` instead of generating answers.
+
+``--probe`` adds the probe control (:mod:`avsslib.probe`): every answer's mean answer-token
+activation per layer (float16, ``features/<dataset>.safetensors``, not committed; reused when
+the model and answers are the same), one logistic-regression probe per layer with 2-fold
+cross-validated accuracy over all labelled answers (``probe/<dataset>.csv``) and
+``probe_layers.json`` (``probe[dataset]``: accuracy per layer, its 95% interval, the ranking).
+
+``--folds K`` (the k-fold protocol of :mod:`avsslib.folds`; ``--fold-seed`` as in ``avss
+mitigate``): the questions of each dataset split are cut into ``K`` folds, and for each fold
+``k`` the prone layers (``prone_layers.json`` ``folds.prone[dataset][family][k]``) and, with
+``--probe``, the probes (``probe_layers.json`` ``probe[dataset].folds[k]``) are computed from
+the labelled answers *outside* fold ``k`` only, so that a mitigation run evaluated on fold ``k``
+never chose its layers with its own questions. Label every question (``--n`` = the split's
+size) for the full protocol.
 """
 
 from __future__ import annotations
@@ -93,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="near-zero threshold of the sparsity (default 1e-5)")
     parser.add_argument("--labels-from", type=Path, default=None,
                         help="reuse DIR/labels/<dataset>.jsonl instead of generating answers")
+    parser.add_argument("--probe", action="store_true",
+                        help="store each answer's mean activation per layer and fit one linear "
+                             "probe per layer (probe_layers.json; avsslib.probe)")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="also choose layers per fold from the answers outside it (k-fold "
+                             "protocol of avss mitigate --folds; avsslib.folds)")
+    parser.add_argument("--fold-seed", type=int, default=0,
+                        help="seed of the fold split (default 0; as avss mitigate --fold-seed)")
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -110,6 +132,8 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         raise ConfigError(f"--calib-fraction {args.calib_fraction}: must lie in (0, 1].")
     if args.min_per_class < 1:
         raise ConfigError(f"--min-per-class {args.min_per_class}: must be >= 1.")
+    if args.folds is not None and args.folds < 2:
+        raise ConfigError(f"--folds {args.folds}: the k-fold protocol needs at least 2 folds.")
     return datasets, families
 
 
@@ -155,6 +179,16 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     fractions = (args.calib_fraction, 1.0 - args.calib_fraction)
     summaries, split_record, prone, skipped, profiles, sparsity = {}, {}, {}, {}, {}, {}
+    probes: dict[str, Any] = {}
+    fold_prone: dict[str, Any] = {}
+    fold_parts: dict[str, list[list[str]]] = {}
+    if args.folds is not None:
+        from avsslib.data import load_dataset
+        from avsslib.folds import fold_ids
+
+        for dataset in datasets:
+            every = load_dataset(dataset, splits[dataset], answerable_only=dataset == "wikiqa")
+            fold_parts[dataset] = fold_ids([r.id for r in every], args.folds, args.fold_seed)
     timings: dict[str, dict[str, float]] = {"label_s": {}, "stats_s": {}}
     for dataset in datasets:
         t0 = time.perf_counter()
@@ -198,6 +232,16 @@ def run(args: argparse.Namespace) -> int:
                                 f"calibration answers; --min-per-class is {args.min_per_class}")
             print(f"{dataset}: skipped, {skipped[dataset]}")
             continue
+        if args.probe:
+            t0 = time.perf_counter()
+            probes[dataset] = _probe_dataset(model, tokenizer, labelled, out, dataset, record,
+                                             args, fold_parts.get(dataset), progress)
+            timings.setdefault("probe_s", {})[dataset] = time.perf_counter() - t0
+        if args.folds is not None:
+            t0 = time.perf_counter()
+            fold_prone[dataset] = _fold_prone(model, tokenizer, labelled, fold_parts[dataset],
+                                              families, args, progress)
+            timings.setdefault("folds_s", {})[dataset] = time.perf_counter() - t0
         prone[dataset] = {}
         for family in families:
             by = "eavss" if args.prone_by == "eavss" else None
@@ -229,14 +273,32 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(out / "label_summary.json", summaries)
     write_json_atomic(out / "splits.json", {"seed": args.seed, "fractions": list(fractions),
                                             "stratified_by": "label", "datasets": split_record})
+    folds_entry = None if args.folds is None else {
+        "folds": args.folds, "seed": args.fold_seed, "prone": fold_prone,
+        "fold_ids": {d: fold_parts[d] for d in fold_prone}}
     write_json_atomic(out / "prone_layers.json", {"positions": args.positions, "eps": args.eps,
                                                   "prone": prone, "skipped": skipped,
-                                                  "sparsity": sparsity})
+                                                  "sparsity": sparsity, "folds": folds_entry})
+    if args.probe:
+        from avsslib.probe import PROBE_C
+
+        write_json_atomic(out / "probe_layers.json", {
+            "feature": "mean block output over the answer tokens (float16)", "c": PROBE_C,
+            "cv_folds": 2, "rank_by": "accuracy",
+            "folds": None if args.folds is None else {"folds": args.folds, "seed": args.fold_seed},
+            "probe": probes})
     table_rows = [{"task": d, "metric": "hallucination_rate", "value": s["hallucination_rate"],
                    "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"]}
                   for d, s in summaries.items()]
+    for d, entry in probes.items():
+        best = int(entry["ranking"][0])
+        table_rows.append({"task": d, "metric": f"probe_accuracy_layer{best}",
+                           "value": entry["accuracy"][best], "ci_low": entry["ci_low"][best],
+                           "ci_high": entry["ci_high"][best], "n": entry["n"]})
     record.finish({"table": table_rows, "labels": summaries, "prone": prone, "skipped": skipped,
-                   "sparsity": sparsity}, load_model_s=load_s, **timings)
+                   "sparsity": sparsity,
+                   "probe": {d: {k: v for k, v in e.items() if k != "folds"} for d, e in probes.items()},
+                   "fold_prone": fold_prone}, load_model_s=load_s, **timings)
     save_record(record, out / "record.json")
     print(summary_df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     for dataset, fams in prone.items():
@@ -248,6 +310,108 @@ def run(args: argparse.Namespace) -> int:
                   f"{len(note['clamped_h'])} (hallucinated) / {len(note['clamped_t'])} (truthful) "
                   f"of {note['n_layers']} layers; HSS and EAVSS there reflect the 1e-12 clamp. "
                   "Use a larger --eps, --positions all or a larger --n.")
+    for dataset, entry in probes.items():
+        top = entry["ranking"][:5]
+        print(f"{dataset:>12} probe (2-fold CV accuracy, majority {entry['majority_rate']:.3f}): "
+              + ", ".join(f"layer {i} {entry['accuracy'][i]:.3f} [{entry['ci_low'][i]:.3f}, "
+                          f"{entry['ci_high'][i]:.3f}]" for i in top))
+    for dataset, fams in fold_prone.items():
+        for family, entries in fams.items():
+            print(f"{dataset:>12} {family} per fold: {[e['layers'] for e in entries]}")
     print(f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
-          "prone_layers.json, record.json")
+          "prone_layers.json, record.json" + (", features, probe, probe_layers.json"
+                                               if args.probe else ""))
     return 0
+
+
+def _features(model: Any, tokenizer: Any, labelled: list[Any], out: Path, dataset: str,
+              record: Any, args: argparse.Namespace, progress: bool) -> tuple[list[str], Any, list[str]]:
+    """The answers' probe features, from ``features/<dataset>.safetensors`` when it holds the
+    same answers of the same model, else computed and written there."""
+    from avsslib.errors import DataError
+    from avsslib.probe import answer_features, read_features, write_features
+
+    path = out / "features" / f"{dataset}.safetensors"
+    want = [e.id for e in labelled if e.answer_ids]
+    labels = {e.id: e.label for e in labelled}
+    answers = {e.id: list(e.answer_ids) for e in labelled}
+    key = {"model_sha256": record.model.get("state_sha256"),
+           "answers_sha256": _sha([(i, answers[i]) for i in want])}
+    if path.exists():
+        try:
+            ids, feats, _, meta = read_features(path)
+            if ids == want and {k: meta.get(k) for k in key} == key:
+                return ids, feats, [labels[i] for i in ids]
+        except DataError:
+            pass
+    ids, feats = answer_features(model, tokenizer, labelled, batch_size=args.batch_size,
+                                 progress=progress)
+    write_features(path, ids, feats, [labels[i] for i in ids], {**key, "dataset": dataset})
+    return ids, feats, [labels[i] for i in ids]
+
+
+def _sha(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()
+
+
+def _probe_entry(table: Any) -> dict[str, Any]:
+    return {"accuracy": table["accuracy"].tolist(), "ci_low": table["ci_low"].tolist(),
+            "ci_high": table["ci_high"].tolist(),
+            "balanced_accuracy": table["balanced_accuracy"].tolist(),
+            "ranking": [int(i) for i in table.sort_values("rank").index],
+            "n": int(table["n"].iloc[0]), "n_hallucinated": int(table["n_hallucinated"].iloc[0]),
+            "majority_rate": float(table["majority_rate"].iloc[0])}
+
+
+def _probe_dataset(model: Any, tokenizer: Any, labelled: list[Any], out: Path, dataset: str,
+                   record: Any, args: argparse.Namespace, parts: list[list[str]] | None,
+                   progress: bool) -> dict[str, Any]:
+    """Probe accuracies of one dataset over all its answers (``probe/<dataset>.csv``) and, with
+    folds, over the answers outside each fold."""
+    import numpy as np
+
+    from avsslib.probe import probe_layers
+    from avsslib.report import write_csv_atomic
+
+    ids, feats, labels = _features(model, tokenizer, labelled, out, dataset, record, args, progress)
+    table = probe_layers(feats, labels, ids, seed=args.seed, progress=progress)
+    write_csv_atomic(out / "probe" / f"{dataset}.csv", table.reset_index())
+    entry = _probe_entry(table)
+    if parts is not None:
+        entry["folds"] = []
+        for k, part in enumerate(parts):
+            inside = set(part)
+            rows = np.array([i not in inside for i in ids])
+            sub = probe_layers(feats[rows], [lab for lab, r in zip(labels, rows, strict=True) if r],
+                               [i for i, r in zip(ids, rows, strict=True) if r], seed=args.seed,
+                               progress=progress)
+            write_csv_atomic(out / "probe" / f"{dataset}_fold{k}.csv", sub.reset_index())
+            entry["folds"].append({"fold": k, **_probe_entry(sub)})
+    return entry
+
+
+def _fold_prone(model: Any, tokenizer: Any, labelled: list[Any], parts: list[list[str]],
+                families: list[str], args: argparse.Namespace, progress: bool
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Per family, per fold: the prone layers from every labelled answer outside the fold."""
+    from avsslib.eavss import hallucination_stats
+
+    out: dict[str, list[dict[str, Any]]] = {f: [] for f in families}
+    for k, part in enumerate(parts):
+        inside = set(part)
+        rest = [e for e in labelled if e.id not in inside]
+        hs = hallucination_stats(model, tokenizer, rest, positions=args.positions,
+                                 batch_size=args.batch_size, eps=args.eps, progress=progress)
+        if min(hs.n_hallucinated, hs.n_truthful) < args.min_per_class:
+            raise ConfigError(f"fold {k}: {hs.n_hallucinated} hallucinated and {hs.n_truthful} "
+                              "truthful answers outside it; label more questions (--n).")
+        for family in families:
+            by = "eavss" if args.prone_by == "eavss" else None
+            table = hs.scores(family, k=args.k, by=by)
+            out[family].append({"fold": k, "by": table.attrs["by"], "k": table.attrs["k"],
+                                "layers": [int(i) for i in table.index[table["prone"]]],
+                                "n_hallucinated": hs.n_hallucinated, "n_truthful": hs.n_truthful})
+    return out

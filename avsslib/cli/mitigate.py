@@ -21,7 +21,13 @@ the training questions from the rest of ``--dataset`` (``--n-train``, ``--seed``
 Modes (same data and step budget): ``eavss`` trains the given (prone) layers; ``random`` k
 seeded random layers (k = ``--k`` or the number of ``--layers``); ``avss`` the given layers, or
 the ``--k`` lowest-AVSS layers of a ``layer_stats.csv`` passed with ``--layers-from``; ``full``
-every parameter with the LM loss only.
+every parameter with the LM loss only; ``probe`` the given layers, or the ``--k`` layers whose
+linear probe is most accurate in a ``probe_layers.json`` (``avss hallucination --probe``).
+
+``--folds K --fold k`` (k-fold protocol, :mod:`avsslib.folds`): evaluate every question of fold
+``k`` of the evaluation task (all its questions split into ``K`` folds by ``--fold-seed``) and
+train on questions outside it; ``--layers-from`` then reads that fold's layers, chosen from
+labelled answers outside the fold. The ``K`` runs together score every question once.
 """
 
 from __future__ import annotations
@@ -66,11 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--layers", help="comma-separated layer indices (e.g. the prone layers)")
     source.add_argument("--layers-from", type=Path,
                         help="JSON with the layers (a list, an object with 'prone_layers' or "
-                             "'layers', or the prone_layers.json of `avss hallucination`), or a "
+                             "'layers', or the prone_layers.json of `avss hallucination`; with "
+                             "--fold its fold's layers), the probe_layers.json of `avss "
+                             "hallucination --probe` (mode probe: the --k best probes), or a "
                              "layer_stats.csv (mode avss: the --k lowest AVSS)")
     parser.add_argument("--prone-family",
                         help="family in an `avss hallucination` prone_layers.json (if it has several)")
-    parser.add_argument("--k", type=int, help="layer count for --mode random / avss from a CSV")
+    parser.add_argument("--k", type=int,
+                        help="layer count for --mode random, avss from a CSV, probe from a "
+                             "probe_layers.json")
     parser.add_argument("--mode", choices=MODES, default="eavss", help="ablation mode (default eavss)")
     params = parser.add_mutually_exclusive_group()
     params.add_argument("--lora", action="store_true", help="LoRA on the layers' projections")
@@ -100,8 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
     parser.add_argument("--n-train", type=int, help="training questions (default: all not evaluated)")
     parser.add_argument("--eval-tasks", help="comma-separated tasks (default: the dataset's own)")
-    parser.add_argument("--n-eval", type=int, default=100, help="evaluation questions (default 100)")
+    parser.add_argument("--n-eval", type=int, default=100,
+                        help="evaluation questions (default 100; ignored with --folds)")
     parser.add_argument("--eval-seed", type=int, default=0, help="evaluation sample seed (default 0)")
+    parser.add_argument("--folds", type=int,
+                        help="k-fold protocol: split every question of the evaluation task into "
+                             "this many folds (avsslib.folds); evaluate fold --fold, train on the rest")
+    parser.add_argument("--fold", type=int, help="the evaluated fold, 0..folds-1 (with --folds)")
+    parser.add_argument("--fold-seed", type=int, default=0,
+                        help="seed of the fold split (default 0; the same in avss hallucination --folds)")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="harness batch size (default 8)")
     parser.add_argument("--kl-texts", type=int, default=32,
                         help="WikiText-2 test paragraphs for KL to the base model (0 = skip; default 32)")
@@ -113,11 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
 
 
-def _layers_from(path: Path, dataset: str, family: str | None = None
-                 ) -> tuple[list[int] | None, list[float] | None]:
-    """(layers, AVSS scores) from a JSON list, an object with ``prone_layers``/``layers``, the
-    ``prone_layers.json`` of ``avss hallucination`` (``prone[dataset][family]["layers"]``) or a
-    layer_stats.csv."""
+def _layers_from(path: Path, dataset: str, family: str | None = None, fold: int | None = None
+                 ) -> tuple[list[int] | None, list[float] | None, str | None]:
+    """(layers, per-layer scores, score kind) from a JSON list, an object with
+    ``prone_layers``/``layers``, the ``prone_layers.json`` of ``avss hallucination``
+    (``prone[dataset][family]["layers"]``; with ``fold``, ``folds.prone[dataset][family][fold]``),
+    its ``probe_layers.json`` (probe accuracies, kind ``probe``; with ``fold``, the fold's) or a
+    layer_stats.csv (AVSS scores, kind ``avss``)."""
     if not path.is_file():
         raise ConfigError(f"--layers-from {path}: no such file.")
     if path.suffix == ".csv":
@@ -126,16 +145,34 @@ def _layers_from(path: Path, dataset: str, family: str | None = None
         table = read_layer_table(path)
         if "avss" not in table:
             raise ConfigError(f"--layers-from {path}: the table has no 'avss' column.")
-        return None, table.sort_index()["avss"].tolist()
+        return None, table.sort_index()["avss"].tolist(), "avss"
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise ConfigError(f"--layers-from {path}: not readable JSON ({exc}).") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("probe"), dict):
+        entry = obj["probe"].get(dataset)
+        if not isinstance(entry, dict):
+            raise ConfigError(f"--layers-from {path}: no probe for dataset {dataset!r} (it has "
+                              f"{', '.join(obj['probe']) or 'none'}).")
+        if fold is not None:
+            folds = entry.get("folds") or []
+            if fold >= len(folds):
+                raise ConfigError(f"--layers-from {path}: no probe of fold {fold} for {dataset!r} "
+                                  f"({len(folds)} folds); run `avss hallucination --probe --folds`.")
+            entry = folds[fold]
+        return None, [float(x) for x in entry["accuracy"]], "probe"
     if isinstance(obj, dict) and isinstance(obj.get("prone"), dict):
-        per_family = obj["prone"].get(dataset)
+        source = obj["prone"]
+        if fold is not None:
+            source = (obj.get("folds") or {}).get("prone")
+            if not isinstance(source, dict):
+                raise ConfigError(f"--layers-from {path}: no per-fold prone layers; run `avss "
+                                  "hallucination --folds` or drop --fold.")
+        per_family = source.get(dataset)
         if not isinstance(per_family, dict) or not per_family:
             raise ConfigError(f"--layers-from {path}: no prone layers for dataset {dataset!r} "
-                              f"(it has {', '.join(obj['prone']) or 'none'}).")
+                              f"(it has {', '.join(source) or 'none'}).")
         if family is None and len(per_family) > 1:
             raise ConfigError(f"--layers-from {path}: pick a family with --prone-family "
                               f"({', '.join(per_family)}).")
@@ -143,6 +180,10 @@ def _layers_from(path: Path, dataset: str, family: str | None = None
         if entry is None:
             raise ConfigError(f"--layers-from {path}: no family {family!r} for {dataset!r} "
                               f"({', '.join(per_family)}).")
+        if fold is not None:
+            if fold >= len(entry):
+                raise ConfigError(f"--layers-from {path}: no fold {fold} ({len(entry)} folds).")
+            entry = entry[fold]
         obj = entry
     if isinstance(obj, dict):
         key = next((k for k in ("prone_layers", "layers") if k in obj), None)
@@ -151,7 +192,7 @@ def _layers_from(path: Path, dataset: str, family: str | None = None
         obj = obj[key]
     if not isinstance(obj, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in obj):
         raise ConfigError(f"--layers-from {path}: expected a list of layer indices (integers).")
-    return obj, None
+    return obj, None, None
 
 
 def _own_negatives(path: Path | None) -> list[tuple[str, str]] | None:
@@ -188,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from avsslib.data import calibration_texts, data_file_hashes, get_spec, load_dataset, subsample
+    from avsslib.data import calibration_texts, data_file_hashes, get_spec, load_dataset
     from avsslib.evaluate import (
         TASKS,
         EvalResult,
@@ -197,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         perplexity,
         task_data_files,
     )
+    from avsslib.folds import check_fold, mitigation_questions
     from avsslib.mitigate import (
         CHECKPOINT,
         TRAINED_META,
@@ -204,7 +246,6 @@ def run(args: argparse.Namespace) -> int:
         ablation_layers,
         build_triples,
         encode_triples,
-        has_answer,
         kl_to_base,
         paired_change,
         train,
@@ -228,17 +269,15 @@ def run(args: argparse.Namespace) -> int:
     if args.n_eval < 1 or (args.n_train is not None and args.n_train < 1):
         raise ConfigError("--n-eval and --n-train must be positive.")
     split = get_spec(args.dataset).split_name(args.split)
-    # evaluation questions first, training questions from the rest (before the model loads)
-    eval_ids: set[str] = set()
-    for task in tasks:
-        spec = TASKS[task]
-        if spec.runner == "harness":
-            eval_ids |= {r.id for r in load_dataset(spec.dataset, spec.split, n=args.n_eval,
-                                                    seed=args.eval_seed, answerable_only=spec.answerable_only)}
-    every = load_dataset(args.dataset, split)
+    check_fold(args.folds, args.fold)
+    # evaluation questions first (a sample, or one fold of every question), training questions
+    # from the rest (before the model loads)
+    eval_ids, every, records = mitigation_questions(
+        args.dataset, split, tasks, n_eval=args.n_eval, eval_seed=args.eval_seed,
+        n_train=args.n_train, seed=args.seed, folds=args.folds, fold=args.fold,
+        fold_seed=args.fold_seed)
     rest = [r for r in every if r.id not in eval_ids]
-    pool = [r for r in rest if has_answer(args.dataset, r)]   # sample only what can be trained on
-    if not pool:
+    if not records:
         data_spec = get_spec(args.dataset)
         eval_splits = {data_spec.split_name(TASKS[t].split) for t in tasks
                        if TASKS[t].dataset == args.dataset}
@@ -250,7 +289,6 @@ def run(args: argparse.Namespace) -> int:
             f"{len(every) - len(rest)} are held out for evaluation (--n-eval {args.n_eval}) and none "
             f"of the other {len(rest)} has a correct answer to train on"
             + (f"; {hint}." if hint else "."))
-    records = subsample(pool, args.n_train, args.seed)
     triples = build_triples(args.dataset, records, own_negatives=_own_negatives(args.own_negatives),
                             max_negatives=args.max_negatives,
                             dataset_negatives=not args.no_dataset_negatives)
@@ -261,9 +299,11 @@ def run(args: argparse.Namespace) -> int:
 
     given, scores = (parse_list(args.layers, "--layers", int) or None), None
     if args.layers_from is not None:
-        given, scores = _layers_from(args.layers_from, args.dataset, args.prone_family)
-    if scores is not None and args.mode != "avss":
-        raise ConfigError("a layer_stats.csv gives AVSS scores: use it with --mode avss and --k.")
+        given, scores, kind = _layers_from(args.layers_from, args.dataset, args.prone_family,
+                                           args.fold)
+        if scores is not None and kind != args.mode:
+            raise ConfigError(f"--layers-from {args.layers_from} gives {kind.upper()} scores: use it "
+                              f"with --mode {kind} and --k.")
     layers = ablation_layers(args.mode, n_layers, layers=given, k=args.k, scores=scores, seed=args.seed)
 
     encoded = encode_triples(triples, tokenizer)
@@ -286,17 +326,25 @@ def run(args: argparse.Namespace) -> int:
                              data_files=data_files)
     write_json_atomic(out / "data.json", {
         "dataset": args.dataset, "split": split, "train_ids": train_ids,
-        "eval_ids": sorted(eval_ids), "disjoint": True, "train_sources": [t.source for t in triples],
+        "eval_ids": sorted(eval_ids), "disjoint": True,
+        "folds": None if args.folds is None else {"folds": args.folds, "fold": args.fold,
+                                                  "seed": args.fold_seed},
+        "train_sources": [t.source for t in triples],
         "negatives_per_question": [len(t.negatives) for t in triples],
     })
 
     def run_eval(m: torch.nn.Module) -> EvalResult:
+        if args.folds is not None:      # exactly the fold's questions
+            return evaluate(m, tokenizer, tasks, ids=eval_ids, seed=args.eval_seed,
+                            batch_size=args.eval_batch_size)
         return evaluate(m, tokenizer, tasks, n=args.n_eval, seed=args.eval_seed,
                         batch_size=args.eval_batch_size)
 
     timings: dict[str, float] = {"load_model_s": load_s}
     key = {"model_sha256": record.model["state_sha256"], "tasks": tasks, "n_eval": args.n_eval,
            "eval_seed": args.eval_seed, "batch_size": args.eval_batch_size}
+    if args.folds is not None:   # the n_eval sample does not apply; the fold does
+        key.update(n_eval=None, folds=[args.folds, args.fold, args.fold_seed])
     before_path = out / "before.json"
     saved = json.loads(before_path.read_text(encoding="utf-8")) if before_path.exists() else None
     t0 = time.perf_counter()

@@ -3,8 +3,10 @@
 
 ``avss reproduce --models smollm2-135m,qwen2.5-coder-1.5b --scale full --results results``
 runs, for each model, the AVSS study, the hallucination-prone layers and the contrastive
-mitigation with its ablations (modes ``eavss``, ``random``, ``avss``, ``full``) over seeds, then
-writes the summary tables the book's paper-scale chapter reads. Rerun the same command after an
+mitigation with its ablations (modes ``eavss``, ``probe``, ``random``, ``avss``, ``full``) over seeds, then
+writes the summary tables the book's paper-scale chapter reads. Mode ``probe`` (layers whose
+linear probe best separates hallucinated from truthful answers) adds a ``probe/`` stage;
+``--folds 2`` runs the 2-fold protocol on every question instead of a held-out sample. Rerun the same command after an
 interruption: finished stages are skipped. ``--stages``, ``--seeds``, ``--modes`` and
 ``--mitigation-datasets`` narrow a run (e.g. to fit a GPU lease); ``--scale ci`` is a CPU smoke
 run of minutes.
@@ -32,13 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="study,hallucination,mitigation",
                         help="comma-separated stages (default all: study,hallucination,mitigation)")
     parser.add_argument("--seeds", help="comma-separated mitigation seeds (default: the scale's, 0,1,2)")
-    parser.add_argument("--modes", help="comma-separated mitigation modes (default eavss,random,avss,full)")
+    parser.add_argument("--modes", help="comma-separated mitigation modes (default eavss,probe,random,avss,full)")
     parser.add_argument("--mitigation-datasets", help="comma-separated datasets to mitigate on")
     parser.add_argument("--study-args", default="",
                         help="extra `avss study` options, appended (they win), e.g. \"--n-eval 300\"")
     parser.add_argument("--hallucination-n", type=int, help="answers labelled per dataset")
     parser.add_argument("--n-train", type=int, help="mitigation training questions")
     parser.add_argument("--n-eval", type=int, help="mitigation evaluation questions")
+    parser.add_argument("--folds", type=int,
+                        help="k-fold protocol (avsslib.folds): label every question, choose layers "
+                             "per fold, evaluate every question once (mitigation-<K>fold/)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="model dtype (default float32)")
@@ -77,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: must be >= 1.")
             overrides[name] = value
+    if args.folds is not None:
+        if args.folds < 2:
+            raise ConfigError(f"--folds {args.folds}: the k-fold protocol needs at least 2 folds.")
+        overrides["folds"] = args.folds
     if args.drop_weights:
         overrides["keep_weights"] = False
     models = parse_list(args.models, "--models")
