@@ -133,3 +133,19 @@ def test_run_diagnosis_writes_files(tmp_path):
     assert (out / "record.json").is_file() and (out / "record.md").is_file()
     with pytest.raises(ConfigError, match="no such file"):
         run_diagnosis(tmp_path / "nope", out)
+
+
+def test_cli_diagnose_on_committed_study(tmp_path, capsys):
+    from pathlib import Path
+
+    from avsslib.cli import main
+
+    study = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m" / "avss"
+    if not (study / "layer_stats.csv").is_file():
+        pytest.skip("committed study not present")
+    assert main(["diagnose", "--study", str(study), "--out", str(tmp_path / "d"),
+                 "--n-draws", "20"]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert set(summary) >= {"fixed", "faithful"}
+    assert summary["fixed"]["near_zero_max"] > summary["fixed"]["near_zero_min"]
+    assert main(["diagnose", "--study", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
