@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from avsslib import __version__
 from avsslib.errors import AvssError
 
-COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "diagnose", "hallucination", "mitigate",
+COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "diagnose", "heal", "hallucination", "mitigate",
                              "reproduce")
 
 
