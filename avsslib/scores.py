@@ -22,6 +22,19 @@ Registered here:
   (``avsslib.prune.skip_layers``); needs the model and batches.
 * ``random``: uniform random importance from ``numpy.random.default_rng(seed)``.
 * ``tail``: ``n_layers - index``: prunes the last layers first.
+
+Scale-aware variants of AVSS (``avsslib.stats`` accumulates their statistics in the same
+pass; ``r`` runs over :data:`avsslib.stats.DEFAULT_REL_GRID`, e.g. ``avss_rel_0.01``):
+
+* ``avss_rel_<r>``: NAV / NAS with the sparsity counted at a threshold relative to each token's
+  RMS (``|h| < r * rms``) instead of the absolute ``eps``;
+* ``var_ratio``: the variance over the mean square of the elements (``variance_ /
+  mean_square_``): a spread that does not grow with the residual stream's norm;
+* ``scalefree_avss_<r>``: ``var_ratio`` normalised over the relative sparsity normalised
+  (both factors scale-free);
+* ``update_variance``: the variance of the block update ``u = (h_out - h_in) / rms(h_in)``
+  (what the block adds, in units of its input) instead of the residual stream;
+* ``update_avss_<r>``: NAV / NAS computed on the block update, its sparsity ``|u| < r``.
 """
 
 from __future__ import annotations
@@ -187,6 +200,55 @@ def _block_influence(stats: Any, **_: Any) -> np.ndarray:
 def _angular(stats: Any, **_: Any) -> np.ndarray:
     """Mean arccos(cos(input, output)) / pi over tokens (Gromov et al., n = 1)."""
     return np.asarray(stats.angular_distance_, dtype=np.float64)
+
+
+def _rel_grid() -> tuple[float, ...]:
+    from avsslib.stats import DEFAULT_REL_GRID
+
+    return DEFAULT_REL_GRID
+
+
+def _var_ratio_values(stats: Any) -> np.ndarray:
+    v = np.asarray(stats.variance_, dtype=np.float64)
+    ms = np.asarray(stats.mean_square_, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return v / ms
+
+
+@register("var_ratio")
+def _var_ratio(stats: Any, **_: Any) -> np.ndarray:
+    """Variance over mean square of the elements (scale-free spread of the residual stream)."""
+    return _var_ratio_values(stats)
+
+
+@register("update_variance")
+def _update_variance(stats: Any, **_: Any) -> np.ndarray:
+    """Variance of the block update (h_out - h_in) / rms(h_in) over all counted elements."""
+    return np.asarray(stats.update_variance_, dtype=np.float64)
+
+
+def _register_relative(r: float) -> None:
+    """Register the three scale-aware AVSS variants at relative threshold ``r``."""
+
+    def rel(stats: Any, **_: Any) -> np.ndarray:
+        return avss_values(stats.variance_, stats.get_rel_sparsity(r))
+
+    def scalefree(stats: Any, **_: Any) -> np.ndarray:
+        return avss_values(_var_ratio_values(stats), stats.get_rel_sparsity(r))
+
+    def update(stats: Any, **_: Any) -> np.ndarray:
+        return avss_values(stats.update_variance_, stats.get_update_sparsity(r))
+
+    rel.__doc__ = f"NAV / NAS with the sparsity |h| < {r:g} x the token's RMS."
+    scalefree.__doc__ = f"var_ratio normalised over the sparsity |h| < {r:g} x RMS normalised."
+    update.__doc__ = f"NAV / NAS of the block update u = (h_out - h_in) / rms(h_in), |u| < {r:g}."
+    register(f"avss_rel_{r:g}")(rel)
+    register(f"scalefree_avss_{r:g}")(scalefree)
+    register(f"update_avss_{r:g}")(update)
+
+
+for _r in _rel_grid():
+    _register_relative(_r)
 
 
 @register("random", needs_stats=False)

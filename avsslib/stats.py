@@ -32,6 +32,16 @@ What is measured, per layer ``l`` (``w`` is the token mask: 1 for a counted posi
 * optionally (``similarity=True``) the block's **input-output similarity**: the mean over counted
   tokens of ``1 - cos(x_in, x_out)`` (ShortGPT's block influence) and of
   ``arccos(cos(x_in, x_out)) / pi`` (Gromov et al.'s angular distance, with ``n = 1``).
+* scale-aware statistics (thresholds ``r`` of ``rel_grid``; ``()`` turns them off):
+
+  - **relative sparsity**: the fraction of counted elements with ``|h_btk| < r * rms_bt``,
+    where ``rms_bt = sqrt(mean_k h_btk^2)`` is the RMS of the element's own token vector (the
+    layer's RMS is only known after the pass; the token's is known at once, and a threshold
+    relative to it does not grow with the residual stream's norm);
+  - with ``similarity=True``, the **block update** ``u_bt = (h_out - h_in)_bt / rms(h_in)_bt``
+    (the change the block adds to the residual stream, in units of its input's RMS): sums of
+    ``u`` and ``u^2`` for its mean, mean square and variance, and the fraction of its elements
+    with ``|u_btk| < r``.
 
 How values are aggregated over batches (``aggregate``):
 
@@ -76,6 +86,7 @@ from avsslib.models import blocks, context_length
 __all__ = [
     "AGGREGATES",
     "DEFAULT_EPS_GRID",
+    "DEFAULT_REL_GRID",
     "VARIANCE_MODES",
     "LayerStats",
     "batch_record",
@@ -83,13 +94,16 @@ __all__ = [
 ]
 
 DEFAULT_EPS_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+DEFAULT_REL_GRID: tuple[float, ...] = (0.001, 0.01, 0.1)
+"""Relative thresholds ``r`` of the scale-aware sparsities (``|h| < r * rms``, ``|u| < r``)."""
 VARIANCE_MODES: tuple[str, ...] = ("code", "r_port", "flat")
 AGGREGATES: tuple[str, ...] = ("batch", "pooled")
 
 VarianceMode = Literal["code", "r_port", "flat"]
 Aggregate = Literal["batch", "pooled"]
 
-_STATE_FORMAT = "avsslib.LayerStats/1"
+_STATE_FORMAT = "avsslib.LayerStats/2"
+_OLD_STATE_FORMATS = ("avsslib.LayerStats/1",)   # readable: no scale-aware columns (rel_grid=())
 
 # Columns of one per-batch record row (one row per layer). Every column except ``rport_var`` is a
 # sum over the batch's counted samples or tokens, so the record of a union of batches is the sum
@@ -104,6 +118,9 @@ _FIXED_COLUMNS: tuple[str, ...] = (
     "token_sum_sq",  # sum over counted tokens of (sum over d of h)**2
 )
 _SIM_COLUMNS: tuple[str, ...] = ("cos_dist", "angle")   # sums over tokens of 1-cos, arccos/pi
+# with similarity and a rel_grid: sums over counted elements of the block update u, u**2, and
+# over counted tokens of (sum over d of u)**2; then one near-zero count of |u| < r per threshold
+_UPDATE_COLUMNS: tuple[str, ...] = ("upd_sum", "upd_sum_sq", "upd_token_sum_sq")
 
 
 def reduce_block_output(
@@ -111,6 +128,7 @@ def reduce_block_output(
     w: torch.Tensor,
     eps_grid: tuple[float, ...],
     h_in: torch.Tensor | None = None,
+    rel_grid: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-token and per-sample reductions of block outputs: all the work on ``h`` itself.
 
@@ -125,51 +143,80 @@ def reduce_block_output(
         w: token mask, shape ``(B, T)``, float32, 1.0 for counted positions and 0.0 for pads.
         eps_grid: near-zero thresholds.
         h_in: the blocks' inputs, shape of ``h``, for the similarity rows (optional).
+        rel_grid: relative thresholds ``r`` (scale-aware rows; ``()`` for none).
 
     Returns:
         ``tok``: float32, shape ``(..., C, B, T)``, rows ``sum_d h``, ``sum_d h^2``, one
-        near-zero count per threshold and, with ``h_in``, ``<h_in, h>`` and ``|h_in|``;
+        near-zero count per threshold, one count of ``|h| < r * rms(token)`` per ``r`` and, with
+        ``h_in``, ``<h_in, h>`` and ``|h_in|`` and, with ``h_in`` and ``rel_grid``, the update
+        rows ``sum_d (h - h_in)``, ``sum_d (h - h_in)^2`` and one count of
+        ``|h - h_in| < r * rms(h_in)`` per ``r``;
         ``pooled``: float32, shape ``(..., B, d)``, the masked token sum ``sum_t w_bt h_bt``.
     """
     x = h.float()
     a = x.abs()
-    rows = [x.sum(-1), torch.linalg.vector_norm(x, dim=-1).square()]
-    if torch.compiler.is_compiling():
-        rows += [(a < eps).sum(-1, dtype=torch.float32) for eps in eps_grid]
-    else:   # comparisons written as 0.0/1.0 into one float buffer: ~4x faster than bool on CPU
-        indicator = torch.empty_like(a)
-        rows += [torch.lt(a, eps, out=indicator).sum(-1) for eps in eps_grid]
+    d = x.shape[-1]
+    compiling = torch.compiler.is_compiling()
+    # comparisons written as 0.0/1.0 into one float buffer: ~4x faster than bool on CPU
+    indicator = None if compiling else torch.empty_like(a)
+
+    def count(values: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+        if indicator is None:
+            return (values < threshold).sum(-1, dtype=torch.float32)
+        return torch.lt(values, threshold, out=indicator).sum(-1)
+
+    sum_sq = torch.linalg.vector_norm(x, dim=-1).square()
+    rows = [x.sum(-1), sum_sq]
+    rows += [count(a, eps) for eps in eps_grid]
+    if rel_grid:
+        rms = (sum_sq / d).sqrt().unsqueeze(-1)
+        rows += [count(a, rms * r) for r in rel_grid]
     if h_in is not None:
         x_in = h_in.float()
-        rows += [torch.linalg.vecdot(x_in, x, dim=-1), torch.linalg.vector_norm(x_in, dim=-1)]
+        norm_in = torch.linalg.vector_norm(x_in, dim=-1)
+        rows += [torch.linalg.vecdot(x_in, x, dim=-1), norm_in]
+        if rel_grid:
+            delta = x - x_in
+            rows += [delta.sum(-1), torch.linalg.vector_norm(delta, dim=-1).square()]
+            delta = delta.abs_()
+            rms_in = (norm_in / math.sqrt(d)).unsqueeze(-1)
+            rows += [count(delta, rms_in * r) for r in rel_grid]
     pooled = (x * w.unsqueeze(-1)).sum(-2)
     return torch.stack(rows, dim=-3), pooled
 
 
 def batch_record(
-    tok: torch.Tensor, pooled: torch.Tensor, w: torch.Tensor, n_near: int
+    tok: torch.Tensor, pooled: torch.Tensor, w: torch.Tensor, n_near: int, n_rel: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's record rows from the stacked outputs of ``reduce_block_output``.
 
     Args:
-        tok: float32, shape ``(L, C, B, T)`` (``C = 2 + n_near`` or ``4 + n_near``).
+        tok: float32, shape ``(L, C, B, T)`` (``C = 2 + n_near + n_rel``, plus 2 similarity
+            rows and, with ``n_rel``, ``2 + n_rel`` update rows).
         pooled: float32, shape ``(L, B, d)``.
         w: token mask, shape ``(B, T)``.
         n_near: number of near-zero thresholds.
+        n_rel: number of relative thresholds.
 
     Returns:
         ``record``: float64, shape ``(L, K)``, columns as ``LayerStats.columns``;
         ``unit``: float64, shape ``(L, d)``, the sum over counted tokens of ``h``.
     """
     n_layers, _, _, _ = tok.shape
+    d = pooled.shape[-1]
     w64 = w.double().reshape(-1)                                  # (B*T,)
     t = tok.double().flatten(2)                                   # (L, C, B*T)
     s1, s2 = t[:, 0], t[:, 1]
-    rows = [s1, s2, s1 * s1, t[:, 2 : 2 + n_near]]
-    if t.shape[1] > 2 + n_near:                                   # similarity rows
-        dot, norm_in = t[:, 2 + n_near], t[:, 3 + n_near]
+    j = 2 + n_near + n_rel
+    rows = [s1, s2, s1 * s1, t[:, 2:j]]
+    if t.shape[1] > j:                                            # similarity rows
+        dot, norm_in = t[:, j], t[:, j + 1]
         cos = (dot / (norm_in * s2.sqrt())).clamp(-1.0, 1.0)
         rows += [1.0 - cos, torch.arccos(cos) / math.pi]
+        if n_rel:                                                 # block update, / rms(h_in)
+            scale = (norm_in / math.sqrt(d)).clamp(min=torch.finfo(torch.float32).tiny)
+            u1 = t[:, j + 2] / scale
+            rows += [u1, t[:, j + 3] / (scale * scale), u1 * u1, t[:, j + 4 : j + 4 + n_rel]]
     rows = [r.unsqueeze(1) if r.dim() == 2 else r for r in rows]
     token_sums = torch.cat(rows, 1) @ w64                         # (L, C')
 
@@ -213,6 +260,8 @@ class LayerStats:
     * ``mask_pad``: exclude positions with ``attention_mask == 0`` from every statistic.
     * ``pass_mask``: pass the attention mask to the model (``None``: the mode's default).
     * ``similarity``: also accumulate the block input-output cosine statistics (baselines).
+    * ``rel_grid``: relative thresholds of the scale-aware statistics (module docstring);
+      ``()`` collects none of them (the statistics of format 1, slightly cheaper).
     * ``stash_bytes``: how many bytes of block outputs the hooks may hold before reducing them
       together (one batched ``reduce_block_output`` call over several layers instead of one
       call per layer: far fewer kernel launches, which is what costs on GPUs). The outputs are
@@ -245,15 +294,20 @@ class LayerStats:
         similarity: bool = True,
         stash_bytes: int | None = None,
         compile: bool | None = None,
+        rel_grid: Iterable[float] = DEFAULT_REL_GRID,
     ) -> None:
         grid = sorted({float(e) for e in eps_grid} | {float(eps)})
         if not all(math.isfinite(e) and e > 0 for e in grid):
             raise ConfigError(f"eps and eps_grid must be positive finite numbers, got {grid}.")
+        rel = sorted({float(r) for r in rel_grid})
+        if not all(math.isfinite(r) and r > 0 for r in rel):
+            raise ConfigError(f"rel_grid must hold positive finite numbers, got {rel}.")
         _check_choice("variance_mode", variance_mode, VARIANCE_MODES)
         if aggregate is not None:
             _check_choice("aggregate", aggregate, AGGREGATES)
         self.eps = float(eps)
         self.eps_grid = tuple(grid)
+        self.rel_grid = tuple(rel)
         self.faithful = bool(faithful)
         self.variance_mode = variance_mode
         self.aggregate = aggregate if aggregate is not None else ("batch" if faithful else "pooled")
@@ -283,12 +337,17 @@ class LayerStats:
     def columns(self) -> tuple[str, ...]:
         """Names of the record columns (the last axis of ``records_``)."""
         near = tuple(f"near_{e:g}" for e in self.eps_grid)
-        return _FIXED_COLUMNS + near + (_SIM_COLUMNS if self.similarity else ())
+        rel = tuple(f"relnear_{r:g}" for r in self.rel_grid)
+        sim = _SIM_COLUMNS if self.similarity else ()
+        upd = (_UPDATE_COLUMNS + tuple(f"updnear_{r:g}" for r in self.rel_grid)
+               if self.similarity and self.rel_grid else ())
+        return _FIXED_COLUMNS + near + rel + sim + upd
 
     def _accumulation_params(self) -> dict[str, Any]:
         """Parameters that change what is accumulated (must agree to merge or load)."""
         return {
             "eps_grid": list(self.eps_grid),
+            "rel_grid": list(self.rel_grid),
             "faithful": self.faithful,
             "mask_pad": self.mask_pad,
             "pass_mask": self.pass_mask,
@@ -402,7 +461,7 @@ class LayerStats:
         use_compile = self.compile if self.compile is not None else h.device.type == "cuda"
         if use_compile and not self._compile_failed:
             try:
-                return _compiled_reduce()(h, w, self.eps_grid, h_in)
+                return _compiled_reduce()(h, w, self.eps_grid, h_in, self.rel_grid)
             except Exception as error:  # noqa: BLE001 - any compiler failure: fall back
                 self._compile_failed = True
                 warnings.warn(
@@ -410,7 +469,7 @@ class LayerStats:
                     f"{error}); continuing without it (slower). Pass compile=False to silence.",
                     RuntimeWarning, stacklevel=2,
                 )
-        return reduce_block_output(h, w, self.eps_grid, h_in)
+        return reduce_block_output(h, w, self.eps_grid, h_in, self.rel_grid)
 
     # ------------------------------------------------------------------ fitting
     def update(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> LayerStats:
@@ -493,7 +552,7 @@ class LayerStats:
         record, units = batch_record(
             torch.stack([t.to(device) for t in batch_state.toks]),      # type: ignore[union-attr]
             torch.stack([p.to(device) for p in batch_state.pooled]),    # type: ignore[union-attr]
-            w, len(self.eps_grid),
+            w, len(self.eps_grid), len(self.rel_grid),
         )
         if self._unit_sums is not None and self._unit_sums.shape != units.shape:
             raise ConfigError(
@@ -585,11 +644,7 @@ class LayerStats:
         (``eps``, ``variance_mode``, ``aggregate``) are this instance's own. Use
         ``LayerStats.from_state_dict`` to rebuild an instance with the saved parameters.
         """
-        if state.get("format") != _STATE_FORMAT:
-            raise ConfigError(
-                f"not a LayerStats state (format {state.get('format')!r}, expected "
-                f"{_STATE_FORMAT!r})."
-            )
+        state = _upgrade_state(state)
         saved = {k: state["params"][k] for k in self._accumulation_params()}
         if saved != self._accumulation_params():
             raise ConfigError(
@@ -604,6 +659,7 @@ class LayerStats:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> LayerStats:
         """A new ``LayerStats`` with the saved parameters and state."""
+        state = _upgrade_state(state)
         params = dict(state["params"])
         grid = params.pop("eps_grid")
         return cls(eps_grid=grid, **params).load_state_dict(state)
@@ -673,6 +729,56 @@ class LayerStats:
         if eps not in self.eps_grid:
             raise ConfigError(f"eps={eps:g} is not in eps_grid {self.eps_grid}; refit with it.")
         return self._value(f"near_{eps:g}", aggregate)
+
+    def _check_rel(self, r: float, update: bool = False) -> str:
+        if r not in self.rel_grid:
+            raise ConfigError(f"r={r:g} is not in rel_grid {self.rel_grid}; refit with it "
+                              "(LayerStats(rel_grid=...)).")
+        if update and not self.similarity:
+            raise ConfigError("block-update statistics need the block inputs: use "
+                              "LayerStats(similarity=True).")
+        return f"{'updnear' if update else 'relnear'}_{r:g}"
+
+    def get_rel_sparsity(self, r: float, aggregate: Aggregate | None = None) -> np.ndarray:
+        """Per-layer fraction of counted elements with ``|h| < r * rms`` of their own token
+        (``r`` from ``rel_grid``); shape ``(n_layers,)``."""
+        return self._value(self._check_rel(float(r)), aggregate)
+
+    def get_update_sparsity(self, r: float, aggregate: Aggregate | None = None) -> np.ndarray:
+        """Per-layer fraction of elements of the block update ``u = (h_out - h_in) / rms(h_in)``
+        with ``|u| < r`` (``r`` from ``rel_grid``); shape ``(n_layers,)``."""
+        return self._value(self._check_rel(float(r), update=True), aggregate)
+
+    def _check_update(self) -> None:
+        if not (self.similarity and self.rel_grid):
+            raise ConfigError("block-update statistics were not collected; use "
+                              "LayerStats(similarity=True) with a non-empty rel_grid.")
+
+    @property
+    def update_variance_(self) -> np.ndarray:
+        """Per-layer population variance of all counted elements of the block update
+        ``u = (h_out - h_in) / rms(h_in)`` (dimensionless)."""
+        self._check_update()
+        return self._value("upd_flat_var", None)
+
+    @property
+    def update_rms_(self) -> np.ndarray:
+        """Per-layer root mean square of the block update ``u`` (dimensionless: the update's
+        size in units of the input's RMS)."""
+        self._check_update()
+        return np.sqrt(self._value("upd_mean_square", None))
+
+    @property
+    def update_token_variance_(self) -> np.ndarray:
+        """Per-layer unbiased variance over the hidden units of one token's update ``u``, mean
+        over tokens."""
+        self._check_update()
+        return self._value("upd_token_var", None)
+
+    @property
+    def mean_square_(self) -> np.ndarray:
+        """Per-layer mean of ``h^2`` over the counted elements (``rms_ ** 2``)."""
+        return self._value("mean_square", None)
 
     @property
     def variance_(self) -> np.ndarray:
@@ -767,7 +873,9 @@ class LayerStats:
     def to_frame(self):
         """A ``pandas.DataFrame`` with one row per layer (index ``layer``) and one column per
         fitted statistic: the three variances, sparsity and counts at every ``eps``, mean, rms,
-        token variance and, with ``similarity``, the cosine and angular distances."""
+        token variance, the relative sparsity at every ``r`` of ``rel_grid`` and, with
+        ``similarity``, the cosine and angular distances and the block update's variance,
+        RMS, token variance and sparsity at every ``r``."""
         import pandas as pd
 
         frame = {
@@ -783,9 +891,16 @@ class LayerStats:
             frame[f"sparsity@{e:g}"] = self.get_sparsity(e)
             frame[f"near_zero_count@{e:g}"] = self.near_zero_grid_[:, j]
         frame.update(mean=self.mean_, rms=self.rms_, token_variance=self.token_variance_)
+        for r in self.rel_grid:
+            frame[f"rel_sparsity@{r:g}"] = self.get_rel_sparsity(r)
         if self.similarity:
             frame.update(cosine_distance=self.cosine_distance_,
                          angular_distance=self.angular_distance_)
+            if self.rel_grid:
+                frame.update(update_variance=self.update_variance_, update_rms=self.update_rms_,
+                             update_token_variance=self.update_token_variance_)
+                for r in self.rel_grid:
+                    frame[f"update_sparsity@{r:g}"] = self.get_update_sparsity(r)
         df = pd.DataFrame(frame)
         df.index.name = "layer"
         return df
@@ -798,6 +913,20 @@ class LayerStats:
 
 
 # ---------------------------------------------------------------------- helpers
+def _upgrade_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A state of the current format: format-1 states (before the scale-aware statistics) get
+    ``rel_grid = []``, which describes their columns exactly; other formats are refused."""
+    fmt = state.get("format")
+    if fmt == _STATE_FORMAT:
+        return state
+    if fmt in _OLD_STATE_FORMATS:
+        return {**state, "format": _STATE_FORMAT, "params": {**state["params"], "rel_grid": []}}
+    raise ConfigError(
+        f"not a LayerStats state (format {fmt!r}, expected {_STATE_FORMAT!r} or one of "
+        f"{_OLD_STATE_FORMATS})."
+    )
+
+
 def _derive(rec: np.ndarray, columns: tuple[str, ...], name: str, d: int) -> np.ndarray:
     """A statistic from records of shape ``(n, L, K)`` -> ``(n, L)``; NaN where no token counts."""
     c = {n: rec[..., i] for i, n in enumerate(columns)}
@@ -808,8 +937,14 @@ def _derive(rec: np.ndarray, columns: tuple[str, ...], name: str, d: int) -> np.
             return c["sample_var"] / np.where(c["samples"] > 0, c["samples"], np.nan)
         if name == "rport_var":
             return np.where(c["tokens"] > 0, c["rport_var"], np.nan)
-        if name.startswith("near_"):
+        if name.startswith(("near_", "relnear_", "updnear_")):
             return c[name] / elements
+        if name == "upd_mean_square":
+            return c["upd_sum_sq"] / elements
+        if name == "upd_flat_var":                  # population variance of all update elements
+            return c["upd_sum_sq"] / elements - (c["upd_sum"] / elements) ** 2
+        if name == "upd_token_var":                 # unbiased variance over d, mean over tokens
+            return (c["upd_sum_sq"] - c["upd_token_sum_sq"] / d) / (d - 1) / tokens
         if name == "mean_elem":
             return c["sum"] / elements
         if name == "mean_square":

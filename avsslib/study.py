@@ -710,8 +710,9 @@ def _figures(folder: Path, fixed: pd.DataFrame, pruned: Sequence[int], retention
     figures = {
         "layer_profile.png": plots.study_layer_profile(fixed, pruned=pruned),
         "retention.png": plots.retention_bars(primary_metric_rows(main), label="config"),
-        "sweep.png": plots.retention_sweep(primary_metric_rows(sweep_df)),
     }
+    if not sweep_df.empty:        # a partial study (--no-new-evals) may have no sweep point yet
+        figures["sweep.png"] = plots.retention_sweep(primary_metric_rows(sweep_df))
     for file, fig in figures.items():
         plots.save(fig, folder / file)
         plt.close(fig)

@@ -370,7 +370,9 @@ def layerstats_buffers(stats: LayerStats, batch_size: int, seq_len: int,
     state = stats.state_dict()
     n_layers, d = state["unit_sums"].shape
     per_batch_record = n_layers * len(stats.columns)
-    rows = 2 + len(stats.eps_grid) + (2 if stats.similarity else 0)
+    n_rel = len(getattr(stats, "rel_grid", ()))
+    rows = (2 + len(stats.eps_grid) + n_rel + (2 if stats.similarity else 0)
+            + (2 + n_rel if stats.similarity and n_rel else 0))
     hook_floats = n_layers * rows * batch_size * seq_len + n_layers * batch_size * d
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     persistent = 8 * (state["records"].numel() + state["unit_sums"].numel())

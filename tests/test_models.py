@@ -331,3 +331,19 @@ def test_gguf_dir_overrides_the_wheels(tmp_path: Path, monkeypatch: pytest.Monke
         models._zoo_parts(entry)
     (tmp_path / entry.gguf_name).write_bytes(b"GGUF")
     assert models._zoo_parts(entry) == [tmp_path / entry.gguf_name]
+
+
+@pytest.mark.parametrize("name, requirements", [("qwen2.5-coder-1.5b", "qwen-wheels.txt"),
+                                                ("qwen2.5-coder-0.5b", "qwen05-wheels.txt")])
+def test_zoo_entry_matches_its_pinned_requirements(name: str, requirements: str) -> None:
+    """Every wheel of a split zoo GGUF is pinned (same version, with a sha256) in its
+    requirements file, in part order, and the file names it in the entry's install hint."""
+    entry = models.ZOO[name]
+    path = Path(__file__).resolve().parents[1] / "requirements" / requirements
+    pins = [line.split() for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert [p[0] for p in pins] == list(entry.wheels)
+    assert all(len(p) == 2 and p[1].startswith("--hash=sha256:") and len(p[1]) == 14 + 64
+               for p in pins)
+    assert requirements in entry.install
+    assert len({rel for _, rel in entry.parts}) == len(entry.parts)

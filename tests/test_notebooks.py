@@ -37,6 +37,7 @@ TINY_PARAMS: dict[str, dict[str, object]] = {
     "07_paper_scale": {},
     "08_reproduce_yourself": {},
     "09_exercises": {},
+    "10_why_avss_fails": {},
 }
 CELL_TIMEOUT_S = 900
 

@@ -29,7 +29,7 @@ from typing import Any
 from avsslib import __version__
 from avsslib.errors import AvssError
 
-COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "hallucination", "mitigate",
+COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "diagnose", "heal", "hallucination", "mitigate",
                              "reproduce")
 
 
