@@ -17,7 +17,7 @@ from avsslib.cli import COMMANDS, build_parser, main
 from avsslib.cli.common import CALIBRATION_DEFAULTS, CALIBRATION_OPTIONS, MODEL_OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_COMMANDS = ("score", "prune", "eval", "study", "hallucination", "mitigate")
+MODEL_COMMANDS = ("score", "prune", "eval", "study", "hallucination", "mitigate", "heal")
 STATISTICS_COMMANDS = ("score", "prune", "study")
 
 
@@ -34,7 +34,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def test_every_command_is_registered_and_classified():
     subs = _subparsers()
     assert set(subs) == set(COMMANDS)
-    assert set(MODEL_COMMANDS) | {"models", "data", "reproduce"} == set(COMMANDS)
+    assert set(MODEL_COMMANDS) | {"models", "data", "reproduce", "diagnose"} == set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", MODEL_COMMANDS)
@@ -69,6 +69,8 @@ def test_quiet_and_given_are_recorded(name):
     argv = [name, "--out", "x", "--quiet", "--seed", "3"]
     if name == "eval":
         argv += ["--tasks", "sciq_mc"]
+    if name == "heal":
+        argv += ["--study", "x"]
     args = parser.parse_args(argv)
     assert args.quiet is True and args.seed == 3
     assert {"out", "quiet", "seed"} <= args._given and "model" not in args._given

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avsslib.cli.score import command_line
+from avsslib.cli.common import command_line
 
 HELP = "diagnose an AVSS ranking: depth trend, near-zero counting noise, the sparsity clamp"
 LOCK_OUT = True

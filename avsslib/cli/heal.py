@@ -14,20 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
-from avsslib.cli.score import add_common_arguments, command_line, parse_list, resolve_device
+from avsslib.cli.common import add_model_options, command_line, parse_list, resolve_device
 
 HELP = "LoRA healing of pruned models (fixed budget), retention before and after"
 LOCK_OUT = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="zoo name, directory or hub id")
+    add_model_options(parser, out_help="output directory (resumed)")
     parser.add_argument("--study", required=True, type=Path,
                         help="a pruning study's directory (its selections.json names the layers)")
     parser.add_argument("--configs", default="avss-count,block_influence-count,angular-count,"
                         "random-count,tail-count",
                         help="SCORE-RULE names of the study's fixed-mode selections")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (resumed)")
     parser.add_argument("--tasks", default="sciq_mc,wikitext2_ppl", help="evaluation tasks")
     parser.add_argument("--n-eval", type=int, default=200, help="examples per task (default 200)")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
@@ -42,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     parser.add_argument("--ppl-window", type=int, default=512, help="wikitext2_ppl window")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_common_arguments(parser, seed=42)
 
 
 def _selections(study: Path, names: list[str]) -> dict[str, list[int]]:
