@@ -171,13 +171,22 @@ def layer_scores(
     return stats, table
 
 
-def score_names(table: pd.DataFrame) -> list[str]:
-    """The registered score columns of a :func:`layer_scores` table, in column order."""
+def score_names(table: pd.DataFrame, scores: Iterable[str] | None = None) -> list[str]:
+    """The score columns of a :func:`layer_scores` table.
+
+    ``scores``: the scores that were computed (those of them present in ``table``, in that
+    order). Without it, every column named like a registered score, in column order; that
+    includes a statistic that shares a score's name (``update_variance`` is both).
+    """
+    if scores is not None:
+        return [s for s in dict.fromkeys(scores) if s in table.columns]
     return [c for c in table.columns if c in REGISTRY]
 
 
-def selections(scores_df: pd.DataFrame, fraction: float = 0.25) -> dict[str, list[int]]:
-    """Layers every rule would prune, per score column of ``scores_df``.
+def selections(scores_df: pd.DataFrame, fraction: float = 0.25,
+               scores: Iterable[str] | None = None) -> dict[str, list[int]]:
+    """Layers every rule would prune, per score column of ``scores_df`` (or of ``scores``,
+    the scores that were computed: see :func:`score_names`).
 
     Keys ``"<score>/<rule>"``: all three rules (``count``, ``mass``, ``code_bug``) for the
     mass scores (AVSS), the ``count`` rule for the baselines. Values: ascending layer indices
@@ -185,7 +194,7 @@ def selections(scores_df: pd.DataFrame, fraction: float = 0.25) -> dict[str, lis
     :mod:`avsslib.selection` for the rules and the rounding of ``fraction * n_layers``.
     """
     out: dict[str, list[int]] = {}
-    for name in score_names(scores_df):
+    for name in score_names(scores_df, scores):
         values = scores_df[name].to_numpy(dtype=np.float64)
         if name in MASS_SCORES:
             for rule, layers in select_all(values, fraction, score=name).items():
@@ -466,7 +475,8 @@ def pruning_study(
     stats_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------ selections and configurations
-    chosen = {"fixed": selections(fixed, fraction), "faithful": selections(faithful, fraction)}
+    chosen = {"fixed": selections(fixed, fraction, scores),
+              "faithful": selections(faithful, fraction, faithful_scores)}
     sweep_layers = {s: {f: select_layers(fixed[s].to_numpy(), f, "count") for f in sweep_fractions}
                     for s in sweep_scores}
     write_json_atomic(out / "selections.json", {
@@ -493,7 +503,8 @@ def pruning_study(
     retention_df = retention_table(results, configs, n_boot, seed)
     sweep_df = retention_df[retention_df["config"].str.startswith("sweep-")].drop(
         columns=["config", "stats", "rule"]).reset_index(drop=True)
-    agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds)
+    agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds,
+                              scores)
     write_csv_atomic(out / "retention.csv", retention_df)
     write_csv_atomic(out / "sweep.csv", sweep_df)
     write_csv_atomic(out / "agreement.csv", agreement_df)
@@ -681,8 +692,8 @@ def _stability(model: torch.nn.Module, tokenizer: Any, spec: Mapping[str, Any],
 
 def _agreement(fixed: pd.DataFrame, faithful: pd.DataFrame, stability: Mapping[str, np.ndarray],
                spec: Mapping[str, Any], agreement: Sequence[Mapping[str, Any]],
-               seeds: Sequence[int]) -> pd.DataFrame:
-    names = score_names(fixed)
+               seeds: Sequence[int], scores: Sequence[str]) -> pd.DataFrame:
+    names = score_names(fixed, scores)
     parts = [score_agreement({n: fixed[n].to_numpy() for n in names}, "scores")]
     if "avss" in names and "avss" in faithful:
         parts.append(score_agreement({"avss/fixed": fixed["avss"].to_numpy(),

@@ -144,6 +144,11 @@ def test_selections_keys_and_sizes():
     assert chosen["avss/code_bug"] == prefix
     # half to even: 0.25 * 10 = 2.5 -> 2 layers
     assert len(selections(table.iloc[:10], 0.25)["avss/count"]) == 2
+    # a statistic named like a score (update_variance is both) is not a selection unless scored
+    table["update_variance"] = rng.random(m)
+    assert "update_variance/count" in selections(table, 0.25)
+    assert set(selections(table, 0.25, ["avss", "tail"])) == {"avss/count", "avss/mass",
+                                                              "avss/code_bug", "tail/count"}
 
 
 def test_score_agreement_known_answers():

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     table = save_layer_table(out / "layer_stats.csv", table)
     write_csv_atomic(out / "batch_stats.csv",
                      batch_table(stats, "faithful" if args.faithful else "fixed"))
-    chosen = selections(table, args.fraction)
+    chosen = selections(table, args.fraction, scores)
     clamped = table.index[table["clamped"]].tolist()
     write_json_atomic(out / "layer_stats.json", {
         "model": args.model, "faithful": args.faithful, "eps": args.eps, "scores": scores,
