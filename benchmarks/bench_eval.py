@@ -28,12 +28,13 @@ import platform
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+import avsslib
 
 STUDY_TASKS = ("wikitext2_ppl", "sst2", "sciq_mc", "triviaqa_em")
 DEFAULT_TASKS = ("truthfulqa_mc1", "sst2", "sciq_mc", "triviaqa_em")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n, "seed": args.seed, "batch_size": args.batch_size, "max_length": args.max_length,
             "cache_reuse": ours.reuse_cache, "max_batch_tokens": ours.max_batch_tokens,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "lm_eval": lm_eval.__version__, "avsslib": version("avsslib")},
+                         "lm_eval": lm_eval.__version__, "avsslib": avsslib.__version__},
             "tasks": rows, "study": study,
         })
         print(f"wrote {args.json}")
