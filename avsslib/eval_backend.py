@@ -244,6 +244,10 @@ class CachedLM(HFLM):
     def _score_contexts(self, batch: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
                         prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], shared: int,
                         prefix_cache: Any, results: list, bar: Any) -> None:
+        if all(len(prepared[i][1]) == 1 for c in batch for i in groups[c]):
+            self._score_next_tokens(batch, groups, prepared, shared, prefix_cache, results)
+            bar.update(sum(len(groups[c]) for c in batch))
+            return
         device = self.device
         parts = [c[shared:-1] for c in batch]
         width = max(len(p) for p in parts)
@@ -269,6 +273,36 @@ class CachedLM(HFLM):
             start += len(chunk)
             self._score_continuations(chunk, batch, prepared, cache, context_mask, cached, results)
             bar.update(len(chunk))
+
+    def _score_next_tokens(self, batch: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
+                           prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], shared: int,
+                           prefix_cache: Any, results: list) -> None:
+        """Stages 2 and 3 in one pass where every continuation of the batch is one token (binary
+        and letter-choice tasks): each context after the shared prefix, its last token included,
+        right padded; the logits at each row's last real position score all its continuations
+        (``HFLM`` shares one-token continuations the same way)."""
+        device = self.device
+        parts = [c[shared:] for c in batch]
+        width = max(len(p) for p in parts)
+        lengths = torch.tensor([len(p) for p in parts])
+        own = (torch.arange(width)[None] < lengths[:, None]).long()
+        mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(device)
+        cache = (select_rows(prefix_cache, torch.zeros(len(batch), dtype=torch.long, device=device))
+                 if prefix_cache is not None else self._new_cache())
+        last = lengths - 1
+        keep = torch.unique(last)                       # the columns whose logits are needed
+        extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
+        logits = self._forward(input_ids=_pad(parts, width, self._pad_id).to(device), attention_mask=mask,
+                               position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
+                               cache=cache, **extra).logits
+        column = torch.searchsorted(keep, last) if extra else last
+        rows = logits[torch.arange(len(batch), device=device), column.to(device)]  # (contexts, vocab)
+        logp = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
+        best = logp.argmax(-1)
+        for g, c in enumerate(batch):
+            for i in groups[c]:
+                target = prepared[i][1][0]
+                results[i] = (float(logp[g, target]), bool(best[g] == target))
 
     def _score_continuations(self, chunk: list[tuple[int, int]], batch: list[tuple[int, ...]],
                              prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], cache: Any,

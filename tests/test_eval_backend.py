@@ -83,7 +83,8 @@ def test_select_rows_copies_and_leaves_the_source_alone():
 @pytest.mark.parametrize("model_type", sorted(REUSE_ARCHITECTURES))
 def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok):
     """Synthetic token requests on every architecture that reuses caches: shared prefixes,
-    contexts of one token, several continuations per context, left truncation (max_length 24)."""
+    contexts of one token, several continuations per context, left truncation (max_length 24),
+    and the same contexts with one-token continuations only (the single-pass path)."""
     model = tiny_causal_lm(model_type, 128)
     harness, ours = backends(model, tok, batch_size=3, max_length=24)
     assert ours.reuse_cache, ours.reuse_reason
@@ -97,7 +98,9 @@ def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok):
             requests.append((None, context, [rnd.randrange(3, 128) for _ in range(rnd.randrange(1, 6))]))
     requests.append((None, [5], [6, 7, 8]))  # a context of one token
     requests.append((("a", "b"), [9], [10]))
-    for shared_only in (requests, [r for r in requests if r[1][:7] == preamble]):
+    one_token = [(key, context, continuation[:1]) for key, context, continuation in requests]
+    for shared_only in (requests, [r for r in requests if r[1][:7] == preamble], one_token,
+                        [r for r in one_token if r[1][:7] == preamble]):
         expected = harness._loglikelihood_tokens(shared_only, disable_tqdm=True)
         got = ours._loglikelihood_tokens(shared_only, disable_tqdm=True)
         assert len(got) == len(expected)
