@@ -2,7 +2,7 @@
 
 Every ``check_*`` function takes the student's answer (and the exercise's inputs), computes the
 reference inside the check with the library's own functions, and either prints one line that
-says the answer is correct or raises :class:`ExerciseFailed` with a hint. A hint says what is
+says the answer is correct (and returns ``None``) or raises :class:`ExerciseFailed` with a hint. A hint says what is
 wrong (which part, which case, which mistake it looks like), never what is right: no message
 contains a value of the reference answer. An answer left blank (``None``, or a function that
 still raises ``NotImplementedError``) fails with a message that says which answer to fill in.
@@ -50,9 +50,8 @@ def _fail(message: str) -> None:
     raise ExerciseFailed(message)
 
 
-def _correct(name: str, detail: str = "") -> bool:
+def _correct(name: str, detail: str = "") -> None:
     print(f"{name}: correct" + (f" ({detail})" if detail else ""))
-    return True
 
 
 def _require(**answers: Any) -> None:
@@ -92,7 +91,7 @@ def _as_index_set(value: Any, name: str) -> set[int]:
 
 
 # ------------------------------------------------------------------ chapter 09 (graded set)
-def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps: float) -> bool:
+def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps: float) -> None:
     """Exercise "variance and sparsity by hand": ``V`` and ``S`` of one block's output ``h``
     (shape ``(B, T, d)``) with token mask ``mask`` (``(B, T)``), in the fixed mode."""
     from avsslib.stats import LayerStats, batch_record, reduce_block_output
@@ -129,11 +128,11 @@ def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps
                   "positions only, and divide by the number of real elements")
         _fail(f"S = {S} is not the near-zero fraction: count the real token-level elements "
               "with |h| < eps and divide by the number of real elements")
-    return _correct("exercise: variance and sparsity")
+    _correct("exercise: variance and sparsity")
 
 
 def check_expected_count(expected_at_1e5: Any, eps: Any, sigma: float, n: int,
-                         target: float) -> bool:
+                         target: float) -> None:
     """Exercise "choosing epsilon": the expected near-zero count at ``1e-5`` and the smallest
     power of ten whose expected count reaches ``target``."""
     from avsslib.analysis import gaussian_near_zero_fraction
@@ -158,10 +157,10 @@ def check_expected_count(expected_at_1e5: Any, eps: Any, sigma: float, n: int,
         _fail(f"eps2 = {eps:g} expects fewer than {target:,} elements: too small")
     if count(float(eps) / 10) >= target:
         _fail(f"eps2 = {eps:g} is not the smallest power of ten that reaches the target")
-    return _correct("exercise: choosing epsilon")
+    _correct("exercise: choosing epsilon")
 
 
-def check_count_rule(count_rule: Callable[..., Any], seed: int = 0) -> bool:
+def check_count_rule(count_rule: Callable[..., Any], seed: int = 0) -> None:
     """Exercise "the count rule": ``count_rule(importance, fraction)`` against
     :func:`avsslib.selection.select_layers` on fixed and random cases (ties, half-to-even)."""
     from avsslib.selection import select_layers
@@ -197,10 +196,10 @@ def check_count_rule(count_rule: Callable[..., Any], seed: int = 0) -> bool:
             raise
     else:
         _fail("count_rule([1.0, 2.0], 0.9) should raise ValueError (it prunes every layer)")
-    return _correct("exercise: the count rule", f"{len(cases)} cases")
+    _correct("exercise: the count rule", f"{len(cases)} cases")
 
 
-def check_block_influence_prediction(pruned: Any, stream: np.ndarray, fraction: float) -> bool:
+def check_block_influence_prediction(pruned: Any, stream: np.ndarray, fraction: float) -> None:
     """Exercise "what block influence prunes": the predicted set of blocks against the count
     rule on ``BI = 1 - cos(x_l, x_{l+1})`` computed from ``stream`` (shape ``(M + 1, d)``)."""
     from avsslib.selection import select_layers
@@ -216,11 +215,11 @@ def check_block_influence_prediction(pruned: Any, stream: np.ndarray, fraction: 
         right = len(got & expected)
         _fail(f"pruned4 = {sorted(got)}: {right} of the {len(expected)} blocks are right. "
               "Which blocks have the smallest update relative to the stream they receive?")
-    return _correct("exercise: block influence")
+    _correct("exercise: block influence")
 
 
 def check_prone_layers(delta: Any, prone_p: Any, prone_c: Any, v_h: np.ndarray, s_h: np.ndarray,
-                       v_t: np.ndarray, s_t: np.ndarray) -> bool:
+                       v_t: np.ndarray, s_t: np.ndarray) -> None:
     """Exercise "prone layers by hand": family P's ``delta`` and the most prone layer of each
     family, against :func:`avsslib.eavss.eavss_profile` with ``k = 1``."""
     from avsslib.eavss import eavss_profile
@@ -242,11 +241,11 @@ def check_prone_layers(delta: Any, prone_p: Any, prone_c: Any, v_h: np.ndarray, 
     if int(prone_c) != int(ref_c.index[ref_c["prone"]][0]):
         _fail(f"prone5_C = {prone_c} is not the most prone layer of family C: form the "
               "per-layer ratios first, then normalise")
-    return _correct("exercise: prone layers")
+    _correct("exercise: prone layers")
 
 
 def check_ablation_design(eavss_config: Any, control_config: Any, prone: Sequence[int],
-                          n_layers: int) -> bool:
+                          n_layers: int) -> None:
     """Exercise "designing a mitigation ablation": two ``TrainConfig`` that differ in the
     trained layers only, the first training ``prone``."""
     from avsslib.mitigate import TrainConfig
@@ -266,11 +265,11 @@ def check_ablation_design(eavss_config: Any, control_config: Any, prone: Sequenc
         _fail("the control must train as many layers as the prone set")
     if set(control_config.layers) == set(prone):
         _fail("the control trains the prone layers themselves")
-    return _correct("exercise: ablation design")
+    _correct("exercise: ablation design")
 
 
 # ------------------------------------------------------------------ end-of-chapter exercises
-def check_update_ratio(update_ratio: Callable[..., Any], seed: int = 0) -> bool:
+def check_update_ratio(update_ratio: Callable[..., Any], seed: int = 0) -> None:
     """Chapter 0: ``update_ratio(x_in, x_out)``, the norm of the block's update
     ``x_out - x_in`` over the norm of the stream it received (1-D vectors)."""
     rng = np.random.default_rng(seed)
@@ -287,10 +286,10 @@ def check_update_ratio(update_ratio: Callable[..., Any], seed: int = 0) -> bool:
         if _close(got, ref**2, rtol=1e-6):
             _fail("update_ratio is squared: take norms, not squared norms")
         _fail(f"update_ratio is wrong for a vector of {d} units")
-    return _correct("exercise: update ratio")
+    _correct("exercise: update ratio")
 
 
-def check_avss(avss: Callable[..., Any], seed: int = 0) -> bool:
+def check_avss(avss: Callable[..., Any], seed: int = 0) -> None:
     """Chapter 1: ``avss(V, S)`` against :func:`avsslib.scores.avss_values` (positive inputs)."""
     from avsslib.scores import avss_values
 
@@ -308,10 +307,10 @@ def check_avss(avss: Callable[..., Any], seed: int = 0) -> bool:
         if np.allclose(got, ref / ref.sum(), rtol=1e-9):
             _fail("avss is normalised to sum 1: that is NAVSS, not AVSS")
         _fail(f"avss is wrong for {m} layers")
-    return _correct("exercise: AVSS")
+    _correct("exercise: AVSS")
 
 
-def check_code_bug_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> bool:
+def check_code_bug_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> None:
     """Chapter 2: the layers the official code's cumulative-sum rule prunes."""
     from avsslib.selection import select_layers
 
@@ -322,10 +321,10 @@ def check_code_bug_prediction(pruned: Any, importance: Sequence[float], fraction
         _fail("that is the mass rule (sorted before summing); the official code sums in layer order")
     if got != expected:
         _fail(f"{sorted(got)} is not what the cumulative sum in layer order selects")
-    return _correct("exercise: the official selection")
+    _correct("exercise: the official selection")
 
 
-def check_kendall_tau(tau: Any, a: Sequence[float], b: Sequence[float]) -> bool:
+def check_kendall_tau(tau: Any, a: Sequence[float], b: Sequence[float]) -> None:
     """Chapter 3: Kendall's tau between two per-layer score vectors without ties."""
     from avsslib.analysis import kendall_tau
 
@@ -336,10 +335,10 @@ def check_kendall_tau(tau: Any, a: Sequence[float], b: Sequence[float]) -> bool:
             _fail("tau has the wrong sign: concordant pairs count +1, discordant ones -1")
         _fail(f"tau = {tau}: count concordant minus discordant pairs and divide by the "
               "number of pairs, M (M - 1) / 2")
-    return _correct("exercise: Kendall's tau")
+    _correct("exercise: Kendall's tau")
 
 
-def check_retention(retention: Callable[..., Any]) -> bool:
+def check_retention(retention: Callable[..., Any]) -> None:
     """Chapter 4: ``retention(original, pruned, higher_is_better)`` as in
     :func:`avsslib.evaluate.retention` (inverted for perplexity)."""
     cases = [(0.8, 0.6, True), (0.5, 0.55, True), (20.0, 30.0, False), (12.0, 11.0, False)]
@@ -353,10 +352,10 @@ def check_retention(retention: Callable[..., Any]) -> bool:
             _fail(f"retention is upside down for a {kind}: 1 must mean no loss and a loss "
                   "must give less than 1")
         _fail(f"retention is wrong for a {kind}")
-    return _correct("exercise: retention")
+    _correct("exercise: retention")
 
 
-def check_rouge_l(rouge_l: Callable[..., Any]) -> bool:
+def check_rouge_l(rouge_l: Callable[..., Any]) -> None:
     """Chapter 5: ROUGE-L F1 on SQuAD-normalised words, as :func:`avsslib.labels.rouge_l`."""
     from avsslib.labels import rouge_l as reference
 
@@ -368,10 +367,10 @@ def check_rouge_l(rouge_l: Callable[..., Any]) -> bool:
         if not _close(got, reference(candidate, ref_text), rtol=1e-9, atol=1e-12):
             _fail(f"rouge_l({candidate!r}, {ref_text!r}) = {got} is wrong: normalise both texts "
                   "(lower case, no punctuation, no articles), then the F1 of LCS precision and recall")
-    return _correct("exercise: ROUGE-L", f"{len(pairs)} pairs")
+    _correct("exercise: ROUGE-L", f"{len(pairs)} pairs")
 
 
-def check_relative_gain(gain_pp: Any, gain_rel: Any, before: float, after: float) -> bool:
+def check_relative_gain(gain_pp: Any, gain_rel: Any, before: float, after: float) -> None:
     """Chapter 6: a change in accuracy in percentage points and relative to the base."""
     _require(gain_pp=gain_pp, gain_rel=gain_rel)
     if not _close(gain_pp, 100 * (after - before), rtol=1e-9):
@@ -381,10 +380,10 @@ def check_relative_gain(gain_pp: Any, gain_rel: Any, before: float, after: float
         if _close(gain_rel, 100 * (after - before) / before, rtol=1e-9):
             _fail("gain_rel is in percent: give it as a fraction (0.1 for 10%)")
         _fail(f"gain_rel = {gain_rel}: divide the change by the base accuracy")
-    return _correct("exercise: absolute and relative gains")
+    _correct("exercise: absolute and relative gains")
 
 
-def check_mass_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> bool:
+def check_mass_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> None:
     """Chapter 7: the layers the mass rule prunes on a heavy-tailed score."""
     from avsslib.selection import select_layers
 
@@ -397,10 +396,10 @@ def check_mass_prediction(pruned: Any, importance: Sequence[float], fraction: fl
     if got != expected:
         _fail(f"{sorted(got)} is not what the mass rule prunes: sort ascending, accumulate the "
               "normalised scores, prune while the sum is <= fraction")
-    return _correct("exercise: the mass rule")
+    _correct("exercise: the mass rule")
 
 
-def check_layer_counts(counts: Any, n_layers: Sequence[int], fraction: float) -> bool:
+def check_layer_counts(counts: Any, n_layers: Sequence[int], fraction: float) -> None:
     """Chapter 8: how many layers the count rule prunes for each model depth."""
     _require(counts=counts)
     got = list(counts) if not isinstance(counts, dict) else [counts.get(m) for m in n_layers]
@@ -412,4 +411,4 @@ def check_layer_counts(counts: Any, n_layers: Sequence[int], fraction: float) ->
                 _fail(f"the count for {m} layers rounds half up; Python's round rounds half "
                       "to even")
             _fail(f"the count for {m} layers is wrong")
-    return _correct("exercise: layer counts")
+    _correct("exercise: layer counts")
