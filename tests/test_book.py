@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,8 +242,11 @@ async def _check_pages(ws_url: str, base: str, pages: list[str]) -> dict[str, di
     try:
         for page in pages:
             for view, (width, height, mobile) in VIEWPORTS.items():
-                report[f"{page}@{view}"] = await _check_page(cdp, base, page, view, width, height,
-                                                              mobile)
+                try:
+                    report[f"{page}@{view}"] = await _check_page(cdp, base, page, view, width,
+                                                                  height, mobile)
+                except RuntimeError as error:
+                    raise RuntimeError(f"{page} at {view} width: {error}") from error
     finally:
         ws.close()
     return report
@@ -392,3 +396,135 @@ def test_problems_sorts_devtools_events():
     assert found["failed"] == ["404 http://127.0.0.1:8000/x.png", "Script: net::ERR"]
     assert found["console"] == ["boom"]
     assert found["images"] == ["http://127.0.0.1:8000/x.png"]
+
+
+# ------------------------------------------------------------------ online edition and PDF
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _jupyter_book(copy: Path, *args: str) -> str:
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    start = time.perf_counter()
+    done = subprocess.run([str(jupyter_book), "build", str(copy), "-W", "-n", "--keep-going", *args],
+                          capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    print(f"jupyter-book build {' '.join(args)}: {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, f"jupyter-book build {args} failed:\n{log[-6000:]}"
+    assert "WARNING" not in log, f"the build {args} warned:\n{log[-6000:]}"
+    return log
+
+
+def _chapter_titles() -> dict[str, str]:
+    """``{stem: title}`` of the chapters in _toc.yml, from the first heading of each source."""
+    titles = {}
+    for stem in _toc_notebooks():
+        text = (REPO / "notebooks" / f"{stem}.md").read_text(encoding="utf-8")
+        titles[stem] = re.search(r"^# (.+)$", text, re.M).group(1).strip()
+    return titles
+
+
+@pytest.mark.book
+def test_online_edition_has_repository_link_and_launch_buttons(built_book: Path) -> None:
+    """The online edition (book/online.yml) links every chapter to the repository, its source
+    for editing, and launches it on Colab and Binder; the offline edition has none of these."""
+    import yaml
+
+    copy = built_book.parents[1]
+    config = copy / "_build" / "_config.online.yml"
+    _tool("edition_config").main(["online", str(config)])
+    out = copy / "_online"
+    _jupyter_book(copy, "--config", str(config), "--path-output", str(out))
+    repository = yaml.safe_load((REPO / "book" / "online.yml").read_text())["repository"]
+    url, branch = repository["url"], repository["branch"]
+    slug = urlsplit(url).path.strip("/")
+    for stem in _toc_notebooks():
+        html = (out / "_build" / "html" / "notebooks" / f"{stem}.html").read_text(encoding="utf-8")
+        offline = (built_book / "notebooks" / f"{stem}.html").read_text(encoding="utf-8")
+        expected = {
+            "repository link": f'href="{url}"',
+            "edit this page": f"{url}/edit/{repository['edit_branch']}/notebooks/{stem}.md",
+            "Colab": f"https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/{stem}.ipynb",
+            "Binder": f"https://mybinder.org/v2/gh/{slug}/{branch}?urlpath=tree/notebooks/{stem}.ipynb",
+            ".ipynb download": f"_sources/notebooks/{stem}.ipynb",
+        }
+        for what, needle in expected.items():
+            assert needle in html, f"{stem}: the online edition lacks its {what} ({needle})"
+        for what in ("repository link", "edit this page", "Colab", "Binder"):
+            assert expected[what] not in offline, f"{stem}: the offline edition has a {what}"
+        assert "colab.research.google.com" not in offline and "mybinder.org" not in offline
+
+
+@pytest.mark.book
+def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
+    """``make pdf`` on the test's build: every page in the order of _toc.yml printed by headless
+    Chromium into one PDF. Its text holds every chapter title and page numbers, its outline a
+    bookmark per chapter in order, and every chapter whose executed notebook shows a figure has
+    at least one image on its pages. Printing requests nothing beyond 127.0.0.1."""
+    from pypdf import PdfReader
+
+    _ensure_chromium()
+    copy = built_book.parents[1]
+    pdf = copy / "_build" / "pdf" / "avss-book.pdf"
+    start = time.perf_counter()
+    external = _tool("print_pdf").print_pdf(built_book, pdf)
+    assert not external, f"printing the PDF requested {external}"
+    reader = PdfReader(pdf)
+    print(f"pdf: {len(reader.pages)} pages, {pdf.stat().st_size / 2**20:.1f} MiB, printed in "
+          f"{time.perf_counter() - start:.0f} s")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pdf, ARTIFACTS / "avss-book.pdf")
+    def squeeze(text: str) -> str:       # PDF text: ligatures (NFKC), line breaks that eat spaces
+        return "".join(unicodedata.normalize("NFKC", text).split())
+
+    text = " ".join((page.extract_text() or "") for page in reader.pages)
+    titles = _chapter_titles()
+    for title in titles.values():
+        assert squeeze(title) in squeeze(text), f"the PDF's text lacks the chapter title {title!r}"
+    assert re.search(r"\b1 of \d+\b", text), "no page numbers in the footer"
+
+    def outline(items, found):
+        for item in items:
+            if isinstance(item, list):
+                outline(item, found)
+            else:
+                found.append((squeeze(item.title), reader.get_destination_page_number(item)))
+        return found
+
+    marks = outline(reader.outline, [])
+    starts = {}
+    for stem, title in titles.items():
+        pages = [page for mark, page in marks if squeeze(title) in mark]
+        assert pages, f"no bookmark for chapter {title!r} in the PDF outline"
+        starts[stem] = min(pages)
+    order = sorted(starts, key=starts.get)
+    assert order == list(titles), f"chapters out of order in the PDF: {order}"
+    ends = {stem: (starts[order[i + 1]] if i + 1 < len(order) else len(reader.pages))
+            for i, stem in enumerate(order)}
+
+    def images(obj) -> int:
+        obj = obj.get_object()
+        count = 0
+        for xobject in (obj.get("/Resources", {}).get_object().get("/XObject", {}) or {}).values():
+            xobject = xobject.get_object()
+            if xobject.get("/Subtype") == "/Image":
+                count += 1
+            elif xobject.get("/Subtype") == "/Form":
+                count += images(xobject)
+        return count
+
+    import json as _json
+
+    for stem in titles:
+        executed = _json.loads((copy / "notebooks" / f"{stem}.ipynb").read_text(encoding="utf-8"))
+        has_figure = any("image/png" in output.get("data", {})
+                         for cell in executed["cells"] for output in cell.get("outputs", []))
+        if not has_figure:
+            continue
+        count = sum(images(reader.pages[i]) for i in range(starts[stem], max(ends[stem], starts[stem] + 1)))
+        assert count >= 1, f"chapter {titles[stem]!r} has figures but its PDF pages show no image"
