@@ -115,8 +115,8 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")   # never NVLink multicast
     if kind == "cuda":
         torch.cuda.set_device(device_obj)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                            **({"device_id": device_obj} if kind == "cuda" else {}))
+    extra: dict[str, Any] = {"device_id": device_obj} if kind == "cuda" else {}
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, **extra)
     return DistEnv(rank, world, local, device_obj, backend, True)
 
 
@@ -186,12 +186,13 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     device = _comm_device(group)
     have = stats.n_batches_ > 0
     records = torch.stack(stats._records).to(device) if have else None
-    units = stats._unit_sums.to(device) if have else None
+    units = stats._unit_sums.to(device) if have and stats._unit_sums is not None else None
     n_cols = len(stats.columns)
 
     # 1) who has what: (n_batches, n_layers, K, d, parameter tag) per rank
     header = torch.zeros(world, 5, dtype=torch.float64, device=device)
-    n_layers, d = (records.shape[1], units.shape[1]) if have else (0, 0)
+    n_layers, d = (records.shape[1], units.shape[1]) if records is not None and units is not None \
+        else (0, 0)
     header[rank] = torch.tensor([stats.n_batches_, n_layers, n_cols, d, _params_tag(stats)],
                                 dtype=torch.float64)
     dist.all_reduce(header, group=group)
@@ -220,7 +221,7 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     # 2) the records side by side in rank order, and the token sums added
     all_records = torch.zeros(total, n_layers, n_cols, dtype=torch.float64, device=device)
     all_units = torch.zeros(n_layers, d, dtype=torch.float64, device=device)
-    if have:
+    if records is not None and units is not None:
         start = sum(counts[:rank])
         all_records[start : start + counts[rank]] = records
         all_units += units

@@ -36,15 +36,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -52,19 +50,29 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from avsslib.arch import blocks
+from avsslib.bootstrap import (
+    check_bootstrap,
+    paired_replicates,
+    percentile_interval,
+    resample_indices,
+)
 from avsslib.data import MCExample, QAExample, TruthfulQAExample, WikiQAQuestion
 from avsslib.errors import ConfigError, ModelError
-from avsslib.models import blocks
+from avsslib.fs import atomic_path, write_json_atomic
+from avsslib.protocol import ANSWER_PROMPT
+from avsslib.protocol import MODES as PROTOCOL_MODES
+from avsslib.report import model_fingerprint, state_sha256
 
-PROMPT = "Answer the question.\nQ: {question}\nA:"
-"""The prompt of every triple; the anchor is this text alone."""
+PROMPT = ANSWER_PROMPT
+"""The prompt of every triple (:data:`avsslib.protocol.ANSWER_PROMPT`); the anchor is this text
+alone."""
 
 DEFAULT_MAX_NEGATIVES = 4
 """Negatives kept per question (K)."""
 
-MODES = ("eavss", "probe", "random", "avss", "full")
-"""Ablation modes of :func:`ablation_layers` (the one definition; the CLI and
-:mod:`avsslib.reproduce` import it)."""
+MODES = PROTOCOL_MODES
+"""Ablation modes of :func:`ablation_layers` (:data:`avsslib.protocol.MODES`)."""
 
 CHECKPOINT = "checkpoint.pt"
 TRAINED_LAYERS = "trained_layers.safetensors"
@@ -546,7 +554,7 @@ def _examples_sha256(examples: Sequence[EncodedTriple]) -> str:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -567,15 +575,8 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _micro_batches(n: int, config: TrainConfig) -> list[list[list[int]]]:
@@ -652,7 +653,6 @@ def train(
     each step's history row after the step (and its checkpoint). Seeded by ``config.seed``
     (:func:`avsslib.seeding.set_seed`): two runs give the same weights on CPU.
     """
-    from avsslib.report import state_sha256
     from avsslib.seeding import set_seed
 
     n_layers = len(blocks(model))
@@ -662,9 +662,7 @@ def train(
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir, the folder holding checkpoint.pt.")
     out = Path(out_dir) if out_dir is not None else None
-    from avsslib.models import model_fingerprint
-
-    base = {**model_fingerprint(model), "state_sha256": state_sha256(model)}
+    base = model_fingerprint(model)
     data_sha = _examples_sha256(examples)
     set_seed(config.seed)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -687,7 +685,7 @@ def train(
     device = next(model.parameters()).device
     heads = None
     if config.projection and config.contrastive:
-        d = model.config.hidden_size
+        d = cast(Any, model).config.hidden_size
         heads = torch.nn.ModuleDict({str(layer): ProjectionHead(d, config.projection_dim)
                                      for layer in config.layers}).to(device)
     head_params = list(heads.parameters()) if heads is not None else []
@@ -782,7 +780,7 @@ def train(
     if config.lora:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            net.merge_and_unload()
+            cast(Any, net).merge_and_unload()
     for name, p in model.named_parameters():
         p.requires_grad_(flags.get(name, False))
     kind = "full" if config.full_model else ("lora" if config.lora else "blocks")
@@ -806,19 +804,10 @@ def save_trained_layers(result: TrainResult, directory: str | Path) -> Path:
     ``directory``, each atomically. Returns the safetensors path."""
     from safetensors.torch import save_file
 
-    from avsslib.report import write_json_atomic
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / TRAINED_LAYERS
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(result.state, tmp, metadata={"format": "avsslib.mitigate/1"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     write_json_atomic(directory / TRAINED_META, result.meta)
     return path
 
@@ -835,9 +824,6 @@ def load_trained_layers(model: torch.nn.Module, path: str | Path, *, verify_weig
     """
     from safetensors.torch import load_file
 
-    from avsslib.models import model_fingerprint
-    from avsslib.report import state_sha256
-
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     tensors_path, meta_path = folder / TRAINED_LAYERS, folder / TRAINED_META
@@ -845,7 +831,7 @@ def load_trained_layers(model: torch.nn.Module, path: str | Path, *, verify_weig
         raise ModelError(f"{folder} lacks {TRAINED_LAYERS} or {TRAINED_META}; pass the out_dir of a "
                          "finished training run.")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    want, have = meta["base_model"], model_fingerprint(model)
+    want, have = meta["base_model"], model_fingerprint(model, weights=False)
     for key in ("id", "model_type", "num_layers", "hidden_size"):
         if want.get(key) != have.get(key):
             raise ModelError(f"{meta_path}: trained on a base model with {key} = {want.get(key)!r}, "
@@ -867,7 +853,7 @@ def load_trained_layers(model: torch.nn.Module, path: str | Path, *, verify_weig
     if meta["kind"] == "lora":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            net.merge_and_unload()
+            cast(Any, net).merge_and_unload()
     return meta
 
 
@@ -922,14 +908,6 @@ def kl_to_base(
                                      "positions": int(per[:, 1].sum())})
 
 
-def _interval(boot: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates; NaN when any replicate is not finite."""
-    if not np.isfinite(boot).all():
-        return math.nan, math.nan
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
 def paired_change(before: Any, after: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
                   ) -> pd.DataFrame:
     """Absolute and relative change of every metric from ``before`` to ``after``
@@ -937,9 +915,10 @@ def paired_change(before: Any, after: Any, *, n_boot: int = 1000, seed: int = 0,
 
     ``delta_abs = after - before`` and ``delta_rel = (after - before) / before``, each with a
     paired percentile bootstrap interval (one set of example indices per resample, applied to
-    both runs). ``delta_rel`` is ``inf``/``nan`` for a zero baseline, and its interval is NaN
-    when any resample has one (small samples of a rarely-correct metric, e.g. MC1 on 20
-    questions): read the absolute change then. Columns: task, metric, before, after, delta_abs,
+    both runs). ``delta_rel`` is ``inf``/``nan`` for a zero baseline; intervals follow the NaN
+    policy of :mod:`avsslib.bootstrap`: NaN when any resample is 0/0 (small samples of a
+    rarely-correct metric, e.g. MC1 on 20 questions: read the absolute change then), order
+    statistics when some are ``inf``. Columns: task, metric, before, after, delta_abs,
     abs_ci_low, abs_ci_high, delta_rel, rel_ci_low, rel_ci_high, n, higher_is_better.
     """
     from avsslib.evaluate import statistic
@@ -954,23 +933,24 @@ def paired_change(before: Any, after: Any, *, n_boot: int = 1000, seed: int = 0,
                               "both with the same n and seed.")
         position = {i: k for k, i in enumerate(a.ids)}
         order = np.array([position[i] for i in b.ids])
-        idx = np.random.default_rng(seed).integers(0, len(b.ids), size=(n_boot, len(b.ids)))
+        check_bootstrap(len(b.ids), n_boot, alpha)
+        idx = resample_indices(len(b.ids), n_boot, seed)
         for metric, mb in b.metrics.items():
             if metric not in a.metrics:
                 continue
             stat = statistic(mb.kind)
             x, y = mb.per_example, a.metrics[metric].per_example[order]
             x0, y0 = np.float64(stat(x)), np.float64(stat(y))
-            pairs = np.array([(stat(x[i]), stat(y[i])) for i in idx])
+            pairs = paired_replicates(x, y, stat, idx)
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = (pairs[:, 1] - pairs[:, 0]) / pairs[:, 0]
                 delta_rel = (y0 - x0) / x0
             rows.append(dict(task=name, metric=metric, before=float(x0), after=float(y0),
                              delta_abs=float(y0 - x0),
                              **dict(zip(("abs_ci_low", "abs_ci_high"),
-                                        _interval(pairs[:, 1] - pairs[:, 0], alpha), strict=True)),
+                                        percentile_interval(pairs[:, 1] - pairs[:, 0], alpha), strict=True)),
                              delta_rel=float(delta_rel),
-                             **dict(zip(("rel_ci_low", "rel_ci_high"), _interval(rel, alpha), strict=True)),
+                             **dict(zip(("rel_ci_low", "rel_ci_high"), percentile_interval(rel, alpha), strict=True)),
                              n=len(b.ids), higher_is_better=mb.higher_is_better))
     return pd.DataFrame(rows, columns=["task", "metric", "before", "after", "delta_abs", "abs_ci_low",
                                        "abs_ci_high", "delta_rel", "rel_ci_low", "rel_ci_high", "n",

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from avsslib.errors import DataError
+from avsslib.protocol import MODES as PROTOCOL_MODES
 
 STAGES = {"avss": "AVSS pruning study", "eavss": "hallucination labels and prone layers",
           "mitigation": "contrastive mitigation"}
@@ -62,8 +63,9 @@ PRIMARY = {"sciq_mc": "acc", "sst2": "acc", "triviaqa_em": "exact_match",
            "wikiqa": "map"}
 """The metric each task is read by in the verdicts and short tables."""
 
-MODES = ("eavss", "random", "avss", "full")
-"""Mitigation modes, in the order every table and figure uses."""
+MODES = tuple(m for m in PROTOCOL_MODES if m != "probe")
+"""The mitigation modes of the committed runs' tables, in :data:`avsslib.protocol.MODES` order
+(probe runs are read separately)."""
 
 MODE_NAMES = {"eavss": "prone layers (EAVSS)", "random": "random layers",
               "avss": "lowest-AVSS layers", "full": "full fine-tuning (LM loss only)"}
@@ -480,7 +482,7 @@ def _avss_verdicts(root: Path) -> list[Verdict]:
     from avsslib.plots import fmt_ci
 
     ret = retention(root, FRACTION)
-    out = []
+    out: list[Any] = []
     if ret.empty:
         return out
     for m, g in ret.groupby("model", sort=True):

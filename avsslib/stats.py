@@ -1,6 +1,6 @@
 """Per-layer activation statistics, streamed through forward hooks.
 
-``LayerStats`` hooks the output of every transformer block (``avsslib.models.blocks``), reduces
+``LayerStats`` hooks the output of every transformer block (``avsslib.arch.blocks``), reduces
 each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the block's
 device, and adds them up over batches. No activation is kept beyond the forward pass of its
 batch, no value is copied to the host during a forward pass, and every accumulator is float64.
@@ -80,8 +80,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from avsslib.arch import blocks, context_length
 from avsslib.errors import AvssError, ConfigError, ModelError
-from avsslib.models import blocks, context_length
 
 __all__ = [
     "AGGREGATES",
@@ -506,7 +506,7 @@ class LayerStats:
         pass_mask = self.pass_mask
         if pass_mask is None:
             pass_mask = not (self.faithful and _is_generative(model))
-        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids}
+        inputs: dict[str, Any] = {"input_ids": input_ids}
         if pass_mask:
             inputs["attention_mask"] = mask
         if "token_type_ids" in batch:
