@@ -150,7 +150,8 @@ def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
     from tqdm.auto import tqdm
 
     from avsslib.arch import blocks
-    from avsslib.mitigate import _add_lora, _schedule, lora_targets
+    from avsslib.mitigate.store import _add_lora, lora_targets
+    from avsslib.mitigate.train import _schedule
     from avsslib.seeding import set_seed
 
     config.validate()
