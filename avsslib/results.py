@@ -34,6 +34,7 @@ import pandas as pd
 
 from avsslib.errors import DataError
 from avsslib.protocol import MODES as PROTOCOL_MODES
+from avsslib.protocol import is_sweep
 
 STAGES = {"avss": "AVSS pruning study", "eavss": "hallucination labels and prone layers",
           "mitigation": "contrastive mitigation"}
@@ -216,8 +217,8 @@ def retention(root: str | Path, fraction: float = FRACTION, *, sweep: bool = Fal
         frame, source = study_retention(root / m / "avss")
         if frame is None:
             continue
-        is_sweep = frame["config"].str.startswith("sweep-")
-        part = frame[is_sweep] if sweep else frame[~is_sweep & (
+        sweeps = is_sweep(frame["config"])
+        part = frame[sweeps] if sweep else frame[~sweeps & (
             (frame["fraction"] == fraction) | (frame["config"] == "original"))]
         parts.append(part.assign(model=m, source=source))
     if not parts:

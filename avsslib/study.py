@@ -54,6 +54,7 @@ import torch
 from avsslib.arch import blocks, require_causal_lm
 from avsslib.errors import ConfigError
 from avsslib.fs import content_hash, read_cached, read_json
+from avsslib.protocol import is_sweep, sweep_config
 from avsslib.prune import pruned_view
 from avsslib.scores import REGISTRY, avss_values, compute_scores, cumulative, navss
 from avsslib.selection import MASS_SCORES, select_all, select_layers
@@ -487,7 +488,7 @@ def pruning_study(
 
     # ------------------------------------------------------------ retention, sweep, agreement
     retention_df = retention_table(results, configs, n_boot, seed)
-    sweep_df = retention_df[retention_df["config"].str.startswith("sweep-")].drop(
+    sweep_df = retention_df[is_sweep(retention_df["config"])].drop(
         columns=["config", "stats", "rule"]).reset_index(drop=True)
     agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds,
                               scores)
@@ -501,7 +502,7 @@ def pruning_study(
 
     # ------------------------------------------------------------ run record
     main = retention_df[(retention_df["fraction"] == fraction) | (retention_df["config"] == "original")]
-    main = main[~main["config"].str.startswith("sweep-")]
+    main = main[~is_sweep(main["config"])]
     table = [dict(task=f"{row.task} [{row.config}]", metric=f"{row.metric} retention",
                   value=row.retention, ci_low=row.ci_low, ci_high=row.ci_high, n=row.n)
              for row in primary_metric_rows(main).itertuples()]
@@ -559,7 +560,7 @@ def _configurations(chosen: Mapping[str, Mapping[str, list[int]]],
                                                       fraction=fraction, layers=layers)
     for s, by_fraction in sweep_layers.items():
         for f, layers in by_fraction.items():
-            configs[f"sweep-{s}-{f:g}"] = dict(stats="fixed", score=s, rule="count", fraction=f,
+            configs[sweep_config(s, f)] = dict(stats="fixed", score=s, rule="count", fraction=f,
                                                layers=layers)
     return configs
 
@@ -687,7 +688,7 @@ def _figures(folder: Path, fixed: pd.DataFrame, pruned: Sequence[int], retention
 
     plots.use_style()
     main = retention_df[(retention_df["fraction"] == fraction)
-                        & ~retention_df["config"].str.startswith("sweep-")]
+                        & ~is_sweep(retention_df["config"])]
     figures = {
         "layer_profile.png": plots.study_layer_profile(fixed, pruned=pruned),
         "retention.png": plots.retention_bars(primary_metric_rows(main), label="config"),
