@@ -154,7 +154,7 @@ def shard(batches: Iterable[T], rank: int, world_size: int) -> list[T]:
 
 def _params_tag(stats: LayerStats) -> float:
     """The accumulation parameters as a number exactly representable in float64 (48 bits)."""
-    text = json.dumps(stats._accumulation_params(), sort_keys=True)
+    text = json.dumps(stats.accumulation_params(), sort_keys=True)
     return float(int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big"))
 
 
@@ -185,8 +185,9 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     device = _comm_device(group)
     have = stats.n_batches_ > 0
-    records = torch.stack(stats._records).to(device) if have else None
-    units = stats._unit_sums.to(device) if have and stats._unit_sums is not None else None
+    mine = stats.state_dict() if have else None      # the accumulator's public state
+    records = mine["records"].to(device) if mine is not None else None
+    units = mine["unit_sums"].to(device) if mine is not None else None
     n_cols = len(stats.columns)
 
     # 1) who has what: (n_batches, n_layers, K, d, parameter tag) per rank
@@ -228,7 +229,7 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     dist.all_reduce(all_records, group=group)
     dist.all_reduce(all_units, group=group)
 
-    state = {"format": _STATE_FORMAT, "params": stats._accumulation_params(),
+    state = {"format": _STATE_FORMAT, "params": stats.accumulation_params(),
              "records": all_records, "unit_sums": all_units}
     return stats.load_state_dict(state)
 
