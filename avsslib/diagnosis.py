@@ -388,13 +388,8 @@ def run_diagnosis(study_dir: str | Path, out_dir: str | Path, *, fraction: float
     ``summary.json`` (per mode, :func:`diagnose`'s summary) and ``record.json`` / ``record.md``
     (inputs with their sha256). Returns ``{mode: diagnose(...)}``.
     """
-    from avsslib.report import (
-        RunRecord,
-        file_sha256,
-        save_record,
-        write_csv_atomic,
-        write_json_atomic,
-    )
+    from avsslib.fs import file_sha256, write_csv_atomic, write_json_atomic
+    from avsslib.report import RunRecord, save_record
     from avsslib.study import read_layer_table
 
     t0 = time.perf_counter()

@@ -115,8 +115,8 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")   # never NVLink multicast
     if kind == "cuda":
         torch.cuda.set_device(device_obj)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                            **({"device_id": device_obj} if kind == "cuda" else {}))
+    extra: dict[str, Any] = {"device_id": device_obj} if kind == "cuda" else {}
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, **extra)
     return DistEnv(rank, world, local, device_obj, backend, True)
 
 
@@ -154,7 +154,7 @@ def shard(batches: Iterable[T], rank: int, world_size: int) -> list[T]:
 
 def _params_tag(stats: LayerStats) -> float:
     """The accumulation parameters as a number exactly representable in float64 (48 bits)."""
-    text = json.dumps(stats._accumulation_params(), sort_keys=True)
+    text = json.dumps(stats.accumulation_params(), sort_keys=True)
     return float(int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big"))
 
 
@@ -185,13 +185,15 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     device = _comm_device(group)
     have = stats.n_batches_ > 0
-    records = torch.stack(stats._records).to(device) if have else None
-    units = stats._unit_sums.to(device) if have else None
+    mine = stats.state_dict() if have else None      # the accumulator's public state
+    records = mine["records"].to(device) if mine is not None else None
+    units = mine["unit_sums"].to(device) if mine is not None else None
     n_cols = len(stats.columns)
 
     # 1) who has what: (n_batches, n_layers, K, d, parameter tag) per rank
     header = torch.zeros(world, 5, dtype=torch.float64, device=device)
-    n_layers, d = (records.shape[1], units.shape[1]) if have else (0, 0)
+    n_layers, d = (records.shape[1], units.shape[1]) if records is not None and units is not None \
+        else (0, 0)
     header[rank] = torch.tensor([stats.n_batches_, n_layers, n_cols, d, _params_tag(stats)],
                                 dtype=torch.float64)
     dist.all_reduce(header, group=group)
@@ -220,14 +222,14 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     # 2) the records side by side in rank order, and the token sums added
     all_records = torch.zeros(total, n_layers, n_cols, dtype=torch.float64, device=device)
     all_units = torch.zeros(n_layers, d, dtype=torch.float64, device=device)
-    if have:
+    if records is not None and units is not None:
         start = sum(counts[:rank])
         all_records[start : start + counts[rank]] = records
         all_units += units
     dist.all_reduce(all_records, group=group)
     dist.all_reduce(all_units, group=group)
 
-    state = {"format": _STATE_FORMAT, "params": stats._accumulation_params(),
+    state = {"format": _STATE_FORMAT, "params": stats.accumulation_params(),
              "records": all_records, "unit_sums": all_units}
     return stats.load_state_dict(state)
 

@@ -343,8 +343,8 @@ def profiles_matrix(profiles: Mapping[str, pd.DataFrame], column: str) -> pd.Dat
 def mean_jaccard(sets: Sequence[Iterable[int]]) -> float:
     """Mean Jaccard similarity ``|A & B| / |A | B|`` over every pair of the given layer sets
     (1 for equal sets, 0 for disjoint ones); NaN with fewer than two sets."""
-    sets = [set(int(i) for i in s) for s in sets]
-    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    as_sets = [set(int(i) for i in s) for s in sets]
+    pairs = [(a, b) for i, a in enumerate(as_sets) for b in as_sets[i + 1:]]
     if not pairs:
         return float("nan")
     return float(np.mean([len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]))

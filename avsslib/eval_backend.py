@@ -57,7 +57,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,7 @@ def cache_reuse_support(model: torch.nn.Module) -> tuple[bool, str]:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    config = model.config
+    config: Any = cast(Any, model).config
     if getattr(config, "is_encoder_decoder", False):
         return False, "encoder-decoder model"
     if config.model_type not in REUSE_ARCHITECTURES:
@@ -119,7 +119,8 @@ def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """The longest token prefix shared by all ``sequences`` (empty for none)."""
     if not sequences:
         return ()
-    first, last = min(sequences), max(sequences)  # lexicographic extremes bound every prefix
+    tuples = [tuple(s) for s in sequences]
+    first, last = min(tuples), max(tuples)  # lexicographic extremes bound every prefix
     n = 0
     while n < min(len(first), len(last)) and first[n] == last[n]:
         n += 1
@@ -199,8 +200,8 @@ class CachedLM(HFLM):
             full = (list(context) + list(continuation))[-(self.max_length + 1):]  # left truncation
             prepared.append((tuple(full[:-len(continuation)]), tuple(continuation)))
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (context, _) in enumerate(prepared):
-            groups.setdefault(context, []).append(i)
+        for i, (prefix, _) in enumerate(prepared):
+            groups.setdefault(prefix, []).append(i)
         contexts = sorted(groups, key=lambda c: (-len(c), c))
         shared = common_prefix(contexts)[:min(len(c) for c in contexts) - 1]
         prefix_cache = self._new_cache() if shared else None

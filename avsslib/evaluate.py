@@ -40,6 +40,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from avsslib.bootstrap import (
+    bootstrap_ci,
+    check_bootstrap,
+    paired_replicates,
+    percentile_interval,
+    resample_indices,
+)
 from avsslib.errors import ConfigError
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -113,49 +120,6 @@ def statistic(kind: Kind) -> Callable[[np.ndarray], float]:
     if kind == "bits_per_byte":
         return lambda v: float(v[:, 0].sum() / v[:, 1].sum() / math.log(2))
     raise ConfigError(f"unknown metric kind {kind!r}; expected 'mean', 'perplexity' or 'bits_per_byte'.")
-
-
-def _check_bootstrap(n: int, n_boot: int, alpha: float) -> None:
-    if n == 0:
-        raise ConfigError("bootstrap over 0 examples: evaluate at least one example.")
-    if n_boot < 1:
-        raise ConfigError(f"n_boot = {n_boot}: the number of bootstrap resamples must be >= 1.")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha = {alpha}: must lie in (0, 1), e.g. 0.05 for a 95% interval.")
-
-
-def _percentiles(boot: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates: NaN if any replicate is NaN (e.g. 0/0);
-    with infinite replicates (x/0) the bounds are order statistics, not interpolations."""
-    if np.isnan(boot).any():
-        return math.nan, math.nan
-    if np.isinf(boot).any():
-        return (float(np.quantile(boot, alpha / 2, method="lower")),
-                float(np.quantile(boot, 1 - alpha / 2, method="higher")))
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray,
-    stat: Callable[[np.ndarray], float] = np.mean,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval ``(low, high)`` at level ``1 - alpha`` of ``stat(values)``.
-
-    ``values`` has shape (n,) or (n, k); rows (examples) are resampled with replacement
-    ``n_boot`` times by ``numpy.random.default_rng(seed)`` and ``stat`` maps each resample to a
-    number (e.g. ``statistic("perplexity")`` for (NLL, count) rows). Constant values give a
-    zero-width interval.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    _check_bootstrap(len(values), n_boot, alpha)
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    boot = np.array([stat(values[i]) for i in idx])
-    return _percentiles(boot, alpha)
 
 
 # ---------------------------------------------------------------- results
@@ -263,8 +227,8 @@ def retention(
     ``n`` and ``seed``); each bootstrap resample draws one set of example indices and applies it
     to both runs. Tasks present in only one result are skipped.
 
-    A ratio with a zero denominator is ``inf`` (``nan`` for 0/0); an interval is ``nan`` when
-    some resample gives 0/0.
+    A ratio with a zero denominator is ``inf`` (``nan`` for 0/0); intervals follow the NaN
+    policy of :mod:`avsslib.bootstrap` (``nan`` when some resample gives 0/0).
 
     Returns columns task, metric, original, pruned, retention, ci_low, ci_high, n, inverted.
     """
@@ -284,8 +248,8 @@ def retention(
             )
         position = {i: k for k, i in enumerate(p.ids)}
         order = np.array([position[i] for i in o.ids])
-        _check_bootstrap(len(o.ids), n_boot, alpha)
-        idx = np.random.default_rng(seed).integers(0, len(o.ids), size=(n_boot, len(o.ids)))
+        check_bootstrap(len(o.ids), n_boot, alpha)
+        idx = resample_indices(len(o.ids), n_boot, seed)
         for metric, mo in o.metrics.items():
             if metric not in p.metrics:
                 continue
@@ -299,9 +263,9 @@ def retention(
                 with np.errstate(divide="ignore", invalid="ignore"):
                     return float(np.float64(num) / np.float64(den))
 
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot = np.array([ratio(stat(a[i]), stat(b[i])) for i in idx])
-            low, high = _percentiles(boot, alpha)
+            pairs = paired_replicates(a, b, stat, idx)
+            boot = np.array([ratio(x, y) for x, y in pairs])
+            low, high = percentile_interval(boot, alpha)
             rows.append(dict(task=name, metric=metric, original=mo.value, pruned=mp.value,
                              retention=ratio(mo.value, mp.value), ci_low=low, ci_high=high,
                              n=len(o.ids), inverted=inverted))

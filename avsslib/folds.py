@@ -153,10 +153,9 @@ def pool_runs(runs: Mapping[int, Path | Mapping[str, Any]]) -> pd.DataFrame:
 def _interval(values: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple[float, float]:
     if len(values) < 2:
         return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    boot = values[idx].mean(1)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    from avsslib.bootstrap import percentile_interval, resample_indices
+
+    return percentile_interval(values[resample_indices(len(values), n_boot, seed)].mean(1), alpha)
 
 
 def compare_modes(pooled: pd.DataFrame, *, baseline: str = "random", n_boot: int = 2000,

@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
 from avsslib.errors import ConfigError, DataError
+from avsslib.fs import cached, content_hash, read_cached
 
 __all__ = [
     "HEALING_FORMAT",
@@ -150,8 +149,9 @@ def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
     """
     from tqdm.auto import tqdm
 
-    from avsslib.mitigate import _add_lora, _schedule, lora_targets
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
+    from avsslib.mitigate.store import _add_lora, lora_targets
+    from avsslib.mitigate.train import _schedule
     from avsslib.seeding import set_seed
 
     config.validate()
@@ -176,7 +176,7 @@ def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-    merged = net.merge_and_unload()
+    merged = cast(Any, net).merge_and_unload()
     merged.eval()
     return merged, HealResult(losses=losses, trainable_parameters=sum(p.numel() for p in params),
                               text=dict(text or {}), seconds=time.perf_counter() - t0)
@@ -191,10 +191,13 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
     ``(R_a - R_b) / (1 - R_b)``: 0 = nothing recovered, 1 = back to the original, negative =
     healing made it worse. The interval is a paired percentile bootstrap: each resample draws
     one set of example indices and applies it to all three runs (as
-    :func:`avsslib.evaluate.retention` does for two). NaN where nothing was lost.
+    :func:`avsslib.evaluate.retention` does for two). NaN where nothing was lost; stricter than
+    the NaN policy of :mod:`avsslib.bootstrap`, the interval is NaN as soon as one resample lost
+    nothing (an infinite recovery has no meaning to order).
     Columns: task, metric, retention_before, retention_after, recovered, ci_low, ci_high, n.
     """
-    from avsslib.evaluate import _percentiles, statistic
+    from avsslib.bootstrap import percentile_interval, resample_indices
+    from avsslib.evaluate import statistic
 
     rows = []
     for name, o in original.tasks.items():
@@ -206,7 +209,7 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
                               "them with the same n and seed.")
         ob = np.array([{i: k for k, i in enumerate(b.ids)}[i] for i in o.ids])
         oa = np.array([{i: k for k, i in enumerate(a.ids)}[i] for i in o.ids])
-        idx = np.random.default_rng(seed).integers(0, len(o.ids), size=(n_boot, len(o.ids)))
+        idx = resample_indices(len(o.ids), n_boot, seed)
         for metric, mo in o.metrics.items():
             if metric not in b.metrics or metric not in a.metrics:
                 continue
@@ -225,9 +228,8 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
 
             rb, ra, rec = share(stat(x), stat(y), stat(z))
             boot = np.array([share(stat(x[i]), stat(y[i]), stat(z[i]))[2] for i in idx])
-            finite = boot[np.isfinite(boot)]
-            low, high = (_percentiles(finite, alpha) if finite.size == boot.size
-                         else (float("nan"), float("nan")))
+            low, high = (percentile_interval(boot, alpha) if np.isfinite(boot).all()
+                         else (math.nan, math.nan))
             rows.append(dict(task=name, metric=metric, retention_before=rb, retention_after=ra,
                              recovered=rec, ci_low=low, ci_high=high, n=len(o.ids)))
     return pd.DataFrame(rows, columns=["task", "metric", "retention_before", "retention_after",
@@ -235,16 +237,8 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
 
 
 def _hash(obj: Any) -> str:
-    from avsslib.report import _jsonable
-
-    return hashlib.sha256(json.dumps(_jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The cache key of a healing step (ASCII JSON: the hashes of earlier runs stay valid)."""
+    return content_hash(obj, ensure_ascii=True)
 
 
 def healing_study(
@@ -277,9 +271,11 @@ def healing_study(
     Returns ``{"table": healing.csv as a DataFrame, "status": name -> "run" | "cached"}``.
     """
     import avsslib.evaluate as ev
-    from avsslib.models import blocks, load_model
+    from avsslib.arch import blocks
+    from avsslib.fs import write_csv_atomic
+    from avsslib.models import load_model
     from avsslib.prune import prune_layers_
-    from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+    from avsslib.report import RunRecord, save_record
     from avsslib.seeding import set_seed
 
     config.validate()
@@ -298,7 +294,7 @@ def healing_study(
             raise ConfigError(f"selection {name!r}: layers {list(layers)} are not a proper subset "
                               f"of the model's {n_layers} blocks.")
     batches, text = healing_batches(tokenizer, config)
-    eval_kwargs = dict(n=n_eval, seed=seed, batch_size=batch_size, ppl_window=ppl_window,
+    eval_kwargs: dict[str, Any] = dict(n=n_eval, seed=seed, batch_size=batch_size, ppl_window=ppl_window,
                        ppl_stride=ppl_window)
     run_config = {"model": model_name, "selections": {k: list(v) for k, v in selections.items()},
                   "heal": config.to_dict(), "tasks": list(tasks), "eval": eval_kwargs,
@@ -312,13 +308,10 @@ def healing_study(
                 "format": HEALING_FORMAT}
 
     def evaluate(m: torch.nn.Module, path: Path, key: dict[str, Any], extra: dict[str, Any]) -> Any:
-        saved = _read(path)
-        h = _hash(key)
-        if saved is not None and saved.get("hash") == h:
-            return ev.EvalResult.from_dict(saved["result"]), "cached"
-        result = ev.evaluate(m, tokenizer, list(tasks), **eval_kwargs)
-        write_json_atomic(path, {"hash": h, **extra, "result": result.to_dict()})
-        return result, "run"
+        result, hit = cached(path, _hash(key), lambda: ev.evaluate(m, tokenizer, list(tasks), **eval_kwargs),
+                             encode=lambda r: r.to_dict(), decode=ev.EvalResult.from_dict,
+                             extra=lambda _: extra, key_field="hash")
+        return result, "cached" if hit else "run"
 
     original, _ = evaluate(model, out / "eval" / "original.json", base_key, {"layers": []})
     tables, status, losses = [], {}, {}
@@ -330,8 +323,8 @@ def healing_study(
                                                              ("dataset", "split", "data_files")}}
         pruned = prune_layers_(copy.deepcopy(model), layers)
         before, _ = evaluate(pruned, out / "eval" / f"{name}-before.json", key, {"layers": layers})
-        saved = _read(after_path)
-        if saved is not None and saved.get("hash") == _hash(heal_key):
+        saved = read_cached(after_path, _hash(heal_key), key_field="hash")
+        if saved is not None:
             after = ev.EvalResult.from_dict(saved["result"])
             losses[name] = saved.get("losses", [])
             status[name] = "cached"

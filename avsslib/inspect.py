@@ -1,18 +1,18 @@
 """Look inside a model before measuring it: a table of its blocks, the size of the residual
 stream after each block, and a greedy generation. Used by the book's first chapter.
 
-Layer indices are 0-based and follow ``avsslib.models.blocks(model)``.
+Layer indices are 0-based and follow ``avsslib.arch.blocks(model)``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from avsslib.models import blocks
+from avsslib.arch import blocks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -68,12 +68,12 @@ def residual_rms(model: torch.nn.Module, input_ids: torch.Tensor) -> np.ndarray:
     was_training = model.training
     try:
         model.eval()
-        model(input_ids=input_ids.to(model.device))
+        model(input_ids=input_ids.to(cast(Any, model).device))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return torch.stack(per_layer).numpy()
+    return torch.stack(cast(list[torch.Tensor], per_layer)).numpy()
 
 
 @torch.no_grad()
@@ -96,8 +96,8 @@ def generate_greedy(
     encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
     encoded = encoded.to(model.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    output = model.generate(
+    output = cast(Any, model).generate(
         **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
     )
     new_tokens = output[0, encoded["input_ids"].shape[1]:]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()

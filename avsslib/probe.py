@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -76,8 +74,8 @@ def answer_features(
     without an attention mask, exact for a causal decoder)."""
     from tqdm.auto import tqdm
 
+    from avsslib.arch import blocks
     from avsslib.eavss import teacher_forcing_batches
-    from avsslib.models import blocks
 
     kept = [e for e in examples if e.answer_ids]
     if len(kept) < len(examples):
@@ -85,7 +83,7 @@ def answer_features(
                       "answer and no feature; they are left out of the probes.",
                       RuntimeWarning, stacklevel=2)
     mods = blocks(model)
-    hidden = int(model.config.hidden_size)
+    hidden = int(cast(Any, model).config.hidden_size)
     out = np.zeros((len(kept), len(mods), hidden), dtype=np.float16)
     order = sorted(range(len(kept)), key=lambda i: len(kept[i].prompt) + len(kept[i].answer_ids))
     store: dict[int, torch.Tensor] = {}
@@ -126,23 +124,15 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray,
     (ids, labels and ``meta`` as JSON in the file's metadata), atomically. Returns the path."""
     from safetensors.numpy import save_file
 
+    from avsslib.fs import atomic_path
+
     path = Path(path)
     if len(ids) != len(features) or len(labels) != len(features):
         raise ConfigError(f"{len(features)} feature rows for {len(ids)} ids and {len(labels)} labels.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600 files; results are for everyone
-    try:
+    with atomic_path(path) as tmp:
         save_file({"features": np.ascontiguousarray(features)}, tmp, metadata={
             "format": "avsslib.probe/1", "ids": json.dumps(list(ids)),
             "labels": json.dumps(list(labels)), "meta": json.dumps(meta or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

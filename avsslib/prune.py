@@ -4,10 +4,10 @@
   PyTorch's in-place convention) and returns the same model object, which still generates with a
   KV cache and round-trips through ``save_pretrained`` / ``from_pretrained``. It
 
-  - deletes the blocks from the ``ModuleList`` (``avsslib.models.blocks``), which renumbers the
+  - deletes the blocks from the ``ModuleList`` (``avsslib.arch.blocks``), which renumbers the
     remaining ones ``0..M'-1`` (so the saved weights are named like a model built with ``M'``
     layers);
-  - sets the config's layer count (``avsslib.models.layer_count_field``, e.g.
+  - sets the config's layer count (``avsslib.arch.layer_count_field``, e.g.
     ``num_hidden_layers``) to ``M'``;
   - subsets every per-layer config list (``layer_types`` and any other list or tuple attribute
     of length ``M``, except token-id lists) the same way;
@@ -17,6 +17,8 @@
     (composed over repeated pruning).
 
 * ``pruned_copy(model, layers)`` does the same on a deep copy (twice the memory).
+* ``pruned_view(model, layers)`` copies only the module tree: the kept blocks share the
+  original's weights (no weight memory), for evaluating many pruned configurations.
 * ``skip_layers(model, layers)`` is non-destructive: inside the ``with`` block each chosen block
   returns its input unchanged (the residual stream passes through); the model is restored on
   exit. The skipped blocks still run (their outputs are discarded), which keeps the output
@@ -27,16 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import operator
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from avsslib.arch import blocks, layer_count_field
 from avsslib.errors import ConfigError, ModelError
-from avsslib.models import blocks, layer_count_field
 
-__all__ = ["PRUNED_LAYERS_FIELD", "prune", "prune_layers_", "pruned_copy", "skip_layers"]
+__all__ = ["PRUNED_LAYERS_FIELD", "prune", "prune_layers_", "pruned_copy", "pruned_view", "skip_layers"]
 
 PRUNED_LAYERS_FIELD = "avss_pruned_layers"
 """Config attribute listing the original indices of the removed blocks."""
@@ -97,7 +100,7 @@ def prune_layers_(model: torch.nn.Module, layers: Iterable[int]) -> torch.nn.Mod
     for new_index, block in enumerate(block_list):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
+                cast(Any, module).layer_idx = new_index
 
     for name, value in list(vars(config).items()):
         if (not name.startswith("_") and name not in _NOT_PER_LAYER
@@ -119,6 +122,18 @@ prune = prune_layers_
 def pruned_copy(model: torch.nn.Module, layers: Iterable[int]) -> torch.nn.Module:
     """A pruned deep copy of ``model``; ``model`` itself is left untouched."""
     return prune_layers_(copy.deepcopy(model), layers)
+
+
+def pruned_view(model: torch.nn.Module, layers: Iterable[int]) -> torch.nn.Module:
+    """A pruned copy of ``model`` that **shares** its parameters and buffers.
+
+    Like :func:`pruned_copy`, but only the module tree and the config are copied:
+    the kept blocks' weights are the original tensors, so it costs no weight memory and no
+    copying time. ``model`` is left unpruned; do not modify the view's weights in place (that
+    would modify ``model``'s). Meant for evaluating many pruned configurations of one model.
+    """
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return prune_layers_(copy.deepcopy(model, shared), layers)
 
 
 @contextlib.contextmanager

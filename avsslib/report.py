@@ -2,45 +2,39 @@
 
 * :class:`RunRecord` holds the configuration, command, seed, model fingerprint, data file
   hashes, library versions, device, metrics and timings of one run.
-* :func:`write_json_atomic` / :func:`write_csv_atomic` write through a temporary file in the
-  target directory, ``fsync`` and ``os.replace``: a reader sees the old file or the new one, never
-  half of one, and an error while serialising leaves the old file as it was.
-* JSON files use sorted keys, two-space indents and floats rounded to 12 significant digits, so
-  that result files diff well; everything that varies between identical runs (dates, durations)
-  sits under the single key ``"timing"``, which determinism checks ignore.
+* Result files are written atomically by :mod:`avsslib.fs` (JSON with sorted keys, two-space
+  indents and floats rounded to 12 significant digits); everything in a record that varies
+  between identical runs (dates, durations) sits under the single key ``"timing"``, which
+  determinism checks ignore.
 * :func:`result_card` renders a record as a short markdown summary; :func:`save_record` writes
   the JSON and the card side by side.
-* :func:`results_lock` serialises runs that write the same results directory: a second run is
-  refused at once with a message naming the directory and the PID that holds it.
+* :func:`model_fingerprint` is the one fingerprint of a model in a record: where it came from
+  (:func:`avsslib.models.model_origin`) and ``state_sha256``, the hash of its weights now.
+
+The file helpers that lived here (``write_json_atomic``, ``write_csv_atomic``, ``file_sha256``,
+``file_lock``, ``results_lock``, ``replace_directory``, ``LOCK_NAME``, ``FLOAT_DIGITS``) moved to
+:mod:`avsslib.fs`; importing them from here still works and warns.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
-import re
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 
-from avsslib.errors import ConfigError, DataError
-
-FLOAT_DIGITS = 12
-"""Significant digits kept for floats in JSON and CSV result files."""
+from avsslib import fs
+from avsslib.arch import blocks
 
 _PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "numpy", "pandas", "avsslib")
 
@@ -152,24 +146,30 @@ def state_sha256(model: torch.nn.Module) -> str:
     return sha.hexdigest()
 
 
-def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """:func:`avsslib.models.model_fingerprint` (id, source, file hashes, type, dtype, block
-    count, size) plus ``state_sha256``, the hash of the weights as they are now."""
-    from avsslib.models import model_fingerprint as origin
-
-    return {**origin(model), "state_sha256": state_sha256(model)}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex). Raises ``DataError`` if it cannot be read."""
-    sha = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(block)
-    except OSError as exc:
-        raise DataError(f"cannot hash data file {path}: {exc}; check that the file exists.") from exc
-    return sha.hexdigest()
+def model_fingerprint(model: torch.nn.Module, *, weights: bool = True) -> dict[str, Any]:
+    """What a run record needs to identify ``model``: ``id``, ``source`` (``zoo``, ``local``,
+    ``hub`` or ``unknown`` for a model not made by :func:`avsslib.models.load_model`), the
+    weights' origin (``gguf_sha256`` + ``weights_sha256`` for zoo models, ``revision`` for hub
+    models), ``model_type``, ``dtype``, ``num_layers`` (current block count, so pruned models
+    show it), ``hidden_size``, ``parameters`` (count) and, unless ``weights=False``,
+    ``state_sha256`` (:func:`state_sha256`, the hash of the weights as they are now; it reads
+    every weight once)."""
+    origin = getattr(model, "avss_origin", None) or {
+        "id": getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__,
+        "source": "unknown",
+    }
+    first = next(model.parameters(), None)
+    out = {
+        **origin,
+        "model_type": cast(Any, model).config.model_type,
+        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        "num_layers": len(blocks(model)),
+        "hidden_size": getattr(cast(Any, model).config, "hidden_size", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if weights:
+        out["state_sha256"] = state_sha256(model)
+    return out
 
 
 def _utc_now() -> str:
@@ -238,78 +238,6 @@ class RunRecord:
         return out
 
 
-def _jsonable(obj: Any) -> Any:
-    """Numpy, paths, tuples and dataclasses to JSON types; floats rounded to FLOAT_DIGITS
-    significant digits; NaN and infinities to ``null``. Unknown objects are left for ``json`` to
-    reject."""
-    if obj is None or isinstance(obj, bool | str | int):
-        return obj
-    if isinstance(obj, float | np.floating):
-        x = float(obj)
-        return float(format(x, f".{FLOAT_DIGITS}g")) if math.isfinite(x) else None
-    if isinstance(obj, np.integer | np.bool_):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    return obj
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
-    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then ``os.replace``
-    it onto ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are for everyone to read
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON (sorted keys, indent 2, floats to 12 significant digits, NaN as
-    ``null``, trailing newline), atomically. A ``TypeError`` from an object JSON cannot encode
-    leaves any existing file at ``path`` intact."""
-
-    def write(fh: IO[str]) -> None:
-        json.dump(_jsonable(obj), fh, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-        fh.write("\n")
-
-    return _atomic_write(path, write)
-
-
-def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> Path:
-    """Write ``df`` as CSV (no index, ``\\n`` line ends, floats to 12 significant digits),
-    atomically."""
-    return _atomic_write(
-        path,
-        lambda fh: df.to_csv(fh, index=False, float_format=f"%.{FLOAT_DIGITS}g", lineterminator="\n"),
-    )
-
-
 def _fmt(x: Any) -> str:
     if isinstance(x, float | np.floating):
         return "n/a" if not math.isfinite(x) else f"{x:.4g}"
@@ -339,7 +267,7 @@ def result_card(record: RunRecord) -> str:
         "## Configuration",
         "",
         "```json",
-        json.dumps(_jsonable(record.config), sort_keys=True, indent=2),
+        json.dumps(fs.to_jsonable(record.config), sort_keys=True, indent=2),
         "```",
         "",
         "## Metrics",
@@ -356,7 +284,7 @@ def result_card(record: RunRecord) -> str:
             )
     rest = {k: v for k, v in record.metrics.items() if k != "table"}
     if rest:
-        lines += ["", "```json", json.dumps(_jsonable(rest), sort_keys=True, indent=2), "```"]
+        lines += ["", "```json", json.dumps(fs.to_jsonable(rest), sort_keys=True, indent=2), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -364,154 +292,38 @@ def save_record(record: RunRecord, path: str | Path) -> Path:
     """Write ``record`` as JSON at ``path`` and its :func:`result_card` next to it (same name,
     ``.md``), both atomically. Returns the JSON path."""
     path = Path(path)
-    write_json_atomic(path, record.to_dict())
-    card = result_card(record)
-    _atomic_write(path.with_suffix(".md"), lambda fh: fh.write(card))
+    fs.write_json_atomic(path, record.to_dict())
+    fs.write_text_atomic(path.with_suffix(".md"), result_card(record))
     return path
 
 
-def replace_directory(new: str | Path, target: str | Path) -> None:
-    """Put the complete directory ``new`` in the place of ``target`` by renames (same file
-    system): the old ``target`` is first set aside as ``.<name>.stale-<pid>`` beside it, then
-    removed; a kill in between leaves that complete copy to restore."""
-    new, target = Path(new), Path(target)
-    stale = target.parent / f".{target.name}.stale-{os.getpid()}"
-    if target.exists():
-        os.rename(target, stale)
-    os.rename(new, target)
-    shutil.rmtree(stale, ignore_errors=True)
+#: names that moved to :mod:`avsslib.fs` (old name here -> name there)
+_MOVED_TO_FS = {
+    "FLOAT_DIGITS": "FLOAT_DIGITS", "LOCK_NAME": "LOCK_NAME", "_atomic_write": "_atomic_write",
+    "_jsonable": "to_jsonable", "file_lock": "file_lock", "file_sha256": "file_sha256",
+    "replace_directory": "replace_directory", "results_lock": "results_lock",
+    "write_csv_atomic": "write_csv_atomic", "write_json_atomic": "write_json_atomic",
+}
 
 
-@contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the lock file ``path``, **waiting** for other holders: for
-    short critical sections shared by processes (building a model cache once, merging a log).
-    A no-op where ``fcntl`` does not exist. Compare :func:`results_lock`, which refuses."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_FS:
+        import warnings
 
-
-LOCK_NAME = ".avss.lock"
-"""The lock file :func:`results_lock` holds in a results directory while a run writes there."""
-
-# Temporary files of the atomic writers (mkstemp: 8 random characters), left behind only when a
-# process is killed between creating and renaming one.
-_STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|png|pdf|svg)$")
-
-
-def _holder(path: Path) -> str:
-    try:
-        pid = path.read_text(encoding="utf-8").split()[0]
-    except (OSError, IndexError):
-        return "PID unknown"
-    return f"PID {pid}"
-
-
-def _remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporary files that killed runs left in ``directory`` and its direct
-    subfolders (``figures/``, ``eval/``, ...); only called while holding the directory's lock,
-    so no live writer owns them."""
-    removed = []
-    folders = [directory, *(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))]
-    for path in (f for folder in folders for f in folder.glob(".*")):
-        if path.is_file() and _STALE_TMP.match(path.name):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path)
-    return removed
-
-
-@contextlib.contextmanager
-def results_lock(directory: str | Path, *, lock_file: str | Path | None = None) -> Iterator[Path]:
-    """Hold an exclusive lock on the results directory ``directory`` while a run writes there.
-
-    The lock is ``fcntl.flock`` on ``directory/.avss.lock`` (or on ``lock_file``, for a
-    directory that is replaced as a whole, e.g. the model directory of ``avss prune``), taken
-    without waiting: when another process holds it, :class:`ConfigError` names the directory and
-    that process's PID, and says what to do. The lock file's folder is created (and removed
-    again if the run left it empty); temporary files
-    left in ``directory`` by a killed run are removed once the lock is held. The lock file is
-    deleted on exit and the kernel drops the lock when the process dies, so a killed run never
-    blocks the next one.
-    A no-op lock where ``fcntl`` does not exist (Windows). Yields the directory.
-    """
-    directory = Path(directory)
-    path = Path(lock_file) if lock_file is not None else directory / LOCK_NAME
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"results directory {directory} is a file, not a directory; pass an "
-                          "--out that is a directory (it is created if missing).")
-    created = not path.parent.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the results directory {path.parent} "
-                          f"({exc.strerror or exc}); pass an --out in a writable place.") from None
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield directory
-        return
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ConfigError(f"cannot write in the results directory {path.parent} "
-                              f"({exc.strerror or exc}); pass an --out in a writable place.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(
-                f"results directory {directory} is in use by another avss run ({_holder(path)}, "
-                f"holding {path}). Wait until that run ends, or pass another --out. The lock is "
-                "released when the process ends; do not delete the lock file while it runs."
-            ) from None
-        try:  # the holder before us may have deleted the file after we opened it: retry
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        if directory.is_dir():
-            _remove_stale_temporaries(directory)
-        yield directory
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)  # closing releases the flock
-        if created:  # a run that failed before writing anything leaves no empty folder
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
+        new = _MOVED_TO_FS[name]
+        warnings.warn(f"avsslib.report.{name} moved to avsslib.fs.{new}; import it from there.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(fs, new)
+    raise AttributeError(f"module 'avsslib.report' has no attribute {name!r}")
 
 
 __all__ = [
-    "FLOAT_DIGITS",
-    "LOCK_NAME",
     "RunRecord",
     "device_name",
-    "file_sha256",
     "library_versions",
     "model_fingerprint",
     "result_card",
-    "results_lock",
     "save_record",
     "state_sha256",
     "tensor_bytes",
-    "write_csv_atomic",
-    "write_json_atomic",
 ]

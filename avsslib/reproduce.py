@@ -43,7 +43,7 @@ from typing import Any
 import pandas as pd
 
 from avsslib.errors import ConfigError
-from avsslib.mitigate import MODES  # the one definition of the mitigation modes
+from avsslib.protocol import MODES
 
 #: hallucination dataset (prone layers) of each mitigation dataset
 PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
@@ -158,7 +158,7 @@ class Stage:
         return True
 
     def mark_done(self) -> None:
-        from avsslib.report import write_json_atomic
+        from avsslib.fs import write_json_atomic
 
         write_json_atomic(self.done.parent / STAGE_SETTINGS, {"stage": self.name, "argv": self.settings})
 
@@ -201,7 +201,7 @@ def _own_negatives(eavss_dir: Path, dataset: str, out: Path) -> Path | None:
     pairs = [[e.question, e.answer] for e in read_labels(path) if e.label == "hallucinated"]
     if not pairs:
         return None
-    from avsslib.report import write_json_atomic
+    from avsslib.fs import write_json_atomic
 
     write_json_atomic(out, pairs)
     return out
@@ -356,7 +356,7 @@ def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFra
     and ``modes_vs_random.csv`` (:func:`avsslib.folds.compare_modes`); returns the last
     comparison (``None`` when nothing is complete)."""
     from avsslib.folds import compare_modes, pool_runs
-    from avsslib.report import write_csv_atomic
+    from avsslib.fs import write_csv_atomic
 
     result = None
     for folder in sorted((root / f"mitigation-{folds}fold").glob("*/")):
@@ -388,7 +388,7 @@ def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFra
 def summarise(root: Path) -> pd.DataFrame | None:
     """``mitigation/summary.csv`` (every finished run's change table with dataset, mode and
     seed) and ``summary_modes.csv`` (mean, sd, min and max over seeds); the first frame."""
-    from avsslib.report import write_csv_atomic
+    from avsslib.fs import write_csv_atomic
 
     rows = []
     for metrics in sorted((root / "mitigation").glob("*/*-seed*/metrics.json")):
@@ -438,7 +438,7 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
               overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the pipeline of ``model`` into ``results/<model>``; returns the log."""
     from avsslib.cli import main as avss
-    from avsslib.report import write_json_atomic
+    from avsslib.fs import write_json_atomic
 
     if isinstance(scale, str):
         if scale not in SCALES:
@@ -459,7 +459,7 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
     def note(stage: str, entry: dict[str, Any], *, keep: bool = False) -> None:
         """Merge one stage's entry into reproduce.json under a (waiting) lock: several processes
         may share it (e.g. the study and the mitigation of one model run side by side)."""
-        from avsslib.report import file_lock
+        from avsslib.fs import file_lock
 
         with file_lock(root / ".reproduce.lock"):
             _note(stage, entry, keep)
@@ -540,15 +540,12 @@ def _share_baseline(out: Path) -> None:
     """Give a mitigation run the base model's evaluation of a sibling run (same dataset), so it
     is computed once per dataset, not once per mode and seed. ``avss mitigate`` reuses it only
     when its key (model hash, tasks, n, evaluation seed, batch size) matches, else recomputes."""
-    import shutil
+    from avsslib.fs import write_bytes_atomic
 
     if (out / "before.json").exists():
         return
     for sibling in sorted(out.parent.glob("*-seed*/before.json")):
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".before.json.tmp"
-        shutil.copyfile(sibling, tmp)
-        tmp.replace(out / "before.json")
+        write_bytes_atomic(out / "before.json", sibling.read_bytes())
         return
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from avsslib.errors import DataError
+from avsslib.protocol import MODES as PROTOCOL_MODES
+from avsslib.protocol import is_sweep
 
 STAGES = {"avss": "AVSS pruning study", "eavss": "hallucination labels and prone layers",
           "mitigation": "contrastive mitigation"}
@@ -62,8 +64,9 @@ PRIMARY = {"sciq_mc": "acc", "sst2": "acc", "triviaqa_em": "exact_match",
            "wikiqa": "map"}
 """The metric each task is read by in the verdicts and short tables."""
 
-MODES = ("eavss", "random", "avss", "full")
-"""Mitigation modes, in the order every table and figure uses."""
+MODES = tuple(m for m in PROTOCOL_MODES if m != "probe")
+"""The mitigation modes of the committed runs' tables, in :data:`avsslib.protocol.MODES` order
+(probe runs are read separately)."""
 
 MODE_NAMES = {"eavss": "prone layers (EAVSS)", "random": "random layers",
               "avss": "lowest-AVSS layers", "full": "full fine-tuning (LM loss only)"}
@@ -214,8 +217,8 @@ def retention(root: str | Path, fraction: float = FRACTION, *, sweep: bool = Fal
         frame, source = study_retention(root / m / "avss")
         if frame is None:
             continue
-        is_sweep = frame["config"].str.startswith("sweep-")
-        part = frame[is_sweep] if sweep else frame[~is_sweep & (
+        sweeps = is_sweep(frame["config"])
+        part = frame[sweeps] if sweep else frame[~sweeps & (
             (frame["fraction"] == fraction) | (frame["config"] == "original"))]
         parts.append(part.assign(model=m, source=source))
     if not parts:
@@ -480,7 +483,7 @@ def _avss_verdicts(root: Path) -> list[Verdict]:
     from avsslib.plots import fmt_ci
 
     ret = retention(root, FRACTION)
-    out = []
+    out: list[Any] = []
     if ret.empty:
         return out
     for m, g in ret.groupby("model", sort=True):

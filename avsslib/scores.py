@@ -91,12 +91,21 @@ REGISTRY: dict[str, Score] = {}
 
 
 def register(
-    name: str, *, needs_model: bool = False, needs_stats: bool = True
+    name: str, *, needs_model: bool = False, needs_stats: bool = True, replace: bool = False
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator adding ``fn`` to ``REGISTRY`` under ``name`` (its docstring's first line is the
-    description). ``fn(stats, *, model, batches, seed)`` returns importance, higher = keep."""
+    description). ``fn(stats, *, model, batches, seed)`` returns importance, higher = keep.
+
+    A name already registered is refused (``ConfigError`` naming the function that holds it):
+    two scores under one name would silently change what every table calls that score. Pass
+    ``replace=True`` to swap an implementation deliberately (e.g. in a notebook experiment)."""
 
     def decorate(fn: ScoreFn) -> ScoreFn:
+        if name in REGISTRY and not replace:
+            held = REGISTRY[name].fn
+            raise ConfigError(
+                f"score {name!r} is already registered (by {held.__module__}.{held.__qualname__}); "
+                "choose another name, or pass register(..., replace=True) to replace it.")
         doc = (fn.__doc__ or "").strip().splitlines()
         REGISTRY[name] = Score(name, fn, needs_model, needs_stats, doc[0] if doc else "")
         return fn
@@ -298,7 +307,7 @@ def removal_losses(
     """
     from tqdm.auto import tqdm
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
 
     block_list = blocks(model)
     n = len(block_list)
@@ -356,7 +365,7 @@ def removal_losses_plain(
     cached version to."""
     from tqdm.auto import tqdm
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
     from avsslib.prune import skip_layers
 
     batches = list(batches)
@@ -529,7 +538,7 @@ def _n_layers(stats: Any, model: torch.nn.Module | None) -> int:
         n = getattr(stats, "n_layers_", None)
         return int(n) if n is not None else len(stats.variance_)
     if model is not None:
-        from avsslib.models import blocks
+        from avsslib.arch import blocks
 
         return len(blocks(model))
     raise ConfigError("pass a fitted LayerStats or a model to know the number of layers.")

@@ -130,7 +130,7 @@ def select_iteratively(
     """
     from tqdm.auto import tqdm
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
     from avsslib.prune import skip_layers
     from avsslib.scores import avss_values
     from avsslib.stats import LayerStats

@@ -1,6 +1,6 @@
 """Per-layer activation statistics, streamed through forward hooks.
 
-``LayerStats`` hooks the output of every transformer block (``avsslib.models.blocks``), reduces
+``LayerStats`` hooks the output of every transformer block (``avsslib.arch.blocks``), reduces
 each block's hidden states ``h`` of shape ``(B, T, d)`` to a handful of sums on the block's
 device, and adds them up over batches. No activation is kept beyond the forward pass of its
 batch, no value is copied to the host during a forward pass, and every accumulator is float64.
@@ -80,8 +80,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from avsslib.arch import blocks, context_length
 from avsslib.errors import AvssError, ConfigError, ModelError
-from avsslib.models import blocks, context_length
 
 __all__ = [
     "AGGREGATES",
@@ -343,8 +343,10 @@ class LayerStats:
                if self.similarity and self.rel_grid else ())
         return _FIXED_COLUMNS + near + rel + sim + upd
 
-    def _accumulation_params(self) -> dict[str, Any]:
-        """Parameters that change what is accumulated (must agree to merge or load)."""
+    def accumulation_params(self) -> dict[str, Any]:
+        """Parameters that change what is accumulated (must agree to merge or load); part of
+        the accumulator's public API with :meth:`state_dict`, :meth:`load_state_dict` and
+        :meth:`merge` (what :mod:`avsslib.distributed` uses)."""
         return {
             "eps_grid": list(self.eps_grid),
             "rel_grid": list(self.rel_grid),
@@ -506,7 +508,7 @@ class LayerStats:
         pass_mask = self.pass_mask
         if pass_mask is None:
             pass_mask = not (self.faithful and _is_generative(model))
-        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids}
+        inputs: dict[str, Any] = {"input_ids": input_ids}
         if pass_mask:
             inputs["attention_mask"] = mask
         if "token_type_ids" in batch:
@@ -592,10 +594,10 @@ class LayerStats:
         concatenated per-batch records. The one exception is the pooled ``r_port`` variance,
         whose ``(n_layers, d)`` token sums are added in a different order (float64 rounding).
         """
-        if self._accumulation_params() != other._accumulation_params():
+        if self.accumulation_params() != other.accumulation_params():
             raise ConfigError(
                 "cannot merge LayerStats with different accumulation parameters: "
-                f"{self._accumulation_params()} vs {other._accumulation_params()}."
+                f"{self.accumulation_params()} vs {other.accumulation_params()}."
             )
         if other._unit_sums is None:
             return self
@@ -626,7 +628,7 @@ class LayerStats:
         return {
             "format": _STATE_FORMAT,
             "params": {
-                **self._accumulation_params(),
+                **self.accumulation_params(),
                 "eps": self.eps,
                 "variance_mode": self.variance_mode,
                 "aggregate": self.aggregate,
@@ -645,11 +647,11 @@ class LayerStats:
         ``LayerStats.from_state_dict`` to rebuild an instance with the saved parameters.
         """
         state = _upgrade_state(state)
-        saved = {k: state["params"][k] for k in self._accumulation_params()}
-        if saved != self._accumulation_params():
+        saved = {k: state["params"][k] for k in self.accumulation_params()}
+        if saved != self.accumulation_params():
             raise ConfigError(
                 f"state was accumulated with {saved}, this LayerStats uses "
-                f"{self._accumulation_params()}; build it with LayerStats.from_state_dict()."
+                f"{self.accumulation_params()}; build it with LayerStats.from_state_dict()."
             )
         self._records = list(torch.as_tensor(state["records"], dtype=torch.float64).unbind(0))
         self._unit_sums = torch.as_tensor(state["unit_sums"], dtype=torch.float64).clone()

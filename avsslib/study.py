@@ -41,9 +41,7 @@ fixed-mode selections (``avss-count``, ``avss-mass``, ``avss-code_bug``,
 from __future__ import annotations
 
 import gc
-import hashlib
 import itertools
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -53,8 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avsslib.arch import blocks, require_causal_lm
 from avsslib.errors import ConfigError
-from avsslib.models import blocks, require_causal_lm
+from avsslib.fs import content_hash, read_cached, read_json
+from avsslib.protocol import is_sweep, sweep_config
+from avsslib.prune import pruned_view
 from avsslib.scores import REGISTRY, avss_values, compute_scores, cumulative, navss
 from avsslib.selection import MASS_SCORES, select_all, select_layers
 from avsslib.stats import LayerStats
@@ -71,7 +72,6 @@ __all__ = [
     "layer_scores",
     "load_study",
     "primary_metric_rows",
-    "pruned_view",
     "pruning_study",
     "rank_layers",
     "read_layer_table",
@@ -230,7 +230,7 @@ def save_layer_table(path: str | Path, table: pd.DataFrame) -> pd.DataFrame:
     """Write a per-layer table (indexed by ``layer``) as CSV, atomically, and return it as read
     back (floats rounded to 12 significant digits), so that selections computed from the
     returned table equal those computed later from the file."""
-    from avsslib.report import write_csv_atomic
+    from avsslib.fs import write_csv_atomic
 
     write_csv_atomic(path, table.reset_index())
     return read_layer_table(path)
@@ -255,20 +255,6 @@ def primary_metric_rows(df: pd.DataFrame, metrics: Mapping[str, str] | None = No
 
 
 # ---------------------------------------------------------------------- helpers
-def _hash(obj: Any) -> str:
-    from avsslib.report import _jsonable
-
-    blob = json.dumps(_jsonable(obj), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _calib_spec(calib: Mapping[str, Any] | None, batch_size: int) -> dict[str, Any]:
     spec = {**DEFAULT_CALIB, "batch_size": batch_size, "seed": 0, **(calib or {})}
     unknown = sorted(set(spec) - set(_CALIB_KEYS))
@@ -371,8 +357,9 @@ def pruning_study(
     import avsslib.evaluate as ev
     from avsslib.calibration import calibration_set
     from avsslib.data import data_file_hashes
+    from avsslib.fs import write_csv_atomic, write_json_atomic
     from avsslib.models import load_model
-    from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+    from avsslib.report import RunRecord, save_record
     from avsslib.seeding import set_seed
 
     t_start = time.perf_counter()
@@ -436,15 +423,15 @@ def pruning_study(
     # ------------------------------------------------------------ statistics (cached by key)
     t0 = time.perf_counter()
     faithful_scores = [s for s in scores if s != "ppl_removal"]
-    stats_key = _hash({
+    stats_key = content_hash({
         "format": STUDY_FORMAT, "model": identity, "versions": versions, "scores": scores,
         "eps": eps, "seed": seed, "calibration": _keyed(calib_desc),
         "faithful_calibration": _keyed(faithful_desc), "agreement": agreement,
         "agreement_seeds": list(agreement_seeds),
     })
-    meta = _read_json(out / "layer_stats.json")
     files = [out / n for n in ("layer_stats.csv", "layer_stats_faithful.csv", "batch_stats.csv")]
-    if meta is not None and meta.get("key") == stats_key and all(p.is_file() for p in files):
+    meta = read_cached(out / "layer_stats.json", stats_key, requires=files)
+    if meta is not None:
         fixed = read_layer_table(files[0])
         faithful = read_layer_table(files[1])
         stability = {k: np.asarray(v, dtype=np.float64) for k, v in meta["stability"].items()}
@@ -501,7 +488,7 @@ def pruning_study(
 
     # ------------------------------------------------------------ retention, sweep, agreement
     retention_df = retention_table(results, configs, n_boot, seed)
-    sweep_df = retention_df[retention_df["config"].str.startswith("sweep-")].drop(
+    sweep_df = retention_df[is_sweep(retention_df["config"])].drop(
         columns=["config", "stats", "rule"]).reset_index(drop=True)
     agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds,
                               scores)
@@ -515,7 +502,7 @@ def pruning_study(
 
     # ------------------------------------------------------------ run record
     main = retention_df[(retention_df["fraction"] == fraction) | (retention_df["config"] == "original")]
-    main = main[~main["config"].str.startswith("sweep-")]
+    main = main[~is_sweep(main["config"])]
     table = [dict(task=f"{row.task} [{row.config}]", metric=f"{row.metric} retention",
                   value=row.retention, ci_low=row.ci_low, ci_high=row.ci_high, n=row.n)
              for row in primary_metric_rows(main).itertuples()]
@@ -573,7 +560,7 @@ def _configurations(chosen: Mapping[str, Mapping[str, list[int]]],
                                                       fraction=fraction, layers=layers)
     for s, by_fraction in sweep_layers.items():
         for f, layers in by_fraction.items():
-            configs[f"sweep-{s}-{f:g}"] = dict(stats="fixed", score=s, rule="count", fraction=f,
+            configs[sweep_config(s, f)] = dict(stats="fixed", score=s, rule="count", fraction=f,
                                                layers=layers)
     return configs
 
@@ -602,10 +589,10 @@ def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[s
     bar = tqdm(configs.items(), desc="configurations", unit="config", disable=not progress)
     for name, cfg in bar:
         bar.set_postfix_str(name)
-        config_hash = _hash({**protocol, "layers": cfg["layers"]})
+        config_hash = content_hash({**protocol, "layers": cfg["layers"]})
         path = folder / f"{name}.json"
-        saved = _read_json(path)
-        if saved is not None and saved.get("config_hash") == config_hash:
+        saved = read_cached(path, config_hash, key_field="config_hash")
+        if saved is not None:
             result_dict, status[name] = saved["result"], "cached"
         elif config_hash not in by_hash and not evaluate_missing:
             status[name] = "missing"       # left out of the tables (evaluate_missing=False)
@@ -628,26 +615,10 @@ def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[s
     return results, status, eval_s
 
 
-def pruned_view(model: torch.nn.Module, layers: Iterable[int]) -> torch.nn.Module:
-    """A pruned copy of ``model`` that **shares** its parameters and buffers.
-
-    Like :func:`avsslib.prune.pruned_copy`, but only the module tree and the config are copied:
-    the kept blocks' weights are the original tensors, so it costs no weight memory and no
-    copying time. ``model`` is left unpruned; do not modify the view's weights in place (that
-    would modify ``model``'s). Meant for evaluating many pruned configurations of one model.
-    """
-    import copy
-
-    from avsslib.prune import prune_layers_
-
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return prune_layers_(copy.deepcopy(model, shared), layers)
-
-
 def _write_eval(path: Path, name: str, cfg: Mapping[str, Any], config_hash: str,
                 protocol: Mapping[str, Any], n_layers: int, result: Mapping[str, Any],
                 same_as: str | None, eval_s: float | None) -> None:
-    from avsslib.report import write_json_atomic
+    from avsslib.fs import write_json_atomic
 
     write_json_atomic(path, {
         "config": name, "config_hash": config_hash, **{k: cfg[k] for k in ("stats", "score", "rule", "fraction")},
@@ -717,7 +688,7 @@ def _figures(folder: Path, fixed: pd.DataFrame, pruned: Sequence[int], retention
 
     plots.use_style()
     main = retention_df[(retention_df["fraction"] == fraction)
-                        & ~retention_df["config"].str.startswith("sweep-")]
+                        & ~is_sweep(retention_df["config"])]
     figures = {
         "layer_profile.png": plots.study_layer_profile(fixed, pruned=pruned),
         "retention.png": plots.retention_bars(primary_metric_rows(main), label="config"),
@@ -746,13 +717,13 @@ def load_study(out_dir: str | Path) -> dict[str, Any]:
     for name in ("batch_stats", "retention", "sweep", "agreement"):
         if (out / f"{name}.csv").is_file():
             result[name] = pd.read_csv(out / f"{name}.csv")
-    chosen = _read_json(out / "selections.json")
+    chosen = read_json(out / "selections.json")
     if chosen is not None:
         rows = [dict(stats=mode, score=key.split("/")[0], rule=key.split("/")[1], layers=layers,
                      n_pruned=len(layers))
                 for mode in ("fixed", "faithful") for key, layers in chosen.get(mode, {}).items()]
         result["selections"] = pd.DataFrame(rows)
-    record = _read_json(out / "record.json") or _read_json(out / "record.partial.json")
+    record = read_json(out / "record.json") or read_json(out / "record.partial.json")
     if record is not None:
         result["record"] = record
     if not result:

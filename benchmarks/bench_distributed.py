@@ -68,7 +68,7 @@ from avsslib.distributed import (  # noqa: E402
     init_distributed,
     shard,
 )
-from avsslib.models import model_fingerprint  # noqa: E402
+from avsslib.report import model_fingerprint  # noqa: E402
 from avsslib.scores import score  # noqa: E402
 from avsslib.stats import AGGREGATES, VARIANCE_MODES, LayerStats  # noqa: E402
 

@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import avsslib.evaluate as ev
     from avsslib.eval_backend import CachedLM
+    from avsslib.fs import write_json_atomic
     from avsslib.models import load_model
-    from avsslib.report import device_name, write_json_atomic
+    from avsslib.report import device_name
 
     model, tok = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     model.eval()

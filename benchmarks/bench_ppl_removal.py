@@ -39,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from avsslib.arch import blocks
     from avsslib.calibration import calibration_set
-    from avsslib.models import blocks, load_model
-    from avsslib.report import device_name, library_versions, write_json_atomic
+    from avsslib.fs import write_json_atomic
+    from avsslib.models import load_model
+    from avsslib.report import device_name, library_versions
     from avsslib.scores import removal_losses, removal_losses_plain
 
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)

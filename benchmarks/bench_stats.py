@@ -53,7 +53,9 @@ import numpy as np
 import torch
 import transformers
 
-from avsslib.models import DEFAULT_MODEL, blocks, load_model, model_fingerprint
+from avsslib.arch import blocks
+from avsslib.models import DEFAULT_MODEL, load_model
+from avsslib.report import model_fingerprint
 from avsslib.stats import LayerStats
 
 try:  # optional: host peak memory per mode; without it the process high-water mark is used
@@ -455,10 +457,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from avsslib.fs import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""Every architecture of ``avsslib.models.ARCHITECTURES`` through every model command of the CLI.
+"""Every architecture of ``avsslib.arch.ARCHITECTURES`` through every model command of the CLI.
 
 For each entry: a tiny random model built from the real config class, with the features its
 real checkpoints have (grouped-query attention, sliding-window layer types, tied or untied
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from avsslib.arch import ARCHITECTURES, is_causal_lm_architecture
 from avsslib.cli import main
-from avsslib.models import ARCHITECTURES, is_causal_lm_architecture
 
 ENCODERS = sorted(t for t in ARCHITECTURES if not is_causal_lm_architecture(t))
 DECODERS = sorted(t for t in ARCHITECTURES if is_causal_lm_architecture(t))

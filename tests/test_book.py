@@ -35,10 +35,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import test_notebooks
 
-# The session fixture of the notebook tier: each notebook is executed once per test session.
-run_notebook = test_notebooks.run_notebook
+# run_notebook (conftest.py): the session fixture of the notebook tier, each notebook executed
+# once per test session.
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "book"

@@ -9,25 +9,23 @@ import pandas as pd
 import pytest
 import torch
 
+from avsslib.arch import blocks
 from avsslib.cli import main
-from avsslib.models import blocks, load_model
+from avsslib.models import load_model
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(smol, tmp_path_factory):
+def tiny_dir(smol, tiny_model, tmp_path_factory):
     """A 4-block random Llama (hidden 16) over SmolLM2's tokenizer, saved with save_pretrained."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tok = smol
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    model = tiny_model("llama", vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
     path = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -38,15 +38,8 @@ CASES = [
 RTOL = 1e-6
 
 
-def tiny_model() -> torch.nn.Module:
-    """4 blocks, hidden 64, random weights from a fixed seed (the same in every process)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+#: the model of these tests: 4 blocks, hidden 64 (the ``tiny_model`` fixture of conftest.py)
+SIZES = dict(vocab_size=256, hidden_size=64, intermediate_size=128, max_position_embeddings=64)
 
 
 def make_batches(n: int) -> list[dict[str, torch.Tensor]]:
@@ -75,8 +68,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     env = init_distributed(device="cpu")
     assert env.distributed and env.owns_group and env.backend == "gloo"
     try:
-        model = tiny_model()
-        model.load_state_dict(torch.load(Path(folder) / "weights.pt"))
+        model = torch.load(Path(folder) / "model.pt", weights_only=False)   # the parent's model
         for name, n, kwargs in CASES:
             stats, table = distributed_layer_stats(model, make_batches(n), **kwargs)
             assert (table is None) == (rank != 0)
@@ -93,10 +85,11 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+def two_ranks(tmp_path_factory: pytest.TempPathFactory, tiny_llama_64: torch.nn.Module
+              ) -> tuple[Path, torch.nn.Module]:
     folder = tmp_path_factory.mktemp("dist")
-    model = tiny_model()
-    torch.save(model.state_dict(), folder / "weights.pt")
+    model = tiny_llama_64
+    torch.save(model, folder / "model.pt")
     mp.spawn(_worker, args=(2, _free_port(), str(folder)), nprocs=2, join=True)
     return folder, model
 
@@ -153,8 +146,8 @@ def test_world_size_one_group_and_no_group(tiny_llama_64) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_64() -> torch.nn.Module:
-    return tiny_model()
+def tiny_llama_64(tiny_model) -> torch.nn.Module:
+    return tiny_model("llama", **SIZES)
 
 
 # ---------------------------------------------------------------------- shard / init

@@ -175,7 +175,7 @@ def test_teacher_forcing_batches_mask_answer_positions():
 
 def _manual(model, tok, examples, positions, eps):
     """Code-mode variance and sparsity from unpadded single-example forwards with hooks."""
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
 
     outs: dict[int, torch.Tensor] = {}
     handles = [b.register_forward_hook(

@@ -33,15 +33,12 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-4 * max(1.0, abs(a) / 100)
 
 
-def tiny_causal_lm(model_type: str, vocab: int, **extra):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                               **({"rotary_dim": 4} if model_type == "gptj" else {}), **extra)
-    return AutoModelForCausalLM.from_config(cfg).eval()
+@pytest.fixture(scope="module")
+def tiny_causal_lm(tiny_model):
+    """``tiny_causal_lm(model_type, vocab, **extra)``: the conftest factory with 2 blocks and a
+    1024-token context."""
+    return lambda model_type, vocab, **extra: tiny_model(
+        model_type, vocab_size=vocab, num_hidden_layers=2, max_position_embeddings=1024, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,7 @@ def test_select_rows_copies_and_leaves_the_source_alone():
 
 
 @pytest.mark.parametrize("model_type", sorted(REUSE_ARCHITECTURES))
-def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok):
+def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok, tiny_causal_lm):
     """Synthetic token requests on every architecture that reuses caches: shared prefixes,
     contexts of one token, several continuations per context, left truncation (max_length 24),
     and the same contexts with one-token continuations only (the single-pass path)."""
@@ -112,7 +109,7 @@ def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok):
     ("mistral", {"sliding_window": 8}, "not among"),                       # not covered
     ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}, "sliding"),
 ])
-def test_unsupported_models_fall_back_to_hflm(model_type, extra, reason, tok):
+def test_unsupported_models_fall_back_to_hflm(model_type, extra, reason, tok, tiny_causal_lm):
     model = tiny_causal_lm(model_type, 128, **extra)
     harness, ours = backends(model, tok, batch_size=2, max_length=16)
     assert not ours.reuse_cache and reason in ours.reuse_reason
@@ -167,7 +164,7 @@ def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
 
 
 @pytest.mark.parametrize("model_type", PARITY_ARCHITECTURES)
-def test_every_task_parity_tiny_models(model_type, tok, data_dir):
+def test_every_task_parity_tiny_models(model_type, tok, data_dir, tiny_causal_lm):
     model = tiny_causal_lm(model_type, len(tok))
     assert_task_parity(model, tok, HARNESS_TASKS, n=2, max_length=128)
 
@@ -181,7 +178,7 @@ def test_every_task_parity_embedded_model(smol, data_dir):
 # ---------------------------------------------------------------- evaluate() and the CLI
 
 
-def test_evaluate_records_backend_and_rejects_unknown(tok, data_dir):
+def test_evaluate_records_backend_and_rejects_unknown(tok, data_dir, tiny_causal_lm):
     model = tiny_causal_lm("llama", len(tok))
     with pytest.raises(ConfigError, match="backend"):
         ev.evaluate(model, tok, ["sciq_mc"], n=2, backend="vllm")

@@ -274,17 +274,14 @@ def test_num_fewshot_override_and_checks(tmp_path, data_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_with_tokenizer(smol):
+def tiny_with_tokenizer(smol, tiny_model):
     """A 2-block random Llama over the embedded model's tokenizer: harness plumbing in seconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tok = smol
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
+    model = tiny_model("llama", vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                       max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return model, tok
 
 
 @pytest.mark.slow

@@ -89,8 +89,8 @@ def _fp16_overflow(fx):
 
     import torch
 
+    from avsslib.arch import blocks
     from avsslib.calibration import calibration_batches
-    from avsslib.models import blocks
     from avsslib.scores import score
     from avsslib.stats import LayerStats
 
@@ -148,7 +148,7 @@ CASES: list[Case] = [
          "load_model(dir with model_type 'nosucharch')", _load("unknown_arch")),
     _api("api-model-unsupported-arch", "model", "ModelError", ["gpt_bigcode", "ARCHITECTURES"],
          "blocks(load_model(tiny GPT-BigCode dir)[0])",
-         lambda fx: __import__("avsslib.models").models.blocks(_load("foreign_arch")(fx)[0])),
+         lambda fx: __import__("avsslib.arch").arch.blocks(_load("foreign_arch")(fx)[0])),
     _api("api-model-remote-code", "safety", "ModelError", ["--trust-remote-code"],
          "load_model(dir whose config has auto_map -> evil.py)", _load("remote_code")),
     # ------------------------------------------------ impossible parameters
@@ -482,7 +482,8 @@ def test_score_killed_mid_write_keeps_the_previous_files(fx, tmp_path):
 
 @pytest.mark.slow
 def test_prune_killed_between_the_renames_restores_the_previous_model(fx, tmp_path):
-    from avsslib.models import blocks, load_model
+    from avsslib.arch import blocks
+    from avsslib.models import load_model
 
     out = tmp_path / "pruned"
     base = ["prune", "--model", str(fx["tiny"]), "--out", str(out)]

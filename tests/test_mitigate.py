@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from avsslib.arch import blocks
 from avsslib.errors import ConfigError, ModelError
 from avsslib.evaluate import EvalResult, MetricScores, TaskResult
 from avsslib.mitigate import (
@@ -29,7 +30,6 @@ from avsslib.mitigate import (
     supcon,
     train,
 )
-from avsslib.models import blocks
 
 # ---------------------------------------------------------------- helpers
 
@@ -338,13 +338,19 @@ def test_paired_change():
     # paired: every resample has the same difference, so the interval has zero width
     assert row["abs_ci_low"] == pytest.approx(0.1) and row["abs_ci_high"] == pytest.approx(0.1)
     assert row["rel_ci_low"] < 0.2 < row["rel_ci_high"]
-    # from zero: the absolute change is defined, the relative one is not
+    # from zero: the absolute change is defined, the relative one infinite in every resample
+    # (avsslib.bootstrap's NaN policy: infinite replicates are ordered, only 0/0 gives NaN)
     zero = paired_change(_result(np.zeros(4)), _result(np.ones(4)), n_boot=50).iloc[0]
-    assert zero["delta_abs"] == 1.0 and zero["delta_rel"] == math.inf and math.isnan(zero["rel_ci_low"])
+    assert zero["delta_abs"] == 1.0 and zero["delta_rel"] == math.inf
+    assert (zero["rel_ci_low"], zero["rel_ci_high"]) == (math.inf, math.inf)
+    # a resample without the one non-zero example is 0/0: the relative interval is undefined
+    undefined = paired_change(_result(np.eye(4)[0]), _result(2 * np.eye(4)[0]), n_boot=50).iloc[0]
+    assert undefined["delta_rel"] == 1.0 and math.isnan(undefined["rel_ci_low"])
 
 
 def test_cli_layer_and_negative_files(tmp_path):
-    from avsslib.cli.mitigate import _layers_from, _own_negatives
+    from avsslib.mitigation import layers_from_file as _layers_from
+    from avsslib.mitigation import read_own_negatives as _own_negatives
 
     (tmp_path / "a.json").write_text('{"prone_layers": [3, 7], "scores": [1.0]}')
     (tmp_path / "b.json").write_text("[1, 2]")

@@ -15,44 +15,20 @@ import pytest
 import torch
 
 from avsslib import models
+from avsslib.arch import ARCHITECTURES, Architecture, blocks, layer_count_field
 from avsslib.errors import ModelError
-from avsslib.models import (
-    ARCHITECTURES,
-    MANIFEST,
-    blocks,
-    layer_count_field,
-    load_model,
-    model_fingerprint,
-)
+from avsslib.models import MANIFEST, load_model
+from avsslib.report import model_fingerprint
 
-ENCODERS = {"bert", "roberta", "distilbert"}
 N_LAYERS = 3
-# Small sizes for every config class; each class reads the names it knows (attribute_map
-# translates hidden_size/num_hidden_layers/... for GPT-2, DistilBERT, ...).
-TINY = dict(
-    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-OVERRIDES = {"gptj": {"rotary_dim": 4}}  # its default (64) exceeds the tiny head size (8)
 
 
-def tiny_config(model_type: str):
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(model_type, **TINY | OVERRIDES.get(model_type, {}))
-
-
-def tiny_model(model_type: str, *, bare: bool = False) -> torch.nn.Module:
-    """A randomly initialised ``model_type`` model with 3 blocks: the task wrapper (causal LM;
-    masked LM for encoders) or, with ``bare``, the base model."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
-
-    torch.manual_seed(0)
-    config = tiny_config(model_type)
-    auto = AutoModel if bare else (AutoModelForMaskedLM if model_type in ENCODERS
-                                   else AutoModelForCausalLM)
-    return auto.from_config(config).eval()
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    """``tiny(model_type, bare=False)``: the conftest factory with 3 blocks."""
+    return lambda model_type, bare=False: tiny_model(model_type, bare=bare,
+                                                     num_hidden_layers=N_LAYERS,
+                                                     max_position_embeddings=64)
 
 
 # ------------------------------------------------------------------ the architecture table
@@ -60,8 +36,8 @@ def tiny_model(model_type: str, *, bare: bool = False) -> torch.nn.Module:
 
 @pytest.mark.parametrize("bare", [False, True], ids=["wrapper", "bare"])
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
-def test_blocks_every_architecture(model_type: str, bare: bool) -> None:
-    model = tiny_model(model_type, bare=bare)
+def test_blocks_every_architecture(model_type: str, bare: bool, tiny) -> None:
+    model = tiny(model_type, bare=bare)
     layers = blocks(model)
     assert isinstance(layers, torch.nn.ModuleList)
     assert len(layers) == getattr(model.config, layer_count_field(model)) == N_LAYERS
@@ -79,16 +55,16 @@ def test_blocks_every_architecture(model_type: str, bare: bool) -> None:
     assert first.shape[:2] == (1, 5) and torch.isfinite(first).all()
 
 
-def test_bare_model_blocks_are_the_wrappers_blocks() -> None:
-    model = tiny_model("opt")
+def test_bare_model_blocks_are_the_wrappers_blocks(tiny) -> None:
+    model = tiny("opt")
     assert blocks(model) is model.model.decoder.layers
     assert blocks(model.model) is model.model.decoder.layers  # bare OPTModel: "decoder.layers"
 
 
-def test_layer_count_field() -> None:
-    assert layer_count_field(tiny_model("llama")) == "num_hidden_layers"
-    assert layer_count_field(tiny_model("gpt2")) == "n_layer"
-    assert layer_count_field(tiny_model("distilbert")) == "n_layers"
+def test_layer_count_field(tiny) -> None:
+    assert layer_count_field(tiny("llama")) == "num_hidden_layers"
+    assert layer_count_field(tiny("gpt2")) == "n_layer"
+    assert layer_count_field(tiny("distilbert")) == "n_layers"
 
 
 def test_unknown_architecture_error_names_the_table() -> None:
@@ -98,15 +74,15 @@ def test_unknown_architecture_error_names_the_table() -> None:
         blocks(model)
     text = str(info.value)
     assert "'mamba'" in text and "llama" in text and "gpt_neox" in text
-    assert "ARCHITECTURES" in text and "avsslib/models.py" in text
+    assert "ARCHITECTURES" in text and "avsslib/arch.py" in text
     with pytest.raises(ModelError, match="config.model_type"):
         blocks(torch.nn.Linear(2, 2))
 
 
-def test_table_entry_pointing_nowhere_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(ARCHITECTURES, "llama", models.Architecture("model.blocks"))
+def test_table_entry_pointing_nowhere_is_reported(monkeypatch: pytest.MonkeyPatch, tiny) -> None:
+    monkeypatch.setitem(ARCHITECTURES, "llama", Architecture("model.blocks"))
     with pytest.raises(ModelError, match="no ModuleList at 'model.blocks' or 'blocks'"):
-        blocks(tiny_model("llama"))
+        blocks(tiny("llama"))
 
 
 def test_blocks_of_peft_model(tiny_llama) -> None:

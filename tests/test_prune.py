@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from avsslib.arch import blocks
 from avsslib.errors import ConfigError
-from avsslib.models import blocks
 from avsslib.prune import prune_layers_, pruned_copy, skip_layers
 
 
@@ -100,37 +100,22 @@ def test_invalid_layer_lists(tiny_llama):
         pass
 
 
-def _tiny_qwen3():
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-        use_sliding_window=True, sliding_window=4,
-        layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
-    )
-    return Qwen3ForCausalLM(cfg).eval()
+#: models whose layers are of several kinds (config.layer_types), built by conftest's tiny_model
+LAYER_TYPE_MODELS = {
+    "qwen3": dict(head_dim=8, use_sliding_window=True, sliding_window=4,
+                  layer_types=["full_attention", "sliding_attention", "full_attention",
+                               "sliding_attention"]),
+    "gemma3_text": dict(head_dim=8, sliding_window=4,
+                        layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                     "full_attention"]),
+}
 
 
-def _tiny_gemma3():
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-        sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"],
-    )
-    return Gemma3ForCausalLM(cfg).eval()
-
-
-@pytest.mark.parametrize("build", [_tiny_qwen3, _tiny_gemma3], ids=["qwen3", "gemma3"])
-def test_prune_models_with_layer_types(build, ids, tmp_path):
+@pytest.mark.parametrize("arch", sorted(LAYER_TYPE_MODELS), ids=["gemma3", "qwen3"])
+def test_prune_models_with_layer_types(arch, ids, tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
-    model = build()
+    model = tiny_model(arch, **LAYER_TYPE_MODELS[arch])
     types = list(model.config.layer_types)
     prune_layers_(model, [0, 3])
     assert model.config.layer_types == [types[1], types[2]]

@@ -117,7 +117,7 @@ def test_removal_losses_cached_equal_the_plain_way(model_type):
     tensors and tuples, sliding-window layers and a 0-d scalar buffer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
     from avsslib.scores import removal_losses, removal_losses_plain
 
     cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -150,3 +150,18 @@ def test_ppl_removal_score_is_the_loss_increase(tiny_llama):
     scored = compute_scores(["ppl_removal"], None, model=tiny_llama, batches=batches, seed=0)
     base, removed = removal_losses_plain(tiny_llama, batches, progress=False)
     np.testing.assert_allclose(np.asarray(scored["ppl_removal"]), removed - base, rtol=1e-6)
+
+
+def test_registry_refuses_a_duplicate_name():
+    from avsslib.errors import ConfigError
+    from avsslib.scores import register
+
+    before = REGISTRY["avss"]
+    with pytest.raises(ConfigError, match="'avss' is already registered"):
+        register("avss")(lambda stats, **kw: stats)
+    assert REGISTRY["avss"] is before
+    try:
+        register("_test_score")(lambda stats, **kw: stats)
+        register("_test_score", replace=True)(lambda stats, **kw: stats)
+    finally:
+        REGISTRY.pop("_test_score", None)

@@ -97,7 +97,7 @@ def test_invalid_arguments():
 def test_iterative_selection_on_tiny_llama(tiny_llama):
     import torch
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
     from avsslib.prune import pruned_copy
     from avsslib.selection import select_iteratively
     from avsslib.stats import LayerStats

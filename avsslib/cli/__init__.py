@@ -62,12 +62,12 @@ def _no_progress_bars() -> Iterator[None]:
         original(self, *args, **kwargs)
 
     saved = os.environ.get("TQDM_DISABLE")
-    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    std.tqdm.__init__ = quiet_init
     os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
-        std.tqdm.__init__ = original  # type: ignore[method-assign]
+        std.tqdm.__init__ = original
         if saved is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(_no_progress_bars())
     try:
         if args._lock_out:       # one writer per results directory (avsslib.report.results_lock)
-            from avsslib.report import results_lock
+            from avsslib.fs import results_lock
 
             with results_lock(args.out):
                 return int(args._run(args) or 0)

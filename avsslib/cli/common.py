@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -107,20 +106,14 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
 def load_cli_model(args: argparse.Namespace, device: str, *,
                    causal_for: str | None = None) -> tuple[Any, Any, float]:
     """Seed everything (``--seed``), then load ``--model`` in ``--dtype`` on ``device``, honouring
-    ``--trust-remote-code``; returns ``(model, tokenizer, load seconds)``. ``causal_for``: the
-    command's name when it needs a causal language model (encoders are refused by name)."""
-    import torch
+    ``--trust-remote-code`` (:func:`avsslib.models.load_seeded`); returns ``(model, tokenizer,
+    load seconds)``. ``causal_for``: the command's name when it needs a causal language model
+    (encoders are refused by name)."""
+    from avsslib.models import load_seeded
 
-    from avsslib.models import load_model, require_causal_lm
-    from avsslib.seeding import set_seed
-
-    set_seed(args.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device,
-                                  trust_remote_code=getattr(args, "trust_remote_code", False))
-    if causal_for is not None:
-        require_causal_lm(model, f"avss {causal_for}")
-    return model, tokenizer, time.perf_counter() - t0
+    return load_seeded(args.model, dtype=args.dtype, device=device, seed=args.seed,
+                       trust_remote_code=getattr(args, "trust_remote_code", False),
+                       causal_for=None if causal_for is None else f"avss {causal_for}")
 
 
 def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
@@ -163,9 +156,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def resolve_device(device: str | None) -> str:
     """``device``, or ``cuda`` when a GPU is available, else ``cpu``."""
-    import torch
+    from avsslib.models import default_device
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device(device)
 
 
 def command_line(name: str, args: argparse.Namespace) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 from avsslib.cli.common import add_model_options, load_cli_model
 from avsslib.errors import ConfigError
 from avsslib.evaluate import BACKENDS, TASKS, EvalResult, evaluate, task_data_files
-from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+from avsslib.fs import write_csv_atomic, write_json_atomic
+from avsslib.report import RunRecord, save_record
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
 LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there

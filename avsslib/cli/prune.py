@@ -59,15 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
 
-    from avsslib.models import blocks
+    from avsslib.arch import blocks
+    from avsslib.fs import file_sha256, replace_directory, write_json_atomic
     from avsslib.prune import prune_layers_
-    from avsslib.report import (
-        RunRecord,
-        file_sha256,
-        replace_directory,
-        save_record,
-        write_json_atomic,
-    )
+    from avsslib.report import RunRecord, save_record
     from avsslib.selection import select_layers
     from avsslib.study import layer_scores, read_layer_table
 
@@ -145,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     whole, so the lock file is ``.<name>.avss.lock`` beside it). What a killed earlier run left
     is tidied first: a previous model directory moved aside but not replaced is put back, and
     half-built temporary directories are removed."""
-    from avsslib.report import results_lock
+    from avsslib.fs import results_lock
 
     out: Path = args.out
     with results_lock(out, lock_file=out.parent / f".{out.name}.avss.lock"):

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from avsslib import plots
-    from avsslib.report import RunRecord, save_record, write_csv_atomic, write_json_atomic
+    from avsslib.fs import write_csv_atomic, write_json_atomic
+    from avsslib.report import RunRecord, save_record
     from avsslib.study import batch_table, layer_scores, save_layer_table, selections
 
     check_numbers(args)

@@ -96,6 +96,7 @@ def _agreement_calibs(value: str) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avsslib.protocol import is_sweep
     from avsslib.study import primary_metric_rows, pruning_study
 
     for name in _DEFAULTS:                  # record the values actually used
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     )
     main = result["retention"]
     main = main[(main["fraction"] == args.fraction) | (main["config"] == "original")]
-    main = primary_metric_rows(main[~main["config"].str.startswith("sweep-")])
+    main = primary_metric_rows(main[~is_sweep(main["config"])])
     columns = ["config", "n_pruned", "task", "metric", "original", "pruned", "retention", "ci_low", "ci_high"]
     print(main[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     timing = result["timing"]

@@ -14,7 +14,7 @@ import json
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from avsslib.errors import DataError
 
@@ -116,7 +116,7 @@ def read_table(
     ``where`` carries the physical line on which the row ends (quoted CSV fields may span lines).
     """
     reader = csv.reader(
-        io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting
+        io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=cast(Any, quoting)
     )
     want = ", ".join(columns)
     try:

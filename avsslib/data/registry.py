@@ -517,11 +517,9 @@ def _sha256_file(path: Path) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA256:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _SHA256[key] = digest.hexdigest()
+        from avsslib.fs import file_sha256
+
+        _SHA256[key] = file_sha256(path)
     return _SHA256[key]
 
 

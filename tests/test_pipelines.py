@@ -1,0 +1,59 @@
+"""The library pipelines behind ``avss hallucination`` and ``avss mitigate``: their
+configurations carry exactly the command's options, and the command only maps arguments to a
+configuration (the runs themselves are compared with the committed digest in
+test_reproduce_digest.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from avsslib.errors import ConfigError
+from avsslib.hallucination import HallucinationConfig
+from avsslib.mitigation import MitigationConfig
+
+
+def _dests(module) -> set[str]:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return {a.dest for a in parser._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize(("command", "config"), [("hallucination", HallucinationConfig),
+                                                 ("mitigate", MitigationConfig)])
+def test_config_fields_are_the_command_options(command, config):
+    import importlib
+
+    module = importlib.import_module(f"avsslib.cli.{command}")
+    fields = {f.name for f in dataclasses.fields(config)} - {"command"}
+    assert fields == _dests(module)
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    args = parser.parse_args(["--out", "runs/x"])
+    built = module.config_from_args(args)
+    defaults = config(out=Path("runs/x"))
+    assert dataclasses.replace(built, command=None) == dataclasses.replace(defaults, command=None)
+    assert built.command.startswith(f"avss {command} ")
+
+
+def test_config_validation_names_the_option():
+    with pytest.raises(ConfigError, match="--datasets"):
+        HallucinationConfig(out=Path("x"), datasets=("nope",)).validate()
+    with pytest.raises(ConfigError, match="--family"):
+        HallucinationConfig(out=Path("x"), family=("Q",)).validate()
+    with pytest.raises(ConfigError, match="--calib-fraction"):
+        HallucinationConfig(out=Path("x"), calib_fraction=0.0).validate()
+    assert HallucinationConfig(out=Path("x"), family=("p",)).validate()[1] == ["P"]
+    with pytest.raises(ConfigError, match="--mode"):
+        MitigationConfig(out=Path("x"), mode="all").validate()
+
+
+def test_mitigation_record_keeps_the_option_spelling():
+    cfg = MitigationConfig(out=Path("o"), layers=(3, 7), eval_tasks=("sciq_mc",))
+    rec = cfg.record_config()
+    assert rec["layers"] == "3,7" and rec["eval_tasks"] == "sciq_mc" and rec["out"] == "o"
+    assert MitigationConfig(out=Path("o")).record_config()["layers"] is None
+    assert "--layers 3,7" in cfg.describe()
