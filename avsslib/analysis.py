@@ -49,7 +49,7 @@ __all__ = [
 QUANTITIES: tuple[str, ...] = ("variance", "sparsity", "avss")
 """The per-layer quantities whose rankings the agreement functions compare."""
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)   # 2 p(0) for a standard normal, about 0.798
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # 2 p(0) for a standard normal, about 0.798
 
 
 # ---------------------------------------------------------------------- Gaussian near-zero
@@ -110,13 +110,13 @@ def subset_statistics(stats: LayerStats, batches: Sequence[int] | np.ndarray) ->
         )
     if stats.aggregate == "batch":
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)     # all-NaN layer -> NaN
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layer -> NaN
             variance = np.nanmean(stats.batch_variances_[idx], axis=0)
             sparsity = np.nanmean(stats.batch_sparsities_[idx], axis=0)
     else:
-        total = stats.records_[idx].sum(0)                      # (L, K)
+        total = stats.records_[idx].sum(0)  # (L, K)
         col = {name: total[:, i] for i, name in enumerate(stats.columns)}
-        d = stats.element_counts_ / stats.n_tokens_             # hidden size, per layer
+        d = stats.element_counts_ / stats.n_tokens_  # hidden size, per layer
         elements = col["tokens"] * d
         if stats.variance_mode == "code":
             variance = col["sample_var"] / col["samples"]
@@ -149,7 +149,7 @@ def split_halves(stats: LayerStats, seed: int = 0) -> pd.DataFrame:
     if n < 2:
         raise ConfigError(f"split_halves needs at least 2 fitted batches, got {n}.")
     order = np.random.default_rng(seed).permutation(n)
-    half_a, half_b = np.sort(order[: (n + 1) // 2]), np.sort(order[(n + 1) // 2:])
+    half_a, half_b = np.sort(order[: (n + 1) // 2]), np.sort(order[(n + 1) // 2 :])
     a, b = subset_statistics(stats, half_a), subset_statistics(stats, half_b)
     frame = pd.concat([a.add_suffix("_a"), b.add_suffix("_b")], axis=1)
     frame = frame[[f"{q}_{h}" for q in QUANTITIES for h in "ab"]]
@@ -216,11 +216,13 @@ def official_avss_table(
     order, *before* sorting: the root of the selection bug. ``AVSS.py`` then sorts by ``AVSS``
     and prunes the rows with ``Cumulative_AVSS <= 0.25``.
     """
-    data = pd.DataFrame({
-        "Layer": np.arange(len(variance)),
-        "Variance": np.asarray(variance, dtype=np.float64),
-        "Sparsity": np.asarray(sparsity, dtype=np.float64),
-    })
+    data = pd.DataFrame(
+        {
+            "Layer": np.arange(len(variance)),
+            "Variance": np.asarray(variance, dtype=np.float64),
+            "Sparsity": np.asarray(sparsity, dtype=np.float64),
+        }
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         data["AVSS"] = data["Variance"] / data["Sparsity"]
         data["Normalized_AVSS"] = data["AVSS"] / data["AVSS"].sum()
@@ -229,8 +231,9 @@ def official_avss_table(
 
 
 # ---------------------------------------------------------------------- raw block outputs
-def block_outputs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
-                  *, pass_mask: bool = True) -> list[Any]:
+def block_outputs(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, pass_mask: bool = True
+) -> list[Any]:
     """Every block's raw output in one no-grad forward pass of ``batch``, as a forward hook
     receives it: a tuple whose first item is ``(B, T, d)`` (transformers 4.x), or the bare
     ``(B, T, d)`` tensor (transformers 5.x Llama-style blocks). Index ``k`` is block ``k``.
@@ -256,9 +259,10 @@ def block_outputs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
     return [captured[k] for k in range(len(captured))]
 
 
-def bootstrap_statistics(stats: LayerStats, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_statistics(
+    stats: LayerStats, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Variance and sparsity per layer (each shape ``(n_layers,)``) of ``stats`` on one bootstrap
     resample of the batches it was fitted on (:func:`subset_statistics`)."""
     frame = subset_statistics(stats, rng.integers(0, stats.n_batches_, size=stats.n_batches_))
     return frame["variance"].to_numpy(), frame["sparsity"].to_numpy()
-

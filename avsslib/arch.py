@@ -148,8 +148,6 @@ def layer_count_field(model: torch.nn.Module) -> str:
     return _architecture(model)[1].n_layers
 
 
-
-
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 

@@ -48,8 +48,10 @@ def percentile_interval(boot: np.ndarray, alpha: float) -> tuple[float, float]:
     if np.isnan(boot).any():
         return math.nan, math.nan
     if np.isinf(boot).any():
-        return (float(np.quantile(boot, alpha / 2, method="lower")),
-                float(np.quantile(boot, 1 - alpha / 2, method="higher")))
+        return (
+            float(np.quantile(boot, alpha / 2, method="lower")),
+            float(np.quantile(boot, 1 - alpha / 2, method="higher")),
+        )
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
@@ -75,8 +77,9 @@ def bootstrap_ci(
     return percentile_interval(boot, alpha)
 
 
-def paired_replicates(x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray], float],
-                      idx: np.ndarray) -> np.ndarray:
+def paired_replicates(
+    x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray], float], idx: np.ndarray
+) -> np.ndarray:
     """``(n_boot, 2)``: ``stat`` of ``x`` and of ``y`` on each row of indices ``idx`` (the same
     examples for both runs; ``x[i]`` and ``y[i]`` belong to the same example)."""
     return np.array([(stat(x[i]), stat(y[i])) for i in idx], dtype=np.float64)

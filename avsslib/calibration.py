@@ -76,8 +76,9 @@ def calibration_batches(
     if isinstance(texts, str):
         raise ConfigError("texts must be a sequence of strings, not one string.")
     pad = _pad_id(tokenizer)
-    encoded = tokenizer(list(texts), truncation=True, max_length=seq_len,
-                        add_special_tokens=add_special_tokens)["input_ids"]
+    encoded = tokenizer(
+        list(texts), truncation=True, max_length=seq_len, add_special_tokens=add_special_tokens
+    )["input_ids"]
     rows = [list(ids)[:seq_len] for ids in encoded if len(ids) > 0]
     if not rows:
         raise ConfigError(
@@ -85,13 +86,13 @@ def calibration_batches(
         )
     batches = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         width = seq_len if pad_to_max_length else max(len(r) for r in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, r in enumerate(chunk):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
 
@@ -125,9 +126,14 @@ def calibration_set(
     from avsslib.data import calibration_texts, data_file_hashes
 
     texts = calibration_texts(name, split, n=n, min_chars=min_chars, seed=seed, data_dir=data_dir)
-    batches = calibration_batches(tokenizer, texts, seq_len=seq_len, batch_size=batch_size,
-                                  pad_to_max_length=pad_to_max_length,
-                                  add_special_tokens=add_special_tokens)
+    batches = calibration_batches(
+        tokenizer,
+        texts,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        pad_to_max_length=pad_to_max_length,
+        add_special_tokens=add_special_tokens,
+    )
     description = {
         "dataset": name,
         "split": split,

@@ -76,7 +76,9 @@ def _check_table(table: pd.DataFrame, name: str = "table") -> None:
 
 def _k_of(fraction: float, n_layers: int) -> int:
     if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"fraction {fraction}: the pruned share must lie strictly between 0 and 1.")
+        raise ConfigError(
+            f"fraction {fraction}: the pruned share must lie strictly between 0 and 1."
+        )
     return round(fraction * n_layers)
 
 
@@ -93,13 +95,14 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def _avss_quiet(variance: np.ndarray, sparsity: np.ndarray, clamp: float) -> np.ndarray:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")       # clamping is what is being measured here
+        warnings.simplefilter("ignore")  # clamping is what is being measured here
         return avss_values(variance, sparsity, clamp=clamp)
 
 
 # ---------------------------------------------------------------------- Poisson intervals
-def poisson_interval(counts: Sequence[float] | np.ndarray | float,
-                     alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def poisson_interval(
+    counts: Sequence[float] | np.ndarray | float, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact (Garwood) two-sided ``1 - alpha`` interval of a Poisson mean from counts ``k``.
 
     ``low = chi2.ppf(alpha/2, 2k) / 2`` (0 for ``k = 0``), ``high = chi2.ppf(1 - alpha/2,
@@ -143,19 +146,30 @@ def sparsity_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         k = table[col].to_numpy(dtype=np.float64)
         n = table["element_count"].to_numpy(dtype=np.float64)
         low, high = poisson_interval(k, alpha)
-        parts.append(pd.DataFrame({
-            "layer": table.index.to_numpy(), "eps": eps, "count": k.astype(np.int64),
-            "elements": n.astype(np.int64), "rate": k / n, "count_low": low, "count_high": high,
-            "rate_low": low / n, "rate_high": high / n,
-            "relative_half_width": (high - low) / 2 / np.maximum(k, 1.0), "zero": k == 0,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "layer": table.index.to_numpy(),
+                    "eps": eps,
+                    "count": k.astype(np.int64),
+                    "elements": n.astype(np.int64),
+                    "rate": k / n,
+                    "count_low": low,
+                    "count_high": high,
+                    "rate_low": low / n,
+                    "rate_high": high / n,
+                    "relative_half_width": (high - low) / 2 / np.maximum(k, 1.0),
+                    "zero": k == 0,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
 # ---------------------------------------------------------------------- depth trend
-def depth_correlations(table: pd.DataFrame,
-                       columns: Sequence[str] = ("avss", "variance", "rms", "sparsity")
-                       ) -> pd.DataFrame:
+def depth_correlations(
+    table: pd.DataFrame, columns: Sequence[str] = ("avss", "variance", "rms", "sparsity")
+) -> pd.DataFrame:
     """Spearman rho (and its two-sided p-value) of each column with depth and of each pair.
 
     ``depth`` is the layer index (0 = first block). Returns columns ``a``, ``b``,
@@ -171,7 +185,7 @@ def depth_correlations(table: pd.DataFrame,
     values = {c: table[c].to_numpy(dtype=np.float64) for c in columns}
     values["depth"] = np.arange(len(table), dtype=np.float64)
     pairs = [(c, "depth") for c in columns]
-    pairs += [(a, b) for i, a in enumerate(columns) for b in columns[i + 1:]]
+    pairs += [(a, b) for i, a in enumerate(columns) for b in columns[i + 1 :]]
     rows = []
     for a, b in pairs:
         x, y = values[a], values[b]
@@ -196,7 +210,7 @@ def log_decomposition(table: pd.DataFrame, fraction: float = 0.25) -> dict[str, 
     The AVSS column of the table (the study's, clamp included) is used as is.
     """
     _check_table(table)
-    kept = table["near_zero_count"].to_numpy(dtype=np.float64) > 0   # clamped layers left out
+    kept = table["near_zero_count"].to_numpy(dtype=np.float64) > 0  # clamped layers left out
     a = np.log(table["avss"].to_numpy(dtype=np.float64)[kept])
     v = np.log(table["variance"].to_numpy(dtype=np.float64)[kept])
     s = np.log(table["sparsity"].to_numpy(dtype=np.float64)[kept])
@@ -212,17 +226,23 @@ def log_decomposition(table: pd.DataFrame, fraction: float = 0.25) -> dict[str, 
     by_rms = _lowest(table["rms"].to_numpy(dtype=np.float64), k)
     by_depth = set(range(k))
     return {
-        "r2_log_variance": r2(v), "r2_log_sparsity": r2(-s), "n_unclamped": int(kept.sum()),
-        "sd_log_variance": float(np.std(v)), "sd_log_sparsity": float(np.std(s)),
-        "k": k, "avss_pruned": sorted(pruned),
-        "overlap_variance": len(pruned & by_var), "overlap_rms": len(pruned & by_rms),
+        "r2_log_variance": r2(v),
+        "r2_log_sparsity": r2(-s),
+        "n_unclamped": int(kept.sum()),
+        "sd_log_variance": float(np.std(v)),
+        "sd_log_sparsity": float(np.std(s)),
+        "k": k,
+        "avss_pruned": sorted(pruned),
+        "overlap_variance": len(pruned & by_var),
+        "overlap_rms": len(pruned & by_rms),
         "overlap_depth": len(pruned & by_depth),
     }
 
 
 # ---------------------------------------------------------------------- the clamp
-def clamp_effect(table: pd.DataFrame, fraction: float = 0.25,
-                 clamp: float = SPARSITY_CLAMP, alpha: float = 0.05) -> pd.DataFrame:
+def clamp_effect(
+    table: pd.DataFrame, fraction: float = 0.25, clamp: float = SPARSITY_CLAMP, alpha: float = 0.05
+) -> pd.DataFrame:
     """What the sparsity clamp does to each layer with no near-zero element.
 
     For every layer with ``near_zero_count == 0``: its AVSS rank (0 = pruned first) with the
@@ -250,23 +270,46 @@ def clamp_effect(table: pd.DataFrame, fraction: float = 0.25,
     sets = {key: _lowest(val, k) for key, val in variants.items()}
     rows = []
     for i in zero:
-        rows.append(dict(
-            layer=int(table.index[i]), rank_clamped=int(ranks["clamped"][i]),
-            rank_half=int(ranks["half"][i]), rank_upper=int(ranks["upper"][i]),
-            pruned_clamped=i in sets["clamped"], pruned_half=i in sets["half"],
-            pruned_upper=i in sets["upper"],
-            set_changed_half=sets["half"] != sets["clamped"],
-            set_changed_upper=sets["upper"] != sets["clamped"],
-            upper_count=upper, k=k, n_layers=len(table),
-        ))
-    columns = ["layer", "rank_clamped", "rank_half", "rank_upper", "pruned_clamped", "pruned_half",
-               "pruned_upper", "set_changed_half", "set_changed_upper", "upper_count", "k", "n_layers"]
+        rows.append(
+            dict(
+                layer=int(table.index[i]),
+                rank_clamped=int(ranks["clamped"][i]),
+                rank_half=int(ranks["half"][i]),
+                rank_upper=int(ranks["upper"][i]),
+                pruned_clamped=i in sets["clamped"],
+                pruned_half=i in sets["half"],
+                pruned_upper=i in sets["upper"],
+                set_changed_half=sets["half"] != sets["clamped"],
+                set_changed_upper=sets["upper"] != sets["clamped"],
+                upper_count=upper,
+                k=k,
+                n_layers=len(table),
+            )
+        )
+    columns = [
+        "layer",
+        "rank_clamped",
+        "rank_half",
+        "rank_upper",
+        "pruned_clamped",
+        "pruned_half",
+        "pruned_upper",
+        "set_changed_half",
+        "set_changed_upper",
+        "upper_count",
+        "k",
+        "n_layers",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def poisson_rank_stability(table: pd.DataFrame, fraction: float = 0.25, n_draws: int = 2000,
-                           seed: int = 0, clamp: float = SPARSITY_CLAMP
-                           ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def poisson_rank_stability(
+    table: pd.DataFrame,
+    fraction: float = 0.25,
+    n_draws: int = 2000,
+    seed: int = 0,
+    clamp: float = SPARSITY_CLAMP,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """What counting noise alone does to the AVSS ranking (variance held fixed).
 
     Each draw replaces every layer's near-zero count ``k`` by ``Poisson(rate)`` with
@@ -323,26 +366,41 @@ def poisson_rank_stability(table: pd.DataFrame, fraction: float = 0.25, n_draws:
             b = _avss_quiet(v, raised / n, clamp)
             decides_set += _lowest(b, k) != chosen
             decides_rank += bool((_ranks(b) != _ranks(a)).any())
-    per_layer = pd.DataFrame({
-        "layer": table.index.to_numpy(), "count": k_counts.astype(np.int64),
-        "p_zero": zero_hits / n_draws, "p_pruned": pruned_hits / n_draws,
-        "pruned_observed": [i in observed_set for i in range(m)],
-    })
+    per_layer = pd.DataFrame(
+        {
+            "layer": table.index.to_numpy(),
+            "count": k_counts.astype(np.int64),
+            "p_zero": zero_hits / n_draws,
+            "p_pruned": pruned_hits / n_draws,
+            "pruned_observed": [i in observed_set for i in range(m)],
+        }
+    )
     t = np.asarray(taus)
     summary = {
-        "n_draws": n_draws, "k": k, "n_layers": m, "seed": seed,
-        "p_any_clamped": any_clamped / n_draws, "mean_clamped": n_clamped / n_draws,
-        "p_set_observed": same_set / n_draws, "p_clamp_decides": decides_set / n_draws,
+        "n_draws": n_draws,
+        "k": k,
+        "n_layers": m,
+        "seed": seed,
+        "p_any_clamped": any_clamped / n_draws,
+        "mean_clamped": n_clamped / n_draws,
+        "p_set_observed": same_set / n_draws,
+        "p_clamp_decides": decides_set / n_draws,
         "p_clamp_decides_rank": decides_rank / n_draws,
-        "kendall_median": float(np.median(t)), "kendall_q05": float(np.quantile(t, 0.05)),
+        "kendall_median": float(np.median(t)),
+        "kendall_q05": float(np.quantile(t, 0.05)),
         "mean_jaccard": float(np.mean(jaccards)),
     }
     return per_layer, summary
 
 
 # ---------------------------------------------------------------------- together
-def diagnose(table: pd.DataFrame, fraction: float = 0.25, n_draws: int = 2000,
-             seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+def diagnose(
+    table: pd.DataFrame,
+    fraction: float = 0.25,
+    n_draws: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
     """Every diagnosis of one per-layer table: ``correlations``, ``sparsity``, ``clamp``,
     ``stability`` (DataFrames) and ``summary`` (a dict: the :func:`log_decomposition`,
     the :func:`poisson_rank_stability` summary, the Spearman rho of AVSS, variance and RMS with
@@ -356,7 +414,8 @@ def diagnose(table: pd.DataFrame, fraction: float = 0.25, n_draws: int = 2000,
         return float(row["spearman"].iloc[0])
 
     summary = {
-        "fraction": fraction, "n_layers": len(table),
+        "fraction": fraction,
+        "n_layers": len(table),
         "spearman_avss_depth": rho("avss", "depth"),
         "spearman_variance_depth": rho("variance", "depth"),
         "spearman_rms_depth": rho("rms", "depth"),
@@ -365,21 +424,32 @@ def diagnose(table: pd.DataFrame, fraction: float = 0.25, n_draws: int = 2000,
         "spearman_avss_rms": rho("avss", "rms"),
         "spearman_avss_sparsity": rho("avss", "sparsity"),
         "spearman_variance_rms": rho("variance", "rms"),
-        "near_zero_min": int(counts.min()), "near_zero_max": int(counts.max()),
+        "near_zero_min": int(counts.min()),
+        "near_zero_max": int(counts.max()),
         "near_zero_median": float(np.median(counts)),
         "elements_per_layer": int(table["element_count"].iloc[0]),
         "clamped_layers": [int(x) for x in table.index[counts == 0]],
         **log_decomposition(table, fraction),
         "stability": stab,
     }
-    return {"correlations": corr, "sparsity": sparsity_table(table, alpha),
-            "clamp": clamp_effect(table, fraction, alpha=alpha), "stability": per_layer,
-            "summary": summary}
+    return {
+        "correlations": corr,
+        "sparsity": sparsity_table(table, alpha),
+        "clamp": clamp_effect(table, fraction, alpha=alpha),
+        "stability": per_layer,
+        "summary": summary,
+    }
 
 
-def run_diagnosis(study_dir: str | Path, out_dir: str | Path, *, fraction: float = 0.25,
-                  n_draws: int = 2000, seed: int = 0, command: str | None = None
-                  ) -> dict[str, Any]:
+def run_diagnosis(
+    study_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fraction: float = 0.25,
+    n_draws: int = 2000,
+    seed: int = 0,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Diagnose a pruning study's committed tables and write the result files.
 
     Reads ``study_dir/layer_stats.csv`` (fixed mode) and, when present,
@@ -396,39 +466,63 @@ def run_diagnosis(study_dir: str | Path, out_dir: str | Path, *, fraction: float
     study, out = Path(study_dir), Path(out_dir)
     files = {"fixed": study / "layer_stats.csv", "faithful": study / "layer_stats_faithful.csv"}
     if not files["fixed"].is_file():
-        raise ConfigError(f"{files['fixed']}: no such file; point --study at a pruning study's "
-                          "directory (e.g. results/smollm2-135m/avss).")
+        raise ConfigError(
+            f"{files['fixed']}: no such file; point --study at a pruning study's "
+            "directory (e.g. results/smollm2-135m/avss)."
+        )
     files = {k: p for k, p in files.items() if p.is_file()}
-    config = {"study_dir": str(study), "fraction": fraction, "n_draws": n_draws, "seed": seed,
-              "format": DIAGNOSIS_FORMAT}
+    config = {
+        "study_dir": str(study),
+        "fraction": fraction,
+        "n_draws": n_draws,
+        "seed": seed,
+        "format": DIAGNOSIS_FORMAT,
+    }
     if command is None:
-        command = (f"run_diagnosis({str(study)!r}, {str(out)!r}, fraction={fraction}, "
-                   f"n_draws={n_draws}, seed={seed})")
-    record = RunRecord.start(command, config, seed,
-                             data_files={str(p): file_sha256(p) for p in files.values()})
+        command = (
+            f"run_diagnosis({str(study)!r}, {str(out)!r}, fraction={fraction}, "
+            f"n_draws={n_draws}, seed={seed})"
+        )
+    record = RunRecord.start(
+        command, config, seed, data_files={str(p): file_sha256(p) for p in files.values()}
+    )
     study_record = study / "record.json"
     if study_record.is_file():
         import json
 
         record.model = json.loads(study_record.read_text(encoding="utf-8")).get("model", {})
-    results = {mode: diagnose(read_layer_table(path), fraction, n_draws, seed)
-               for mode, path in files.items()}
+    results = {
+        mode: diagnose(read_layer_table(path), fraction, n_draws, seed)
+        for mode, path in files.items()
+    }
     for name in ("correlations", "sparsity", "clamp", "stability"):
-        frame = pd.concat([r[name].assign(mode=mode) for mode, r in results.items()],
-                          ignore_index=True)
+        frame = pd.concat(
+            [r[name].assign(mode=mode) for mode, r in results.items()], ignore_index=True
+        )
         write_csv_atomic(out / f"{name}.csv", frame[["mode", *[c for c in frame if c != "mode"]]])
     summaries = {mode: r["summary"] for mode, r in results.items()}
     write_json_atomic(out / "summary.json", {"format": DIAGNOSIS_FORMAT, **summaries})
     table = []
     for mode, s in summaries.items():
-        for key in ("spearman_avss_depth", "spearman_variance_depth", "spearman_rms_depth",
-                    "spearman_avss_variance", "r2_log_variance"):
-            table.append(dict(task=mode, metric=key, value=s[key], ci_low=None, ci_high=None,
-                              n=s["n_layers"]))
+        for key in (
+            "spearman_avss_depth",
+            "spearman_variance_depth",
+            "spearman_rms_depth",
+            "spearman_avss_variance",
+            "r2_log_variance",
+        ):
+            table.append(
+                dict(
+                    task=mode, metric=key, value=s[key], ci_low=None, ci_high=None, n=s["n_layers"]
+                )
+            )
         st = s["stability"]
         for key in ("p_any_clamped", "p_clamp_decides", "p_set_observed", "kendall_median"):
-            table.append(dict(task=mode, metric=key, value=st[key], ci_low=None, ci_high=None,
-                              n=st["n_draws"]))
+            table.append(
+                dict(
+                    task=mode, metric=key, value=st[key], ci_low=None, ci_high=None, n=st["n_draws"]
+                )
+            )
     record.finish({"table": table, "summary": summaries}, total_s=time.perf_counter() - t0)
     save_record(record, out / "record.json")
     return results

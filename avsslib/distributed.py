@@ -112,7 +112,7 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     device_obj = _rank_device(kind, local)
     backend = backend or ("nccl" if kind == "cuda" else "gloo")
     if backend == "nccl":
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")   # never NVLink multicast
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast
     if kind == "cuda":
         torch.cuda.set_device(device_obj)
     extra: dict[str, Any] = {"device_id": device_obj} if kind == "cuda" else {}
@@ -185,17 +185,19 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     device = _comm_device(group)
     have = stats.n_batches_ > 0
-    mine = stats.state_dict() if have else None      # the accumulator's public state
+    mine = stats.state_dict() if have else None  # the accumulator's public state
     records = mine["records"].to(device) if mine is not None else None
     units = mine["unit_sums"].to(device) if mine is not None else None
     n_cols = len(stats.columns)
 
     # 1) who has what: (n_batches, n_layers, K, d, parameter tag) per rank
     header = torch.zeros(world, 5, dtype=torch.float64, device=device)
-    n_layers, d = (records.shape[1], units.shape[1]) if records is not None and units is not None \
-        else (0, 0)
-    header[rank] = torch.tensor([stats.n_batches_, n_layers, n_cols, d, _params_tag(stats)],
-                                dtype=torch.float64)
+    n_layers, d = (
+        (records.shape[1], units.shape[1]) if records is not None and units is not None else (0, 0)
+    )
+    header[rank] = torch.tensor(
+        [stats.n_batches_, n_layers, n_cols, d, _params_tag(stats)], dtype=torch.float64
+    )
     dist.all_reduce(header, group=group)
     table = header.cpu().tolist()
     if len({row[4] for row in table}) > 1 or len({row[2] for row in table}) > 1:
@@ -229,8 +231,12 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     dist.all_reduce(all_records, group=group)
     dist.all_reduce(all_units, group=group)
 
-    state = {"format": _STATE_FORMAT, "params": stats.accumulation_params(),
-             "records": all_records, "unit_sums": all_units}
+    state = {
+        "format": _STATE_FORMAT,
+        "params": stats.accumulation_params(),
+        "records": all_records,
+        "unit_sums": all_units,
+    }
     return stats.load_state_dict(state)
 
 

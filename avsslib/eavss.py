@@ -128,8 +128,9 @@ class HallucinationStats:
     n_skipped_empty: int
     positions: str
 
-    def scores(self, family: Family = "P", *, k: int | None = None,
-               by: str | None = None) -> pd.DataFrame:
+    def scores(
+        self, family: Family = "P", *, k: int | None = None, by: str | None = None
+    ) -> pd.DataFrame:
         """:func:`eavss_scores` of the two sets; ``AvssError`` when one set is empty."""
         if self.hallucinated is None or self.truthful is None:
             raise AvssError(
@@ -155,14 +156,19 @@ def hallucination_stats(
     _check("positions", positions, POSITIONS)
     can_generate = getattr(model, "can_generate", None)
     if not (callable(can_generate) and can_generate()):
-        raise ConfigError(f"{type(model).__name__} is not a causal LM: hallucination statistics "
-                          "teacher-force the model's answers and need a generative model.")
+        raise ConfigError(
+            f"{type(model).__name__} is not a causal LM: hallucination statistics "
+            "teacher-force the model's answers and need a generative model."
+        )
     usable = [e for e in examples if positions == "all" or e.answer_ids]
     skipped = len(examples) - len(usable)
     if skipped:
-        warnings.warn(f"{skipped} of {len(examples)} examples have an empty answer and no answer "
-                      "token to measure; they are left out of the statistics.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{skipped} of {len(examples)} examples have an empty answer and no answer "
+            "token to measure; they are left out of the statistics.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     fitted: dict[str, LayerStats | None] = {}
     counts: dict[str, int] = {}
     for label in ("hallucinated", "truthful"):
@@ -173,13 +179,25 @@ def hallucination_stats(
             continue
         # pooled statistics do not depend on how samples are batched: group similar lengths
         subset.sort(key=lambda e: len(e.prompt) + len(e.answer_ids))
-        batches = teacher_forcing_batches(tokenizer, subset, positions=positions,
-                                          batch_size=batch_size)
-        stats = LayerStats(eps=eps, variance_mode=variance_mode, pass_mask=False,  # type: ignore[arg-type]
-                           mask_pad=True, similarity=False)
+        batches = teacher_forcing_batches(
+            tokenizer, subset, positions=positions, batch_size=batch_size
+        )
+        stats = LayerStats(
+            eps=eps,
+            variance_mode=variance_mode,  # type: ignore[arg-type]
+            pass_mask=False,
+            mask_pad=True,
+            similarity=False,
+        )
         fitted[label] = stats.fit(model, batches, progress=progress)
-    return HallucinationStats(fitted["hallucinated"], fitted["truthful"], counts["hallucinated"],
-                              counts["truthful"], skipped, positions)
+    return HallucinationStats(
+        fitted["hallucinated"],
+        fitted["truthful"],
+        counts["hallucinated"],
+        counts["truthful"],
+        skipped,
+        positions,
+    )
 
 
 # ---------------------------------------------------------------------- scores
@@ -200,22 +218,28 @@ def _norm(values: np.ndarray) -> np.ndarray:
 def _clamped(s: np.ndarray, name: str, clamp: float) -> np.ndarray:
     low = np.flatnonzero(s < clamp)
     if low.size:
-        warnings.warn(f"{name} is below {clamp:g} (no near-zero activation) at layers "
-                      f"{low.tolist()}: clamped to {clamp:g}, so ratios there "
-                      "are huge; consider a larger eps or more data.",
-                      SparsityClampWarning, stacklevel=3)
+        warnings.warn(
+            f"{name} is below {clamp:g} (no near-zero activation) at layers "
+            f"{low.tolist()}: clamped to {clamp:g}, so ratios there "
+            "are huge; consider a larger eps or more data.",
+            SparsityClampWarning,
+            stacklevel=3,
+        )
     return np.maximum(s, clamp)
 
 
 def _array(values: Any, name: str) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.ndim != 1 or a.size < 2:
-        raise AvssError(f"{name} must hold one value per layer for at least 2 layers, got shape "
-                        f"{a.shape}.")
+        raise AvssError(
+            f"{name} must hold one value per layer for at least 2 layers, got shape {a.shape}."
+        )
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
-        raise AvssError(f"{name} is not finite at layers {bad.tolist()}: that sample set had no "
-                        "counted token there (empty answers?). Check the labels.")
+        raise AvssError(
+            f"{name} is not finite at layers {bad.tolist()}: that sample set had no "
+            "counted token there (empty answers?). Check the labels."
+        )
     return a
 
 
@@ -240,17 +264,22 @@ def eavss_profile(
     ``frame.attrs`` holds ``family``, ``k`` and ``by``. ``k`` defaults to :func:`default_k`,
     ``by`` to ``DEFAULT_BY[family]``."""
     _check("family", family, FAMILIES)
-    v_h, s_h, v_t, s_t = (_array(x, n) for x, n in ((v_h, "V_H"), (s_h, "S_H"), (v_t, "V_T"),
-                                                     (s_t, "S_T")))
+    v_h, s_h, v_t, s_t = (
+        _array(x, n) for x, n in ((v_h, "V_H"), (s_h, "S_H"), (v_t, "V_T"), (s_t, "S_T"))
+    )
     if not v_h.shape == s_h.shape == v_t.shape == s_t.shape:
-        raise AvssError(f"the statistics have different numbers of layers: {v_h.size}, "
-                        f"{s_h.size}, {v_t.size}, {s_t.size}.")
+        raise AvssError(
+            f"the statistics have different numbers of layers: {v_h.size}, "
+            f"{s_h.size}, {v_t.size}, {s_t.size}."
+        )
     if not clamp > 0:
         raise ConfigError(f"clamp must be > 0, got {clamp}.")
     for name, v in (("V_H", v_h), ("V_T", v_t)):
         if (v <= 0).any():
-            raise AvssError(f"{name} is not positive at layers {np.flatnonzero(v <= 0).tolist()}; "
-                            "variances must be > 0 to be normalised and divided.")
+            raise AvssError(
+                f"{name} is not positive at layers {np.flatnonzero(v <= 0).tolist()}; "
+                "variances must be > 0 to be normalised and divided."
+            )
     sh, st = _clamped(s_h, "S_H", clamp), _clamped(s_t, "S_T", clamp)
     if family == "P":
         hsav, hss = v_h, sh
@@ -258,11 +287,20 @@ def eavss_profile(
         hsav, hss = v_h / v_t, sh / st
     eavss = _norm(hsav) / _norm(hss)
     avss_t = _norm(v_t) / _norm(st)
-    frame = pd.DataFrame({
-        "v_h": v_h, "s_h": s_h, "v_t": v_t, "s_t": s_t,
-        "hsav": hsav, "hss": hss, "eavss": eavss, "avss_t": avss_t,
-        "eavss_tilde": _norm(eavss), "avss_t_tilde": _norm(avss_t),
-    })
+    frame = pd.DataFrame(
+        {
+            "v_h": v_h,
+            "s_h": s_h,
+            "v_t": v_t,
+            "s_t": s_t,
+            "hsav": hsav,
+            "hss": hss,
+            "eavss": eavss,
+            "avss_t": avss_t,
+            "eavss_tilde": _norm(eavss),
+            "avss_t_tilde": _norm(avss_t),
+        }
+    )
     frame["delta"] = frame["eavss_tilde"] - frame["avss_t_tilde"] if family == "P" else np.nan
     frame.index.name = "layer"
     frame.attrs["family"] = family
@@ -283,8 +321,16 @@ def eavss_scores(
     answers. When the objects have ``near_zero_counts_`` and ``element_counts_`` (as
     ``LayerStats`` does), the frame also gets the raw counts behind each sparsity:
     ``near_zero_h``, ``elements_h``, ``near_zero_t``, ``elements_t``."""
-    frame = eavss_profile(stats_h.variance_, stats_h.sparsity_, stats_t.variance_,
-                          stats_t.sparsity_, family, k=k, by=by, clamp=clamp)
+    frame = eavss_profile(
+        stats_h.variance_,
+        stats_h.sparsity_,
+        stats_t.variance_,
+        stats_t.sparsity_,
+        family,
+        k=k,
+        by=by,
+        clamp=clamp,
+    )
     for tag, stats in (("h", stats_h), ("t", stats_t)):
         if hasattr(stats, "near_zero_counts_") and hasattr(stats, "element_counts_"):
             frame[f"near_zero_{tag}"] = np.asarray(stats.near_zero_counts_, dtype=np.float64)
@@ -301,7 +347,7 @@ def _order(frame: pd.DataFrame, by: str) -> np.ndarray:
     if by not in frame:
         raise ConfigError(f"the profile has no column {by!r} (columns: {list(frame.columns)}).")
     values = frame[by].to_numpy(dtype=np.float64)
-    return np.argsort(-values, kind="stable")       # most prone first, ties: lower index
+    return np.argsort(-values, kind="stable")  # most prone first, ties: lower index
 
 
 def _mark_prone(frame: pd.DataFrame, k: int | None, by: str | None) -> pd.DataFrame:
@@ -324,13 +370,15 @@ def prone_layers(frame: pd.DataFrame, k: int | None = None, *, by: str | None = 
     by = by or DEFAULT_BY[frame.attrs.get("family", "P")]
     k = default_k(len(frame)) if k is None else k
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= len(frame):
-        raise ConfigError(f"k={k!r} must be an integer between 1 and the number of layers "
-                          f"({len(frame)}).")
+        raise ConfigError(
+            f"k={k!r} must be an integer between 1 and the number of layers ({len(frame)})."
+        )
     return sorted(int(frame.index[i]) for i in _order(frame, by)[:k])
 
 
-def prone_sweep(frame: pd.DataFrame, ks: Sequence[int] | None = None, *,
-                by: str | None = None) -> dict[int, list[int]]:
+def prone_sweep(
+    frame: pd.DataFrame, ks: Sequence[int] | None = None, *, by: str | None = None
+) -> dict[int, list[int]]:
     """:func:`prone_layers` for every ``k`` of ``ks`` (default :func:`k_sweep`)."""
     return {int(k): prone_layers(frame, int(k), by=by) for k in (ks or k_sweep(len(frame)))}
 
@@ -344,8 +392,7 @@ def mean_jaccard(sets: Sequence[Iterable[int]]) -> float:
     """Mean Jaccard similarity ``|A & B| / |A | B|`` over every pair of the given layer sets
     (1 for equal sets, 0 for disjoint ones); NaN with fewer than two sets."""
     as_sets = [set(int(i) for i in s) for s in sets]
-    pairs = [(a, b) for i, a in enumerate(as_sets) for b in as_sets[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(as_sets) for b in as_sets[i + 1 :]]
     if not pairs:
         return float("nan")
     return float(np.mean([len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]))
-

@@ -64,18 +64,41 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-REUSE_ARCHITECTURES = frozenset({
-    "llama", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3", "olmo", "olmo2", "granite", "smollm3",
-    "stablelm", "gemma", "phi", "gptj",
-})
+REUSE_ARCHITECTURES = frozenset(
+    {
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gpt2",
+        "gpt_neox",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "granite",
+        "smollm3",
+        "stablelm",
+        "gemma",
+        "phi",
+        "gptj",
+    }
+)
 """``config.model_type`` values whose cache reuse the parity tests check (tiny random models;
 ``llama`` also the embedded SmolLM2). Other architectures run the plain harness methods."""
 
 _GREEDY_DEFAULTS: dict[str, Any] = {
-    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-    "bad_words_ids": None, "min_length": 0, "min_new_tokens": None, "suppress_tokens": None,
-    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
-    "sequence_bias": None, "num_beams": 1, "exponential_decay_length_penalty": None,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "num_beams": 1,
+    "exponential_decay_length_penalty": None,
 }
 """``generation_config`` fields that change what greedy decoding picks, at their neutral values."""
 
@@ -89,7 +112,10 @@ def cache_reuse_support(model: torch.nn.Module) -> tuple[bool, str]:
     if getattr(config, "is_encoder_decoder", False):
         return False, "encoder-decoder model"
     if config.model_type not in REUSE_ARCHITECTURES:
-        return False, f"model type {config.model_type!r} is not among the architectures the parity tests cover"
+        return (
+            False,
+            f"model type {config.model_type!r} is not among the architectures the parity tests cover",
+        )
     impl = getattr(config, "_attn_implementation", None)
     if impl not in ("eager", "sdpa"):
         return False, f"attention implementation {impl!r} (only eager and sdpa are covered)"
@@ -111,8 +137,12 @@ def select_rows(cache: Any, index: torch.Tensor) -> Any:
     other)."""
     from transformers import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
-                                        for layer in cache.layers])
+    return DynamicCache(
+        ddp_cache_data=[
+            (layer.keys.index_select(0, index), layer.values.index_select(0, index))
+            for layer in cache.layers
+        ]
+    )
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -127,14 +157,16 @@ def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return tuple(first[:n])
 
 
-def _pad(rows: Sequence[Sequence[int]], width: int, value: int, *, left: bool = False) -> torch.Tensor:
+def _pad(
+    rows: Sequence[Sequence[int]], width: int, value: int, *, left: bool = False
+) -> torch.Tensor:
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
             if left:
-                out[i, width - len(r):] = torch.tensor(r)
+                out[i, width - len(r) :] = torch.tensor(r)
             else:
-                out[i, :len(r)] = torch.tensor(r)
+                out[i, : len(r)] = torch.tensor(r)
     return out
 
 
@@ -152,17 +184,35 @@ class CachedLM(HFLM):
     Attributes: ``reuse_cache`` and ``reuse_reason`` (:func:`cache_reuse_support`).
     """
 
-    def __init__(self, pretrained: Any, tokenizer: Any = None, *, batch_size: int = 8,
-                 max_length: int | None = None, max_batch_tokens: int | None = None, **kwargs: Any) -> None:
-        super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size,
-                         max_length=max_length, **kwargs)
+    def __init__(
+        self,
+        pretrained: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        max_batch_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            pretrained=pretrained,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_length=max_length,
+            **kwargs,
+        )
         self.max_batch_tokens = int(max_batch_tokens or 512 * int(batch_size))
         self.max_logit_tokens = max(1, self.max_batch_tokens // 8)
-        self.reuse_cache, self.reuse_reason = (cache_reuse_support(self.model) if self.backend == "causal"
-                                               else (False, "not a causal LM"))
+        self.reuse_cache, self.reuse_reason = (
+            cache_reuse_support(self.model)
+            if self.backend == "causal"
+            else (False, "not a causal LM")
+        )
         params = inspect.signature(self.model.forward).parameters
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renames it
+        self._cache_arg = (
+            "cache" if "cache" in params else "past_key_values"
+        )  # transformers 5 renames it
 
     # ------------------------------------------------------------ plumbing
 
@@ -170,8 +220,14 @@ class CachedLM(HFLM):
         """``model(**inputs)`` under the harness's autocast setting, extending ``cache`` in place."""
         if cache is not None:
             inputs[self._cache_arg] = cache
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                             enabled=self.mixed_precision_dtype is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
+        ):
             return self.model(use_cache=True, **inputs)
 
     def _new_cache(self) -> Any:
@@ -186,34 +242,44 @@ class CachedLM(HFLM):
 
     # ------------------------------------------------------------ log-likelihood
 
-    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
-                              disable_tqdm: bool = False, override_bs: int | None = None
-                              ) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
         """Log-likelihood and greedy flag of each ``(key, context_tokens, continuation_tokens)``,
         in request order (the harness's semantics; module doc)."""
         if not self.reuse_cache:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            return super()._loglikelihood_tokens(
+                requests, disable_tqdm=disable_tqdm, override_bs=override_bs
+            )
         prepared: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         for _, context, continuation in requests:
             assert len(context) > 0 and len(continuation) > 0
             assert len(continuation) <= self.max_length
-            full = (list(context) + list(continuation))[-(self.max_length + 1):]  # left truncation
-            prepared.append((tuple(full[:-len(continuation)]), tuple(continuation)))
+            full = (list(context) + list(continuation))[-(self.max_length + 1) :]  # left truncation
+            prepared.append((tuple(full[: -len(continuation)]), tuple(continuation)))
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (prefix, _) in enumerate(prepared):
             groups.setdefault(prefix, []).append(i)
         contexts = sorted(groups, key=lambda c: (-len(c), c))
-        shared = common_prefix(contexts)[:min(len(c) for c in contexts) - 1]
+        shared = common_prefix(contexts)[: min(len(c) for c in contexts) - 1]
         prefix_cache = self._new_cache() if shared else None
         if shared:
-            self._forward(input_ids=torch.tensor([shared], device=self.device),
-                                         attention_mask=torch.ones(1, len(shared), dtype=torch.long,
-                                                                   device=self.device),
-                                         position_ids=torch.arange(len(shared), device=self.device)[None],
-                                         cache=prefix_cache, **self._keep_last)
+            self._forward(
+                input_ids=torch.tensor([shared], device=self.device),
+                attention_mask=torch.ones(1, len(shared), dtype=torch.long, device=self.device),
+                position_ids=torch.arange(len(shared), device=self.device)[None],
+                cache=prefix_cache,
+                **self._keep_last,
+            )
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
-                   desc="log-likelihood (cached contexts)")
+        bar = tqdm(
+            total=len(requests),
+            disable=disable_tqdm or self.rank != 0,
+            desc="log-likelihood (cached contexts)",
+        )
         for batch in self._context_batches(contexts, len(shared)):
             self._score_contexts(batch, groups, prepared, len(shared), prefix_cache, results, bar)
         bar.close()
@@ -222,7 +288,9 @@ class CachedLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", key, answer)
         return results  # type: ignore[return-value]
 
-    def _context_batches(self, contexts: list[tuple[int, ...]], shared: int) -> list[list[tuple[int, ...]]]:
+    def _context_batches(
+        self, contexts: list[tuple[int, ...]], shared: int
+    ) -> list[list[tuple[int, ...]]]:
         """Consecutive contexts (sorted longest first) whose stage-2 pass fits the budget and pads
         no row by more than about a quarter of the batch's width. Without
         a shared prefix, contexts with nothing to encode before their last token get batches
@@ -234,17 +302,29 @@ class CachedLM(HFLM):
                 head = batches[-1]
                 width = len(head[0]) - 1 - shared  # the batch's widest part (sorted longest first)
                 same_kind = shared > 0 or (own > 0) == (width > 0)
-                little_padding = 4 * (width - own) <= width + 16  # at most ~a quarter of the row padded
-                if (same_kind and little_padding
-                        and (len(head) + 1) * (shared + max(width, 1)) <= self.max_batch_tokens):
+                little_padding = (
+                    4 * (width - own) <= width + 16
+                )  # at most ~a quarter of the row padded
+                if (
+                    same_kind
+                    and little_padding
+                    and (len(head) + 1) * (shared + max(width, 1)) <= self.max_batch_tokens
+                ):
                     head.append(c)
                     continue
             batches.append([c])
         return batches
 
-    def _score_contexts(self, batch: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
-                        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], shared: int,
-                        prefix_cache: Any, results: list, bar: Any) -> None:
+    def _score_contexts(
+        self,
+        batch: list[tuple[int, ...]],
+        groups: dict[tuple[int, ...], list[int]],
+        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
+        shared: int,
+        prefix_cache: Any,
+        results: list,
+        bar: Any,
+    ) -> None:
         if all(len(prepared[i][1]) == 1 for c in batch for i in groups[c]):
             self._score_next_tokens(batch, groups, prepared, shared, prefix_cache, results)
             bar.update(sum(len(groups[c]) for c in batch))
@@ -253,31 +333,54 @@ class CachedLM(HFLM):
         parts = [c[shared:-1] for c in batch]
         width = max(len(p) for p in parts)
         if width > 0:  # stage 2: each context after the shared prefix, but its last token
-            own = torch.tensor([[j < len(p) for j in range(width)] for p in parts], dtype=torch.long)
-            context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(device)
+            own = torch.tensor(
+                [[j < len(p) for j in range(width)] for p in parts], dtype=torch.long
+            )
+            context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(
+                device
+            )
             index = torch.zeros(len(batch), dtype=torch.long, device=device)
-            cache = select_rows(prefix_cache, index) if prefix_cache is not None else self._new_cache()
-            self._forward(input_ids=_pad(parts, width, self._pad_id).to(device), attention_mask=context_mask,
-                          position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
-                          cache=cache, **self._keep_last)
+            cache = (
+                select_rows(prefix_cache, index) if prefix_cache is not None else self._new_cache()
+            )
+            self._forward(
+                input_ids=_pad(parts, width, self._pad_id).to(device),
+                attention_mask=context_mask,
+                position_ids=(shared + torch.arange(width, device=device)).expand(
+                    len(batch), width
+                ),
+                cache=cache,
+                **self._keep_last,
+            )
         else:
             context_mask = torch.ones(1, shared, dtype=torch.long, device=device)
             cache = prefix_cache
         cached = shared + width
-        rows = sorted(((g, i) for g, c in enumerate(batch) for i in groups[c]),
-                      key=lambda r: -len(prepared[r[1]][1]))
+        rows = sorted(
+            ((g, i) for g, c in enumerate(batch) for i in groups[c]),
+            key=lambda r: -len(prepared[r[1]][1]),
+        )
         start = 0
         while start < len(rows):  # stage 3: continuations on copies of their context's row
             longest = len(prepared[rows[start][1]][1])
-            size = max(1, min(self.max_batch_tokens // (cached + longest), self.max_logit_tokens // longest))
-            chunk = rows[start:start + size]
+            size = max(
+                1,
+                min(self.max_batch_tokens // (cached + longest), self.max_logit_tokens // longest),
+            )
+            chunk = rows[start : start + size]
             start += len(chunk)
             self._score_continuations(chunk, batch, prepared, cache, context_mask, cached, results)
             bar.update(len(chunk))
 
-    def _score_next_tokens(self, batch: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
-                           prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], shared: int,
-                           prefix_cache: Any, results: list) -> None:
+    def _score_next_tokens(
+        self,
+        batch: list[tuple[int, ...]],
+        groups: dict[tuple[int, ...], list[int]],
+        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
+        shared: int,
+        prefix_cache: Any,
+        results: list,
+    ) -> None:
         """Stages 2 and 3 in one pass where every continuation of the batch is one token (binary
         and letter-choice tasks): each context after the shared prefix, its last token included,
         right padded; the logits at each row's last real position score all its continuations
@@ -288,16 +391,25 @@ class CachedLM(HFLM):
         lengths = torch.tensor([len(p) for p in parts])
         own = (torch.arange(width)[None] < lengths[:, None]).long()
         mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(device)
-        cache = (select_rows(prefix_cache, torch.zeros(len(batch), dtype=torch.long, device=device))
-                 if prefix_cache is not None else self._new_cache())
+        cache = (
+            select_rows(prefix_cache, torch.zeros(len(batch), dtype=torch.long, device=device))
+            if prefix_cache is not None
+            else self._new_cache()
+        )
         last = lengths - 1
-        keep = torch.unique(last)                       # the columns whose logits are needed
+        keep = torch.unique(last)  # the columns whose logits are needed
         extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
-        logits = self._forward(input_ids=_pad(parts, width, self._pad_id).to(device), attention_mask=mask,
-                               position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
-                               cache=cache, **extra).logits
+        logits = self._forward(
+            input_ids=_pad(parts, width, self._pad_id).to(device),
+            attention_mask=mask,
+            position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
+            cache=cache,
+            **extra,
+        ).logits
         column = torch.searchsorted(keep, last) if extra else last
-        rows = logits[torch.arange(len(batch), device=device), column.to(device)]  # (contexts, vocab)
+        rows = logits[
+            torch.arange(len(batch), device=device), column.to(device)
+        ]  # (contexts, vocab)
         logp = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
         best = logp.argmax(-1)
         for g, c in enumerate(batch):
@@ -305,21 +417,34 @@ class CachedLM(HFLM):
                 target = prepared[i][1][0]
                 results[i] = (float(logp[g, target]), bool(best[g] == target))
 
-    def _score_continuations(self, chunk: list[tuple[int, int]], batch: list[tuple[int, ...]],
-                             prepared: list[tuple[tuple[int, ...], tuple[int, ...]]], cache: Any,
-                             context_mask: torch.Tensor, cached: int, results: list) -> None:
+    def _score_continuations(
+        self,
+        chunk: list[tuple[int, int]],
+        batch: list[tuple[int, ...]],
+        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
+        cache: Any,
+        context_mask: torch.Tensor,
+        cached: int,
+        results: list,
+    ) -> None:
         device = self.device
         inputs = [(batch[g][-1], *prepared[i][1][:-1]) for g, i in chunk]
         width = max(len(x) for x in inputs)
         lengths = torch.tensor([len(x) for x in inputs])
         own = (torch.arange(width)[None] < lengths[:, None]).long()
-        rows = torch.tensor([g if context_mask.shape[0] > 1 else 0 for g, _ in chunk], device=device)
+        rows = torch.tensor(
+            [g if context_mask.shape[0] > 1 else 0 for g, _ in chunk], device=device
+        )
         mask = torch.cat([context_mask.index_select(0, rows), own.to(device)], 1)
         starts = torch.tensor([len(batch[g]) - 1 for g, _ in chunk], device=device)
         position_ids = starts[:, None] + torch.arange(width, device=device)[None]
         past = select_rows(cache, rows) if cache is not None else None
-        logits = self._forward(input_ids=_pad(inputs, width, self._pad_id).to(device), attention_mask=mask,
-                               position_ids=position_ids, cache=past).logits  # (rows, width, vocab)
+        logits = self._forward(
+            input_ids=_pad(inputs, width, self._pad_id).to(device),
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=past,
+        ).logits  # (rows, width, vocab)
         real = own.bool().to(device)
         logp = F.log_softmax(logits[real], dim=-1, dtype=self.softmax_dtype)  # (tokens, vocab)
         targets = torch.tensor([t for _, i in chunk for t in prepared[i][1]], device=device)
@@ -327,7 +452,10 @@ class CachedLM(HFLM):
         greedy = logp.argmax(-1) == targets
         offset = 0
         for (_, i), n in zip(chunk, lengths.tolist(), strict=True):
-            results[i] = (float(picked[offset:offset + n].sum()), bool(greedy[offset:offset + n].all()))
+            results[i] = (
+                float(picked[offset : offset + n].sum()),
+                bool(greedy[offset : offset + n].all()),
+            )
             offset += n
 
     # ------------------------------------------------------------ generation
@@ -364,32 +492,42 @@ class CachedLM(HFLM):
             by_kwargs.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
         results: list[str | None] = [None] * len(requests)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="greedy generation")
+        bar = tqdm(
+            total=len(requests), disable=disable_tqdm or self.rank != 0, desc="greedy generation"
+        )
         for members in by_kwargs.values():
             gen_kwargs = requests[members[0]].args[1]
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_gen = int(kwargs.pop("max_gen_toks"))
             if not self._greedy_ok(kwargs):
-                for i, text in zip(members, super().generate_until([requests[i] for i in members], disable_tqdm),
-                                   strict=True):
+                for i, text in zip(
+                    members,
+                    super().generate_until([requests[i] for i in members], disable_tqdm),
+                    strict=True,
+                ):
                     results[i] = text
                 bar.update(len(members))
                 continue
             max_context = self.max_length - max_gen
-            assert max_context > 0, f"max_gen_toks ({max_gen}) must be below max_length ({self.max_length})."
+            assert max_context > 0, (
+                f"max_gen_toks ({max_gen}) must be below max_length ({self.max_length})."
+            )
             encoded = {}
             for i in members:
-                ids, _ = self.tok_batch_encode([requests[i].args[0]], left_truncate_len=max_context,
-                                               truncation=self.truncation)
+                ids, _ = self.tok_batch_encode(
+                    [requests[i].args[0]], left_truncate_len=max_context, truncation=self.truncation
+                )
                 encoded[i] = ids[0].tolist()
             order = sorted(members, key=lambda i: (-len(encoded[i]), requests[i].args[0]))
             start = 0
             while start < len(order):
                 size = max(1, self.max_batch_tokens // (len(encoded[order[start]]) + max_gen))
-                chunk = order[start:start + size]
+                chunk = order[start : start + size]
                 start += len(chunk)
-                for i, tokens in zip(chunk, self._greedy([encoded[i] for i in chunk], until, max_gen), strict=True):
+                for i, tokens in zip(
+                    chunk, self._greedy([encoded[i] for i in chunk], until, max_gen), strict=True
+                ):
                     text = postprocess_generated_text(self.tok_decode(tokens), until, None)
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
@@ -405,9 +543,13 @@ class CachedLM(HFLM):
         mask = _pad([[1] * len(p) for p in prompts], width, 0, left=True).to(device)
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         cache = self._new_cache()
-        logits = self._forward(input_ids=_pad(prompts, width, self._pad_id, left=True).to(device),
-                               attention_mask=mask, position_ids=position_ids, cache=cache,
-                               **self._keep_last).logits[:, -1]
+        logits = self._forward(
+            input_ids=_pad(prompts, width, self._pad_id, left=True).to(device),
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            **self._keep_last,
+        ).logits[:, -1]
         eos_ids = self._eos_ids()
         stops = [s for s in until if s]
         out: list[list[int]] = [[] for _ in prompts]
@@ -418,8 +560,11 @@ class CachedLM(HFLM):
             keep = []
             for row, (k, t) in enumerate(zip(active, tokens.tolist(), strict=True)):
                 out[k].append(t)
-                done = (t in eos_ids or step + 1 == max_gen
-                        or any(s in self.tok_decode(out[k]) for s in stops))
+                done = (
+                    t in eos_ids
+                    or step + 1 == max_gen
+                    or any(s in self.tok_decode(out[k]) for s in stops)
+                )
                 if not done:
                     keep.append(row)
             if not keep:
@@ -430,8 +575,12 @@ class CachedLM(HFLM):
                 mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
                 active = [active[r] for r in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            logits = self._forward(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                                   cache=cache).logits[:, -1]
+            logits = self._forward(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                cache=cache,
+            ).logits[:, -1]
             next_pos = next_pos + 1
         return out
 

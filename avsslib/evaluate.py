@@ -119,7 +119,9 @@ def statistic(kind: Kind) -> Callable[[np.ndarray], float]:
         return lambda v: float(np.exp(v[:, 0].sum() / v[:, 1].sum()))
     if kind == "bits_per_byte":
         return lambda v: float(v[:, 0].sum() / v[:, 1].sum() / math.log(2))
-    raise ConfigError(f"unknown metric kind {kind!r}; expected 'mean', 'perplexity' or 'bits_per_byte'.")
+    raise ConfigError(
+        f"unknown metric kind {kind!r}; expected 'mean', 'perplexity' or 'bits_per_byte'."
+    )
 
 
 # ---------------------------------------------------------------- results
@@ -141,7 +143,9 @@ class MetricScores:
 
     def ci(self, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
         """Bootstrap interval over examples (:func:`bootstrap_ci`)."""
-        return bootstrap_ci(self.per_example, statistic(self.kind), n_boot=n_boot, seed=seed, alpha=alpha)
+        return bootstrap_ci(
+            self.per_example, statistic(self.kind), n_boot=n_boot, seed=seed, alpha=alpha
+        )
 
 
 @dataclass
@@ -168,10 +172,20 @@ class EvalResult:
         for name, t in self.tasks.items():
             for metric, m in t.metrics.items():
                 low, high = m.ci(n_boot=n_boot, seed=seed, alpha=alpha)
-                rows.append(dict(task=name, metric=metric, value=m.value, ci_low=low, ci_high=high,
-                                 n=len(t.ids), higher_is_better=m.higher_is_better))
-        return pd.DataFrame(rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n",
-                                           "higher_is_better"])
+                rows.append(
+                    dict(
+                        task=name,
+                        metric=metric,
+                        value=m.value,
+                        ci_low=low,
+                        ci_high=high,
+                        n=len(t.ids),
+                        higher_is_better=m.higher_is_better,
+                    )
+                )
+        return pd.DataFrame(
+            rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better"]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: per task its protocol, ids and metrics with per-example scores; the wall
@@ -182,8 +196,12 @@ class EvalResult:
                     "protocol": t.protocol,
                     "ids": list(t.ids),
                     "metrics": {
-                        k: {"value": m.value, "kind": m.kind, "higher_is_better": m.higher_is_better,
-                            "per_example": m.per_example.tolist()}
+                        k: {
+                            "value": m.value,
+                            "kind": m.kind,
+                            "higher_is_better": m.higher_is_better,
+                            "per_example": m.per_example.tolist(),
+                        }
                         for k, m in t.metrics.items()
                     },
                 }
@@ -196,28 +214,38 @@ class EvalResult:
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
         """Inverse of :meth:`to_dict` (e.g. read back from a ``metrics.json``)."""
         timing = data.get("timing", {})
-        return cls({
-            name: TaskResult(
-                task=name,
-                ids=tuple(t["ids"]),
-                metrics={
-                    k: MetricScores(float(m["value"]) if m["value"] is not None else math.nan,
-                                    m["kind"], bool(m["higher_is_better"]),
-                                    np.asarray(m["per_example"], dtype=np.float64))
-                    for k, m in t["metrics"].items()
-                },
-                protocol=dict(t["protocol"]),
-                wall_s=float(timing.get(name, math.nan)),
-            )
-            for name, t in data["tasks"].items()
-        })
+        return cls(
+            {
+                name: TaskResult(
+                    task=name,
+                    ids=tuple(t["ids"]),
+                    metrics={
+                        k: MetricScores(
+                            float(m["value"]) if m["value"] is not None else math.nan,
+                            m["kind"],
+                            bool(m["higher_is_better"]),
+                            np.asarray(m["per_example"], dtype=np.float64),
+                        )
+                        for k, m in t["metrics"].items()
+                    },
+                    protocol=dict(t["protocol"]),
+                    wall_s=float(timing.get(name, math.nan)),
+                )
+                for name, t in data["tasks"].items()
+            }
+        )
 
 
 # ---------------------------------------------------------------- retention
 
 
 def retention(
-    original: EvalResult, pruned: EvalResult, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    original: EvalResult,
+    pruned: EvalResult,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Retention per task and metric, with a paired bootstrap interval.
 
@@ -266,11 +294,33 @@ def retention(
             pairs = paired_replicates(a, b, stat, idx)
             boot = np.array([ratio(x, y) for x, y in pairs])
             low, high = percentile_interval(boot, alpha)
-            rows.append(dict(task=name, metric=metric, original=mo.value, pruned=mp.value,
-                             retention=ratio(mo.value, mp.value), ci_low=low, ci_high=high,
-                             n=len(o.ids), inverted=inverted))
-    return pd.DataFrame(rows, columns=["task", "metric", "original", "pruned", "retention", "ci_low",
-                                       "ci_high", "n", "inverted"])
+            rows.append(
+                dict(
+                    task=name,
+                    metric=metric,
+                    original=mo.value,
+                    pruned=mp.value,
+                    retention=ratio(mo.value, mp.value),
+                    ci_low=low,
+                    ci_high=high,
+                    n=len(o.ids),
+                    inverted=inverted,
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "task",
+            "metric",
+            "original",
+            "pruned",
+            "retention",
+            "ci_low",
+            "ci_high",
+            "n",
+            "inverted",
+        ],
+    )
 
 
 # ---------------------------------------------------------------- perplexity
@@ -325,7 +375,9 @@ def perplexity(
     Returns a :class:`Perplexity` with per-window NLL sums (for bootstrap intervals).
     """
     if window < 2 or not 1 <= stride <= window:
-        raise ConfigError(f"window = {window}, stride = {stride}: need window >= 2 and 1 <= stride <= window.")
+        raise ConfigError(
+            f"window = {window}, stride = {stride}: need window >= 2 and 1 <= stride <= window."
+        )
     if max_tokens is not None and max_tokens < 2:
         raise ConfigError(f"max_tokens = {max_tokens}: need at least 2 tokens (or None for all).")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -333,7 +385,9 @@ def perplexity(
         ids = ids[:max_tokens]
     first = prefix_token_id(tokenizer) if prefix else None
     if prefix and first is None:
-        raise ConfigError("prefix=True but the tokenizer has neither a BOS nor an EOS token; use prefix=False.")
+        raise ConfigError(
+            "prefix=True but the tokenizer has neither a BOS nor an EOS token; use prefix=False."
+        )
     stream = ([first] if prefix else []) + list(ids)
     if len(stream) < 2:
         raise ConfigError(f"the text has {len(ids)} token(s): nothing to score.")
@@ -351,6 +405,7 @@ def perplexity(
     device = next(model.parameters()).device
     nll = np.zeros(len(spans))
     tokens = np.zeros(len(spans), dtype=np.int64)
+
     def width(k: int) -> int:
         return spans[k][1] - spans[k][0]
 
@@ -360,12 +415,14 @@ def perplexity(
             batches[-1].append(k)
         else:
             batches.append([k])
-    for batch in tqdm(batches, desc="perplexity", unit="batch", leave=False, disable=len(batches) < 4):
-        inputs = torch.stack([x[spans[k][0]:spans[k][1]] for k in batch]).to(device)
+    for batch in tqdm(
+        batches, desc="perplexity", unit="batch", leave=False, disable=len(batches) < 4
+    ):
+        inputs = torch.stack([x[spans[k][0] : spans[k][1]] for k in batch]).to(device)
         logits = model(input_ids=inputs).logits  # (batch, width, vocab)
         for row, k in enumerate(batch):
             s, e, d = spans[k]
-            logp = torch.log_softmax(logits[row, d - s:].float(), dim=-1)  # scored positions only
+            logp = torch.log_softmax(logits[row, d - s :].float(), dim=-1)  # scored positions only
             picked = logp.gather(-1, y[d:e].to(device)[:, None])[:, 0]
             nll[k] = -picked.double().sum().item()
             tokens[k] = e - d
@@ -375,7 +432,9 @@ def perplexity(
         "window": window,
         "stride": stride,
         "prefix_token": tokenizer.convert_ids_to_tokens(first) if prefix else None,
-        "prefix": "once, before the first token" if prefix else "none (the first token is not scored)",
+        "prefix": "once, before the first token"
+        if prefix
+        else "none (the first token is not scored)",
         "add_special_tokens": False,
         "text_tokens": len(ids),
         "max_tokens": max_tokens,
@@ -417,13 +476,21 @@ def _offline() -> Iterator[None]:
 
 def _write_docs(path: Path, records: Sequence[Any]) -> str:
     """Write records as JSONL (one ``dataclasses.asdict`` per line); returns the file's sha256."""
-    text = "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    text = "".join(
+        json.dumps(dataclasses.asdict(r), ensure_ascii=False, sort_keys=True) + "\n"
+        for r in records
+    )
     path.write_text(text, encoding="utf-8")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def materialise_task(
-    name: str, folder: Path, *, n: int | None = None, seed: int = 0, num_fewshot: int | None = None,
+    name: str,
+    folder: Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    num_fewshot: int | None = None,
     ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Write the documents of harness task ``name`` and its task YAML into ``folder``.
@@ -444,31 +511,49 @@ def materialise_task(
         if n is not None:
             raise ConfigError(f"task {name}: pass n or ids, not both.")
         wanted = set(ids)
-        records = [r for r in load_dataset(spec.dataset, spec.split, answerable_only=spec.answerable_only)
-                   if r.id in wanted]
+        records = [
+            r
+            for r in load_dataset(spec.dataset, spec.split, answerable_only=spec.answerable_only)
+            if r.id in wanted
+        ]
         if not records:
-            raise ConfigError(f"task {name}: none of the {len(wanted)} given ids is a question of "
-                              f"{spec.dataset}:{spec.split}.")
+            raise ConfigError(
+                f"task {name}: none of the {len(wanted)} given ids is a question of "
+                f"{spec.dataset}:{spec.split}."
+            )
     else:
-        records = load_dataset(spec.dataset, spec.split, n=n, seed=seed,
-                               answerable_only=spec.answerable_only)
+        records = load_dataset(
+            spec.dataset, spec.split, n=n, seed=seed, answerable_only=spec.answerable_only
+        )
     files = {"test": folder / f"{name}.test.jsonl"}
     protocol: dict[str, Any] = {
-        "dataset": spec.dataset, "split": spec.split, "n_requested": n, "seed": seed,
+        "dataset": spec.dataset,
+        "split": spec.split,
+        "n_requested": n,
+        "seed": seed,
         **({"ids_given": len(records)} if ids is not None else {}),
-        "records": len(records), "docs_sha256": _write_docs(files["test"], records),
-        "answerable_only": spec.answerable_only, "fewshot_pool": None,
+        "records": len(records),
+        "docs_sha256": _write_docs(files["test"], records),
+        "answerable_only": spec.answerable_only,
+        "fewshot_pool": None,
     }
     if spec.fewshot is not None:
         pool = load_dataset(spec.fewshot[0], spec.fewshot[1], n=FEWSHOT_POOL, seed=seed)
         files["train"] = folder / f"{name}.train.jsonl"
-        protocol["fewshot_pool"] = {"dataset": spec.fewshot[0], "split": spec.fewshot[1], "n": len(pool),
-                                    "seed": seed, "docs_sha256": _write_docs(files["train"], pool)}
+        protocol["fewshot_pool"] = {
+            "dataset": spec.fewshot[0],
+            "split": spec.fewshot[1],
+            "n": len(pool),
+            "seed": seed,
+            "docs_sha256": _write_docs(files["train"], pool),
+        }
     config: dict[str, Any] = {
         "include": str(TASK_DIR / f"{name}.yaml"),
         "task": name,
-        "dataset_kwargs": {"data_files": {k: str(v) for k, v in files.items()},
-                           "cache_dir": str(folder / "hf_datasets_cache")},
+        "dataset_kwargs": {
+            "data_files": {k: str(v) for k, v in files.items()},
+            "cache_dir": str(folder / "hf_datasets_cache"),
+        },
     }
     if num_fewshot is not None:
         config["num_fewshot"] = num_fewshot
@@ -484,15 +569,23 @@ def _per_example(samples: list[dict[str, Any]], metric: str) -> tuple[np.ndarray
     return np.array([(-float(s[metric][0]), float(s[metric][1])) for s in samples]), kind
 
 
-def _harness_task(lm: Any, name: str, folder: Path, seed: int, chat_template: bool
-                  ) -> tuple[tuple[str, ...], dict[str, MetricScores], dict]:
+def _harness_task(
+    lm: Any, name: str, folder: Path, seed: int, chat_template: bool
+) -> tuple[tuple[str, ...], dict[str, MetricScores], dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=[name], task_manager=TaskManager(include_path=str(folder), include_defaults=False),
-        log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed, apply_chat_template=chat_template,
+        model=lm,
+        tasks=[name],
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        apply_chat_template=chat_template,
     )
     results, cfg = out["results"][name], out["configs"][name]
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
@@ -502,7 +595,9 @@ def _harness_task(lm: Any, name: str, folder: Path, seed: int, chat_template: bo
         metric = entry["metric"]
         values, kind = _per_example(samples, metric)
         higher = entry.get("higher_is_better", kind == "mean")
-        metrics[metric] = MetricScores(float(results[f"{metric},{filter_key}"]), kind, bool(higher), values)
+        metrics[metric] = MetricScores(
+            float(results[f"{metric},{filter_key}"]), kind, bool(higher), values
+        )
     protocol = {
         "runner": "lm-evaluation-harness",
         "template": f"avsslib/tasks/{name}.yaml",
@@ -522,19 +617,32 @@ def _harness_task(lm: Any, name: str, folder: Path, seed: int, chat_template: bo
     return tuple(s["doc"]["id"] for s in samples), metrics, protocol
 
 
-def _perplexity_task(model: torch.nn.Module, tokenizer: Any, n: int | None, window: int, stride: int,
-                     batch_size: int) -> tuple[tuple[str, ...], dict[str, MetricScores], dict]:
+def _perplexity_task(
+    model: torch.nn.Module, tokenizer: Any, n: int | None, window: int, stride: int, batch_size: int
+) -> tuple[tuple[str, ...], dict[str, MetricScores], dict]:
     from avsslib.data import load_dataset
 
     spec = TASKS["wikitext2_ppl"]
     text = "".join(doc.text for doc in load_dataset(spec.dataset, spec.split))
     max_tokens = None if n is None else window + (n - 1) * stride
-    ppl = perplexity(model, tokenizer, text, window=window, stride=stride, max_tokens=max_tokens,
-                     batch_size=batch_size)
+    ppl = perplexity(
+        model,
+        tokenizer,
+        text,
+        window=window,
+        stride=stride,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+    )
     values = np.stack([ppl.nll, ppl.tokens.astype(np.float64)], axis=1)
-    protocol = {"runner": "avsslib.evaluate.perplexity", "dataset": spec.dataset, "split": spec.split,
-                "text": "all test articles joined (the HF perplexity string, LF line ends)",
-                "n_requested": n, **ppl.protocol}
+    protocol = {
+        "runner": "avsslib.evaluate.perplexity",
+        "dataset": spec.dataset,
+        "split": spec.split,
+        "text": "all test articles joined (the HF perplexity string, LF line ends)",
+        "n_requested": n,
+        **ppl.protocol,
+    }
     ids = tuple(f"window/{k}" for k in range(len(values)))
     return ids, {"token_perplexity": MetricScores(ppl.value, "perplexity", False, values)}, protocol
 
@@ -547,18 +655,24 @@ def task_data_files(tasks: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in tasks:
         spec = TASKS[name]
-        for dataset, split in [(spec.dataset, spec.split), *([spec.fewshot] if spec.fewshot else [])]:
+        for dataset, split in [
+            (spec.dataset, spec.split),
+            *([spec.fewshot] if spec.fewshot else []),
+        ]:
             out.update(data_file_hashes(dataset, split))
     return out
 
 
-def _make_lm(backend: str, model: torch.nn.Module, tokenizer: Any, batch_size: int,
-             max_length: int | None) -> Any:
+def _make_lm(
+    backend: str, model: torch.nn.Module, tokenizer: Any, batch_size: int, max_length: int | None
+) -> Any:
     """The harness model object of ``backend`` (``"avsslib"``: ``CachedLM``; ``"harness"``: ``HFLM``)."""
     if backend == "harness":
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+        return HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+        )
     from avsslib.eval_backend import CachedLM
 
     return CachedLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
@@ -624,10 +738,14 @@ def evaluate(
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise ConfigError(f"unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}.")
+        raise ConfigError(
+            f"unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
+        )
     if num_fewshot is not None:
         if num_fewshot < 0:
-            raise ConfigError(f"num_fewshot = {num_fewshot}: must be >= 0 (or None for task defaults).")
+            raise ConfigError(
+                f"num_fewshot = {num_fewshot}: must be >= 0 (or None for task defaults)."
+            )
         no_pool = [t for t in tasks if num_fewshot > 0 and TASKS[t].fewshot is None]
         if no_pool:
             with_pool = [t for t, s in TASKS.items() if s.fewshot is not None]
@@ -636,29 +754,41 @@ def evaluate(
                 f"{', '.join(with_pool)} do); run those tasks with num_fewshot=None or 0."
             )
     if n is not None and n <= 0:
-        raise ConfigError(f"n = {n}: the number of examples per task must be positive (or None for all).")
+        raise ConfigError(
+            f"n = {n}: the number of examples per task must be positive (or None for all)."
+        )
     if backend not in BACKENDS:
-        raise ConfigError(f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
-                          "('avsslib' is ours and the default, 'harness' the harness's HFLM).")
+        raise ConfigError(
+            f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
+            "('avsslib' is ours and the default, 'harness' the harness's HFLM)."
+        )
     import lm_eval
 
     results: dict[str, TaskResult] = {}
     with _offline(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
         lm = None
-        wanted_ids = ids          # `ids` is reused below for each task's example ids
+        wanted_ids = ids  # `ids` is reused below for each task's example ids
         for name in tqdm(tasks, desc="tasks", unit="task"):
             t0 = time.perf_counter()
             if TASKS[name].runner == "perplexity":
-                ids, metrics, protocol = _perplexity_task(model, tokenizer, n, ppl_window, ppl_stride, batch_size)
+                ids, metrics, protocol = _perplexity_task(
+                    model, tokenizer, n, ppl_window, ppl_stride, batch_size
+                )
             else:
                 if lm is None:
                     lm = _make_lm(backend, model, tokenizer, batch_size, max_length)
                 folder = Path(tmp) / name
-                data_protocol = materialise_task(name, folder, n=n, seed=seed, num_fewshot=num_fewshot,
-                                                 ids=wanted_ids)
+                data_protocol = materialise_task(
+                    name, folder, n=n, seed=seed, num_fewshot=num_fewshot, ids=wanted_ids
+                )
                 ids, metrics, protocol = _harness_task(lm, name, folder, seed, chat_template)
-                protocol = {**data_protocol, **protocol, "batch_size": batch_size,
-                            "lm_eval": lm_eval.__version__, **_backend_protocol(lm, backend)}
+                protocol = {
+                    **data_protocol,
+                    **protocol,
+                    "batch_size": batch_size,
+                    "lm_eval": lm_eval.__version__,
+                    **_backend_protocol(lm, backend),
+                }
             results[name] = TaskResult(name, ids, metrics, protocol, time.perf_counter() - t0)
     return EvalResult(results)
 

@@ -75,7 +75,7 @@ def _call(fn: Callable[..., Any], name: str, *args: Any) -> Any:
     return None  # unreachable
 
 
-def _close(value: Any, reference: float, rtol: float, atol: float = 0.0) -> bool:
+def _close(value: Any, reference: float | np.floating[Any], rtol: float, atol: float = 0.0) -> bool:
     try:
         return bool(np.isclose(float(value), reference, rtol=rtol, atol=atol))
     except (TypeError, ValueError):
@@ -97,12 +97,19 @@ def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps
     from avsslib.stats import LayerStats, batch_record, reduce_block_output
 
     _require(V=V, S=S)
-    hb, wb = torch.from_numpy(np.asarray(h, dtype=np.float32)), torch.from_numpy(
-        np.asarray(mask, dtype=np.float32))
+    hb, wb = (
+        torch.from_numpy(np.asarray(h, dtype=np.float32)),
+        torch.from_numpy(np.asarray(mask, dtype=np.float32)),
+    )
     tok, pooled = reduce_block_output(hb[None], wb, eps_grid=(eps,))
     record, _ = batch_record(tok, pooled, wb, n_near=1)
-    sums = dict(zip(LayerStats(eps=eps, eps_grid=(eps,), similarity=False).columns,
-                    record[0].tolist(), strict=False))  # the record holds extra columns
+    sums = dict(
+        zip(
+            LayerStats(eps=eps, eps_grid=(eps,), similarity=False).columns,
+            record[0].tolist(),
+            strict=False,
+        )
+    )  # the record holds extra columns
     d = h.shape[-1]
     v_ref = sums["sample_var"] / sums["samples"]
     s_ref = sums[f"near_{eps:g}"] / (sums["tokens"] * d)
@@ -114,25 +121,36 @@ def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps
         pooled64 = (h64 * w[..., None]).sum(axis=1) / w.sum(axis=1, keepdims=True)
         biased = pooled64.var(axis=1, ddof=0).mean()
         if _close(V, with_pad, rtol=1e-5):
-            _fail(f"V = {V}: the pad position was averaged in; pool each text over its real "
-                  "tokens only")
+            _fail(
+                f"V = {V}: the pad position was averaged in; pool each text over its real "
+                "tokens only"
+            )
         if _close(V, biased, rtol=1e-5):
-            _fail(f"V = {V}: that is the biased variance (ddof=0); use the unbiased one "
-                  "(ddof=1) over the d units")
-        _fail(f"V = {V} is not the variance of the token-averaged vectors: average each text "
-              "over its real tokens, take the variance over the units, then average over texts")
+            _fail(
+                f"V = {V}: that is the biased variance (ddof=0); use the unbiased one "
+                "(ddof=1) over the d units"
+            )
+        _fail(
+            f"V = {V} is not the variance of the token-averaged vectors: average each text "
+            "over its real tokens, take the variance over the units, then average over texts"
+        )
     if not _close(S, s_ref, rtol=1e-9, atol=1e-12):
         h64 = np.abs(np.asarray(h, dtype=np.float64))
         if _close(S, float((h64 < eps).mean()), rtol=1e-9):
-            _fail(f"S = {S}: the padded zeros were counted; count |h| < eps over real "
-                  "positions only, and divide by the number of real elements")
-        _fail(f"S = {S} is not the near-zero fraction: count the real token-level elements "
-              "with |h| < eps and divide by the number of real elements")
+            _fail(
+                f"S = {S}: the padded zeros were counted; count |h| < eps over real "
+                "positions only, and divide by the number of real elements"
+            )
+        _fail(
+            f"S = {S} is not the near-zero fraction: count the real token-level elements "
+            "with |h| < eps and divide by the number of real elements"
+        )
     _correct("exercise: variance and sparsity")
 
 
-def check_expected_count(expected_at_1e5: Any, eps: Any, sigma: float, n: int,
-                         target: float) -> None:
+def check_expected_count(
+    expected_at_1e5: Any, eps: Any, sigma: float, n: int, target: float
+) -> None:
     """Exercise "choosing epsilon": the expected near-zero count at ``1e-5`` and the smallest
     power of ten whose expected count reaches ``target``."""
     from avsslib.analysis import gaussian_near_zero_fraction
@@ -145,8 +163,10 @@ def check_expected_count(expected_at_1e5: Any, eps: Any, sigma: float, n: int,
     if not _close(expected_at_1e5, count(1e-5), rtol=1e-3):
         if _close(expected_at_1e5, count(1e-5) / n, rtol=1e-3):
             _fail("expected_at_1e5 is a fraction: multiply by the number of elements N")
-        _fail(f"expected_at_1e5 = {expected_at_1e5} does not follow from N "
-              "* sqrt(2/pi) * eps / sigma: check each factor")
+        _fail(
+            f"expected_at_1e5 = {expected_at_1e5} does not follow from N "
+            "* sqrt(2/pi) * eps / sigma: check each factor"
+        )
     try:
         exponent = math.log10(float(eps))
     except (TypeError, ValueError):
@@ -166,10 +186,17 @@ def check_count_rule(count_rule: Callable[..., Any], seed: int = 0) -> None:
     from avsslib.selection import select_layers
 
     rng = np.random.default_rng(seed)
-    cases = [([3.0, 1.0, 2.0, 5.0], 0.25), ([1.0, 1.0, 1.0, 1.0, 2.0, 0.5], 0.25),
-             (list(range(10, 0, -1)), 0.25), ([0.2] * 8, 0.5)]
-    cases += [(rng.integers(0, 5, size=m).astype(float).tolist(), f)
-              for m in (4, 6, 10, 30) for f in (0.1, 0.25, 0.5)]
+    cases: list[tuple[list[float], float]] = [
+        ([3.0, 1.0, 2.0, 5.0], 0.25),
+        ([1.0, 1.0, 1.0, 1.0, 2.0, 0.5], 0.25),
+        ([float(v) for v in range(10, 0, -1)], 0.25),
+        ([0.2] * 8, 0.5),
+    ]
+    cases += [
+        (rng.integers(0, 5, size=m).astype(float).tolist(), f)
+        for m in (4, 6, 10, 30)
+        for f in (0.1, 0.25, 0.5)
+    ]
     for importance, fraction in cases:
         expected = select_layers(importance, fraction, "count")
         got = _call(count_rule, "count_rule", importance, fraction)
@@ -182,8 +209,10 @@ def check_count_rule(count_rule: Callable[..., Any], seed: int = 0) -> None:
         where = f"count_rule({importance}, {fraction}) returned {got_list}"
         k = round(fraction * len(importance))
         if len(got_list) != len(expected):
-            _fail(f"{where}: wrong number of layers; k = round(fraction * M) with Python's "
-                  "round (half to even)")
+            _fail(
+                f"{where}: wrong number of layers; k = round(fraction * M) with Python's "
+                "round (half to even)"
+            )
         if sorted(got_list) != got_list:
             _fail(f"{where}: return the indices sorted ascending")
         if len(set(importance)) < len(importance):
@@ -213,13 +242,22 @@ def check_block_influence_prediction(pruned: Any, stream: np.ndarray, fraction: 
         _fail(f"pruned4 names {len(got)} blocks; the count rule prunes round(fraction * M)")
     if got != expected:
         right = len(got & expected)
-        _fail(f"pruned4 = {sorted(got)}: {right} of the {len(expected)} blocks are right. "
-              "Which blocks have the smallest update relative to the stream they receive?")
+        _fail(
+            f"pruned4 = {sorted(got)}: {right} of the {len(expected)} blocks are right. "
+            "Which blocks have the smallest update relative to the stream they receive?"
+        )
     _correct("exercise: block influence")
 
 
-def check_prone_layers(delta: Any, prone_p: Any, prone_c: Any, v_h: np.ndarray, s_h: np.ndarray,
-                       v_t: np.ndarray, s_t: np.ndarray) -> None:
+def check_prone_layers(
+    delta: Any,
+    prone_p: Any,
+    prone_c: Any,
+    v_h: np.ndarray,
+    s_h: np.ndarray,
+    v_t: np.ndarray,
+    s_t: np.ndarray,
+) -> None:
     """Exercise "prone layers by hand": family P's ``delta`` and the most prone layer of each
     family, against :func:`avsslib.eavss.eavss_profile` with ``k = 1``."""
     from avsslib.eavss import eavss_profile
@@ -233,19 +271,25 @@ def check_prone_layers(delta: Any, prone_p: Any, prone_c: Any, v_h: np.ndarray, 
     wrong = np.flatnonzero(~np.isclose(got, ref_p["delta"].to_numpy(), rtol=1e-9, atol=1e-12))
     if wrong.size:
         sums = got.sum()
-        hint = (" (delta5 should sum to 0: normalise EAVSS and AVSS_T to sum 1 first)"
-                if not math.isclose(sums, 0.0, abs_tol=1e-9) else "")
+        hint = (
+            " (delta5 should sum to 0: normalise EAVSS and AVSS_T to sum 1 first)"
+            if not math.isclose(sums, 0.0, abs_tol=1e-9)
+            else ""
+        )
         _fail(f"delta5 is wrong at layers {wrong.tolist()}{hint}")
     if int(prone_p) != int(ref_p.index[ref_p["prone"]][0]):
         _fail(f"prone5_P = {prone_p} is not the layer with the largest delta")
     if int(prone_c) != int(ref_c.index[ref_c["prone"]][0]):
-        _fail(f"prone5_C = {prone_c} is not the most prone layer of family C: form the "
-              "per-layer ratios first, then normalise")
+        _fail(
+            f"prone5_C = {prone_c} is not the most prone layer of family C: form the "
+            "per-layer ratios first, then normalise"
+        )
     _correct("exercise: prone layers")
 
 
-def check_ablation_design(eavss_config: Any, control_config: Any, prone: Sequence[int],
-                          n_layers: int) -> None:
+def check_ablation_design(
+    eavss_config: Any, control_config: Any, prone: Sequence[int], n_layers: int
+) -> None:
     """Exercise "designing a mitigation ablation": two ``TrainConfig`` that differ in the
     trained layers only, the first training ``prone``."""
     from avsslib.mitigate import TrainConfig
@@ -281,8 +325,10 @@ def check_update_ratio(update_ratio: Callable[..., Any], seed: int = 0) -> None:
         if _close(got, ref, rtol=1e-6):
             continue
         if _close(got, np.linalg.norm(x_out - x_in) / np.linalg.norm(x_out), rtol=1e-6):
-            _fail("update_ratio divides by the norm of the stream leaving the block; use the "
-                  "stream it received")
+            _fail(
+                "update_ratio divides by the norm of the stream leaving the block; use the "
+                "stream it received"
+            )
         if _close(got, ref**2, rtol=1e-6):
             _fail("update_ratio is squared: take norms, not squared norms")
         _fail(f"update_ratio is wrong for a vector of {d} units")
@@ -318,7 +364,9 @@ def check_code_bug_prediction(pruned: Any, importance: Sequence[float], fraction
     expected = set(select_layers(importance, fraction, "code_bug"))
     got = _as_index_set(pruned, "pruned_code_bug")
     if got == set(select_layers(importance, fraction, "mass")) and got != expected:
-        _fail("that is the mass rule (sorted before summing); the official code sums in layer order")
+        _fail(
+            "that is the mass rule (sorted before summing); the official code sums in layer order"
+        )
     if got != expected:
         _fail(f"{sorted(got)} is not what the cumulative sum in layer order selects")
     _correct("exercise: the official selection")
@@ -333,8 +381,10 @@ def check_kendall_tau(tau: Any, a: Sequence[float], b: Sequence[float]) -> None:
     if not _close(tau, ref, rtol=1e-9, atol=1e-12):
         if _close(tau, -ref, rtol=1e-9, atol=1e-12):
             _fail("tau has the wrong sign: concordant pairs count +1, discordant ones -1")
-        _fail(f"tau = {tau}: count concordant minus discordant pairs and divide by the "
-              "number of pairs, M (M - 1) / 2")
+        _fail(
+            f"tau = {tau}: count concordant minus discordant pairs and divide by the "
+            "number of pairs, M (M - 1) / 2"
+        )
     _correct("exercise: Kendall's tau")
 
 
@@ -349,8 +399,10 @@ def check_retention(retention: Callable[..., Any]) -> None:
             continue
         kind = "accuracy" if higher else "perplexity"
         if _close(got, 1 / ref, rtol=1e-9):
-            _fail(f"retention is upside down for a {kind}: 1 must mean no loss and a loss "
-                  "must give less than 1")
+            _fail(
+                f"retention is upside down for a {kind}: 1 must mean no loss and a loss "
+                "must give less than 1"
+            )
         _fail(f"retention is wrong for a {kind}")
     _correct("exercise: retention")
 
@@ -359,14 +411,20 @@ def check_rouge_l(rouge_l: Callable[..., Any]) -> None:
     """Chapter 5: ROUGE-L F1 on SQuAD-normalised words, as :func:`avsslib.labels.rouge_l`."""
     from avsslib.labels import rouge_l as reference
 
-    pairs = [("The cat sat on the mat", "a cat on a mat"), ("Paris", "Paris, France"),
-             ("nothing in common", "entirely different words"), ("", "anything"),
-             ("Water boils at 100 degrees", "At sea level, water boils at 100 degrees Celsius.")]
+    pairs = [
+        ("The cat sat on the mat", "a cat on a mat"),
+        ("Paris", "Paris, France"),
+        ("nothing in common", "entirely different words"),
+        ("", "anything"),
+        ("Water boils at 100 degrees", "At sea level, water boils at 100 degrees Celsius."),
+    ]
     for candidate, ref_text in pairs:
         got = _call(rouge_l, "rouge_l", candidate, ref_text)
         if not _close(got, reference(candidate, ref_text), rtol=1e-9, atol=1e-12):
-            _fail(f"rouge_l({candidate!r}, {ref_text!r}) = {got} is wrong: normalise both texts "
-                  "(lower case, no punctuation, no articles), then the F1 of LCS precision and recall")
+            _fail(
+                f"rouge_l({candidate!r}, {ref_text!r}) = {got} is wrong: normalise both texts "
+                "(lower case, no punctuation, no articles), then the F1 of LCS precision and recall"
+            )
     _correct("exercise: ROUGE-L", f"{len(pairs)} pairs")
 
 
@@ -374,8 +432,10 @@ def check_relative_gain(gain_pp: Any, gain_rel: Any, before: float, after: float
     """Chapter 6: a change in accuracy in percentage points and relative to the base."""
     _require(gain_pp=gain_pp, gain_rel=gain_rel)
     if not _close(gain_pp, 100 * (after - before), rtol=1e-9):
-        _fail(f"gain_pp = {gain_pp}: percentage points are the difference of the two "
-              "accuracies, times 100")
+        _fail(
+            f"gain_pp = {gain_pp}: percentage points are the difference of the two "
+            "accuracies, times 100"
+        )
     if not _close(gain_rel, (after - before) / before, rtol=1e-9):
         if _close(gain_rel, 100 * (after - before) / before, rtol=1e-9):
             _fail("gain_rel is in percent: give it as a fraction (0.1 for 10%)")
@@ -391,11 +451,15 @@ def check_mass_prediction(pruned: Any, importance: Sequence[float], fraction: fl
     expected = set(select_layers(importance, fraction, "mass"))
     got = _as_index_set(pruned, "pruned_mass")
     if got == set(select_layers(importance, fraction, "count")) and got != expected:
-        _fail("that is the count rule; the mass rule keeps adding layers while their "
-              "normalised mass stays within the fraction")
+        _fail(
+            "that is the count rule; the mass rule keeps adding layers while their "
+            "normalised mass stays within the fraction"
+        )
     if got != expected:
-        _fail(f"{sorted(got)} is not what the mass rule prunes: sort ascending, accumulate the "
-              "normalised scores, prune while the sum is <= fraction")
+        _fail(
+            f"{sorted(got)} is not what the mass rule prunes: sort ascending, accumulate the "
+            "normalised scores, prune while the sum is <= fraction"
+        )
     _correct("exercise: the mass rule")
 
 
@@ -408,7 +472,8 @@ def check_layer_counts(counts: Any, n_layers: Sequence[int], fraction: float) ->
     for m, value in zip(n_layers, got, strict=True):
         if value is None or int(value) != round(fraction * m):
             if value is not None and int(value) == math.floor(fraction * m + 0.5):
-                _fail(f"the count for {m} layers rounds half up; Python's round rounds half "
-                      "to even")
+                _fail(
+                    f"the count for {m} layers rounds half up; Python's round rounds half to even"
+                )
             _fail(f"the count for {m} layers is wrong")
     _correct("exercise: layer counts")

@@ -40,7 +40,9 @@ def check_fold(folds: int | None, fold: int | None) -> None:
     if folds is None and fold is None:
         return
     if folds is None or fold is None:
-        raise ConfigError("--folds and --fold go together: e.g. --folds 2 --fold 0 (then --fold 1).")
+        raise ConfigError(
+            "--folds and --fold go together: e.g. --folds 2 --fold 0 (then --fold 1)."
+        )
     if folds < 2 or not 0 <= fold < folds:
         raise ConfigError(f"--folds {folds} --fold {fold}: need folds >= 2 and 0 <= fold < folds.")
 
@@ -106,9 +108,16 @@ def mitigation_questions(
         for task in tasks:
             spec = TASKS[task]
             if spec.runner == "harness":
-                eval_ids |= {r.id for r in load_dataset(spec.dataset, spec.split, n=n_eval,
-                                                        seed=eval_seed,
-                                                        answerable_only=spec.answerable_only)}
+                eval_ids |= {
+                    r.id
+                    for r in load_dataset(
+                        spec.dataset,
+                        spec.split,
+                        n=n_eval,
+                        seed=eval_seed,
+                        answerable_only=spec.answerable_only,
+                    )
+                }
     every = load_dataset(dataset, split)
     pool = [r for r in every if r.id not in eval_ids and has_answer(dataset, r)]
     records = subsample(pool, n_train, seed) if pool else []
@@ -129,24 +138,41 @@ def pool_runs(runs: Mapping[int, Path | Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     seen: dict[tuple[str, str], int] = {}
     for fold, run in sorted(runs.items()):
-        data = run if isinstance(run, Mapping) else json.loads(
-            (Path(run) / "metrics.json").read_text(encoding="utf-8"))
+        data = (
+            run
+            if isinstance(run, Mapping)
+            else json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))
+        )
         for task, before in data["before"]["tasks"].items():
             after = data["after"]["tasks"][task]
             if list(before["ids"]) != list(after["ids"]):
-                raise DataError(f"fold {fold}, task {task}: before and after scored different questions.")
+                raise DataError(
+                    f"fold {fold}, task {task}: before and after scored different questions."
+                )
             for qid in before["ids"]:
                 if (task, qid) in seen:
-                    raise DataError(f"task {task}: question {qid!r} is evaluated in folds "
-                                    f"{seen[(task, qid)]} and {fold}; the folds must be disjoint.")
+                    raise DataError(
+                        f"task {task}: question {qid!r} is evaluated in folds "
+                        f"{seen[(task, qid)]} and {fold}; the folds must be disjoint."
+                    )
                 seen[(task, qid)] = fold
             for metric, mb in before["metrics"].items():
                 if mb.get("kind", "mean") != "mean" or metric not in after["metrics"]:
                     continue
                 ma = after["metrics"][metric]
-                for qid, b, a in zip(before["ids"], mb["per_example"], ma["per_example"], strict=True):
-                    rows.append({"fold": fold, "task": task, "metric": metric, "id": qid,
-                                 "before": float(b), "after": float(a)})
+                for qid, b, a in zip(
+                    before["ids"], mb["per_example"], ma["per_example"], strict=True
+                ):
+                    rows.append(
+                        {
+                            "fold": fold,
+                            "task": task,
+                            "metric": metric,
+                            "id": qid,
+                            "before": float(b),
+                            "after": float(a),
+                        }
+                    )
     return pd.DataFrame(rows, columns=["fold", "task", "metric", "id", "before", "after"])
 
 
@@ -158,8 +184,14 @@ def _interval(values: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple
     return percentile_interval(values[resample_indices(len(values), n_boot, seed)].mean(1), alpha)
 
 
-def compare_modes(pooled: pd.DataFrame, *, baseline: str = "random", n_boot: int = 2000,
-                  seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+def compare_modes(
+    pooled: pd.DataFrame,
+    *,
+    baseline: str = "random",
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """Each mode minus ``baseline``, question by question, with a paired 95% interval.
 
     ``pooled``: :func:`pool_runs` frames with columns ``mode`` and ``seed`` added. Per task and
@@ -172,8 +204,9 @@ def compare_modes(pooled: pd.DataFrame, *, baseline: str = "random", n_boot: int
     if missing := need - set(pooled.columns):
         raise ConfigError(f"pooled scores lack the columns {sorted(missing)}.")
     if baseline not in set(pooled["mode"]):
-        raise ConfigError(f"no runs of the baseline mode {baseline!r} (modes: "
-                          f"{sorted(set(pooled['mode']))}).")
+        raise ConfigError(
+            f"no runs of the baseline mode {baseline!r} (modes: {sorted(set(pooled['mode']))})."
+        )
     rows = []
     for (task, metric), part in pooled.groupby(["task", "metric"], sort=True):
         per_mode = part.groupby(["mode", "id"])["after"].mean().unstack("mode")
@@ -184,16 +217,43 @@ def compare_modes(pooled: pd.DataFrame, *, baseline: str = "random", n_boot: int
             both = per_mode[[mode, baseline]].dropna()
             diff = (both[mode] - both[baseline]).to_numpy()
             low, high = _interval(diff, n_boot, seed, alpha)
-            common = sorted(set(part.loc[part["mode"] == mode, "seed"])
-                            & set(part.loc[part["mode"] == baseline, "seed"])) if mode != "base" else []
+            common = (
+                sorted(
+                    set(part.loc[part["mode"] == mode, "seed"])
+                    & set(part.loc[part["mode"] == baseline, "seed"])
+                )
+                if mode != "base"
+                else []
+            )
             per = [float((per_seed[(mode, s)] - per_seed[(baseline, s)]).mean()) for s in common]
-            rows.append({"task": task, "metric": metric, "mode": mode,
-                         "seeds": int(seeds.get(mode, 0)), "n": len(both),
-                         "score": float(both[mode].mean()),
-                         "baseline_score": float(both[baseline].mean()),
-                         "diff": float(diff.mean()) if len(diff) else math.nan,
-                         "ci_low": low, "ci_high": high,
-                         "per_seed_diff": " ".join(f"{d:+.4f}" for d in per)})
-    return pd.DataFrame(rows, columns=["task", "metric", "mode", "seeds", "n", "score",
-                                       "baseline_score", "diff", "ci_low", "ci_high",
-                                       "per_seed_diff"])
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "mode": mode,
+                    "seeds": int(seeds.get(mode, 0)),
+                    "n": len(both),
+                    "score": float(both[mode].mean()),
+                    "baseline_score": float(both[baseline].mean()),
+                    "diff": float(diff.mean()) if len(diff) else math.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "per_seed_diff": " ".join(f"{d:+.4f}" for d in per),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "task",
+            "metric",
+            "mode",
+            "seeds",
+            "n",
+            "score",
+            "baseline_score",
+            "diff",
+            "ci_low",
+            "ci_high",
+            "per_seed_diff",
+        ],
+    )

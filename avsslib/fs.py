@@ -95,7 +95,9 @@ def file_sha256(path: str | Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 sha.update(block)
     except OSError as exc:
-        raise DataError(f"cannot hash data file {path}: {exc}; check that the file exists.") from exc
+        raise DataError(
+            f"cannot hash data file {path}: {exc}; check that the file exists."
+        ) from exc
     return sha.hexdigest()
 
 
@@ -156,6 +158,7 @@ def _atomic_write(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
+
     def write(fh: IO[str]) -> None:
         fh.write(text)
 
@@ -175,8 +178,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     leaves any existing file at ``path`` intact."""
 
     def write(fh: IO[str]) -> None:
-        json.dump(to_jsonable(obj), fh, sort_keys=True, indent=2, ensure_ascii=False,
-                  allow_nan=False)
+        json.dump(
+            to_jsonable(obj), fh, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False
+        )
         fh.write("\n")
 
     return _atomic_write(path, write)
@@ -187,8 +191,9 @@ def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> Path:
     atomically."""
     return _atomic_write(
         path,
-        lambda fh: df.to_csv(fh, index=False, float_format=f"%.{FLOAT_DIGITS}g",
-                             lineterminator="\n"),
+        lambda fh: df.to_csv(
+            fh, index=False, float_format=f"%.{FLOAT_DIGITS}g", lineterminator="\n"
+        ),
     )
 
 
@@ -217,8 +222,9 @@ def holds_key(path: str | Path, key: Any) -> bool:
     return saved is not None and _same_json(saved, key)
 
 
-def read_cached(path: str | Path, key: Any, *, key_field: str = "key",
-                requires: Iterable[str | Path] = ()) -> dict[str, Any] | None:
+def read_cached(
+    path: str | Path, key: Any, *, key_field: str = "key", requires: Iterable[str | Path] = ()
+) -> dict[str, Any] | None:
     """The JSON object saved at ``path`` when its ``key_field`` equals ``key`` and every file in
     ``requires`` exists (the step's other outputs); ``None`` otherwise (missing, unreadable,
     another key): the step must be recomputed."""
@@ -232,11 +238,16 @@ def read_cached(path: str | Path, key: Any, *, key_field: str = "key",
     return saved
 
 
-def cached(path: str | Path, key: Any, compute: Callable[[], T], *,
-           encode: Callable[[T], Any] = lambda value: value,
-           decode: Callable[[Any], T] = lambda data: data,
-           extra: Callable[[T], Mapping[str, Any]] | None = None,
-           key_field: str = "key") -> tuple[T, bool]:
+def cached(
+    path: str | Path,
+    key: Any,
+    compute: Callable[[], T],
+    *,
+    encode: Callable[[T], Any] = lambda value: value,
+    decode: Callable[[Any], T] = lambda data: data,
+    extra: Callable[[T], Mapping[str, Any]] | None = None,
+    key_field: str = "key",
+) -> tuple[T, bool]:
     """A resumable step: the value saved at ``path`` when it was computed with the same ``key``,
     else ``compute()``, saved atomically as ``{key_field: key, **extra(value), "result":
     encode(value)}``. Returns ``(value, True)`` for a value read back, ``(value, False)`` for a
@@ -245,8 +256,9 @@ def cached(path: str | Path, key: Any, compute: Callable[[], T], *,
     if saved is not None and "result" in saved:
         return decode(saved["result"]), True
     value = compute()
-    write_json_atomic(path, {key_field: key, **(extra(value) if extra else {}),
-                             "result": encode(value)})
+    write_json_atomic(
+        path, {key_field: key, **(extra(value) if extra else {}), "result": encode(value)}
+    )
     return value, False
 
 
@@ -298,8 +310,10 @@ def _remove_stale_temporaries(directory: Path) -> list[Path]:
     subfolders (``figures/``, ``eval/``, ...); only called while holding the directory's lock,
     so no live writer owns them."""
     removed = []
-    folders = [directory, *(p for p in directory.iterdir()
-                            if p.is_dir() and not p.name.startswith("."))]
+    folders = [
+        directory,
+        *(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    ]
     for path in (f for folder in folders for f in folder.glob(".*")):
         if path.is_file() and _STALE_TMP.match(path.name):
             with contextlib.suppress(OSError):
@@ -316,9 +330,10 @@ def _open_lock(path: Path, directory: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ConfigError(f"cannot write in the results directory {path.parent} "
-                              f"({exc.strerror or exc}); pass an --out in a writable place."
-                              ) from None
+            raise ConfigError(
+                f"cannot write in the results directory {path.parent} "
+                f"({exc.strerror or exc}); pass an --out in a writable place."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -353,14 +368,18 @@ def results_lock(directory: str | Path, *, lock_file: str | Path | None = None) 
     directory = Path(directory)
     path = Path(lock_file) if lock_file is not None else directory / LOCK_NAME
     if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"results directory {directory} is a file, not a directory; pass an "
-                          "--out that is a directory (it is created if missing).")
+        raise ConfigError(
+            f"results directory {directory} is a file, not a directory; pass an "
+            "--out that is a directory (it is created if missing)."
+        )
     created = not path.parent.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the results directory {path.parent} "
-                          f"({exc.strerror or exc}); pass an --out in a writable place.") from None
+        raise ConfigError(
+            f"cannot create the results directory {path.parent} "
+            f"({exc.strerror or exc}); pass an --out in a writable place."
+        ) from None
     try:
         import fcntl  # noqa: F401
     except ImportError:  # pragma: no cover - Windows

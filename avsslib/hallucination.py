@@ -94,7 +94,9 @@ class HallucinationConfig(ModelOptions):
         families = [f.upper() for f in self.family]
         unknown = [d for d in datasets if d not in RULES]
         if not datasets or unknown:
-            raise ConfigError(f"--datasets {','.join(self.datasets)!r}: choose among {sorted(RULES)}.")
+            raise ConfigError(
+                f"--datasets {','.join(self.datasets)!r}: choose among {sorted(RULES)}."
+            )
         if not families or any(f not in FAMILIES for f in families):
             raise ConfigError(f"--family {','.join(self.family)!r}: choose among {FAMILIES}.")
         if not 0.0 < self.calib_fraction <= 1.0:
@@ -105,11 +107,13 @@ class HallucinationConfig(ModelOptions):
             raise ConfigError(f"--folds {self.folds}: the k-fold protocol needs at least 2 folds.")
         for name in ("n", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be a "
-                                  "positive integer.")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: must be a positive integer."
+                )
         if not self.eps > 0:
-            raise ConfigError(f"--eps {self.eps}: the near-zero threshold must be a positive "
-                              "number, e.g. 1e-5.")
+            raise ConfigError(
+                f"--eps {self.eps}: the near-zero threshold must be a positive number, e.g. 1e-5."
+            )
         if self.prone_by not in ("default", "eavss"):
             raise ConfigError(f"--prone-by {self.prone_by!r}: choose default or eavss.")
         if self.positions not in ("answer", "all"):
@@ -160,14 +164,26 @@ def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
     clamped_h = [int(i) for i in table.index[table["s_h"] < SPARSITY_CLAMP]]
     clamped_t = [int(i) for i in table.index[table["s_t"] < SPARSITY_CLAMP]]
     n = len(table)
-    return {"eps": eps, "n_layers": n, "clamped_h": clamped_h, "clamped_t": clamped_t,
-            "near_zero_h": float(table["near_zero_h"].sum()),
-            "near_zero_t": float(table["near_zero_t"].sum()),
-            "degenerate": max(len(clamped_h), len(clamped_t)) >= n / 2}
+    return {
+        "eps": eps,
+        "n_layers": n,
+        "clamped_h": clamped_h,
+        "clamped_t": clamped_t,
+        "near_zero_h": float(table["near_zero_h"].sum()),
+        "near_zero_t": float(table["near_zero_t"].sum()),
+        "degenerate": max(len(clamped_h), len(clamped_t)) >= n / 2,
+    }
 
 
-def label_answers(model: Any, tokenizer: Any, cfg: HallucinationConfig, dataset: str, split: str,
-                  model_sha256: str | None, progress: bool) -> list[Any]:
+def label_answers(
+    model: Any,
+    tokenizer: Any,
+    cfg: HallucinationConfig,
+    dataset: str,
+    split: str,
+    model_sha256: str | None,
+    progress: bool,
+) -> list[Any]:
     """The labelled answers of ``dataset``: copied from ``cfg.labels_from``, read back from
     ``labels/<dataset>.jsonl`` when its key file says the same model, sample and settings made
     them, else generated (:func:`avsslib.labels.label_dataset`); written with their key file."""
@@ -176,30 +192,47 @@ def label_answers(model: Any, tokenizer: Any, cfg: HallucinationConfig, dataset:
 
     chat: Any = {"auto": "auto", "on": True, "off": False}[cfg.chat_template]
     label_file = Path(cfg.out) / "labels" / f"{dataset}.jsonl"
-    label_key = {"model_sha256": model_sha256, "split": split,
-                 "n": cfg.n, "seed": cfg.seed, "template": cfg.template,
-                 "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
-                 "question_guard": cfg.question_guard, "batch_size": cfg.batch_size}
+    label_key = {
+        "model_sha256": model_sha256,
+        "split": split,
+        "n": cfg.n,
+        "seed": cfg.seed,
+        "template": cfg.template,
+        "max_new_tokens": cfg.max_new_tokens,
+        "chat_template": cfg.chat_template,
+        "question_guard": cfg.question_guard,
+        "batch_size": cfg.batch_size,
+    }
     key_file = label_file.with_suffix(".key.json")
     if cfg.labels_from is not None:
         labelled = read_labels(Path(cfg.labels_from) / "labels" / f"{dataset}.jsonl")
     elif label_file.exists() and holds_key(key_file, label_key):
-        labelled = read_labels(label_file)          # resumed: same model, sample and settings
+        labelled = read_labels(label_file)  # resumed: same model, sample and settings
     else:
-        labelled = label_dataset(model, tokenizer, dataset, split, n=cfg.n,
-                                 seed=cfg.seed, template=cfg.template,
-                                 max_new_tokens=cfg.max_new_tokens,
-                                 batch_size=cfg.batch_size, chat_template=chat,
-                                 question_guard=cfg.question_guard, progress=progress)
-    key_file.unlink(missing_ok=True)      # labels and key are never out of step
+        labelled = label_dataset(
+            model,
+            tokenizer,
+            dataset,
+            split,
+            n=cfg.n,
+            seed=cfg.seed,
+            template=cfg.template,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            chat_template=chat,
+            question_guard=cfg.question_guard,
+            progress=progress,
+        )
+    key_file.unlink(missing_ok=True)  # labels and key are never out of step
     write_labels(label_file, labelled)
-    if cfg.labels_from is None:          # copied labels are not this run's answers
+    if cfg.labels_from is None:  # copied labels are not this run's answers
         write_json_atomic(key_file, label_key)
     return labelled
 
 
-def run_hallucination(config: HallucinationConfig, *, model: Any = None, tokenizer: Any = None,
-                      load_s: float = 0.0) -> HallucinationResult:
+def run_hallucination(
+    config: HallucinationConfig, *, model: Any = None, tokenizer: Any = None, load_s: float = 0.0
+) -> HallucinationResult:
     """Label answers, measure HSAV/HSS and find the prone layers of every dataset of ``config``,
     writing the files of the module docstring into ``config.out``; returns what it found.
 
@@ -226,17 +259,30 @@ def run_hallucination(config: HallucinationConfig, *, model: Any = None, tokeniz
     out = Path(cfg.out)
     device = default_device(cfg.device)
     if model is None or tokenizer is None:
-        model, tokenizer, load_s = load_seeded(cfg.model, dtype=cfg.dtype, device=device,
-                                               seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
-                                               causal_for="avss hallucination")
+        model, tokenizer, load_s = load_seeded(
+            cfg.model,
+            dtype=cfg.dtype,
+            device=device,
+            seed=cfg.seed,
+            trust_remote_code=cfg.trust_remote_code,
+            causal_for="avss hallucination",
+        )
     splits = {d: get_spec(d).split_name(None) for d in datasets}
     hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
-    config_dict = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                   if f.name != "command"}
-    config_dict.update(out=str(out), device=device, datasets=datasets, family=families, splits=splits,
-                  labels_from=str(cfg.labels_from) if cfg.labels_from else None)
-    record = RunRecord.start(cfg.command or cfg.describe(), config_dict, cfg.seed, model=model,
-                             data_files=hashes)
+    config_dict = {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "command"
+    }
+    config_dict.update(
+        out=str(out),
+        device=device,
+        datasets=datasets,
+        family=families,
+        splits=splits,
+        labels_from=str(cfg.labels_from) if cfg.labels_from else None,
+    )
+    record = RunRecord.start(
+        cfg.command or cfg.describe(), config_dict, cfg.seed, model=model, data_files=hashes
+    )
     progress = not cfg.quiet
     fractions = (cfg.calib_fraction, 1.0 - cfg.calib_fraction)
     summaries: dict[str, Any] = {}
@@ -258,36 +304,68 @@ def run_hallucination(config: HallucinationConfig, *, model: Any = None, tokeniz
     timings: dict[str, dict[str, float]] = {"label_s": {}, "stats_s": {}}
     for dataset in datasets:
         t0 = time.perf_counter()
-        labelled = label_answers(model, tokenizer, cfg, dataset, splits[dataset],
-                                 record.model.get("state_sha256"), progress)
+        labelled = label_answers(
+            model,
+            tokenizer,
+            cfg,
+            dataset,
+            splits[dataset],
+            record.model.get("state_sha256"),
+            progress,
+        )
         timings["label_s"][dataset] = time.perf_counter() - t0
-        calib_ids, eval_ids = split_ids([e.id for e in labelled], fractions, cfg.seed,
-                                        stratify=[e.label for e in labelled])
-        split_record[dataset] = {"split": splits[dataset], "calibration": calib_ids,
-                                 "evaluation": eval_ids}
+        calib_ids, eval_ids = split_ids(
+            [e.id for e in labelled], fractions, cfg.seed, stratify=[e.label for e in labelled]
+        )
+        split_record[dataset] = {
+            "split": splits[dataset],
+            "calibration": calib_ids,
+            "evaluation": eval_ids,
+        }
         chosen = set(calib_ids)
         calib = [e for e in labelled if e.id in chosen]
         t0 = time.perf_counter()
-        hs = hallucination_stats(model, tokenizer, calib, positions=cfg.positions,
-                                 batch_size=cfg.batch_size, eps=cfg.eps, progress=progress)
+        hs = hallucination_stats(
+            model,
+            tokenizer,
+            calib,
+            positions=cfg.positions,
+            batch_size=cfg.batch_size,
+            eps=cfg.eps,
+            progress=progress,
+        )
         timings["stats_s"][dataset] = time.perf_counter() - t0
-        summaries[dataset] = {**label_summary(labelled, seed=cfg.seed),
-                              "calib_hallucinated": hs.n_hallucinated,
-                              "calib_truthful": hs.n_truthful,
-                              "calib_skipped_empty": hs.n_skipped_empty}
+        summaries[dataset] = {
+            **label_summary(labelled, seed=cfg.seed),
+            "calib_hallucinated": hs.n_hallucinated,
+            "calib_truthful": hs.n_truthful,
+            "calib_skipped_empty": hs.n_skipped_empty,
+        }
         if min(hs.n_hallucinated, hs.n_truthful) < cfg.min_per_class:
-            skipped[dataset] = (f"{hs.n_hallucinated} hallucinated and {hs.n_truthful} truthful "
-                                f"calibration answers; --min-per-class is {cfg.min_per_class}")
+            skipped[dataset] = (
+                f"{hs.n_hallucinated} hallucinated and {hs.n_truthful} truthful "
+                f"calibration answers; --min-per-class is {cfg.min_per_class}"
+            )
             continue
         if cfg.probe:
             t0 = time.perf_counter()
-            probes[dataset] = _probe_dataset(model, tokenizer, labelled, out, dataset, record,
-                                             cfg, fold_parts.get(dataset), progress)
+            probes[dataset] = _probe_dataset(
+                model,
+                tokenizer,
+                labelled,
+                out,
+                dataset,
+                record,
+                cfg,
+                fold_parts.get(dataset),
+                progress,
+            )
             timings.setdefault("probe_s", {})[dataset] = time.perf_counter() - t0
         if cfg.folds is not None:
             t0 = time.perf_counter()
-            fold_prone[dataset] = _fold_prone(model, tokenizer, labelled, fold_parts[dataset],
-                                              families, cfg, progress)
+            fold_prone[dataset] = _fold_prone(
+                model, tokenizer, labelled, fold_parts[dataset], families, cfg, progress
+            )
             timings.setdefault("folds_s", {})[dataset] = time.perf_counter() - t0
         prone[dataset] = {}
         for family in families:
@@ -295,9 +373,12 @@ def run_hallucination(config: HallucinationConfig, *, model: Any = None, tokeniz
             table = hs.scores(cast(Family, family), k=cfg.k, by=by)
             profiles[(dataset, family)] = table
             write_csv_atomic(out / "profiles" / f"{dataset}_{family}.csv", table.reset_index())
-            prone[dataset][family] = {"by": table.attrs["by"], "k": table.attrs["k"],
-                                      "layers": [int(i) for i in table.index[table["prone"]]],
-                                      "sweep": prone_sweep(table, by=table.attrs["by"])}
+            prone[dataset][family] = {
+                "by": table.attrs["by"],
+                "k": table.attrs["k"],
+                "layers": [int(i) for i in table.index[table["prone"]]],
+                "sweep": prone_sweep(table, by=table.attrs["by"]),
+            }
             if dataset not in sparsity:
                 sparsity[dataset] = _sparsity_note(table, cfg.eps)
             plots.use_style()
@@ -309,51 +390,120 @@ def run_hallucination(config: HallucinationConfig, *, model: Any = None, tokeniz
         tables = {d: t for (d, f), t in profiles.items() if f == family}
         if tables:
             by = next(iter(tables.values())).attrs["by"]
-            fig = plots.prone_heatmap(profiles_matrix(tables, by),
-                                      prone={d: prone[d][family]["layers"] for d in tables},
-                                      title=f"family {family}: {by} per layer")
+            fig = plots.prone_heatmap(
+                profiles_matrix(tables, by),
+                prone={d: prone[d][family]["layers"] for d in tables},
+                title=f"family {family}: {by} per layer",
+            )
             plots.save(fig, out / "figures" / f"prone_heatmap_{family}.png")
             plt.close(fig)
 
     summary_df = pd.DataFrame([{"dataset": d, **s} for d, s in summaries.items()])
     write_csv_atomic(out / "label_summary.csv", summary_df)
     write_json_atomic(out / "label_summary.json", summaries)
-    write_json_atomic(out / "splits.json", {"seed": cfg.seed, "fractions": list(fractions),
-                                            "stratified_by": "label", "datasets": split_record})
-    folds_entry = None if cfg.folds is None else {
-        "folds": cfg.folds, "seed": cfg.fold_seed, "prone": fold_prone,
-        "fold_ids": {d: fold_parts[d] for d in fold_prone}}
-    write_json_atomic(out / "prone_layers.json", {"positions": cfg.positions, "eps": cfg.eps,
-                                                  "prone": prone, "skipped": skipped,
-                                                  "sparsity": sparsity, "folds": folds_entry})
+    write_json_atomic(
+        out / "splits.json",
+        {
+            "seed": cfg.seed,
+            "fractions": list(fractions),
+            "stratified_by": "label",
+            "datasets": split_record,
+        },
+    )
+    folds_entry = (
+        None
+        if cfg.folds is None
+        else {
+            "folds": cfg.folds,
+            "seed": cfg.fold_seed,
+            "prone": fold_prone,
+            "fold_ids": {d: fold_parts[d] for d in fold_prone},
+        }
+    )
+    write_json_atomic(
+        out / "prone_layers.json",
+        {
+            "positions": cfg.positions,
+            "eps": cfg.eps,
+            "prone": prone,
+            "skipped": skipped,
+            "sparsity": sparsity,
+            "folds": folds_entry,
+        },
+    )
     if cfg.probe:
         from avsslib.probe import PROBE_C
 
-        write_json_atomic(out / "probe_layers.json", {
-            "feature": "mean block output over the answer tokens (float16)", "c": PROBE_C,
-            "cv_folds": 2, "rank_by": "accuracy",
-            "folds": None if cfg.folds is None else {"folds": cfg.folds, "seed": cfg.fold_seed},
-            "probe": probes})
-    table_rows = [{"task": d, "metric": "hallucination_rate", "value": s["hallucination_rate"],
-                   "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"]}
-                  for d, s in summaries.items()]
+        write_json_atomic(
+            out / "probe_layers.json",
+            {
+                "feature": "mean block output over the answer tokens (float16)",
+                "c": PROBE_C,
+                "cv_folds": 2,
+                "rank_by": "accuracy",
+                "folds": None if cfg.folds is None else {"folds": cfg.folds, "seed": cfg.fold_seed},
+                "probe": probes,
+            },
+        )
+    table_rows = [
+        {
+            "task": d,
+            "metric": "hallucination_rate",
+            "value": s["hallucination_rate"],
+            "ci_low": s["ci_low"],
+            "ci_high": s["ci_high"],
+            "n": s["n"],
+        }
+        for d, s in summaries.items()
+    ]
     for d, entry in probes.items():
         best = int(entry["ranking"][0])
-        table_rows.append({"task": d, "metric": f"probe_accuracy_layer{best}",
-                           "value": entry["accuracy"][best], "ci_low": entry["ci_low"][best],
-                           "ci_high": entry["ci_high"][best], "n": entry["n"]})
-    record.finish({"table": table_rows, "labels": summaries, "prone": prone, "skipped": skipped,
-                   "sparsity": sparsity,
-                   "probe": {d: {k: v for k, v in e.items() if k != "folds"} for d, e in probes.items()},
-                   "fold_prone": fold_prone}, load_model_s=load_s, **timings)
+        table_rows.append(
+            {
+                "task": d,
+                "metric": f"probe_accuracy_layer{best}",
+                "value": entry["accuracy"][best],
+                "ci_low": entry["ci_low"][best],
+                "ci_high": entry["ci_high"][best],
+                "n": entry["n"],
+            }
+        )
+    record.finish(
+        {
+            "table": table_rows,
+            "labels": summaries,
+            "prone": prone,
+            "skipped": skipped,
+            "sparsity": sparsity,
+            "probe": {d: {k: v for k, v in e.items() if k != "folds"} for d, e in probes.items()},
+            "fold_prone": fold_prone,
+        },
+        load_model_s=load_s,
+        **timings,
+    )
     save_record(record, out / "record.json")
-    return HallucinationResult(out=out, summary=summary_df, prone=prone, skipped=skipped,
-                               sparsity=sparsity, probes=probes, fold_prone=fold_prone,
-                               record=record)
+    return HallucinationResult(
+        out=out,
+        summary=summary_df,
+        prone=prone,
+        skipped=skipped,
+        sparsity=sparsity,
+        probes=probes,
+        fold_prone=fold_prone,
+        record=record,
+    )
 
 
-def _features(model: Any, tokenizer: Any, labelled: list[Any], out: Path, dataset: str,
-              record: Any, cfg: HallucinationConfig, progress: bool) -> tuple[list[str], Any, list[str]]:
+def _features(
+    model: Any,
+    tokenizer: Any,
+    labelled: list[Any],
+    out: Path,
+    dataset: str,
+    record: Any,
+    cfg: HallucinationConfig,
+    progress: bool,
+) -> tuple[list[str], Any, list[str]]:
     """The answers' probe features, from ``features/<dataset>.safetensors`` when it holds the
     same answers of the same model, else computed and written there."""
     from avsslib.errors import DataError
@@ -363,8 +513,10 @@ def _features(model: Any, tokenizer: Any, labelled: list[Any], out: Path, datase
     want = [e.id for e in labelled if e.answer_ids]
     labels = {e.id: e.label for e in labelled}
     answers = {e.id: list(e.answer_ids) for e in labelled}
-    key = {"model_sha256": record.model.get("state_sha256"),
-           "answers_sha256": _sha([(i, answers[i]) for i in want])}
+    key = {
+        "model_sha256": record.model.get("state_sha256"),
+        "answers_sha256": _sha([(i, answers[i]) for i in want]),
+    }
     if path.exists():
         try:
             ids, feats, _, meta = read_features(path)
@@ -372,8 +524,9 @@ def _features(model: Any, tokenizer: Any, labelled: list[Any], out: Path, datase
                 return ids, feats, [labels[i] for i in ids]
         except DataError:
             pass
-    ids, feats = answer_features(model, tokenizer, labelled, batch_size=cfg.batch_size,
-                                 progress=progress)
+    ids, feats = answer_features(
+        model, tokenizer, labelled, batch_size=cfg.batch_size, progress=progress
+    )
     write_features(path, ids, feats, [labels[i] for i in ids], {**key, "dataset": dataset})
     return ids, feats, [labels[i] for i in ids]
 
@@ -386,17 +539,29 @@ def _sha(obj: Any) -> str:
 
 
 def _probe_entry(table: Any) -> dict[str, Any]:
-    return {"accuracy": table["accuracy"].tolist(), "ci_low": table["ci_low"].tolist(),
-            "ci_high": table["ci_high"].tolist(),
-            "balanced_accuracy": table["balanced_accuracy"].tolist(),
-            "ranking": [int(i) for i in table.sort_values("rank").index],
-            "n": int(table["n"].iloc[0]), "n_hallucinated": int(table["n_hallucinated"].iloc[0]),
-            "majority_rate": float(table["majority_rate"].iloc[0])}
+    return {
+        "accuracy": table["accuracy"].tolist(),
+        "ci_low": table["ci_low"].tolist(),
+        "ci_high": table["ci_high"].tolist(),
+        "balanced_accuracy": table["balanced_accuracy"].tolist(),
+        "ranking": [int(i) for i in table.sort_values("rank").index],
+        "n": int(table["n"].iloc[0]),
+        "n_hallucinated": int(table["n_hallucinated"].iloc[0]),
+        "majority_rate": float(table["majority_rate"].iloc[0]),
+    }
 
 
-def _probe_dataset(model: Any, tokenizer: Any, labelled: list[Any], out: Path, dataset: str,
-                   record: Any, cfg: HallucinationConfig, parts: list[list[str]] | None,
-                   progress: bool) -> dict[str, Any]:
+def _probe_dataset(
+    model: Any,
+    tokenizer: Any,
+    labelled: list[Any],
+    out: Path,
+    dataset: str,
+    record: Any,
+    cfg: HallucinationConfig,
+    parts: list[list[str]] | None,
+    progress: bool,
+) -> dict[str, Any]:
     """Probe accuracies of one dataset over all its answers (``probe/<dataset>.csv``) and, with
     folds, over the answers outside each fold."""
     import numpy as np
@@ -413,17 +578,27 @@ def _probe_dataset(model: Any, tokenizer: Any, labelled: list[Any], out: Path, d
         for k, part in enumerate(parts):
             inside = set(part)
             rows = np.array([i not in inside for i in ids])
-            sub = probe_layers(feats[rows], [lab for lab, r in zip(labels, rows, strict=True) if r],
-                               [i for i, r in zip(ids, rows, strict=True) if r], seed=cfg.seed,
-                               progress=progress)
+            sub = probe_layers(
+                feats[rows],
+                [lab for lab, r in zip(labels, rows, strict=True) if r],
+                [i for i, r in zip(ids, rows, strict=True) if r],
+                seed=cfg.seed,
+                progress=progress,
+            )
             write_csv_atomic(out / "probe" / f"{dataset}_fold{k}.csv", sub.reset_index())
             entry["folds"].append({"fold": k, **_probe_entry(sub)})
     return entry
 
 
-def _fold_prone(model: Any, tokenizer: Any, labelled: list[Any], parts: list[list[str]],
-                families: list[str], cfg: HallucinationConfig, progress: bool
-                ) -> dict[str, list[dict[str, Any]]]:
+def _fold_prone(
+    model: Any,
+    tokenizer: Any,
+    labelled: list[Any],
+    parts: list[list[str]],
+    families: list[str],
+    cfg: HallucinationConfig,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
     """Per family, per fold: the prone layers from every labelled answer outside the fold."""
     from avsslib.eavss import hallucination_stats
 
@@ -431,17 +606,33 @@ def _fold_prone(model: Any, tokenizer: Any, labelled: list[Any], parts: list[lis
     for k, part in enumerate(parts):
         inside = set(part)
         rest = [e for e in labelled if e.id not in inside]
-        hs = hallucination_stats(model, tokenizer, rest, positions=cfg.positions,
-                                 batch_size=cfg.batch_size, eps=cfg.eps, progress=progress)
+        hs = hallucination_stats(
+            model,
+            tokenizer,
+            rest,
+            positions=cfg.positions,
+            batch_size=cfg.batch_size,
+            eps=cfg.eps,
+            progress=progress,
+        )
         if min(hs.n_hallucinated, hs.n_truthful) < cfg.min_per_class:
-            raise ConfigError(f"fold {k}: {hs.n_hallucinated} hallucinated and {hs.n_truthful} "
-                              "truthful answers outside it; label more questions (--n).")
+            raise ConfigError(
+                f"fold {k}: {hs.n_hallucinated} hallucinated and {hs.n_truthful} "
+                "truthful answers outside it; label more questions (--n)."
+            )
         for family in families:
             by = "eavss" if cfg.prone_by == "eavss" else None
             table = hs.scores(cast(Family, family), k=cfg.k, by=by)
-            out[family].append({"fold": k, "by": table.attrs["by"], "k": table.attrs["k"],
-                                "layers": [int(i) for i in table.index[table["prone"]]],
-                                "n_hallucinated": hs.n_hallucinated, "n_truthful": hs.n_truthful})
+            out[family].append(
+                {
+                    "fold": k,
+                    "by": table.attrs["by"],
+                    "k": table.attrs["k"],
+                    "layers": [int(i) for i in table.index[table["prone"]]],
+                    "n_hallucinated": hs.n_hallucinated,
+                    "n_truthful": hs.n_truthful,
+                }
+            )
     return out
 
 

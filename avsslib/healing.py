@@ -103,8 +103,9 @@ class HealResult:
     seconds: float
 
 
-def healing_batches(tokenizer: Any, config: HealConfig, *, data_dir: str | Path | None = None
-                    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+def healing_batches(
+    tokenizer: Any, config: HealConfig, *, data_dir: str | Path | None = None
+) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """``config.steps`` batches of token ids, each ``(batch_size, seq_len)`` int64, packed from
     the passages of ``config.text_name`` / ``config.text_split`` (module docstring), and a
     description for the run record (dataset, split, passages, tokens available, chunks,
@@ -119,25 +120,39 @@ def healing_batches(tokenizer: Any, config: HealConfig, *, data_dir: str | Path 
         stream += list(ids) + ([eos] if eos is not None else [])
     n_chunks = len(stream) // config.seq_len
     if n_chunks < 1:
-        raise DataError(f"{config.text_name} {config.text_split}: {len(stream)} tokens, fewer than "
-                        f"one chunk of seq_len = {config.seq_len}; use a shorter seq_len.")
+        raise DataError(
+            f"{config.text_name} {config.text_split}: {len(stream)} tokens, fewer than "
+            f"one chunk of seq_len = {config.seq_len}; use a shorter seq_len."
+        )
     chunks = torch.tensor(stream[: n_chunks * config.seq_len], dtype=torch.long).view(n_chunks, -1)
     need = config.steps * config.batch_size
     rng = np.random.default_rng(config.seed)
     order = np.concatenate([rng.permutation(n_chunks) for _ in range(-(-need // n_chunks))])[:need]
-    batches = [chunks[torch.as_tensor(order[i:i + config.batch_size])]
-               for i in range(0, need, config.batch_size)]
-    description = {"dataset": config.text_name, "split": config.text_split,
-                   "passages": len(texts), "tokens_available": len(stream), "chunks": n_chunks,
-                   "epochs": need / n_chunks,
-                   "data_files": data_file_hashes(config.text_name, config.text_split,
-                                                  data_dir=data_dir)}
+    batches = [
+        chunks[torch.as_tensor(order[i : i + config.batch_size])]
+        for i in range(0, need, config.batch_size)
+    ]
+    description = {
+        "dataset": config.text_name,
+        "split": config.text_split,
+        "passages": len(texts),
+        "tokens_available": len(stream),
+        "chunks": n_chunks,
+        "epochs": need / n_chunks,
+        "data_files": data_file_hashes(config.text_name, config.text_split, data_dir=data_dir),
+    }
     return batches, description
 
 
-def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
-         batches: Sequence[torch.Tensor] | None = None, text: Mapping[str, Any] | None = None,
-         progress: bool = True) -> tuple[torch.nn.Module, HealResult]:
+def heal(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: HealConfig,
+    *,
+    batches: Sequence[torch.Tensor] | None = None,
+    text: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, HealResult]:
     """LoRA-train ``model`` (a causal LM) on the healing text and merge the adapters.
 
     Every ``nn.Linear`` of every block (attention and MLP projections) gets a LoRA adapter of
@@ -163,8 +178,7 @@ def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
     net = _add_lora(model, targets, config.rank, config.alpha)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.steps,
-                                                                       config.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.steps, config.warmup))
     losses: list[float] = []
     t0 = time.perf_counter()
     net.train()
@@ -178,12 +192,23 @@ def heal(model: torch.nn.Module, tokenizer: Any, config: HealConfig, *,
         losses.append(float(loss.detach()))
     merged = cast(Any, net).merge_and_unload()
     merged.eval()
-    return merged, HealResult(losses=losses, trainable_parameters=sum(p.numel() for p in params),
-                              text=dict(text or {}), seconds=time.perf_counter() - t0)
+    return merged, HealResult(
+        losses=losses,
+        trainable_parameters=sum(p.numel() for p in params),
+        text=dict(text or {}),
+        seconds=time.perf_counter() - t0,
+    )
 
 
-def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 1000, seed: int = 0,
-                    alpha: float = 0.05) -> pd.DataFrame:
+def recovered_share(
+    original: Any,
+    before: Any,
+    after: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """Share of the lost score that healing recovers, per task and metric.
 
     With ``R_b`` and ``R_a`` the retentions before and after healing (pruned / original, or
@@ -205,8 +230,10 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
             continue
         b, a = before.tasks[name], after.tasks[name]
         if not (set(o.ids) == set(b.ids) == set(a.ids)):
-            raise ConfigError(f"task {name}: the three runs scored different examples; evaluate "
-                              "them with the same n and seed.")
+            raise ConfigError(
+                f"task {name}: the three runs scored different examples; evaluate "
+                "them with the same n and seed."
+            )
         ob = np.array([{i: k for k, i in enumerate(b.ids)}[i] for i in o.ids])
         oa = np.array([{i: k for k, i in enumerate(a.ids)}[i] for i in o.ids])
         idx = resample_indices(len(o.ids), n_boot, seed)
@@ -219,8 +246,9 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
             z = a.metrics[metric].per_example[oa]
             inverted = not mo.higher_is_better
 
-            def share(xo: float, xb: float, xa: float, inverted: bool = inverted
-                      ) -> tuple[float, float, float]:
+            def share(
+                xo: float, xb: float, xa: float, inverted: bool = inverted
+            ) -> tuple[float, float, float]:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     rb = np.float64(xo) / xb if inverted else np.float64(xb) / xo
                     ra = np.float64(xo) / xa if inverted else np.float64(xa) / xo
@@ -228,12 +256,36 @@ def recovered_share(original: Any, before: Any, after: Any, *, n_boot: int = 100
 
             rb, ra, rec = share(stat(x), stat(y), stat(z))
             boot = np.array([share(stat(x[i]), stat(y[i]), stat(z[i]))[2] for i in idx])
-            low, high = (percentile_interval(boot, alpha) if np.isfinite(boot).all()
-                         else (math.nan, math.nan))
-            rows.append(dict(task=name, metric=metric, retention_before=rb, retention_after=ra,
-                             recovered=rec, ci_low=low, ci_high=high, n=len(o.ids)))
-    return pd.DataFrame(rows, columns=["task", "metric", "retention_before", "retention_after",
-                                       "recovered", "ci_low", "ci_high", "n"])
+            low, high = (
+                percentile_interval(boot, alpha)
+                if np.isfinite(boot).all()
+                else (math.nan, math.nan)
+            )
+            rows.append(
+                dict(
+                    task=name,
+                    metric=metric,
+                    retention_before=rb,
+                    retention_after=ra,
+                    recovered=rec,
+                    ci_low=low,
+                    ci_high=high,
+                    n=len(o.ids),
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "task",
+            "metric",
+            "retention_before",
+            "retention_after",
+            "recovered",
+            "ci_low",
+            "ci_high",
+            "n",
+        ],
+    )
 
 
 def _hash(obj: Any) -> str:
@@ -291,26 +343,45 @@ def healing_study(
     for name, layers in selections.items():
         bad = [x for x in layers if not 0 <= int(x) < n_layers]
         if bad or len(set(layers)) >= n_layers or not layers:
-            raise ConfigError(f"selection {name!r}: layers {list(layers)} are not a proper subset "
-                              f"of the model's {n_layers} blocks.")
+            raise ConfigError(
+                f"selection {name!r}: layers {list(layers)} are not a proper subset "
+                f"of the model's {n_layers} blocks."
+            )
     batches, text = healing_batches(tokenizer, config)
-    eval_kwargs: dict[str, Any] = dict(n=n_eval, seed=seed, batch_size=batch_size, ppl_window=ppl_window,
-                       ppl_stride=ppl_window)
-    run_config = {"model": model_name, "selections": {k: list(v) for k, v in selections.items()},
-                  "heal": config.to_dict(), "tasks": list(tasks), "eval": eval_kwargs,
-                  "n_boot": n_boot, "format": HEALING_FORMAT}
+    eval_kwargs: dict[str, Any] = dict(
+        n=n_eval, seed=seed, batch_size=batch_size, ppl_window=ppl_window, ppl_stride=ppl_window
+    )
+    run_config = {
+        "model": model_name,
+        "selections": {k: list(v) for k, v in selections.items()},
+        "heal": config.to_dict(),
+        "tasks": list(tasks),
+        "eval": eval_kwargs,
+        "n_boot": n_boot,
+        "format": HEALING_FORMAT,
+    }
     if command is None:
         command = f"healing_study({model_name!r}, out_dir={str(out)!r}, ...)"
     data_files = {**text["data_files"], **ev.task_data_files(list(tasks))}
     record = RunRecord.start(command, run_config, seed, model=model, data_files=data_files)
     identity = record.model.get("state_sha256")
-    base_key = {"model": identity, "tasks": list(tasks), "eval": eval_kwargs,
-                "format": HEALING_FORMAT}
+    base_key = {
+        "model": identity,
+        "tasks": list(tasks),
+        "eval": eval_kwargs,
+        "format": HEALING_FORMAT,
+    }
 
     def evaluate(m: torch.nn.Module, path: Path, key: dict[str, Any], extra: dict[str, Any]) -> Any:
-        result, hit = cached(path, _hash(key), lambda: ev.evaluate(m, tokenizer, list(tasks), **eval_kwargs),
-                             encode=lambda r: r.to_dict(), decode=ev.EvalResult.from_dict,
-                             extra=lambda _: extra, key_field="hash")
+        result, hit = cached(
+            path,
+            _hash(key),
+            lambda: ev.evaluate(m, tokenizer, list(tasks), **eval_kwargs),
+            encode=lambda r: r.to_dict(),
+            decode=ev.EvalResult.from_dict,
+            extra=lambda _: extra,
+            key_field="hash",
+        )
         return result, "cached" if hit else "run"
 
     original, _ = evaluate(model, out / "eval" / "original.json", base_key, {"layers": []})
@@ -319,8 +390,11 @@ def healing_study(
         layers = sorted(int(x) for x in layers)
         key = {**base_key, "layers": layers}
         after_path = out / "eval" / f"{name}-after.json"
-        heal_key = {**key, "heal": config.to_dict(), "text": {k: text[k] for k in
-                                                             ("dataset", "split", "data_files")}}
+        heal_key = {
+            **key,
+            "heal": config.to_dict(),
+            "text": {k: text[k] for k in ("dataset", "split", "data_files")},
+        }
         pruned = prune_layers_(copy.deepcopy(model), layers)
         before, _ = evaluate(pruned, out / "eval" / f"{name}-before.json", key, {"layers": layers})
         saved = read_cached(after_path, _hash(heal_key), key_field="hash")
@@ -329,11 +403,20 @@ def healing_study(
             losses[name] = saved.get("losses", [])
             status[name] = "cached"
         else:
-            healed, result = heal(pruned, tokenizer, config, batches=batches, text=text,
-                                  progress=progress)
-            after, _ = evaluate(healed, after_path, heal_key, {
-                "layers": layers, "losses": result.losses, "heal_s": result.seconds,
-                "trainable_parameters": result.trainable_parameters})
+            healed, result = heal(
+                pruned, tokenizer, config, batches=batches, text=text, progress=progress
+            )
+            after, _ = evaluate(
+                healed,
+                after_path,
+                heal_key,
+                {
+                    "layers": layers,
+                    "losses": result.losses,
+                    "heal_s": result.seconds,
+                    "trainable_parameters": result.trainable_parameters,
+                },
+            )
             losses[name] = result.losses
             status[name] = "run"
             del healed
@@ -341,12 +424,17 @@ def healing_study(
         r_before = ev.retention(original, before, n_boot=n_boot, seed=seed)
         r_after = ev.retention(original, after, n_boot=n_boot, seed=seed)
         share = recovered_share(original, before, after, n_boot=n_boot, seed=seed)
-        merged = r_before.merge(r_after, on=["task", "metric", "original", "n", "inverted"],
-                                suffixes=("_before", "_after"))
-        merged = merged.merge(share[["task", "metric", "recovered", "ci_low", "ci_high"]]
-                              .rename(columns={"ci_low": "recovered_ci_low",
-                                               "ci_high": "recovered_ci_high"}),
-                              on=["task", "metric"])
+        merged = r_before.merge(
+            r_after,
+            on=["task", "metric", "original", "n", "inverted"],
+            suffixes=("_before", "_after"),
+        )
+        merged = merged.merge(
+            share[["task", "metric", "recovered", "ci_low", "ci_high"]].rename(
+                columns={"ci_low": "recovered_ci_low", "ci_high": "recovered_ci_high"}
+            ),
+            on=["task", "metric"],
+        )
         merged.insert(0, "config", name)
         merged.insert(1, "n_pruned", len(layers))
         merged.insert(2, "layers", " ".join(map(str, layers)))
@@ -358,16 +446,33 @@ def healing_study(
     rows = []
     for row in primary_metric_rows(table).itertuples():
         for when in ("before", "after"):
-            rows.append(dict(task=f"{row.task} [{row.config}, {when}]",
-                             metric=f"{row.metric} retention",
-                             value=getattr(row, f"retention_{when}"),
-                             ci_low=getattr(row, f"ci_low_{when}"),
-                             ci_high=getattr(row, f"ci_high_{when}"), n=row.n))
-        rows.append(dict(task=f"{row.task} [{row.config}]", metric="recovered share",
-                         value=row.recovered, ci_low=row.recovered_ci_low,
-                         ci_high=row.recovered_ci_high, n=row.n))
-    record.finish({"table": rows, "text": {k: v for k, v in text.items() if k != "data_files"},
-                   "status": status,
-                   "final_loss": {k: (v[-1] if v else None) for k, v in losses.items()}})
+            rows.append(
+                dict(
+                    task=f"{row.task} [{row.config}, {when}]",
+                    metric=f"{row.metric} retention",
+                    value=getattr(row, f"retention_{when}"),
+                    ci_low=getattr(row, f"ci_low_{when}"),
+                    ci_high=getattr(row, f"ci_high_{when}"),
+                    n=row.n,
+                )
+            )
+        rows.append(
+            dict(
+                task=f"{row.task} [{row.config}]",
+                metric="recovered share",
+                value=row.recovered,
+                ci_low=row.recovered_ci_low,
+                ci_high=row.recovered_ci_high,
+                n=row.n,
+            )
+        )
+    record.finish(
+        {
+            "table": rows,
+            "text": {k: v for k, v in text.items() if k != "data_files"},
+            "status": status,
+            "final_loss": {k: (v[-1] if v else None) for k, v in losses.items()},
+        }
+    )
     save_record(record, out / "record.json")
     return {"table": table, "status": status, "record": record.to_dict()}

@@ -78,7 +78,10 @@ def residual_rms(model: torch.nn.Module, input_ids: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate_greedy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 32
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    max_new_tokens: int = 32,
 ) -> str:
     """Greedy continuation of ``prompt`` (no sampling, so it is deterministic).
 
@@ -95,9 +98,11 @@ def generate_greedy(
         text = prompt
     encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
     encoded = encoded.to(model.device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     output = cast(Any, model).generate(
         **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
     )
-    new_tokens = output[0, encoded["input_ids"].shape[1]:]
+    new_tokens = output[0, encoded["input_ids"].shape[1] :]
     return str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()

@@ -116,14 +116,16 @@ def normalize_answer(text: str) -> str:
 def _contains_words(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     """True when ``needle`` (non-empty) occurs as a contiguous run of whole words of ``haystack``."""
     n = len(needle)
-    return n > 0 and any(list(haystack[i : i + n]) == list(needle)
-                         for i in range(len(haystack) - n + 1))
+    return n > 0 and any(
+        list(haystack[i : i + n]) == list(needle) for i in range(len(haystack) - n + 1)
+    )
 
 
 def _echoes(question: str | None, target_words: Sequence[str]) -> bool:
     """True when a question is given and contains ``target_words`` (normalised, whole words)."""
-    return question is not None and _contains_words(normalize_answer(question).split(),
-                                                    target_words)
+    return question is not None and _contains_words(
+        normalize_answer(question).split(), target_words
+    )
 
 
 def label_alias(
@@ -155,8 +157,12 @@ def label_alias(
             echoed.append(alias)
         elif match is None and _contains_words(words, alias_norm.split()):
             match, matched = "contains", alias
-    evidence: dict[str, Any] = {"normalized_answer": norm, "matched_alias": matched, "match": match,
-                "n_aliases": len(aliases)}
+    evidence: dict[str, Any] = {
+        "normalized_answer": norm,
+        "matched_alias": matched,
+        "match": match,
+        "n_aliases": len(aliases),
+    }
     if question is not None:
         evidence["question_aliases"] = echoed
     return ("truthful" if match else "hallucinated"), evidence
@@ -215,32 +221,40 @@ def label_truthfulqa(
     references' order), ``max_correct``, ``max_incorrect``, ``closest_correct`` and
     ``closest_incorrect`` (the best-matching references)."""
     if not correct or not incorrect:
-        raise DataError("TruthfulQA labelling needs at least one correct and one incorrect "
-                        f"reference, got {len(correct)} and {len(incorrect)}.")
+        raise DataError(
+            "TruthfulQA labelling needs at least one correct and one incorrect "
+            f"reference, got {len(correct)} and {len(incorrect)}."
+        )
     rc = [rouge_l(answer, ref) for ref in correct]
     ri = [rouge_l(answer, ref) for ref in incorrect]
     evidence = {
-        "rouge_l_correct": rc, "rouge_l_incorrect": ri,
-        "max_correct": max(rc), "max_incorrect": max(ri),
+        "rouge_l_correct": rc,
+        "rouge_l_incorrect": ri,
+        "max_correct": max(rc),
+        "max_incorrect": max(ri),
         "closest_correct": correct[int(np.argmax(rc))],
         "closest_incorrect": incorrect[int(np.argmax(ri))],
     }
     return ("hallucinated" if max(ri) > max(rc) else "truthful"), evidence
 
 
-def label_wikiqa(
-    scores: Sequence[float], labels: Sequence[int]
-) -> tuple[Label, dict[str, Any]]:
+def label_wikiqa(scores: Sequence[float], labels: Sequence[int]) -> tuple[Label, dict[str, Any]]:
     """WikiQA rule: the candidate with the highest score (ties: the first) is the model's answer;
     its label 0 means hallucinated. Evidence: ``chosen_index``, ``scores``, ``labels``,
     ``n_candidates``, ``n_positive``."""
     if len(scores) != len(labels) or not len(scores):
-        raise ConfigError(f"WikiQA labelling needs one score per candidate, got {len(scores)} "
-                          f"scores for {len(labels)} candidates.")
+        raise ConfigError(
+            f"WikiQA labelling needs one score per candidate, got {len(scores)} "
+            f"scores for {len(labels)} candidates."
+        )
     chosen = int(np.argmax(np.asarray(scores, dtype=np.float64)))
-    evidence = {"chosen_index": chosen, "scores": [float(s) for s in scores],
-                "labels": [int(v) for v in labels], "n_candidates": len(labels),
-                "n_positive": int(sum(int(v) == 1 for v in labels))}
+    evidence = {
+        "chosen_index": chosen,
+        "scores": [float(s) for s in scores],
+        "labels": [int(v) for v in labels],
+        "n_candidates": len(labels),
+        "n_positive": int(sum(int(v) == 1 for v in labels)),
+    }
     return ("truthful" if int(labels[chosen]) == 1 else "hallucinated"), evidence
 
 
@@ -280,8 +294,9 @@ class LabelledExample:
         if missing:
             raise DataError(f"labelled example lacks the fields {sorted(missing)}.")
         if data["label"] not in LABELS:
-            raise DataError(f"labelled example {data['id']!r}: label {data['label']!r} is not one "
-                            f"of {LABELS}.")
+            raise DataError(
+                f"labelled example {data['id']!r}: label {data['label']!r} is not one of {LABELS}."
+            )
         return cls(**{k: data[k] for k in names})
 
 
@@ -290,8 +305,9 @@ def write_labels(path: str | Path, examples: Iterable[LabelledExample]) -> Path:
     then rename). Returns the path."""
     from avsslib.fs import to_jsonable, write_text_atomic
 
-    lines = [json.dumps(to_jsonable(e.to_dict()), ensure_ascii=False, sort_keys=True)
-             for e in examples]
+    lines = [
+        json.dumps(to_jsonable(e.to_dict()), ensure_ascii=False, sort_keys=True) for e in examples
+    ]
     return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
@@ -309,8 +325,10 @@ def read_labels(path: str | Path) -> list[LabelledExample]:
         try:
             out.append(LabelledExample.from_dict(json.loads(line)))
         except (json.JSONDecodeError, DataError, TypeError) as exc:
-            raise DataError(f"{path}, line {i}: not a labelled example ({exc}); rewrite the file "
-                            "with avsslib.labels.write_labels.") from exc
+            raise DataError(
+                f"{path}, line {i}: not a labelled example ({exc}); rewrite the file "
+                "with avsslib.labels.write_labels."
+            ) from exc
     return out
 
 
@@ -325,8 +343,9 @@ def _use_chat(tokenizer: Any, chat_template: ChatTemplate) -> bool:
     return chat_template
 
 
-def render_prompt(tokenizer: Any, question: str, template: str = DEFAULT_TEMPLATE,
-                  chat: bool = False) -> str:
+def render_prompt(
+    tokenizer: Any, question: str, template: str = DEFAULT_TEMPLATE, chat: bool = False
+) -> str:
     """The prompt text: ``template`` with ``{question}`` filled; with ``chat``, that text as the
     single user message of the tokenizer's chat template, with the generation prompt."""
     if "{question}" not in template:
@@ -334,8 +353,9 @@ def render_prompt(tokenizer: Any, question: str, template: str = DEFAULT_TEMPLAT
     text = template.replace("{question}", question.strip())
     if not chat:
         return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
@@ -347,7 +367,9 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
 def _pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise ConfigError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+        raise ConfigError(
+            "the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token."
+        )
     return int(pad)
 
 
@@ -416,7 +438,9 @@ def generate_answers(
     from transformers import StoppingCriteriaList
 
     if max_new_tokens < 1 or batch_size < 1:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1.")
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1."
+        )
     chat = _use_chat(tokenizer, chat_template)
     questions = [e if isinstance(e, str) else e.question for e in examples]
     prompts = [render_prompt(tokenizer, q, template, chat) for q in questions]
@@ -430,21 +454,30 @@ def generate_answers(
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate answers",
-                          disable=not progress):
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="generate answers", disable=not progress
+        ):
             rows = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, i in enumerate(rows):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
+                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[r, width - len(encoded[i]) :] = 1
             with torch.no_grad():
-                generated = cast(Any, model).generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                    max_new_tokens=max_new_tokens, pad_token_id=pad,
-                    stopping_criteria=criteria,
-                )[:, width:].cpu().tolist()
+                generated = (
+                    cast(Any, model)
+                    .generate(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        do_sample=False,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=pad,
+                        stopping_criteria=criteria,
+                    )[:, width:]
+                    .cpu()
+                    .tolist()
+                )
             for r, i in enumerate(rows):
                 answer_ids, truncated = [], True
                 for tok in generated[r]:
@@ -539,26 +572,38 @@ def label_dataset(
     from avsslib.data import get_spec, load_dataset
 
     if dataset not in RULES:
-        raise ConfigError(f"no hallucination labelling rule for {dataset!r}; datasets with a "
-                          f"rule: {sorted(RULES)}.")
+        raise ConfigError(
+            f"no hallucination labelling rule for {dataset!r}; datasets with a "
+            f"rule: {sorted(RULES)}."
+        )
     split_name = get_spec(dataset).split_name(split)
-    records = load_dataset(dataset, split_name, n=n, seed=seed, data_dir=data_dir,
-                           answerable_only=dataset == "wikiqa")
+    records = load_dataset(
+        dataset, split_name, n=n, seed=seed, data_dir=data_dir, answerable_only=dataset == "wikiqa"
+    )
     rule = RULES[dataset]
     if question_guard and dataset in ("nq_open", "triviaqa", "sciq"):
         rule += "+question_guard"
     common = {"dataset": dataset, "split": split_name, "rule": rule, "template": template}
     if dataset == "wikiqa":
-        return _label_wikiqa_records(model, tokenizer, records, common, chat_template,
-                                     batch_size, scorer, progress)
-    gens = generate_answers(model, tokenizer, records, template=template,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            chat_template=chat_template, progress=progress)
+        return _label_wikiqa_records(
+            model, tokenizer, records, common, chat_template, batch_size, scorer, progress
+        )
+    gens = generate_answers(
+        model,
+        tokenizer,
+        records,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chat_template=chat_template,
+        progress=progress,
+    )
     out = []
     for rec, gen in zip(records, gens, strict=True):
         if dataset == "truthfulqa":
-            label, evidence = label_truthfulqa(gen.answer, rec.correct_answers,
-                                               rec.incorrect_answers)
+            label, evidence = label_truthfulqa(
+                gen.answer, rec.correct_answers, rec.incorrect_answers
+            )
         else:
             guard = rec.question if question_guard else None
             if dataset == "sciq":
@@ -566,15 +611,25 @@ def label_dataset(
             else:
                 label, evidence = label_alias(gen.answer, rec.answers, question=guard)
         evidence["truncated"] = gen.truncated
-        out.append(LabelledExample(id=rec.id, question=rec.question, prompt=gen.prompt,
-                                   answer=gen.answer, answer_ids=list(gen.answer_ids),
-                                   label=label, evidence=evidence,
-                                   chat_template=gen.chat_template, **common))
+        out.append(
+            LabelledExample(
+                id=rec.id,
+                question=rec.question,
+                prompt=gen.prompt,
+                answer=gen.answer,
+                answer_ids=list(gen.answer_ids),
+                label=label,
+                evidence=evidence,
+                chat_template=gen.chat_template,
+                **common,
+            )
+        )
     return out
 
 
-def _label_wikiqa_records(model, tokenizer, records, common, chat_template, batch_size, scorer,
-                          progress) -> list[LabelledExample]:
+def _label_wikiqa_records(
+    model, tokenizer, records, common, chat_template, batch_size, scorer, progress
+) -> list[LabelledExample]:
     from tqdm.auto import tqdm
 
     chat = _use_chat(tokenizer, chat_template)
@@ -584,16 +639,30 @@ def _label_wikiqa_records(model, tokenizer, records, common, chat_template, batc
         conts = [_wikiqa_continuation(s, chat) for s in rec.sentences]
         cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
         if scorer is None:
-            scores = continuation_logprobs(model, tokenizer, encode_prompt(tokenizer, prompt, chat),
-                                           cont_ids, batch_size=batch_size)
+            scores = continuation_logprobs(
+                model,
+                tokenizer,
+                encode_prompt(tokenizer, prompt, chat),
+                cont_ids,
+                batch_size=batch_size,
+            )
         else:
             scores = scorer(prompt, list(rec.sentences))
         label, evidence = label_wikiqa(list(scores), rec.labels)
         chosen = evidence["chosen_index"]
-        out.append(LabelledExample(id=rec.id, question=rec.question, prompt=prompt,
-                                   answer=rec.sentences[chosen].strip(),
-                                   answer_ids=cont_ids[chosen], label=label, evidence=evidence,
-                                   chat_template=chat, **common))
+        out.append(
+            LabelledExample(
+                id=rec.id,
+                question=rec.question,
+                prompt=prompt,
+                answer=rec.sentences[chosen].strip(),
+                answer_ids=cont_ids[chosen],
+                label=label,
+                evidence=evidence,
+                chat_template=chat,
+                **common,
+            )
+        )
     return out
 
 
@@ -619,7 +688,12 @@ def split_ids(
     if len(set(ids)) != len(ids):
         raise ConfigError("split_ids: the ids are not unique; split by question id.")
     fr = np.asarray(fractions, dtype=np.float64)
-    if fr.ndim != 1 or fr.size < 1 or (fr < 0).any() or not math.isclose(fr.sum(), 1.0, abs_tol=1e-9):
+    if (
+        fr.ndim != 1
+        or fr.size < 1
+        or (fr < 0).any()
+        or not math.isclose(fr.sum(), 1.0, abs_tol=1e-9)
+    ):
         raise ConfigError(f"fractions {list(fractions)} must be non-negative and sum to 1.")
     keys = [None] * len(ids) if stratify is None else list(stratify)
     if len(keys) != len(ids):
@@ -629,7 +703,7 @@ def split_ids(
     for key in sorted(set(keys), key=repr):
         members = np.flatnonzero([k == key for k in keys])
         perm = members[rng.permutation(len(members))]
-        cuts = np.floor(np.cumsum(fr) * len(members) + 0.5).astype(int)   # round half up
+        cuts = np.floor(np.cumsum(fr) * len(members) + 0.5).astype(int)  # round half up
         cuts[-1] = len(members)
         for j, chunk in enumerate(np.split(perm, cuts[:-1])):
             part_of[chunk] = j
@@ -674,4 +748,3 @@ def evidence_text(example: Any) -> str:
         return f"ROUGE-L correct {ev['max_correct']:.2f} vs incorrect {ev['max_incorrect']:.2f}"
     chosen = ev["chosen_index"]
     return f"sentence {chosen} of {ev['n_candidates']}, label {ev['labels'][chosen]}"
-

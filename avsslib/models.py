@@ -119,8 +119,12 @@ ZOO: dict[str, ZooModel] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "avss_manifest.json"
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-            "pytorch_model.bin.index.json")
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _installed_part(dist: str, relpath: str) -> Path | None:
@@ -152,7 +156,9 @@ def _zoo_parts(entry: ZooModel) -> list[Path]:
         else:
             paths.append(path)
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
         raise ModelError(
             f"zoo model {entry.name!r} needs the wheel(s) {shown}, which are not installed "
             f"(or lack their data file). Install them with: {entry.install}."
@@ -170,8 +176,9 @@ def _check_safetensors(path: Path) -> None:
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
             header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-                  default=0)
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
         if 8 + n + end != size:
             raise ValueError(f"tensors end at byte {8 + n + end} but the file has {size} bytes")
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
@@ -198,8 +205,10 @@ def _verify_cache(target: Path, *, full: bool) -> str | None:
     try:
         manifest = json.loads((target / MANIFEST).read_text())
         files: dict[str, dict[str, Any]] = manifest["files"]
-        listed = {name: (int(rec["size"]), int(rec["mtime_ns"]), str(rec["sha256"]))
-                  for name, rec in files.items()}
+        listed = {
+            name: (int(rec["size"]), int(rec["mtime_ns"]), str(rec["sha256"]))
+            for name, rec in files.items()
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{target / MANIFEST} is unreadable ({exc!r})"
     if not {"config.json", "model.safetensors"} <= listed.keys():
@@ -233,11 +242,15 @@ def _verify_cache(target: Path, *, full: bool) -> str | None:
 def _write_manifest(directory: Path, **meta: Any) -> None:
     """Write ``directory/avss_manifest.json``: ``meta`` plus size, mtime and SHA-256 of every
     file in ``directory``."""
-    files = {p.name: _file_record(p) for p in sorted(directory.iterdir())
-             if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: _file_record(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(directory / MANIFEST, {"format": 1, "created": created, **meta,
-                                              "files": files})
+    write_json_atomic(
+        directory / MANIFEST, {"format": 1, "created": created, **meta, "files": files}
+    )
 
 
 def zoo_cache_path(name: str) -> Path:
@@ -302,9 +315,16 @@ def _build_cache(entry: ZooModel, target: Path) -> None:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         del model
-        _write_manifest(out, name=entry.name, hub_id=entry.hub_id, wheels=list(entry.wheels),
-                        gguf=entry.gguf_name, gguf_sha256=digest, dtype="float32",
-                        transformers=transformers.__version__)
+        _write_manifest(
+            out,
+            name=entry.name,
+            hub_id=entry.hub_id,
+            wheels=list(entry.wheels),
+            gguf=entry.gguf_name,
+            gguf_sha256=digest,
+            dtype="float32",
+            transformers=transformers.__version__,
+        )
         logger.info("dequantized %s in %.1f s", entry.name, time.perf_counter() - t0)
         replace_directory(out, target)
     finally:
@@ -346,15 +366,17 @@ def zoo_status() -> list[dict[str, Any]]:
         installed = all(_installed_part(d, f) is not None for d, f in entry.parts)
         cached = (target / MANIFEST).is_file()
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if cached else 0
-        rows.append({
-            "name": entry.name,
-            "description": entry.description,
-            "wheels": list(entry.wheels),
-            "installed": installed,
-            "cached": cached,
-            "cache_dir": str(target),
-            "cache_bytes": size,
-        })
+        rows.append(
+            {
+                "name": entry.name,
+                "description": entry.description,
+                "wheels": list(entry.wheels),
+                "installed": installed,
+                "cached": cached,
+                "cache_dir": str(target),
+                "cache_bytes": size,
+            }
+        )
     return rows
 
 
@@ -400,9 +422,14 @@ _HUB_HINT = (
 )
 
 
-def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_code: bool,
-                     hint: str, device_map: str | dict[str, Any] | None = None,
-                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_pretrained(
+    source: str | Path,
+    *,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    hint: str,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` of model and tokenizer; ``OSError``/``ValueError`` become
     ``ModelError`` with ``hint`` (what to do) appended."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -412,9 +439,13 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_cod
             if what == "model":
                 extra = {} if device_map is None else {"device_map": device_map}
                 model_type = AutoConfig.from_pretrained(
-                    source, trust_remote_code=trust_remote_code).model_type
-                auto = (AutoModelForCausalLM if arch.is_causal_lm_architecture(model_type)
-                        else AutoModelForMaskedLM)
+                    source, trust_remote_code=trust_remote_code
+                ).model_type
+                auto = (
+                    AutoModelForCausalLM
+                    if arch.is_causal_lm_architecture(model_type)
+                    else AutoModelForMaskedLM
+                )
                 model = auto.from_pretrained(
                     source, dtype=dtype, trust_remote_code=trust_remote_code, **extra
                 )
@@ -428,7 +459,8 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, trust_remote_cod
                     f"refusing to run the Python code shipped with {str(source)!r} (auto_map in "
                     "its config.json): loading a model never executes code from it by default. "
                     "If you trust that code, pass --trust-remote-code "
-                    f"(load_model(..., trust_remote_code=True)).\n({exc})") from exc
+                    f"(load_model(..., trust_remote_code=True)).\n({exc})"
+                ) from exc
             raise ModelError(f"cannot load the {what} of {str(source)!r}: {exc}\n{hint}") from exc
     return model, tokenizer
 
@@ -465,17 +497,27 @@ def load_model(
     if name in ZOO:
         directory = prepare_zoo_model(name, verify=verify)
         manifest = json.loads((directory / MANIFEST).read_text())
-        origin = {"id": name, "source": "zoo", "hub_id": manifest["hub_id"],
-                  "gguf_sha256": manifest["gguf_sha256"],
-                  "weights_sha256": manifest["files"]["model.safetensors"]["sha256"]}
+        origin = {
+            "id": name,
+            "source": "zoo",
+            "hub_id": manifest["hub_id"],
+            "gguf_sha256": manifest["gguf_sha256"],
+            "weights_sha256": manifest["files"]["model.safetensors"]["sha256"],
+        }
         model, tokenizer = _load_pretrained(
-            directory, dtype=dtype, trust_remote_code=False, device_map=device_map,
+            directory,
+            dtype=dtype,
+            trust_remote_code=False,
+            device_map=device_map,
             hint="The zoo cache is damaged: run `avss models --verify` to rebuild it.",
         )
     elif local.is_dir():
         _check_local_dir(local)
         model, tokenizer = _load_pretrained(
-            local, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+            local,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
             hint=f"The directory {local} needs config.json, the weights and the tokenizer files "
             "(tokenizer.json, tokenizer_config.json): save both with save_pretrained(dir).",
         )
@@ -484,15 +526,21 @@ def load_model(
         raise ModelError(f"model directory {local} does not exist (or is not a directory).")
     else:
         model, tokenizer = _load_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+            name,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
             hint=_HUB_HINT.format(zoo=", ".join(ZOO)),
         )
-        origin = {"id": name, "source": "hub",
-                  "revision": getattr(model.config, "_commit_hash", None)}
+        origin = {
+            "id": name,
+            "source": "hub",
+            "revision": getattr(model.config, "_commit_hash", None),
+        }
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    generation = getattr(model, "generation_config", None)   # encoders have none
+    generation = getattr(model, "generation_config", None)  # encoders have none
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
     cast(Any, model).avss_origin = origin
@@ -522,9 +570,15 @@ class ModelOptions:
     trust_remote_code: bool = False
 
 
-def load_seeded(name_or_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0,
-                trust_remote_code: bool = False, causal_for: str | None = None
-                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float]:
+def load_seeded(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    causal_for: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float]:
     """Seed everything (:func:`avsslib.seeding.set_seed`), then :func:`load_model` in the dtype
     named ``dtype`` on ``device``: the first step of every pipeline. Returns ``(model,
     tokenizer, load seconds)``. ``causal_for``: the name of what needs a causal language model
@@ -533,29 +587,46 @@ def load_seeded(name_or_path: str, *, dtype: str = "float32", device: str = "cpu
 
     set_seed(seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(name_or_path, dtype=getattr(torch, dtype), device=device,
-                                  trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model(
+        name_or_path,
+        dtype=getattr(torch, dtype),
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
     if causal_for is not None:
         arch.require_causal_lm(model, causal_for)
     return model, tokenizer, time.perf_counter() - t0
 
 
 #: names that moved to :mod:`avsslib.arch`
-_MOVED_TO_ARCH = ("ARCHITECTURES", "Architecture", "blocks", "context_length",
-                  "is_causal_lm_architecture", "layer_count_field", "require_causal_lm")
+_MOVED_TO_ARCH = (
+    "ARCHITECTURES",
+    "Architecture",
+    "blocks",
+    "context_length",
+    "is_causal_lm_architecture",
+    "layer_count_field",
+    "require_causal_lm",
+)
 
 
 def __getattr__(name: str) -> Any:
     import warnings
 
     if name in _MOVED_TO_ARCH:
-        warnings.warn(f"avsslib.models.{name} moved to avsslib.arch.{name}; import it from there.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"avsslib.models.{name} moved to avsslib.arch.{name}; import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(arch, name)
     if name == "model_fingerprint":
-        warnings.warn("avsslib.models.model_fingerprint moved to avsslib.report.model_fingerprint "
-                      "(which adds state_sha256; weights=False leaves it out).",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "avsslib.models.model_fingerprint moved to avsslib.report.model_fingerprint "
+            "(which adds state_sha256; weights=False leaves it out).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from avsslib.report import model_fingerprint
 
         return lambda model: model_fingerprint(model, weights=False)

@@ -127,7 +127,7 @@ def fmt_num(x: object, sig: int = 3) -> str:
     v = float(x)  # type: ignore[arg-type]
     if v == int(v) and abs(v) < 1e15:
         return f"{int(v):,}"
-    if abs(v) >= 10 ** sig and abs(v) < 1e9:
+    if abs(v) >= 10**sig and abs(v) < 1e9:
         return f"{v:,.0f}"
     if abs(v) < 1e-3 or abs(v) >= 1e9:
         return f"{v:.{sig - 1}e}"
@@ -160,7 +160,9 @@ def fmt_ci(value: object, low: object, high: object, *, kind: str = "pct") -> st
     else:
         d = _decimals(v, *bounds)
         signed = kind in ("pp", "rel")
-        body = _no_negative_zero(f"{v:{'+' if signed else ''}.{d}f}") + (" pp" if kind == "pp" else "%")
+        body = _no_negative_zero(f"{v:{'+' if signed else ''}.{d}f}") + (
+            " pp" if kind == "pp" else "%"
+        )
         inner = ", ".join(_no_negative_zero(f"{b:.{d}f}") for b in bounds)
     return body + (f" [{inner}]" if len(bounds) == 2 else "")
 
@@ -233,8 +235,15 @@ class TableHTML:
     link, so it works offline) and an optional note. Notebooks display it as the last
     expression of a cell (``_repr_html_``)."""
 
-    def __init__(self, visible: str, full: str | None, csv: str, name: str, n_rows: int,
-                 note: str | None = None) -> None:
+    def __init__(
+        self,
+        visible: str,
+        full: str | None,
+        csv: str,
+        name: str,
+        n_rows: int,
+        note: str | None = None,
+    ) -> None:
         self.visible, self.full, self.csv, self.name = visible, full, csv, name
         self.n_rows, self.note = n_rows, note
 
@@ -245,13 +254,17 @@ class TableHTML:
         scroll = '<div class="avss-table-scroll" style="overflow-x:auto;max-width:100%">{}</div>'
         parts = [f'<div class="avss-table">{scroll.format(self.visible)}']
         if self.full is not None:
-            parts.append(f'<details class="avss-table-full"><summary>Full table '
-                         f"({plural(self.n_rows, 'row')})</summary>{scroll.format(self.full)}"
-                         "</details>")
+            parts.append(
+                f'<details class="avss-table-full"><summary>Full table '
+                f"({plural(self.n_rows, 'row')})</summary>{scroll.format(self.full)}"
+                "</details>"
+            )
         data = base64.b64encode(self.csv.encode("utf-8")).decode("ascii")
-        parts.append(f'<p class="avss-table-download"><a download="{html.escape(self.name)}.csv" '
-                     f'href="data:text/csv;charset=utf-8;base64,{data}">Download as CSV</a> '
-                     f"({plural(self.n_rows, 'row')})</p>")
+        parts.append(
+            f'<p class="avss-table-download"><a download="{html.escape(self.name)}.csv" '
+            f'href="data:text/csv;charset=utf-8;base64,{data}">Download as CSV</a> '
+            f"({plural(self.n_rows, 'row')})</p>"
+        )
         if self.note:
             parts.append(f'<p class="avss-table-note">{html.escape(self.note)}</p>')
         parts.append("</div>")
@@ -268,9 +281,19 @@ def _styler_rows(html_text: str, keep: Sequence[int]) -> str:
     return head + sep + "".join(rows[i] for i in keep if i < len(rows)) + sep2 + tail
 
 
-def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] | None = None,
-          visible: int = VISIBLE_ROWS, name: str = "table", note: str | None = None,
-          escape: bool = True, csv_only: Sequence[str] = (), **formats) -> TableHTML:
+def table(
+    data,
+    *,
+    index: bool = True,
+    precision: int = 3,
+    show: Sequence[bool] | None = None,
+    visible: int = VISIBLE_ROWS,
+    name: str = "table",
+    note: str | None = None,
+    escape: bool = True,
+    csv_only: Sequence[str] = (),
+    **formats,
+) -> TableHTML:
     """A DataFrame (or a pandas ``Styler``) as a book table (:class:`TableHTML`).
 
     ``formats``: column -> format string or callable (DataFrames only); other cells use
@@ -279,12 +302,16 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
     dropdown and the CSV (``name``.csv). ``csv_only``: columns left off the page (long commands,
     version strings) but kept in the CSV. ``escape=False`` keeps HTML in cells (links).
     ``precision`` is kept for Styler callers."""
-    if hasattr(data, "set_table_attributes"):       # a Styler: keep its formats
+    if hasattr(data, "set_table_attributes"):  # a Styler: keep its formats
         styler, frame = data, data.data
-        for column in frame.columns:                 # integral floats print as integers
+        for column in frame.columns:  # integral floats print as integers
             values = frame[column]
-            if values.dtype.kind == "f" and values.notna().all() and (values == values.round()).all() \
-                    and (values.abs() < 1e15).all():
+            if (
+                values.dtype.kind == "f"
+                and values.notna().all()
+                and (values == values.round()).all()
+                and (values.abs() < 1e15).all()
+            ):
                 frame[column] = values.astype("int64")
         if not index:
             styler = styler.hide(axis="index")
@@ -297,14 +324,16 @@ def table(data, *, index: bool = True, precision: int = 3, show: Sequence[bool] 
         for column in shown.columns:
             fmt = formats.get(column)
             call = fmt if callable(fmt) else (fmt.format if fmt else None)
-            render = ((lambda v, f=call: DASH if _missing(v) else f(v)) if call else fmt_value)
+            render = (lambda v, f=call: DASH if _missing(v) else f(v)) if call else fmt_value
             shown[column] = [render(v) for v in shown[column]]
-        full_html = shown.to_html(index=index, border=0, escape=escape,
-                                  na_rep=DASH)
+        full_html = shown.to_html(index=index, border=0, escape=escape, na_rep=DASH)
         csv_frame = frame
     n = len(frame)
-    keep = ([int(i) for i in np.flatnonzero(np.asarray(show, dtype=bool))] if show is not None
-            else list(range(min(n, visible))))
+    keep = (
+        [int(i) for i in np.flatnonzero(np.asarray(show, dtype=bool))]
+        if show is not None
+        else list(range(min(n, visible)))
+    )
     full = None if len(keep) == n else full_html
     visible_html = full_html if full is None else _styler_rows(full_html, keep)
     return TableHTML(visible_html, full, csv_frame.to_csv(index=index), name, n, note)
@@ -378,8 +407,13 @@ def bar_layers(
     ax.bar(x[plain], y[plain], color=base, label=label, width=0.8)
     if marked:
         ax.bar(
-            x[~plain], y[~plain], color=accent, hatch=HIGHLIGHT_HATCH, edgecolor="white",
-            label=highlight_label, width=0.8,
+            x[~plain],
+            y[~plain],
+            color=accent,
+            hatch=HIGHLIGHT_HATCH,
+            edgecolor="white",
+            label=highlight_label,
+            width=0.8,
         )
     _layer_axis(ax, len(y), xlabel)
     ax.set_ylabel(ylabel)
@@ -403,7 +437,6 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-
 # --------------------------------------------------------------------------------------------
 # Figures of the pruning study (avsslib.study); each takes the study's tables and returns a
 # new figure, so notebooks draw exactly what `pruning_study` saves.
@@ -425,8 +458,15 @@ def study_layer_profile(
     fig, axes = plt.subplots(3, 1, figsize=(7.0, 7.2), sharex=True)
     layer_profile(axes[0], table[variance].to_numpy(), ylabel="variance V (a.u.²)", xlabel="")
     layer_profile(axes[1], table[sparsity].to_numpy(), ylabel="sparsity S (fraction)", xlabel="")
-    bar_layers(axes[2], table[score].to_numpy(), ylabel=f"{score.upper()} (log scale)",
-               highlight=pruned, label="kept", highlight_label="pruned", logy=True)
+    bar_layers(
+        axes[2],
+        table[score].to_numpy(),
+        ylabel=f"{score.upper()} (log scale)",
+        highlight=pruned,
+        label="kept",
+        highlight_label="pruned",
+        logy=True,
+    )
     return fig
 
 
@@ -452,17 +492,28 @@ def retention_bars(
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(retention["task"], retention["metric"], strict=True)))
-    n_bars = max((len(retention[(retention["task"] == t) & (retention["metric"] == m)])
-                  for t, m in panels), default=1)
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)),
-                                                              0.8 + 0.32 * n_bars), sharey=True,
-                             squeeze=False)
+    n_bars = max(
+        (len(retention[(retention["task"] == t) & (retention["metric"] == m)]) for t, m in panels),
+        default=1,
+    )
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(panels)),
+        figsize=(3.4 * max(1, len(panels)), 0.8 + 0.32 * n_bars),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, (task, metric) in zip(axes[0], panels, strict=False):
         rows = retention[(retention["task"] == task) & (retention["metric"] == metric)]
         y = np.arange(len(rows))
         value = _finite(rows["retention"])
-        err = np.clip(np.nan_to_num(np.stack([value - _finite(rows["ci_low"]),
-                                              _finite(rows["ci_high"]) - value])), 0, None)
+        err = np.clip(
+            np.nan_to_num(
+                np.stack([value - _finite(rows["ci_low"]), _finite(rows["ci_high"]) - value])
+            ),
+            0,
+            None,
+        )
         ax.barh(y, value, xerr=err, color=colors(1)[0], capsize=2)
         ax.set_yticks(y, rows[label].astype(str))
         ax.axvline(1.0, color="0.3", linestyle="--", linewidth=1)
@@ -489,8 +540,13 @@ def retention_sweep(
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(sweep["task"], sweep["metric"], strict=True)))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(6.5, 3.6 * len(panels)), 3.8),
-                             sharey=False, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(panels)),
+        figsize=(max(6.5, 3.6 * len(panels)), 3.8),
+        sharey=False,
+        squeeze=False,
+    )
     scores = list(dict.fromkeys(sweep["score"]))
     palette = dict(zip(scores, colors(max(1, len(scores))), strict=True))
     for ax, (task, metric) in zip(axes[0], panels, strict=False):
@@ -499,8 +555,14 @@ def retention_sweep(
             group = group.sort_values("fraction")
             x = group["fraction"].to_numpy(dtype=float)
             ax.plot(x, _finite(group["retention"]), marker="o", label=score, color=palette[score])
-            ax.fill_between(x, _finite(group["ci_low"]), _finite(group["ci_high"]),
-                            color=palette[score], alpha=0.18, linewidth=0)
+            ax.fill_between(
+                x,
+                _finite(group["ci_low"]),
+                _finite(group["ci_high"]),
+                color=palette[score],
+                alpha=0.18,
+                linewidth=0,
+            )
         ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1)
         if threshold is not None:
             ax.axhline(threshold, color="0.3", linestyle=":", linewidth=1)
@@ -508,8 +570,13 @@ def retention_sweep(
         ax.set_xlabel("fraction of layers pruned")
         ax.set_ylabel("retention (1 = no loss)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, title="score", loc="outside lower center",
-               ncols=min(2 * len(panels), 4, max(1, len(labels))))
+    fig.legend(
+        handles,
+        labels,
+        title="score",
+        loc="outside lower center",
+        ncols=min(2 * len(panels), 4, max(1, len(labels))),
+    )
     return fig
 
 
@@ -534,23 +601,57 @@ def eavss_layer_profile(
     prone = [int(i) for i in table.index[table["prone"].astype(bool)]]
     fig, axes = plt.subplots(3, 1, figsize=(7.0, 7.2), sharex=True)
     if family == "P":
-        layer_profile(axes[0], table["hsav"], label="HSAV = V_H (hallucinated)", xlabel="",
-                      ylabel="variance (a.u.²)", logy=True)
-        layer_profile(axes[0], table["v_t"], label="V_T (truthful)", xlabel="",
-                      ylabel="variance (a.u.²)", logy=True, marker="s", linestyle="--")
-        layer_profile(axes[1], table["hss"].clip(lower=1e-12), xlabel="",
-                      label="HSS = S_H (hallucinated)", ylabel="sparsity (fraction)", logy=True)
-        layer_profile(axes[1], table["s_t"].clip(lower=1e-12), label="S_T (truthful)",
-                      xlabel="", ylabel="sparsity (fraction)", logy=True, marker="s",
-                      linestyle="--")
+        layer_profile(
+            axes[0],
+            table["hsav"],
+            label="HSAV = V_H (hallucinated)",
+            xlabel="",
+            ylabel="variance (a.u.²)",
+            logy=True,
+        )
+        layer_profile(
+            axes[0],
+            table["v_t"],
+            label="V_T (truthful)",
+            xlabel="",
+            ylabel="variance (a.u.²)",
+            logy=True,
+            marker="s",
+            linestyle="--",
+        )
+        layer_profile(
+            axes[1],
+            table["hss"].clip(lower=1e-12),
+            xlabel="",
+            label="HSS = S_H (hallucinated)",
+            ylabel="sparsity (fraction)",
+            logy=True,
+        )
+        layer_profile(
+            axes[1],
+            table["s_t"].clip(lower=1e-12),
+            label="S_T (truthful)",
+            xlabel="",
+            ylabel="sparsity (fraction)",
+            logy=True,
+            marker="s",
+            linestyle="--",
+        )
     else:
         layer_profile(axes[0], table["hsav"], xlabel="", ylabel="HSAV = V_H / V_T", logy=True)
         layer_profile(axes[1], table["hss"], xlabel="", ylabel="HSS = S_H / S_T", logy=True)
         for ax in axes[:2]:
             ax.axhline(1.0, color="0.3", linestyle=":", linewidth=1)
-    ylabel = ("Δ = EAVSS~ − AVSS_T~" if by == "delta" else "EAVSS (log scale)")
-    bar_layers(axes[2], table[by].to_numpy(), ylabel=ylabel, highlight=prone, label="other",
-               highlight_label=f"prone (top {len(prone)})", logy=by == "eavss")
+    ylabel = "Δ = EAVSS~ − AVSS_T~" if by == "delta" else "EAVSS (log scale)"
+    bar_layers(
+        axes[2],
+        table[by].to_numpy(),
+        ylabel=ylabel,
+        highlight=prone,
+        label="other",
+        highlight_label=f"prone (top {len(prone)})",
+        logy=by == "eavss",
+    )
     if by == "delta":
         axes[2].axhline(0.0, color="0.3", linewidth=0.8)
     if title:
@@ -592,21 +693,27 @@ def prone_heatmap(
         fig, ax = plt.subplots(figsize=(2.6 + 1.1 * n_cols, 1.2 + 0.2 * n_layers))
     else:
         fig = cast(Figure, ax.figure)
-    image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+    image = ax.imshow(
+        scaled, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
     for j, column in enumerate(matrix.columns):
         rows = [int(i) for i in (prone or {}).get(column, ())]
         if rows:
-            ax.scatter([j] * len(rows), rows, s=70, facecolors="none", edgecolors="black",
-                       linewidths=2.6)
-            ax.scatter([j] * len(rows), rows, s=70, facecolors="none", edgecolors="white",
-                       linewidths=1.2)
+            ax.scatter(
+                [j] * len(rows), rows, s=70, facecolors="none", edgecolors="black", linewidths=2.6
+            )
+            ax.scatter(
+                [j] * len(rows), rows, s=70, facecolors="none", edgecolors="white", linewidths=1.2
+            )
     ax.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=30, ha="right")
     ax.set_ylabel(LAYER_AXIS_LABEL)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_layers, 16)))
     ax.grid(False)
-    label = ("rank within column (1 = most prone)" if scale == "rank"
-             else "score, min-max scaled per column")
+    label = (
+        "rank within column (1 = most prone)"
+        if scale == "rank"
+        else "score, min-max scaled per column"
+    )
     fig.colorbar(image, ax=ax, label=label)
     if title:
         ax.set_title(title)
@@ -637,32 +744,45 @@ def placeholder(text: str) -> Figure:
     return fig
 
 
-def mitigation_points(runs: pandas.DataFrame, modes: Sequence[str], *,  # noqa: F821
-                      ncols: int = 3) -> Figure:
+def mitigation_points(
+    runs: pandas.DataFrame,
+    modes: Sequence[str],
+    *,  # noqa: F821
+    ncols: int = 3,
+) -> Figure:
     """Change after minus before of every mitigation run (one point per seed, whisker: its 95%
     interval over questions), one column per mode in ``modes`` order with one colour each, one
     panel per model, dataset, task and metric of ``runs`` (rows of ``mitigation/summary.csv``)."""
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(zip(runs["model"], runs["dataset"], runs["task"], runs["metric"],
-                                    strict=True)))
+    panels = list(
+        dict.fromkeys(
+            zip(runs["model"], runs["dataset"], runs["task"], runs["metric"], strict=True)
+        )
+    )
     ncols = max(1, min(ncols, len(panels)))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.7 * nrows), squeeze=False)
     palette = dict(zip(modes, colors(len(modes)), strict=True))
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (m, d, t, metric) in zip(axes.flat, panels, strict=False):
-        rows = runs[(runs["model"] == m) & (runs["dataset"] == d) & (runs["task"] == t)
-                    & (runs["metric"] == metric)]
+        rows = runs[
+            (runs["model"] == m)
+            & (runs["dataset"] == d)
+            & (runs["task"] == t)
+            & (runs["metric"] == metric)
+        ]
         present = [mode for mode in modes if mode in set(rows["mode"])]
         for i, mode in enumerate(present):
             r = rows[rows["mode"] == mode]
             x = i + (np.linspace(-0.15, 0.15, len(r)) if len(r) > 1 else np.zeros(1))
-            err = np.clip([r["delta_abs"] - r["abs_ci_low"], r["abs_ci_high"] - r["delta_abs"]], 0,
-                          None)
-            ax.errorbar(x, 100 * r["delta_abs"], yerr=100 * err, fmt="o", capsize=2,
-                        color=palette[mode])
+            err = np.clip(
+                [r["delta_abs"] - r["abs_ci_low"], r["abs_ci_high"] - r["delta_abs"]], 0, None
+            )
+            ax.errorbar(
+                x, 100 * r["delta_abs"], yerr=100 * err, fmt="o", capsize=2, color=palette[mode]
+            )
         ax.axhline(0, color="0.3", linewidth=1)
         ax.set_xticks(range(len(present)), present)
         ax.set_title(f"{m}\n{t} ({metric})", fontsize=10)
@@ -682,7 +802,9 @@ def throughput_sweep(sweep: pandas.DataFrame) -> Figure:  # noqa: F821
     for color, b in zip(colors(len(sizes)), sizes, strict=True):
         g = sweep[sweep["batch_size"] == b].sort_values("seq_len")
         ax_t.plot(g["seq_len"], g["bare_tokens_per_s"], marker="o", color=color, label=f"batch {b}")
-        ax_t.plot(g["seq_len"], g["layerstats_tokens_per_s"], marker="s", linestyle="--", color=color)
+        ax_t.plot(
+            g["seq_len"], g["layerstats_tokens_per_s"], marker="s", linestyle="--", color=color
+        )
         ax_r.plot(g["seq_len"], g["ratio_b_over_a"], marker="o", color=color)
     for ax in (ax_t, ax_r):
         ax.set_xscale("log", base=2)

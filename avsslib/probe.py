@@ -79,47 +79,64 @@ def answer_features(
 
     kept = [e for e in examples if e.answer_ids]
     if len(kept) < len(examples):
-        warnings.warn(f"{len(examples) - len(kept)} of {len(examples)} examples have an empty "
-                      "answer and no feature; they are left out of the probes.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(examples) - len(kept)} of {len(examples)} examples have an empty "
+            "answer and no feature; they are left out of the probes.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     mods = blocks(model)
     hidden = int(cast(Any, model).config.hidden_size)
     out = np.zeros((len(kept), len(mods), hidden), dtype=np.float16)
     order = sorted(range(len(kept)), key=lambda i: len(kept[i].prompt) + len(kept[i].answer_ids))
     store: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_hook(
-        lambda _m, _a, output, layer=layer: store.__setitem__(
-            layer, output[0] if isinstance(output, tuple) else output))
-        for layer, m in enumerate(mods)]
+    handles = [
+        m.register_forward_hook(
+            lambda _m, _a, output, layer=layer: store.__setitem__(
+                layer, output[0] if isinstance(output, tuple) else output
+            )
+        )
+        for layer, m in enumerate(mods)
+    ]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="answer features",
-                          disable=not progress):
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="answer features", disable=not progress
+        ):
             rows = order[start : start + batch_size]
-            (batch,) = teacher_forcing_batches(tokenizer, [kept[i] for i in rows],
-                                               positions="answer", batch_size=len(rows))
+            (batch,) = teacher_forcing_batches(
+                tokenizer, [kept[i] for i in rows], positions="answer", batch_size=len(rows)
+            )
             store.clear()
             model(input_ids=batch["input_ids"].to(device), use_cache=False)
             mask = batch["attention_mask"].to(device=device, dtype=torch.float32).unsqueeze(-1)
-            count = mask.sum(1)                                          # (B, 1)
+            count = mask.sum(1)  # (B, 1)
             for layer in range(len(mods)):
-                mean = (store[layer].float() * mask).sum(1) / count      # (B, D)
+                mean = (store[layer].float() * mask).sum(1) / count  # (B, D)
                 out[rows, layer] = mean.cpu().numpy().astype(np.float16)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     if not np.isfinite(out).all():
-        warnings.warn("some answer features overflow float16 (|value| > 65504); those entries are "
-                      "inf and the probes standardise them away poorly.", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "some answer features overflow float16 (|value| > 65504); those entries are "
+            "inf and the probes standardise them away poorly.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return [e.id for e in kept], out
 
 
-def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray,
-                   labels: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
+def write_features(
+    path: str | Path,
+    ids: Sequence[str],
+    features: np.ndarray,
+    labels: Sequence[str],
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write features ``(n, n_layers, hidden)`` with their ids and labels as safetensors
     (ids, labels and ``meta`` as JSON in the file's metadata), atomically. Returns the path."""
     from safetensors.numpy import save_file
@@ -128,11 +145,20 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray,
 
     path = Path(path)
     if len(ids) != len(features) or len(labels) != len(features):
-        raise ConfigError(f"{len(features)} feature rows for {len(ids)} ids and {len(labels)} labels.")
+        raise ConfigError(
+            f"{len(features)} feature rows for {len(ids)} ids and {len(labels)} labels."
+        )
     with atomic_path(path) as tmp:
-        save_file({"features": np.ascontiguousarray(features)}, tmp, metadata={
-            "format": "avsslib.probe/1", "ids": json.dumps(list(ids)),
-            "labels": json.dumps(list(labels)), "meta": json.dumps(meta or {})})
+        save_file(
+            {"features": np.ascontiguousarray(features)},
+            tmp,
+            metadata={
+                "format": "avsslib.probe/1",
+                "ids": json.dumps(list(ids)),
+                "labels": json.dumps(list(labels)),
+                "meta": json.dumps(meta or {}),
+            },
+        )
     return path
 
 
@@ -146,17 +172,29 @@ def read_features(path: str | Path) -> tuple[list[str], np.ndarray, list[str], d
             meta = fh.metadata() or {}
             features = fh.get_tensor("features")
     except Exception as exc:  # noqa: BLE001 - unreadable or foreign file: one message
-        raise DataError(f"cannot read probe features {path} ({type(exc).__name__}: {exc}); "
-                        "rerun `avss hallucination --probe` to write them.") from None
+        raise DataError(
+            f"cannot read probe features {path} ({type(exc).__name__}: {exc}); "
+            "rerun `avss hallucination --probe` to write them."
+        ) from None
     if meta.get("format") != "avsslib.probe/1":
         raise DataError(f"{path} is not a probe feature file (format {meta.get('format')!r}).")
-    return (json.loads(meta["ids"]), features, json.loads(meta["labels"]),
-            json.loads(meta.get("meta", "{}")))
+    return (
+        json.loads(meta["ids"]),
+        features,
+        json.loads(meta["labels"]),
+        json.loads(meta.get("meta", "{}")),
+    )
 
 
 # ---------------------------------------------------------------------- logistic regression
-def fit_logistic(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, c: float = PROBE_C,
-                 max_iter: int = 500, tol: float = 1e-10) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    c: float = PROBE_C,
+    max_iter: int = 500,
+    tol: float = 1e-10,
+) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression: minimise ``c * sum_i logloss(y_i, x_i w + b) +
     ||w||^2 / 2`` (scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float64.
 
@@ -167,19 +205,29 @@ def fit_logistic(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, 
     xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
     yt = torch.as_tensor(np.asarray(y, dtype=np.float64))
     if xt.ndim != 2 or yt.shape != (xt.shape[0],):
-        raise ConfigError(f"x must be (n, d) and y (n,), got {tuple(xt.shape)} and {tuple(yt.shape)}.")
+        raise ConfigError(
+            f"x must be (n, d) and y (n,), got {tuple(xt.shape)} and {tuple(yt.shape)}."
+        )
     if not ((yt == 0) | (yt == 1)).all() or yt.min() == yt.max():
         raise ConfigError("y must hold both classes, as 0 and 1.")
     n, d = xt.shape
     w = torch.zeros(d + 1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=tol,
-                            tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         z = xt @ w[:d] + w[d]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="mean") \
-            + (w[:d] @ w[:d]) / (2 * c * n)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="mean") + (
+            w[:d] @ w[:d]
+        ) / (2 * c * n)
         loss.backward()
         return loss
 
@@ -210,7 +258,7 @@ def wilson_interval(successes: int, n: int, *, alpha: float = 0.05) -> tuple[flo
 def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = train.astype(np.float64)
     mean, sd = x.mean(0), x.std(0)
-    sd[~(sd > 0)] = 1.0                      # constant (or non-finite) units: centred only
+    sd[~(sd > 0)] = 1.0  # constant (or non-finite) units: centred only
     return (x - mean) / sd, (test.astype(np.float64) - mean) / sd
 
 
@@ -247,8 +295,10 @@ def probe_layers(
         raise ConfigError(f"folds = {folds!r}: cross-validation needs an integer >= 2.")
     n_h = int(y.sum())
     if min(n_h, len(y) - n_h) < folds:
-        raise ConfigError(f"{n_h} hallucinated and {len(y) - n_h} truthful answers: a {folds}-fold "
-                          f"probe needs at least {folds} of each; label more answers (--n).")
+        raise ConfigError(
+            f"{n_h} hallucinated and {len(y) - n_h} truthful answers: a {folds}-fold "
+            f"probe needs at least {folds} of each; label more answers (--n)."
+        )
     parts = split_ids(list(ids), [1.0 / folds] * folds, seed, stratify=y.tolist())
     where = {i: k for k, i in enumerate(ids)}
     fold_rows = [np.array([where[i] for i in part], dtype=int) for part in parts]
@@ -267,9 +317,18 @@ def probe_layers(
         low, high = wilson_interval(k, len(y))
         recall_h = correct[layer, y].mean()
         recall_t = correct[layer, ~y].mean()
-        rows.append({"layer": layer, "accuracy": k / len(y), "ci_low": low, "ci_high": high,
-                     "balanced_accuracy": (recall_h + recall_t) / 2, "n": len(y),
-                     "n_hallucinated": n_h, "majority_rate": max(n_h, len(y) - n_h) / len(y)})
+        rows.append(
+            {
+                "layer": layer,
+                "accuracy": k / len(y),
+                "ci_low": low,
+                "ci_high": high,
+                "balanced_accuracy": (recall_h + recall_t) / 2,
+                "n": len(y),
+                "n_hallucinated": n_h,
+                "majority_rate": max(n_h, len(y) - n_h) / len(y),
+            }
+        )
     frame = pd.DataFrame(rows).set_index("layer")
     rank = np.empty(n_layers, dtype=int)
     rank[np.argsort(-frame["accuracy"].to_numpy(), kind="stable")] = np.arange(n_layers)
@@ -278,8 +337,9 @@ def probe_layers(
     return frame
 
 
-def probe_selected_layers(scores: pd.DataFrame | Sequence[float], k: int, *,
-                          by: str = "accuracy") -> list[int]:
+def probe_selected_layers(
+    scores: pd.DataFrame | Sequence[float], k: int, *, by: str = "accuracy"
+) -> list[int]:
     """The ``k`` layers with the highest probe score, ascending (ties to the lower layer).
 
     ``scores``: a :func:`probe_layers` frame (ranked by its column ``by``) or one score per
@@ -291,8 +351,9 @@ def probe_selected_layers(scores: pd.DataFrame | Sequence[float], k: int, *,
     else:
         values = np.asarray(scores, dtype=np.float64)
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= len(values):
-        raise ConfigError(f"k={k!r} must be an integer between 1 and the number of layers "
-                          f"({len(values)}).")
+        raise ConfigError(
+            f"k={k!r} must be an integer between 1 and the number of layers ({len(values)})."
+        )
     if not np.isfinite(values).all():
         raise ConfigError("probe scores must be finite for every layer.")
     return sorted(int(i) for i in np.argsort(-values, kind="stable")[:k])

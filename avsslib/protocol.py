@@ -51,5 +51,12 @@ def is_sweep(names: Any) -> Any:
     return names.map(lambda n: config_kind(str(n)) == "sweep").astype(bool)
 
 
-__all__ = ["ANSWER_PROMPT", "MODES", "SWEEP_PREFIX", "ConfigKind", "config_kind", "is_sweep",
-           "sweep_config"]
+__all__ = [
+    "ANSWER_PROMPT",
+    "MODES",
+    "SWEEP_PREFIX",
+    "ConfigKind",
+    "config_kind",
+    "is_sweep",
+    "sweep_config",
+]

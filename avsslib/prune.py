@@ -39,14 +39,26 @@ import torch
 from avsslib.arch import blocks, layer_count_field
 from avsslib.errors import ConfigError, ModelError
 
-__all__ = ["PRUNED_LAYERS_FIELD", "prune", "prune_layers_", "pruned_copy", "pruned_view", "skip_layers"]
+__all__ = [
+    "PRUNED_LAYERS_FIELD",
+    "prune",
+    "prune_layers_",
+    "pruned_copy",
+    "pruned_view",
+    "skip_layers",
+]
 
 PRUNED_LAYERS_FIELD = "avss_pruned_layers"
 """Config attribute listing the original indices of the removed blocks."""
 
 # List-valued config attributes that are never per-layer, whatever their length.
-_NOT_PER_LAYER = {"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
-                  PRUNED_LAYERS_FIELD}
+_NOT_PER_LAYER = {
+    "architectures",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    PRUNED_LAYERS_FIELD,
+}
 
 
 def _check_layers(layers: Iterable[int], n_layers: int, *, allow_all: bool) -> list[int]:
@@ -96,16 +108,20 @@ def prune_layers_(model: torch.nn.Module, layers: Iterable[int]) -> torch.nn.Mod
     keep = [i for i in range(n_old) if i not in set(removed)]
 
     for i in reversed(removed):
-        del block_list[i]                      # ModuleList renumbers its keys 0..n-1
+        del block_list[i]  # ModuleList renumbers its keys 0..n-1
     for new_index, block in enumerate(block_list):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 cast(Any, module).layer_idx = new_index
 
     for name, value in list(vars(config).items()):
-        if (not name.startswith("_") and name not in _NOT_PER_LAYER
-                and not name.endswith(("_token_id", "_token_ids"))
-                and isinstance(value, (list, tuple)) and len(value) == n_old):
+        if (
+            not name.startswith("_")
+            and name not in _NOT_PER_LAYER
+            and not name.endswith(("_token_id", "_token_ids"))
+            and isinstance(value, (list, tuple))
+            and len(value) == n_old
+        ):
             setattr(config, name, type(value)(value[i] for i in keep))
     setattr(config, field, len(keep))
 

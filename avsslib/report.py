@@ -58,11 +58,20 @@ def source_commit() -> str:
 
     root = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "absent"
     return sha + ("+dirty" if dirty else "") if sha else "absent"
@@ -299,10 +308,16 @@ def save_record(record: RunRecord, path: str | Path) -> Path:
 
 #: names that moved to :mod:`avsslib.fs` (old name here -> name there)
 _MOVED_TO_FS = {
-    "FLOAT_DIGITS": "FLOAT_DIGITS", "LOCK_NAME": "LOCK_NAME", "_atomic_write": "_atomic_write",
-    "_jsonable": "to_jsonable", "file_lock": "file_lock", "file_sha256": "file_sha256",
-    "replace_directory": "replace_directory", "results_lock": "results_lock",
-    "write_csv_atomic": "write_csv_atomic", "write_json_atomic": "write_json_atomic",
+    "FLOAT_DIGITS": "FLOAT_DIGITS",
+    "LOCK_NAME": "LOCK_NAME",
+    "_atomic_write": "_atomic_write",
+    "_jsonable": "to_jsonable",
+    "file_lock": "file_lock",
+    "file_sha256": "file_sha256",
+    "replace_directory": "replace_directory",
+    "results_lock": "results_lock",
+    "write_csv_atomic": "write_csv_atomic",
+    "write_json_atomic": "write_json_atomic",
 }
 
 
@@ -311,8 +326,11 @@ def __getattr__(name: str) -> Any:
         import warnings
 
         new = _MOVED_TO_FS[name]
-        warnings.warn(f"avsslib.report.{name} moved to avsslib.fs.{new}; import it from there.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"avsslib.report.{name} moved to avsslib.fs.{new}; import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(fs, new)
     raise AttributeError(f"module 'avsslib.report' has no attribute {name!r}")
 

@@ -46,8 +46,13 @@ from avsslib.errors import ConfigError
 from avsslib.protocol import MODES
 
 #: hallucination dataset (prone layers) of each mitigation dataset
-PRONE_SOURCE = {"truthfulqa": "truthfulqa", "sciq_mc": "sciq", "nq_open": "nq_open",
-                "triviaqa": "triviaqa", "wikiqa": "wikiqa"}
+PRONE_SOURCE = {
+    "truthfulqa": "truthfulqa",
+    "sciq_mc": "sciq",
+    "nq_open": "nq_open",
+    "triviaqa": "triviaqa",
+    "wikiqa": "wikiqa",
+}
 
 #: relative changes of metrics whose base value is below this are not compared with the paper's
 #: 12% (1 -> 3 correct answers of 300 is +200%); the book shows their absolute changes only
@@ -67,7 +72,7 @@ FOLD_DATASETS = ("truthfulqa", "nq_open", "triviaqa")
 class Scale:
     """Sizes of one reproduction scale (see the module docstring)."""
 
-    study: tuple[str, ...]                       # extra ``avss study`` arguments
+    study: tuple[str, ...]  # extra ``avss study`` arguments
     hallucination_n: int
     hallucination_datasets: tuple[str, ...]
     mitigation_datasets: tuple[str, ...]
@@ -79,8 +84,8 @@ class Scale:
     ppl_windows: int = 8
     family: str = "P"
     batch_size: int = 8
-    keep_weights: bool = True                    # False: delete trained weights once evaluated
-    folds: int | None = None                     # k-fold protocol (avsslib.folds) instead
+    keep_weights: bool = True  # False: delete trained weights once evaluated
+    folds: int | None = None  # k-fold protocol (avsslib.folds) instead
     fold_seed: int = 0
     extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -88,20 +93,35 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "ci": Scale(
         study=("--quick", "--scores", "avss,block_influence,random", "--sweep-fractions", "0.25"),
-        hallucination_n=16, hallucination_datasets=("truthfulqa", "sciq"),
-        mitigation_datasets=("truthfulqa",), modes=("eavss", "random"), seeds=(0,),
-        n_train=8, n_eval=12, kl_texts=2, ppl_windows=1,
+        hallucination_n=16,
+        hallucination_datasets=("truthfulqa", "sciq"),
+        mitigation_datasets=("truthfulqa",),
+        modes=("eavss", "random"),
+        seeds=(0,),
+        n_train=8,
+        n_eval=12,
+        kl_texts=2,
+        ppl_windows=1,
         extra={"mitigate": ("--max-negatives", "2", "--grad-accum", "1")},
     ),
     "book": Scale(
         study=("--n-eval", "100", "--sweep-fractions", "0.1,0.25,0.5"),
-        hallucination_n=100, hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
-        mitigation_datasets=("truthfulqa",), n_train=200, n_eval=100, kl_texts=16, ppl_windows=4,
+        hallucination_n=100,
+        hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
+        mitigation_datasets=("truthfulqa",),
+        n_train=200,
+        n_eval=100,
+        kl_texts=16,
+        ppl_windows=4,
     ),
     "full": Scale(
         study=("--n-eval", "500"),
-        hallucination_n=400, hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
-        mitigation_datasets=("truthfulqa", "sciq_mc"), n_train=400, n_eval=300, batch_size=32,
+        hallucination_n=400,
+        hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),
+        mitigation_datasets=("truthfulqa", "sciq_mc"),
+        n_train=400,
+        n_eval=300,
+        batch_size=32,
     ),
 }
 
@@ -123,7 +143,7 @@ STAGE_SETTINGS = "reproduce_stage.json"
 class Stage:
     name: str
     argv: list[str]
-    done: Path                                   # exists once the stage finished
+    done: Path  # exists once the stage finished
 
     @property
     def settings(self) -> list[str]:
@@ -148,27 +168,35 @@ class Stage:
         try:
             before = json.loads(path.read_text(encoding="utf-8"))["argv"]
         except (OSError, KeyError, ValueError):
-            return True                          # finished before settings were recorded
+            return True  # finished before settings were recorded
         if before != self.settings:
             changed = [f"{k} {b} -> {c}" for k, b, c in _pairs(before, self.settings) if b != c]
             raise ConfigError(
                 f"stage {self.name!r} already finished in {self.done.parent} with other settings "
                 f"(differing: {', '.join(changed) or 'argument order'}). Use another --results "
-                f"directory, or delete {self.done.parent} to redo it with the new settings.")
+                f"directory, or delete {self.done.parent} to redo it with the new settings."
+            )
         return True
 
     def mark_done(self) -> None:
         from avsslib.fs import write_json_atomic
 
-        write_json_atomic(self.done.parent / STAGE_SETTINGS, {"stage": self.name, "argv": self.settings})
+        write_json_atomic(
+            self.done.parent / STAGE_SETTINGS, {"stage": self.name, "argv": self.settings}
+        )
 
 
 def _pairs(a: list[str], b: list[str]) -> list[tuple[str, str | None, str | None]]:
     """(option, value in a, value in b) for every ``--option [value]`` of either list (the
     value ``None`` for a flag, ``"absent"`` for an option the list lacks)."""
+
     def values(argv: list[str]) -> dict[str, str | None]:
-        return {x: (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
-                for i, x in enumerate(argv) if x.startswith("--")}
+        return {
+            x: (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
+            for i, x in enumerate(argv)
+            if x.startswith("--")
+        }
+
     va, vb = values(a), values(b)
     return [(k, va.get(k, "absent"), vb.get(k, "absent")) for k in sorted(set(va) | set(vb))]
 
@@ -178,14 +206,17 @@ def _prone_layers(eavss_dir: Path, dataset: str, family: str, n_layers: int | No
     try:
         prone = json.loads(path.read_text(encoding="utf-8"))["prone"]
     except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: no prone layers to train ({exc}); run the hallucination "
-                          "stage first.") from exc
+        raise ConfigError(
+            f"{path}: no prone layers to train ({exc}); run the hallucination stage first."
+        ) from exc
     source = PRONE_SOURCE.get(dataset, dataset)
     entry = prone.get(source, {}).get(family)
     if not entry:
-        raise ConfigError(f"{path}: no prone layers for dataset {source!r} family {family!r} "
-                          f"(it has {sorted(prone)}): too few truthful or hallucinated answers? "
-                          "Raise the hallucination n or drop this mitigation dataset.")
+        raise ConfigError(
+            f"{path}: no prone layers for dataset {source!r} family {family!r} "
+            f"(it has {sorted(prone)}): too few truthful or hallucinated answers? "
+            "Raise the hallucination n or drop this mitigation dataset."
+        )
     return [int(x) for x in entry["layers"]]
 
 
@@ -196,7 +227,7 @@ def _own_negatives(eavss_dir: Path, dataset: str, out: Path) -> Path | None:
     path = eavss_dir / "labels" / f"{PRONE_SOURCE.get(dataset, dataset)}.jsonl"
     if not path.exists():
         return None
-    if out.exists():                 # written once per dataset: finished runs refer to it
+    if out.exists():  # written once per dataset: finished runs refer to it
         return out
     pairs = [[e.question, e.answer] for e in read_labels(path) if e.label == "hallucinated"]
     if not pairs:
@@ -212,41 +243,105 @@ def plan(model: str, results: Path, scale: Scale, *, device: str | None, dtype: 
     planned by :func:`mitigation_stages` once they exist)."""
     root = results / model_slug(model)
     common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
-    study = Stage("study", ["study", *common, "--out", str(root / "avss"), "--quiet",
-                            "--batch-size", str(scale.batch_size), "--seed", str(STUDY_SEED),
-                            *scale.study], root / "avss" / "record.json")
-    hall = Stage("hallucination", [
-        "hallucination", *common, "--out", str(root / "eavss"), "--quiet",
-        "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),
-        "--batch-size", str(scale.batch_size), *scale.extra.get("hallucination", ()),
-    ], root / "eavss" / "record.json")
+    study = Stage(
+        "study",
+        [
+            "study",
+            *common,
+            "--out",
+            str(root / "avss"),
+            "--quiet",
+            "--batch-size",
+            str(scale.batch_size),
+            "--seed",
+            str(STUDY_SEED),
+            *scale.study,
+        ],
+        root / "avss" / "record.json",
+    )
+    hall = Stage(
+        "hallucination",
+        [
+            "hallucination",
+            *common,
+            "--out",
+            str(root / "eavss"),
+            "--quiet",
+            "--datasets",
+            ",".join(scale.hallucination_datasets),
+            "--n",
+            str(scale.hallucination_n),
+            "--batch-size",
+            str(scale.batch_size),
+            *scale.extra.get("hallucination", ()),
+        ],
+        root / "eavss" / "record.json",
+    )
     stages = [study, hall]
     if "probe" in scale.modes and scale.folds is None:
-        stages.append(Stage("hallucination probe", [
-            "hallucination", *common, "--out", str(root / "probe"), "--quiet",
-            "--datasets", ",".join(scale.hallucination_datasets), "--n", str(scale.hallucination_n),
-            "--batch-size", str(scale.batch_size), "--labels-from", str(root / "eavss"), "--probe",
-            *scale.extra.get("hallucination", ()),
-        ], root / "probe" / "record.json"))
+        stages.append(
+            Stage(
+                "hallucination probe",
+                [
+                    "hallucination",
+                    *common,
+                    "--out",
+                    str(root / "probe"),
+                    "--quiet",
+                    "--datasets",
+                    ",".join(scale.hallucination_datasets),
+                    "--n",
+                    str(scale.hallucination_n),
+                    "--batch-size",
+                    str(scale.batch_size),
+                    "--labels-from",
+                    str(root / "eavss"),
+                    "--probe",
+                    *scale.extra.get("hallucination", ()),
+                ],
+                root / "probe" / "record.json",
+            )
+        )
     if scale.folds is not None:
         sources = _fold_sources(scale)
         n_all = max(len(_all_ids(d)) for d in sources)
         folder = root / f"eavss-{scale.folds}fold"
-        stages.append(Stage("hallucination folds", [
-            "hallucination", *common, "--out", str(folder), "--quiet", "--datasets", ",".join(sources),
-            "--n", str(n_all), "--batch-size", str(scale.batch_size), "--folds", str(scale.folds),
-            "--fold-seed", str(scale.fold_seed), *(["--probe"] if "probe" in scale.modes else []),
-            *scale.extra.get("hallucination", ()),
-        ], folder / "record.json"))
+        stages.append(
+            Stage(
+                "hallucination folds",
+                [
+                    "hallucination",
+                    *common,
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                    "--datasets",
+                    ",".join(sources),
+                    "--n",
+                    str(n_all),
+                    "--batch-size",
+                    str(scale.batch_size),
+                    "--folds",
+                    str(scale.folds),
+                    "--fold-seed",
+                    str(scale.fold_seed),
+                    *(["--probe"] if "probe" in scale.modes else []),
+                    *scale.extra.get("hallucination", ()),
+                ],
+                folder / "record.json",
+            )
+        )
     return stages
 
 
 def _fold_sources(scale: Scale) -> list[str]:
     bad = [d for d in scale.mitigation_datasets if d not in FOLD_DATASETS]
     if bad:
-        raise ConfigError(f"the k-fold protocol supports the mitigation datasets "
-                          f"{', '.join(FOLD_DATASETS)}, not {', '.join(bad)}; narrow "
-                          "--mitigation-datasets.")
+        raise ConfigError(
+            f"the k-fold protocol supports the mitigation datasets "
+            f"{', '.join(FOLD_DATASETS)}, not {', '.join(bad)}; narrow "
+            "--mitigation-datasets."
+        )
     return sorted({PRONE_SOURCE[d] for d in scale.mitigation_datasets})
 
 
@@ -256,8 +351,9 @@ def _all_ids(dataset: str) -> list[str]:
     return [r.id for r in load_dataset(dataset, get_spec(dataset).split_name(None))]
 
 
-def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | None,
-                      dtype: str) -> list[Stage]:
+def mitigation_stages(
+    model: str, results: Path, scale: Scale, *, device: str | None, dtype: str
+) -> list[Stage]:
     root = results / model_slug(model)
     common = ["--model", str(model), "--dtype", dtype] + (["--device", device] if device else [])
     if scale.folds is not None:
@@ -268,11 +364,29 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
             prone = _prone_layers(root / "eavss", dataset, scale.family, None)
             for mode in scale.modes:
                 out = root / "mitigation" / dataset / f"{mode}-seed{seed}"
-                argv = ["mitigate", *common, "--dataset", dataset, "--mode", mode, "--seed", str(seed),
-                        "--n-train", str(scale.n_train), "--n-eval", str(scale.n_eval),
-                        "--eval-batch-size", str(scale.batch_size), "--kl-texts", str(scale.kl_texts),
-                        "--ppl-windows", str(scale.ppl_windows), "--out", str(out),
-                        *scale.extra.get("mitigate", ())]
+                argv = [
+                    "mitigate",
+                    *common,
+                    "--dataset",
+                    dataset,
+                    "--mode",
+                    mode,
+                    "--seed",
+                    str(seed),
+                    "--n-train",
+                    str(scale.n_train),
+                    "--n-eval",
+                    str(scale.n_eval),
+                    "--eval-batch-size",
+                    str(scale.batch_size),
+                    "--kl-texts",
+                    str(scale.kl_texts),
+                    "--ppl-windows",
+                    str(scale.ppl_windows),
+                    "--out",
+                    str(out),
+                    *scale.extra.get("mitigate", ()),
+                ]
                 if dataset in TRAIN_SPLIT:
                     argv += ["--split", TRAIN_SPLIT[dataset]]
                 if mode == "eavss":
@@ -280,20 +394,40 @@ def mitigation_stages(model: str, results: Path, scale: Scale, *, device: str | 
                 elif mode == "random":
                     argv += ["--k", str(len(prone)), "--full-params"]
                 elif mode == "avss":
-                    argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
-                             "--k", str(len(prone)), "--full-params"]
+                    argv += [
+                        "--layers-from",
+                        str(root / "avss" / "layer_stats.csv"),
+                        "--k",
+                        str(len(prone)),
+                        "--full-params",
+                    ]
                 elif mode == "probe":
-                    argv += ["--layers-from", str(root / "probe" / "probe_layers.json"),
-                             "--k", str(len(prone)), "--full-params"]
+                    argv += [
+                        "--layers-from",
+                        str(root / "probe" / "probe_layers.json"),
+                        "--k",
+                        str(len(prone)),
+                        "--full-params",
+                    ]
                 # the labels are of the default split: no own answers for another training split
-                negatives = None if dataset in TRAIN_SPLIT else _own_negatives(
-                    root / "eavss", dataset, root / "mitigation" / dataset / "own_negatives.json")
+                negatives = (
+                    None
+                    if dataset in TRAIN_SPLIT
+                    else _own_negatives(
+                        root / "eavss",
+                        dataset,
+                        root / "mitigation" / dataset / "own_negatives.json",
+                    )
+                )
                 if negatives is not None:
                     argv += ["--own-negatives", str(negatives)]
-                if (out / "checkpoint.pt").exists() or ((out / "trained_layers.json").exists()
-                                                         and not (out / "metrics.json").exists()):
+                if (out / "checkpoint.pt").exists() or (
+                    (out / "trained_layers.json").exists() and not (out / "metrics.json").exists()
+                ):
                     argv.append("--resume")
-                stages.append(Stage(f"mitigate {dataset} {mode} seed {seed}", argv, out / "metrics.json"))
+                stages.append(
+                    Stage(f"mitigate {dataset} {mode} seed {seed}", argv, out / "metrics.json")
+                )
     return stages
 
 
@@ -304,48 +438,103 @@ def _fold_stages(root: Path, scale: Scale, common: list[str]) -> list[Stage]:
     _fold_sources(scale)
     eavss = root / f"eavss-{scale.folds}fold"
     try:
-        folds = json.loads((eavss / "prone_layers.json").read_text(encoding="utf-8"))["folds"]["prone"]
+        folds = json.loads((eavss / "prone_layers.json").read_text(encoding="utf-8"))["folds"][
+            "prone"
+        ]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{eavss}/prone_layers.json: no per-fold prone layers ({exc}); run the "
-                          "hallucination stage with --folds first.") from exc
+        raise ConfigError(
+            f"{eavss}/prone_layers.json: no per-fold prone layers ({exc}); run the "
+            "hallucination stage with --folds first."
+        ) from exc
     stages = []
     for seed in scale.seeds:
         for dataset in scale.mitigation_datasets:
             source = PRONE_SOURCE[dataset]
             entries = folds.get(source, {}).get(scale.family)
             if not entries:
-                raise ConfigError(f"{eavss}/prone_layers.json: no per-fold prone layers for "
-                                  f"{source!r} family {scale.family!r}.")
-            negatives = _own_negatives(eavss, dataset, root / f"mitigation-{scale.folds}fold" / dataset
-                                       / "own_negatives.json")
+                raise ConfigError(
+                    f"{eavss}/prone_layers.json: no per-fold prone layers for "
+                    f"{source!r} family {scale.family!r}."
+                )
+            negatives = _own_negatives(
+                eavss,
+                dataset,
+                root / f"mitigation-{scale.folds}fold" / dataset / "own_negatives.json",
+            )
             for fold in range(scale.folds):
                 k = len(entries[fold]["layers"])
                 for mode in scale.modes:
-                    out = root / f"mitigation-{scale.folds}fold" / dataset / f"{mode}-seed{seed}-fold{fold}"
-                    argv = ["mitigate", *common, "--dataset", dataset, "--mode", mode,
-                            "--seed", str(seed), "--folds", str(scale.folds), "--fold", str(fold),
-                            "--fold-seed", str(scale.fold_seed),
-                            "--eval-batch-size", str(scale.batch_size), "--kl-texts", str(scale.kl_texts),
-                            "--ppl-windows", str(scale.ppl_windows), "--out", str(out),
-                            *scale.extra.get("mitigate", ())]
+                    out = (
+                        root
+                        / f"mitigation-{scale.folds}fold"
+                        / dataset
+                        / f"{mode}-seed{seed}-fold{fold}"
+                    )
+                    argv = [
+                        "mitigate",
+                        *common,
+                        "--dataset",
+                        dataset,
+                        "--mode",
+                        mode,
+                        "--seed",
+                        str(seed),
+                        "--folds",
+                        str(scale.folds),
+                        "--fold",
+                        str(fold),
+                        "--fold-seed",
+                        str(scale.fold_seed),
+                        "--eval-batch-size",
+                        str(scale.batch_size),
+                        "--kl-texts",
+                        str(scale.kl_texts),
+                        "--ppl-windows",
+                        str(scale.ppl_windows),
+                        "--out",
+                        str(out),
+                        *scale.extra.get("mitigate", ()),
+                    ]
                     if mode == "eavss":
-                        argv += ["--layers-from", str(eavss / "prone_layers.json"),
-                                 "--prone-family", scale.family, "--full-params"]
+                        argv += [
+                            "--layers-from",
+                            str(eavss / "prone_layers.json"),
+                            "--prone-family",
+                            scale.family,
+                            "--full-params",
+                        ]
                     elif mode == "random":
                         argv += ["--k", str(k), "--full-params"]
                     elif mode == "avss":
-                        argv += ["--layers-from", str(root / "avss" / "layer_stats.csv"),
-                                 "--k", str(k), "--full-params"]
+                        argv += [
+                            "--layers-from",
+                            str(root / "avss" / "layer_stats.csv"),
+                            "--k",
+                            str(k),
+                            "--full-params",
+                        ]
                     elif mode == "probe":
-                        argv += ["--layers-from", str(eavss / "probe_layers.json"),
-                                 "--k", str(k), "--full-params"]
-                    if negatives is not None:   # matched to training questions only
+                        argv += [
+                            "--layers-from",
+                            str(eavss / "probe_layers.json"),
+                            "--k",
+                            str(k),
+                            "--full-params",
+                        ]
+                    if negatives is not None:  # matched to training questions only
                         argv += ["--own-negatives", str(negatives)]
-                    if (out / "checkpoint.pt").exists() or ((out / "trained_layers.json").exists()
-                                                             and not (out / "metrics.json").exists()):
+                    if (out / "checkpoint.pt").exists() or (
+                        (out / "trained_layers.json").exists()
+                        and not (out / "metrics.json").exists()
+                    ):
                         argv.append("--resume")
-                    stages.append(Stage(f"mitigate {dataset} {mode} seed {seed} fold {fold}", argv,
-                                        out / "metrics.json"))
+                    stages.append(
+                        Stage(
+                            f"mitigate {dataset} {mode} seed {seed} fold {fold}",
+                            argv,
+                            out / "metrics.json",
+                        )
+                    )
     return stages
 
 
@@ -372,8 +561,11 @@ def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFra
         if not frames:
             continue
         pooled = pd.concat(frames, ignore_index=True)
-        means = pooled.groupby(["mode", "seed", "task", "metric"]).agg(
-            n=("id", "size"), before=("before", "mean"), after=("after", "mean")).reset_index()
+        means = (
+            pooled.groupby(["mode", "seed", "task", "metric"])
+            .agg(n=("id", "size"), before=("before", "mean"), after=("after", "mean"))
+            .reset_index()
+        )
         means.insert(0, "dataset", folder.name)
         means.insert(0, "model", root.name)
         write_csv_atomic(folder / "pooled_scores.csv", means)
@@ -393,7 +585,7 @@ def summarise(root: Path) -> pd.DataFrame | None:
     rows = []
     for metrics in sorted((root / "mitigation").glob("*/*-seed*/metrics.json")):
         match = re.fullmatch(r"(.+)-seed(\d+)", metrics.parent.name)
-        if match is None:            # e.g. a renamed copy "eavss-seed0-old": not a run of ours
+        if match is None:  # e.g. a renamed copy "eavss-seed0-old": not a run of ours
             continue
         mode, seed = match.groups()
         data = json.loads(metrics.read_text(encoding="utf-8"))
@@ -401,24 +593,54 @@ def summarise(root: Path) -> pd.DataFrame | None:
         kl = effects.get("kl_to_base", {}).get("value", math.nan)
         ppl_ratio = effects.get("perplexity", {}).get("ratio_tuned_to_base", math.nan)
         for r in data["change"]:
-            rows.append({"model": root.name, "dataset": metrics.parent.parent.name, "mode": mode,
-                         "seed": int(seed), **{k: r[k] for k in (
-                             "task", "metric", "before", "after", "delta_abs", "delta_rel",
-                             "abs_ci_low", "abs_ci_high", "rel_ci_low", "rel_ci_high", "n")},
-                         "kl_to_base": kl, "ppl_ratio": ppl_ratio,
-                         "layers": " ".join(map(str, data["training"]["layers"] or []))})
+            rows.append(
+                {
+                    "model": root.name,
+                    "dataset": metrics.parent.parent.name,
+                    "mode": mode,
+                    "seed": int(seed),
+                    **{
+                        k: r[k]
+                        for k in (
+                            "task",
+                            "metric",
+                            "before",
+                            "after",
+                            "delta_abs",
+                            "delta_rel",
+                            "abs_ci_low",
+                            "abs_ci_high",
+                            "rel_ci_low",
+                            "rel_ci_high",
+                            "n",
+                        )
+                    },
+                    "kl_to_base": kl,
+                    "ppl_ratio": ppl_ratio,
+                    "layers": " ".join(map(str, data["training"]["layers"] or [])),
+                }
+            )
     if not rows:
         return None
     frame = pd.DataFrame(rows).sort_values(["dataset", "task", "metric", "mode", "seed"])
     write_csv_atomic(root / "mitigation" / "summary.csv", frame)
     keys = ["model", "dataset", "task", "metric", "mode"]
-    agg = frame.groupby(keys, sort=True).agg(
-        seeds=("seed", "nunique"), before=("before", "mean"), after_mean=("after", "mean"),
-        delta_abs_mean=("delta_abs", "mean"), delta_abs_sd=("delta_abs", "std"),
-        delta_abs_min=("delta_abs", "min"), delta_abs_max=("delta_abs", "max"),
-        delta_rel_mean=("delta_rel", "mean"), kl_to_base_mean=("kl_to_base", "mean"),
-        ppl_ratio_mean=("ppl_ratio", "mean"),
-    ).reset_index()
+    agg = (
+        frame.groupby(keys, sort=True)
+        .agg(
+            seeds=("seed", "nunique"),
+            before=("before", "mean"),
+            after_mean=("after", "mean"),
+            delta_abs_mean=("delta_abs", "mean"),
+            delta_abs_sd=("delta_abs", "std"),
+            delta_abs_min=("delta_abs", "min"),
+            delta_abs_max=("delta_abs", "max"),
+            delta_rel_mean=("delta_rel", "mean"),
+            kl_to_base_mean=("kl_to_base", "mean"),
+            ppl_ratio_mean=("ppl_ratio", "mean"),
+        )
+        .reset_index()
+    )
     write_csv_atomic(root / "mitigation" / "summary_modes.csv", agg)
     return frame
 
@@ -428,14 +650,22 @@ def _device_name(device: str | None) -> str:
 
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            return str(device)               # the stage itself will say that CUDA is missing
+            return str(device)  # the stage itself will say that CUDA is missing
         return torch.cuda.get_device_name(torch.device(device or "cuda").index or 0)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device: str | None = None,
-              dtype: str = "float32", stages: tuple[str, ...] = ("study", "hallucination", "mitigation"),
-              overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+def reproduce(
+    model: str,
+    results: Path,
+    scale: str | Scale = "full",
+    *,
+    device: str | None = None,
+    dtype: str = "float32",
+    stages: tuple[str, ...] = ("study", "hallucination", "mitigation"),
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) the pipeline of ``model`` into ``results/<model>``; returns the log."""
     from avsslib.cli import main as avss
     from avsslib.fs import write_json_atomic
@@ -467,10 +697,12 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
     def _note(stage: str, entry: dict[str, Any], keep: bool) -> None:
         current = json.loads(log_path.read_text(encoding="utf-8")) if log_path.exists() else {}
         if current.get("model", str(model)) != str(model):
-            raise ConfigError(f"{root} holds the results of {current['model']!r}, not of "
-                              f"{str(model)!r} (both map to the folder {root.name!r}); choose "
-                              "another --results directory.")
-        for key, value in meta.items():     # the first run's values stay; each stage has its own
+            raise ConfigError(
+                f"{root} holds the results of {current['model']!r}, not of "
+                f"{str(model)!r} (both map to the folder {root.name!r}); choose "
+                "another --results directory."
+            )
+        for key, value in meta.items():  # the first run's values stay; each stage has its own
             current.setdefault(key, value)
         current["devices"] = sorted({*current.get("devices", [current["device"]]), meta["device"]})
         stages_log = current.setdefault("stages", {})
@@ -499,26 +731,37 @@ def reproduce(model: str, results: Path, scale: str | Scale = "full", *, device:
             code = avss(stage.argv)
         finally:
             wall = time.perf_counter() - t0
-            note(stage.name, {"status": "done" if code == 0 else f"failed ({code})",
-                              "wall_s": round(wall, 1), "argv": stage.argv})
+            note(
+                stage.name,
+                {
+                    "status": "done" if code == 0 else f"failed ({code})",
+                    "wall_s": round(wall, 1),
+                    "argv": stage.argv,
+                },
+            )
             _free_memory()
         if code == 130:
             raise KeyboardInterrupt
         if code == 0:
             stage.mark_done()
         if code != 0:
-            raise ConfigError(f"stage {stage.name!r} failed with exit status {code}; its output "
-                              f"is above. Rerun the same command to resume after fixing it.")
+            raise ConfigError(
+                f"stage {stage.name!r} failed with exit status {code}; its output "
+                f"is above. Rerun the same command to resume after fixing it."
+            )
         if not scale.keep_weights and stage.argv[0] == "mitigate":
-            out = stage.done.parent          # metrics.json written: the weights are not needed
+            out = stage.done.parent  # metrics.json written: the weights are not needed
             for name in ("trained_layers.safetensors", "checkpoint.pt"):
                 (out / name).unlink(missing_ok=True)
             note(stage.name, {"weights": "deleted (--drop-weights)"})
         if progress:
             print(f"[{i}/{n}] {stage.name}: done in {wall:.0f} s", flush=True)
 
-    first = [s for s in plan(model, results, scale, device=device, dtype=dtype)
-             if s.name.split()[0] in stages]
+    first = [
+        s
+        for s in plan(model, results, scale, device=device, dtype=dtype)
+        if s.name.split()[0] in stages
+    ]
     for i, stage in enumerate(first, 1):
         run(stage, i, len(first))
     if "mitigation" in stages:

@@ -36,8 +36,11 @@ from avsslib.errors import DataError
 from avsslib.protocol import MODES as PROTOCOL_MODES
 from avsslib.protocol import is_sweep
 
-STAGES = {"avss": "AVSS pruning study", "eavss": "hallucination labels and prone layers",
-          "mitigation": "contrastive mitigation"}
+STAGES = {
+    "avss": "AVSS pruning study",
+    "eavss": "hallucination labels and prone layers",
+    "mitigation": "contrastive mitigation",
+}
 """Stage folder -> what it holds."""
 
 FRACTION = 0.25
@@ -59,36 +62,68 @@ NEAR_ZERO = 0.05
 """A metric whose original score is below this (e.g. exact match 1%) says nothing: one or two
 right answers more or less make any relative change."""
 
-PRIMARY = {"sciq_mc": "acc", "sst2": "acc", "triviaqa_em": "exact_match",
-           "wikitext2_ppl": "token_perplexity", "truthfulqa_mc1": "acc", "truthfulqa_mc2": "acc", "nq_open_em": "exact_match",
-           "wikiqa": "map"}
+PRIMARY = {
+    "sciq_mc": "acc",
+    "sst2": "acc",
+    "triviaqa_em": "exact_match",
+    "wikitext2_ppl": "token_perplexity",
+    "truthfulqa_mc1": "acc",
+    "truthfulqa_mc2": "acc",
+    "nq_open_em": "exact_match",
+    "wikiqa": "map",
+}
 """The metric each task is read by in the verdicts and short tables."""
 
 MODES = tuple(m for m in PROTOCOL_MODES if m != "probe")
 """The mitigation modes of the committed runs' tables, in :data:`avsslib.protocol.MODES` order
 (probe runs are read separately)."""
 
-MODE_NAMES = {"eavss": "prone layers (EAVSS)", "random": "random layers",
-              "avss": "lowest-AVSS layers", "full": "full fine-tuning (LM loss only)"}
+MODE_NAMES = {
+    "eavss": "prone layers (EAVSS)",
+    "random": "random layers",
+    "avss": "lowest-AVSS layers",
+    "full": "full fine-tuning (LM loss only)",
+}
 """What each mitigation mode trains, in words."""
 
-TASK_NAMES = {"sciq_mc": "SciQ", "sst2": "SST-2", "triviaqa_em": "TriviaQA",
-              "wikitext2_ppl": "WikiText-2", "truthfulqa_mc1": "TruthfulQA MC1",
-              "truthfulqa_mc2": "TruthfulQA MC2", "nq_open_em": "NQ-Open", "wikiqa": "WikiQA"}
-METRIC_NAMES = {"acc": "accuracy", "acc_norm": "normalised accuracy", "exact_match": "exact match",
-                "token_perplexity": "perplexity", "map": "MAP", "mrr": "MRR",
-                "map_norm": "normalised MAP", "mrr_norm": "normalised MRR"}
-SCORE_NAMES = {"avss": "AVSS", "block_influence": "block influence", "angular": "angular distance",
-               "ppl_removal": "perplexity on removal", "random": "random layers",
-               "tail": "last layers"}
+TASK_NAMES = {
+    "sciq_mc": "SciQ",
+    "sst2": "SST-2",
+    "triviaqa_em": "TriviaQA",
+    "wikitext2_ppl": "WikiText-2",
+    "truthfulqa_mc1": "TruthfulQA MC1",
+    "truthfulqa_mc2": "TruthfulQA MC2",
+    "nq_open_em": "NQ-Open",
+    "wikiqa": "WikiQA",
+}
+METRIC_NAMES = {
+    "acc": "accuracy",
+    "acc_norm": "normalised accuracy",
+    "exact_match": "exact match",
+    "token_perplexity": "perplexity",
+    "map": "MAP",
+    "mrr": "MRR",
+    "map_norm": "normalised MAP",
+    "mrr_norm": "normalised MRR",
+}
+SCORE_NAMES = {
+    "avss": "AVSS",
+    "block_influence": "block influence",
+    "angular": "angular distance",
+    "ppl_removal": "perplexity on removal",
+    "random": "random layers",
+    "tail": "last layers",
+}
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B"}
 
 AVSS_CLAIM = "Pruning the 25% lowest-AVSS layers keeps over 90%"
 PRONE_CLAIM = "Training the prone layers beats training random ones"
 GAIN_CLAIM = "Training the prone layers improves up to 12%"
 
-CHAPTER_TITLES = {"06_mitigation": "Contrastive mitigation (chapter 6)",
-                  "07_paper_scale": "Paper-scale results (chapter 7)"}
+CHAPTER_TITLES = {
+    "06_mitigation": "Contrastive mitigation (chapter 6)",
+    "07_paper_scale": "Paper-scale results (chapter 7)",
+}
 """Chapter notebook -> its title and number in the book's sidebar."""
 
 BOOT = 1000
@@ -133,8 +168,10 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read it as JSON ({err}); restore it from git or rerun "
-                        "the stage that writes it.") from err
+        raise DataError(
+            f"{path}: cannot read it as JSON ({err}); restore it from git or rerun "
+            "the stage that writes it."
+        ) from err
 
 
 def models(root: str | Path) -> list[str]:
@@ -142,8 +179,9 @@ def models(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and any((p / s).is_dir() for s in STAGES))
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and any((p / s).is_dir() for s in STAGES)
+    )
 
 
 def _state(folder: Path, marker: str = "record.json") -> str:
@@ -161,20 +199,30 @@ def inventory(root: str | Path) -> pd.DataFrame:
     rows = []
     for m in models(root):
         runs = list((root / m / "mitigation").glob("*/*-seed*/metrics.json"))
-        rows.append({"model": m, "AVSS study": _state(root / m / "avss"),
-                     "hallucination": _state(root / m / "eavss"),
-                     "mitigation": ("finished" if (root / m / "mitigation" / "summary.csv").is_file()
-                                    else _state(root / m / "mitigation", "summary.csv")),
-                     "mitigation runs": len(runs)})
-    return pd.DataFrame(rows, columns=["model", "AVSS study", "hallucination", "mitigation",
-                                       "mitigation runs"])
+        rows.append(
+            {
+                "model": m,
+                "AVSS study": _state(root / m / "avss"),
+                "hallucination": _state(root / m / "eavss"),
+                "mitigation": (
+                    "finished"
+                    if (root / m / "mitigation" / "summary.csv").is_file()
+                    else _state(root / m / "mitigation", "summary.csv")
+                ),
+                "mitigation runs": len(runs),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["model", "AVSS study", "hallucination", "mitigation", "mitigation runs"]
+    )
 
 
 # ------------------------------------------------------------------------------ pruning study
 
 
-def study_retention(folder: str | Path, n_boot: int = BOOT, seed: int = SEED
-                    ) -> tuple[pd.DataFrame | None, str | None]:
+def study_retention(
+    folder: str | Path, n_boot: int = BOOT, seed: int = SEED
+) -> tuple[pd.DataFrame | None, str | None]:
     """``retention.csv`` of a finished study, else the same table computed from the evaluations
     a partial study has finished (``eval/<config>.json``, same paired bootstrap); returns
     ``(frame, source)`` or ``(None, None)`` when fewer than two evaluations exist."""
@@ -188,26 +236,36 @@ def study_retention(folder: str | Path, n_boot: int = BOOT, seed: int = SEED
     if "original" not in evals or len(evals) < 2:
         return None, None
     results = {k: EvalResult.from_dict(v["result"]) for k, v in evals.items()}
-    configs = {k: dict(stats=v.get("stats"), score=v.get("score"), rule=v.get("rule"),
-                       fraction=v.get("fraction", 0.0), layers=v.get("pruned_layers", []))
-               for k, v in evals.items()}
+    configs = {
+        k: dict(
+            stats=v.get("stats"),
+            score=v.get("score"),
+            rule=v.get("rule"),
+            fraction=v.get("fraction", 0.0),
+            layers=v.get("pruned_layers", []),
+        )
+        for k, v in evals.items()
+    }
     return retention_table(results, configs, n_boot, seed), f"{len(evals)} eval files"
 
 
 def primary_mask(frame: pd.DataFrame) -> pd.Series:
     """True on the rows whose metric is their task's :data:`PRIMARY` metric (tasks not listed
     there keep every metric)."""
-    return pd.Series([PRIMARY.get(t, m) == m for t, m in
-                      zip(frame["task"], frame["metric"], strict=True)], index=frame.index,
-                     dtype=bool)
+    return pd.Series(
+        [PRIMARY.get(t, m) == m for t, m in zip(frame["task"], frame["metric"], strict=True)],
+        index=frame.index,
+        dtype=bool,
+    )
 
 
 def _primary(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[primary_mask(frame)]
 
 
-def retention(root: str | Path, fraction: float = FRACTION, *, sweep: bool = False,
-              primary: bool = True) -> pd.DataFrame:
+def retention(
+    root: str | Path, fraction: float = FRACTION, *, sweep: bool = False, primary: bool = True
+) -> pd.DataFrame:
     """Retention rows of every model's study at ``fraction`` (``sweep=True``: the sweep
     configurations at every fraction instead), one metric per task when ``primary``, with columns
     ``model``, ``source`` and ``informative`` (``None``) or ``why`` it is not."""
@@ -218,15 +276,24 @@ def retention(root: str | Path, fraction: float = FRACTION, *, sweep: bool = Fal
         if frame is None:
             continue
         sweeps = is_sweep(frame["config"])
-        part = frame[sweeps] if sweep else frame[~sweeps & (
-            (frame["fraction"] == fraction) | (frame["config"] == "original"))]
+        part = (
+            frame[sweeps]
+            if sweep
+            else frame[
+                ~sweeps & ((frame["fraction"] == fraction) | (frame["config"] == "original"))
+            ]
+        )
         parts.append(part.assign(model=m, source=source))
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
     out = _primary(out) if primary else out
-    out = out.assign(why=[uninformative(t, m, o) for t, m, o in
-                          zip(out["task"], out["metric"], out["original"], strict=True)])
+    out = out.assign(
+        why=[
+            uninformative(t, m, o)
+            for t, m, o in zip(out["task"], out["metric"], out["original"], strict=True)
+        ]
+    )
     return out.reset_index(drop=True)
 
 
@@ -247,8 +314,16 @@ def _interval(boot: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def paired_retention_difference(root: str | Path, model: str, a: str, b: str, task: str,
-                                metric: str, n_boot: int = BOOT, seed: int = SEED) -> dict:
+def paired_retention_difference(
+    root: str | Path,
+    model: str,
+    a: str,
+    b: str,
+    task: str,
+    metric: str,
+    n_boot: int = BOOT,
+    seed: int = SEED,
+) -> dict:
     """Retention of configuration ``a`` minus that of ``b`` on the same evaluation examples, with
     a paired bootstrap 95% interval (accuracy-like metrics: means of per-example scores)."""
     folder = Path(root) / model / "avss"
@@ -256,16 +331,26 @@ def paired_retention_difference(root: str | Path, model: str, a: str, b: str, ta
     ids_a, va = _eval_scores(folder, a, task, metric)
     ids_b, vb = _eval_scores(folder, b, task, metric)
     if not (ids_o == ids_a == ids_b) or orig.ndim != 1:
-        raise DataError(f"{folder}/eval: {a} and {b} did not score the same {task} examples in "
-                        "the same order; rerun the study with one --seed and --n-eval.")
+        raise DataError(
+            f"{folder}/eval: {a} and {b} did not score the same {task} examples in "
+            "the same order; rerun the study with one --seed and --n-eval."
+        )
     idx = _boot_idx(len(orig), n_boot, seed)
     base = orig[idx].mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = (va[idx].mean(axis=1) - vb[idx].mean(axis=1)) / base
     low, high = _interval(boot)
-    return {"model": model, "a": a, "b": b, "task": task, "metric": metric,
-            "difference": float((va.mean() - vb.mean()) / orig.mean()), "ci_low": low,
-            "ci_high": high, "n": len(orig)}
+    return {
+        "model": model,
+        "a": a,
+        "b": b,
+        "task": task,
+        "metric": metric,
+        "difference": float((va.mean() - vb.mean()) / orig.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n": len(orig),
+    }
 
 
 def avss_against_random(root: str | Path, fraction: float = FRACTION) -> pd.DataFrame:
@@ -279,7 +364,9 @@ def avss_against_random(root: str | Path, fraction: float = FRACTION) -> pd.Data
             continue
         if g["why"].notna().any():
             continue
-        rows.append(paired_retention_difference(root, m, "avss-count", "random-count", task, metric))
+        rows.append(
+            paired_retention_difference(root, m, "avss-count", "random-count", task, metric)
+        )
     return pd.DataFrame(rows)
 
 
@@ -298,8 +385,11 @@ def layer_profiles(root: str | Path) -> dict[str, tuple[pd.DataFrame, list[int]]
         chosen = study.get("selections")
         pruned: list[int] = []
         if chosen is not None:
-            row = chosen[(chosen["stats"] == "fixed") & (chosen["score"] == "avss")
-                         & (chosen["rule"] == "count")]
+            row = chosen[
+                (chosen["stats"] == "fixed")
+                & (chosen["score"] == "avss")
+                & (chosen["rule"] == "count")
+            ]
             pruned = [int(i) for i in row["layers"].iloc[0]] if len(row) else []
         out[m] = (study["layer_stats"], pruned)
     return out
@@ -311,8 +401,11 @@ def layer_profiles(root: str | Path) -> dict[str, tuple[pd.DataFrame, list[int]]
 def label_summaries(root: str | Path) -> pd.DataFrame:
     """Every model's ``label_summary.csv`` (hallucination rates with 95% intervals)."""
     root = Path(root)
-    parts = [pd.read_csv(root / m / "eavss" / "label_summary.csv").assign(model=m)
-             for m in models(root) if (root / m / "eavss" / "label_summary.csv").is_file()]
+    parts = [
+        pd.read_csv(root / m / "eavss" / "label_summary.csv").assign(model=m)
+        for m in models(root)
+        if (root / m / "eavss" / "label_summary.csv").is_file()
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -329,11 +422,22 @@ def prone_layers(root: str | Path) -> pd.DataFrame:
         for dataset, families in data.get("prone", {}).items():
             for family, entry in families.items():
                 profile_path = root / m / "eavss" / "profiles" / f"{dataset}_{family}.csv"
-                profile = (pd.read_csv(profile_path, index_col="layer")[entry["by"]]
-                           if profile_path.is_file() else None)
-                rows.append({"model": m, "dataset": dataset, "family": family, "by": entry["by"],
-                             "k": entry["k"], "layers": [int(i) for i in entry["layers"]],
-                             "profile": profile})
+                profile = (
+                    pd.read_csv(profile_path, index_col="layer")[entry["by"]]
+                    if profile_path.is_file()
+                    else None
+                )
+                rows.append(
+                    {
+                        "model": m,
+                        "dataset": dataset,
+                        "family": family,
+                        "by": entry["by"],
+                        "k": entry["k"],
+                        "layers": [int(i) for i in entry["layers"]],
+                        "profile": profile,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -344,8 +448,11 @@ def mitigation_runs(root: str | Path) -> pd.DataFrame:
     """Every model's ``mitigation/summary.csv``: one row per run (model, dataset, mode, seed) and
     metric, with before, after, the change and its 95% interval over questions."""
     root = Path(root)
-    parts = [pd.read_csv(p) for m in models(root)
-             if (p := root / m / "mitigation" / "summary.csv").is_file()]
+    parts = [
+        pd.read_csv(p)
+        for m in models(root)
+        if (p := root / m / "mitigation" / "summary.csv").is_file()
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -353,48 +460,67 @@ def mitigation_modes(root: str | Path) -> pd.DataFrame:
     """Every model's ``mitigation/summary_modes.csv`` (mean, sd, min and max over seeds per mode;
     ``seeds`` is the real number of seeds of each row), with ``why`` a metric is uninformative."""
     root = Path(root)
-    parts = [pd.read_csv(p) for m in models(root)
-             if (p := root / m / "mitigation" / "summary_modes.csv").is_file()]
+    parts = [
+        pd.read_csv(p)
+        for m in models(root)
+        if (p := root / m / "mitigation" / "summary_modes.csv").is_file()
+    ]
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out.assign(why=[uninformative(t, m, b) for t, m, b in
-                           zip(out["task"], out["metric"], out["before"], strict=True)])
+    return out.assign(
+        why=[
+            uninformative(t, m, b)
+            for t, m, b in zip(out["task"], out["metric"], out["before"], strict=True)
+        ]
+    )
 
 
 @lru_cache(maxsize=512)
-def _run_scores(path: str, task: str, metric: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+def _run_scores(
+    path: str, task: str, metric: str
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     data = _read_json(Path(path))
     before, after = data["before"]["tasks"][task], data["after"]["tasks"][task]
     if list(before["ids"]) != list(after["ids"]):
-        raise DataError(f"{path}: {task} was scored on different questions before and after; "
-                        "rerun this mitigation run.")
-    return (tuple(map(str, before["ids"])),
-            np.asarray(before["metrics"][metric]["per_example"], float),
-            np.asarray(after["metrics"][metric]["per_example"], float))
+        raise DataError(
+            f"{path}: {task} was scored on different questions before and after; "
+            "rerun this mitigation run."
+        )
+    return (
+        tuple(map(str, before["ids"])),
+        np.asarray(before["metrics"][metric]["per_example"], float),
+        np.asarray(after["metrics"][metric]["per_example"], float),
+    )
 
 
-def question_scores(root: str | Path, model: str, dataset: str, mode: str, task: str,
-                    metric: str) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+def question_scores(
+    root: str | Path, model: str, dataset: str, mode: str, task: str, metric: str
+) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """Per-question scores of ``mode`` on ``task``: ``(ids, before (n,), after (n,) averaged over
     the mode's seeds, seeds)``. Every seed must have scored the same questions."""
     folder = Path(root) / model / "mitigation" / dataset
     paths = sorted(folder.glob(f"{mode}-seed*/metrics.json"))
     paths = [p for p in paths if re.fullmatch(rf"{re.escape(mode)}-seed\d+", p.parent.name)]
     if not paths:
-        raise DataError(f"{folder}: no finished run of mode {mode!r} (no {mode}-seed*/metrics.json)")
+        raise DataError(
+            f"{folder}: no finished run of mode {mode!r} (no {mode}-seed*/metrics.json)"
+        )
     runs = [_run_scores(str(p), task, metric) for p in paths]
     ids, before = runs[0][0], runs[0][1]
     for p, (i, b, _) in zip(paths, runs, strict=True):
         if i != ids or not np.array_equal(b, before):
-            raise DataError(f"{p}: scored other questions (or another base model) than "
-                            f"{paths[0]}; rerun it with the same --eval-seed and --n-eval.")
+            raise DataError(
+                f"{p}: scored other questions (or another base model) than "
+                f"{paths[0]}; rerun it with the same --eval-seed and --n-eval."
+            )
     after = np.mean([a for _, _, a in runs], axis=0)
     return list(ids), before, after, len(paths)
 
 
-def _change_boot(before: np.ndarray, after: np.ndarray, idx: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _change_boot(
+    before: np.ndarray, after: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     b, a = before[idx].mean(axis=1), after[idx].mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return a - b, a / b - 1
@@ -419,17 +545,32 @@ def mitigation_changes(root: str | Path, n_boot: int = BOOT, seed: int = SEED) -
             why = uninformative(t, metric, base)
             rel = float(after.mean() / base - 1) if base >= NEAR_ZERO else math.nan
             rel_ci = _interval(boot_rel) if base >= NEAR_ZERO else (math.nan, math.nan)
-            rows.append({"model": m, "dataset": d, "task": t, "metric": metric, "mode": mode,
-                         "seeds": seeds, "n": len(before), "before": base,
-                         "after": float(after.mean()), "delta_abs": float(after.mean() - base),
-                         "abs_ci_low": _interval(boot_abs)[0], "abs_ci_high": _interval(boot_abs)[1],
-                         "delta_rel": rel, "rel_ci_low": rel_ci[0], "rel_ci_high": rel_ci[1],
-                         "why": why})
+            rows.append(
+                {
+                    "model": m,
+                    "dataset": d,
+                    "task": t,
+                    "metric": metric,
+                    "mode": mode,
+                    "seeds": seeds,
+                    "n": len(before),
+                    "before": base,
+                    "after": float(after.mean()),
+                    "delta_abs": float(after.mean() - base),
+                    "abs_ci_low": _interval(boot_abs)[0],
+                    "abs_ci_high": _interval(boot_abs)[1],
+                    "delta_rel": rel,
+                    "rel_ci_low": rel_ci[0],
+                    "rel_ci_high": rel_ci[1],
+                    "why": why,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def prone_minus_random(root: str | Path, n_boot: int = BOOT, seed: int = SEED,
-                       other: str = "random") -> pd.DataFrame:
+def prone_minus_random(
+    root: str | Path, n_boot: int = BOOT, seed: int = SEED, other: str = "random"
+) -> pd.DataFrame:
     """Per model, dataset, task and metric: the change with the prone layers (mode ``eavss``)
     minus the change with ``other`` layers (default random), both averaged over their seeds per
     question, with a paired 95% bootstrap interval (one resample of questions for both)."""
@@ -443,16 +584,30 @@ def prone_minus_random(root: str | Path, n_boot: int = BOOT, seed: int = SEED,
         ids_e, before, after_e, seeds_e = question_scores(root, m, d, "eavss", t, metric)
         ids_r, before_r, after_r, seeds_r = question_scores(root, m, d, other, t, metric)
         if ids_e != ids_r:
-            raise DataError(f"{root}/{m}/mitigation/{d}: modes eavss and {other} were evaluated "
-                            "on different questions; rerun one of them with the same --eval-seed.")
+            raise DataError(
+                f"{root}/{m}/mitigation/{d}: modes eavss and {other} were evaluated "
+                "on different questions; rerun one of them with the same --eval-seed."
+            )
         diff = after_e - after_r
         idx = _boot_idx(len(diff), n_boot, seed)
         low, high = _interval(diff[idx].mean(axis=1))
-        rows.append({"model": m, "dataset": d, "task": t, "metric": metric, "other": other,
-                     "difference": float(diff.mean()), "ci_low": low, "ci_high": high,
-                     "seeds_eavss": seeds_e, "seeds_other": seeds_r, "n": len(diff),
-                     "before": float(before.mean()),
-                     "why": uninformative(t, metric, float(before.mean()))})
+        rows.append(
+            {
+                "model": m,
+                "dataset": d,
+                "task": t,
+                "metric": metric,
+                "other": other,
+                "difference": float(diff.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "seeds_eavss": seeds_e,
+                "seeds_other": seeds_r,
+                "n": len(diff),
+                "before": float(before.mean()),
+                "why": uninformative(t, metric, float(before.mean())),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -466,7 +621,7 @@ class Verdict:
     claim: str
     paper: str
     model: str
-    verdict: str          # "holds", "does not hold", "not testable here"
+    verdict: str  # "holds", "does not hold", "not testable here"
     n: str
     measured: str
     random: str
@@ -475,8 +630,17 @@ class Verdict:
     chapter: str
 
 
-VERDICT_COLUMNS = ["claim", "verdict", "model", "n", "measured [95% CI]", "random layers",
-                   "best other", "why", "evidence"]
+VERDICT_COLUMNS = [
+    "claim",
+    "verdict",
+    "model",
+    "n",
+    "measured [95% CI]",
+    "random layers",
+    "best other",
+    "why",
+    "evidence",
+]
 
 
 def _avss_verdicts(root: Path) -> list[Verdict]:
@@ -496,36 +660,68 @@ def _avss_verdicts(root: Path) -> list[Verdict]:
         head = informative[informative["task"] == "sciq_mc"]
         head = head if len(head) else informative.head(1)
         if informative.empty:
-            out.append(Verdict(AVSS_CLAIM,
-                               "AVSS", m, "not testable here", f"{n}", "–", "–", "–",
-                               "every task's original score is at chance or near zero",
-                               "07_paper_scale"))
+            out.append(
+                Verdict(
+                    AVSS_CLAIM,
+                    "AVSS",
+                    m,
+                    "not testable here",
+                    f"{n}",
+                    "–",
+                    "–",
+                    "–",
+                    "every task's original score is at chance or near zero",
+                    "07_paper_scale",
+                )
+            )
             continue
         below = informative[informative["ci_high"] < THRESHOLD]
         above = informative[informative["ci_low"] > THRESHOLD]
-        verdict = ("does not hold" if len(below) else "holds" if len(above) == len(informative)
-                   else "not testable here")
+        verdict = (
+            "does not hold"
+            if len(below)
+            else "holds"
+            if len(above) == len(informative)
+            else "not testable here"
+        )
         h = head.iloc[0]
         task, metric = h["task"], h["metric"]
         same = g[(g["task"] == task) & (g["metric"] == metric)].set_index("config")
         rand = same.loc["random-count"] if "random-count" in same.index else None
-        others = same[same.index.str.endswith("-count") & ~same.index.isin(
-            ["avss-count", "random-count", "faithful-avss-count"])]
+        others = same[
+            same.index.str.endswith("-count")
+            & ~same.index.isin(["avss-count", "random-count", "faithful-avss-count"])
+        ]
         best = others.loc[others["retention"].idxmax()] if len(others) else None
-        reason = (f"below {THRESHOLD:.0%} on {', '.join(task_name(t) for t in below['task'])}"
-                  if len(below) else f"above {THRESHOLD:.0%} on every informative task"
-                  if verdict == "holds" else "intervals straddle the 90% line")
+        reason = (
+            f"below {THRESHOLD:.0%} on {', '.join(task_name(t) for t in below['task'])}"
+            if len(below)
+            else f"above {THRESHOLD:.0%} on every informative task"
+            if verdict == "holds"
+            else "intervals straddle the 90% line"
+        )
         if len(skipped):
             reason += "; not counted: " + ", ".join(
                 f"{task_name(t)} {'at chance' if 'chance' in w else 'near zero' if 'zero' in w else w}"
-                for t, w in zip(skipped["task"], skipped["why"], strict=True))
-        out.append(Verdict(
-            AVSS_CLAIM, "AVSS", m,
-            verdict, f"{n} per task", f"{task_name(task)} retention {fmt_ci(h.retention, h.ci_low, h.ci_high)}",
-            "–" if rand is None else fmt_ci(rand.retention, rand.ci_low, rand.ci_high),
-            "–" if best is None else f"{config_name(str(best.name)).split(' (')[0]} "
-                                     f"{fmt_ci(best.retention, best.ci_low, best.ci_high)}",
-            reason, "07_paper_scale"))
+                for t, w in zip(skipped["task"], skipped["why"], strict=True)
+            )
+        out.append(
+            Verdict(
+                AVSS_CLAIM,
+                "AVSS",
+                m,
+                verdict,
+                f"{n} per task",
+                f"{task_name(task)} retention {fmt_ci(h.retention, h.ci_low, h.ci_high)}",
+                "–" if rand is None else fmt_ci(rand.retention, rand.ci_low, rand.ci_high),
+                "–"
+                if best is None
+                else f"{config_name(str(best.name)).split(' (')[0]} "
+                f"{fmt_ci(best.retention, best.ci_low, best.ci_high)}",
+                reason,
+                "07_paper_scale",
+            )
+        )
     return out
 
 
@@ -547,32 +743,72 @@ def _mitigation_verdicts(root: Path) -> list[Verdict]:
         rest = by.drop(index=[i for i in ("eavss", "random") if i in by.index])
         best = rest.loc[rest["delta_abs"].idxmax()] if len(rest) else None
         counts = {k: int(by.loc[k, "seeds"]) for k in MODES if k in by.index}
-        n = (f"{int(e.n)} questions, {next(iter(counts.values()))} seeds per mode"
-             if len(set(counts.values())) == 1 else
-             f"{int(e.n)} questions; seeds: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        n = (
+            f"{int(e.n)} questions, {next(iter(counts.values()))} seeds per mode"
+            if len(set(counts.values())) == 1
+            else f"{int(e.n)} questions; seeds: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
         claim = PRONE_CLAIM
-        measured = f"{task_name(t, metric)} {fmt_ci(e.delta_abs, e.abs_ci_low, e.abs_ci_high, kind='pp')}"
+        measured = (
+            f"{task_name(t, metric)} {fmt_ci(e.delta_abs, e.abs_ci_low, e.abs_ci_high, kind='pp')}"
+        )
         rand = "–" if r is None else fmt_ci(r.delta_abs, r.abs_ci_low, r.abs_ci_high, kind="pp")
-        other = ("–" if best is None else
-                 f"{MODE_NAMES[str(best.name)].split(' (')[0]} "
-                 f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')}")
+        other = (
+            "–"
+            if best is None
+            else f"{MODE_NAMES[str(best.name)].split(' (')[0]} "
+            f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')}"
+        )
         if isinstance(e.why, str):
-            out.append(Verdict(claim, "EAVSS", m, "not testable here", n, measured, rand, other,
-                               f"{task_name(t)}: {e.why}", "06_mitigation"))
+            out.append(
+                Verdict(
+                    claim,
+                    "EAVSS",
+                    m,
+                    "not testable here",
+                    n,
+                    measured,
+                    rand,
+                    other,
+                    f"{task_name(t)}: {e.why}",
+                    "06_mitigation",
+                )
+            )
             continue
-        row = diffs[(diffs["model"] == m) & (diffs["dataset"] == d) & (diffs["task"] == t)
-                    & (diffs["metric"] == metric)]
+        row = diffs[
+            (diffs["model"] == m)
+            & (diffs["dataset"] == d)
+            & (diffs["task"] == t)
+            & (diffs["metric"] == metric)
+        ]
         if row.empty:
-            out.append(Verdict(claim, "EAVSS", m, "not testable here", n, measured, rand, other,
-                               "no random-layer run to compare with", "06_mitigation"))
+            out.append(
+                Verdict(
+                    claim,
+                    "EAVSS",
+                    m,
+                    "not testable here",
+                    n,
+                    measured,
+                    rand,
+                    other,
+                    "no random-layer run to compare with",
+                    "06_mitigation",
+                )
+            )
             continue
         dr = row.iloc[0]
         verdict = "holds" if dr.ci_low > 0 else "does not hold"
-        reason = (f"prone − random {fmt_ci(dr.difference, dr.ci_low, dr.ci_high, kind='pp')}"
-                  + ("" if verdict == "holds" else ": worse than random layers" if dr.ci_high < 0
-                     else ": no better than random layers"))
-        out.append(Verdict(claim, "EAVSS", m, verdict, n, measured, rand, other, reason,
-                           "06_mitigation"))
+        reason = f"prone − random {fmt_ci(dr.difference, dr.ci_low, dr.ci_high, kind='pp')}" + (
+            ""
+            if verdict == "holds"
+            else ": worse than random layers"
+            if dr.ci_high < 0
+            else ": no better than random layers"
+        )
+        out.append(
+            Verdict(claim, "EAVSS", m, verdict, n, measured, rand, other, reason, "06_mitigation")
+        )
     return out
 
 
@@ -585,26 +821,56 @@ def _gain_verdict(root: Path) -> list[Verdict]:
     ok = changes[changes["why"].isna() & np.isfinite(changes["delta_rel"])]
     prone = ok[ok["mode"] == "eavss"]
     if prone.empty:
-        return [Verdict(GAIN_CLAIM, "EAVSS",
-                        "–", "not testable here", "–", "–", "–", "–",
-                        "no informative metric", "06_mitigation")]
+        return [
+            Verdict(
+                GAIN_CLAIM,
+                "EAVSS",
+                "–",
+                "not testable here",
+                "–",
+                "–",
+                "–",
+                "–",
+                "no informative metric",
+                "06_mitigation",
+            )
+        ]
     top = prone.loc[prone["delta_rel"].idxmax()]
-    same = ok[(ok["model"] == top.model) & (ok["dataset"] == top.dataset) & (ok["task"] == top.task)
-              & (ok["metric"] == top.metric)].set_index("mode")
+    same = ok[
+        (ok["model"] == top.model)
+        & (ok["dataset"] == top.dataset)
+        & (ok["task"] == top.task)
+        & (ok["metric"] == top.metric)
+    ].set_index("mode")
     rand = same.loc["random"] if "random" in same.index else None
     rest = same.drop(index=[i for i in ("eavss", "random") if i in same.index])
     best = rest.loc[rest["delta_rel"].idxmax()] if len(rest) else None
-    verdict = "holds" if top.rel_ci_low > 0 and top.rel_ci_high >= PAPER_MAX_GAIN else "does not hold"
-    reason = (f"largest relative change of the prone layers over {len(prone)} informative "
-              f"model-metric pairs; the paper reports up to {PAPER_MAX_GAIN:.0%}")
-    return [Verdict(
-        GAIN_CLAIM, "EAVSS", str(top.model),
-        verdict, f"{int(top.n)} questions; seeds {int(top.seeds)}",
-        f"{task_name(top.task, top.metric)} {fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')}",
-        "–" if rand is None else fmt_ci(rand.delta_rel, rand.rel_ci_low, rand.rel_ci_high, kind="rel"),
-        "–" if best is None else f"{MODE_NAMES[str(best.name)].split(' (')[0]} "
-                                 f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')}",
-        reason, "06_mitigation")]
+    verdict = (
+        "holds" if top.rel_ci_low > 0 and top.rel_ci_high >= PAPER_MAX_GAIN else "does not hold"
+    )
+    reason = (
+        f"largest relative change of the prone layers over {len(prone)} informative "
+        f"model-metric pairs; the paper reports up to {PAPER_MAX_GAIN:.0%}"
+    )
+    return [
+        Verdict(
+            GAIN_CLAIM,
+            "EAVSS",
+            str(top.model),
+            verdict,
+            f"{int(top.n)} questions; seeds {int(top.seeds)}",
+            f"{task_name(top.task, top.metric)} {fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')}",
+            "–"
+            if rand is None
+            else fmt_ci(rand.delta_rel, rand.rel_ci_low, rand.rel_ci_high, kind="rel"),
+            "–"
+            if best is None
+            else f"{MODE_NAMES[str(best.name)].split(' (')[0]} "
+            f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')}",
+            reason,
+            "06_mitigation",
+        )
+    ]
 
 
 def verdicts(root: str | Path) -> pd.DataFrame:
@@ -618,16 +884,30 @@ def verdicts(root: str | Path) -> pd.DataFrame:
     original score is at chance or near zero never counts (:func:`uninformative`)."""
     root = Path(root)
     rows = [*_avss_verdicts(root), *_mitigation_verdicts(root), *_gain_verdict(root)]
-    frame = pd.DataFrame([{
-        "claim": v.claim, "verdict": v.verdict, "model": model_name(v.model), "n": v.n,
-        "measured [95% CI]": v.measured, "random layers": v.random, "best other": v.best_other,
-        "why": v.reason, "evidence": v.chapter, "paper": v.paper, "chapter": v.chapter}
-        for v in rows])
+    frame = pd.DataFrame(
+        [
+            {
+                "claim": v.claim,
+                "verdict": v.verdict,
+                "model": model_name(v.model),
+                "n": v.n,
+                "measured [95% CI]": v.measured,
+                "random layers": v.random,
+                "best other": v.best_other,
+                "why": v.reason,
+                "evidence": v.chapter,
+                "paper": v.paper,
+                "chapter": v.chapter,
+            }
+            for v in rows
+        ]
+    )
     return frame
 
 
-def verdict_markdown(frame: pd.DataFrame, *, link: str = "{chapter}.md",
-                     columns: Iterable[str] = VERDICT_COLUMNS) -> str:
+def verdict_markdown(
+    frame: pd.DataFrame, *, link: str = "{chapter}.md", columns: Iterable[str] = VERDICT_COLUMNS
+) -> str:
     """The verdict table as Markdown; ``link`` formats the evidence column (``{chapter}``)."""
     columns = list(columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -636,8 +916,10 @@ def verdict_markdown(frame: pd.DataFrame, *, link: str = "{chapter}.md",
         for c in columns:
             value = str(row[c])
             if c == "evidence":
-                value = (f"[{CHAPTER_TITLES.get(row['chapter'], row['chapter'])}]"
-                         f"({link.format(chapter=row['chapter'])})")
+                value = (
+                    f"[{CHAPTER_TITLES.get(row['chapter'], row['chapter'])}]"
+                    f"({link.format(chapter=row['chapter'])})"
+                )
             if c == "verdict":
                 value = f"**{value}**"
             cells.append(value.replace("|", "\\|"))
@@ -656,20 +938,34 @@ def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"
 
     frame = verdicts(root)
     esc = html.escape
-    shown = pd.DataFrame({
-        "claim": frame["claim"].map(esc),
-        "model (n)": [f"{esc(m)}<br><small>{esc(n)}</small>" for m, n in
-                      zip(frame["model"], frame["n"], strict=True)],
-        "verdict": [f"<strong>{esc(v)}</strong><br><small>{esc(w)}</small>" for v, w in
-                    zip(frame["verdict"], frame["why"], strict=True)],
-        "measured [95% CI]": frame["measured [95% CI]"].map(esc),
-        "random layers": frame["random layers"].map(esc),
-        "best other": frame["best other"].map(esc),
-        "evidence": [f'<a href="{link.format(chapter=c)}">chapter {int(c[:2])}</a>'
-                     for c in frame["chapter"]]})
-    return table(shown, index=False, escape=False, name="verdicts",
-                 note="Intervals: 95% bootstrap over evaluation examples (paired where two models "
-                      "or modes are compared); pp: percentage points.")
+    shown = pd.DataFrame(
+        {
+            "claim": frame["claim"].map(esc),
+            "model (n)": [
+                f"{esc(m)}<br><small>{esc(n)}</small>"
+                for m, n in zip(frame["model"], frame["n"], strict=True)
+            ],
+            "verdict": [
+                f"<strong>{esc(v)}</strong><br><small>{esc(w)}</small>"
+                for v, w in zip(frame["verdict"], frame["why"], strict=True)
+            ],
+            "measured [95% CI]": frame["measured [95% CI]"].map(esc),
+            "random layers": frame["random layers"].map(esc),
+            "best other": frame["best other"].map(esc),
+            "evidence": [
+                f'<a href="{link.format(chapter=c)}">chapter {int(c[:2])}</a>'
+                for c in frame["chapter"]
+            ],
+        }
+    )
+    return table(
+        shown,
+        index=False,
+        escape=False,
+        name="verdicts",
+        note="Intervals: 95% bootstrap over evaluation examples (paired where two models "
+        "or modes are compared); pp: percentage points.",
+    )
 
 
 def findings(root: str | Path) -> list[str]:
@@ -682,37 +978,51 @@ def findings(root: str | Path) -> list[str]:
     avss = v[v["paper"] == "AVSS"]
     if len(avss):
         fails = avss[avss["verdict"] == "does not hold"]
-        out.append(f"AVSS's \"over 90% retained at 25% pruned\" does not hold on "
-                   f"{len(fails)} of {plural(len(avss), 'model')} "
-                   f"({words(fails['model'])}): " + "; ".join(
-                       f"{r.model} keeps {r['measured [95% CI]'].replace(' retention', '')}, random "
-                       f"layers {r['random layers']}, {r['best other']}"
-                       for _, r in avss.iterrows()) + ".")
+        out.append(
+            f'AVSS\'s "over 90% retained at 25% pruned" does not hold on '
+            f"{len(fails)} of {plural(len(avss), 'model')} "
+            f"({words(fails['model'])}): "
+            + "; ".join(
+                f"{r.model} keeps {r['measured [95% CI]'].replace(' retention', '')}, random "
+                f"layers {r['random layers']}, {r['best other']}"
+                for _, r in avss.iterrows()
+            )
+            + "."
+        )
     worse = avss_against_random(root)
     worse = worse[worse["ci_high"] < 0]
     if len(worse):
-        out.append("AVSS prunes worse than random layers of the same count on " + words(
-            f"{model_name(r.model)} {task_name(r.task)} (retention "
-            f"{fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')} against random)"
-            for r in worse.itertuples()) + ".")
+        out.append(
+            "AVSS prunes worse than random layers of the same count on "
+            + words(
+                f"{model_name(r.model)} {task_name(r.task)} (retention "
+                f"{fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')} against random)"
+                for r in worse.itertuples()
+            )
+            + "."
+        )
     mit = v[v["claim"] == PRONE_CLAIM]
     tested = mit[mit["verdict"] != "not testable here"]
     if len(tested):
         wins = tested[tested["verdict"] == "holds"]
-        out.append(f"Prone layers chosen by EAVSS train better than random layers in "
-                   f"{len(wins)} of {plural(len(tested), 'informative comparison')} "
-                   f"(paired 95% intervals of prone minus random); "
-                   f"{plural(len(mit) - len(tested), 'comparison')} with a base score at chance "
-                   "or near zero cannot tell.")
+        out.append(
+            f"Prone layers chosen by EAVSS train better than random layers in "
+            f"{len(wins)} of {plural(len(tested), 'informative comparison')} "
+            f"(paired 95% intervals of prone minus random); "
+            f"{plural(len(mit) - len(tested), 'comparison')} with a base score at chance "
+            "or near zero cannot tell."
+        )
     changes = mitigation_changes(root)
     if len(changes):
         ok = changes[changes["why"].isna()]
         best = ok.loc[ok["delta_abs"].idxmax()] if len(ok) else None
         if best is not None:
-            out.append(f"The largest gain comes from {MODE_NAMES[best['mode']]}: "
-                       f"{model_name(best.model)} {task_name(best.task, best.metric)} "
-                       f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')} "
-                       f"({fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} relative).")
+            out.append(
+                f"The largest gain comes from {MODE_NAMES[best['mode']]}: "
+                f"{model_name(best.model)} {task_name(best.task, best.metric)} "
+                f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')} "
+                f"({fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} relative)."
+            )
     return out
 
 
@@ -732,21 +1042,27 @@ def mitigation_sentence(root: str | Path, model: str) -> str:
     if not len(prone):
         return f"No committed mitigation run of {model} with an informative metric under {root}."
     best, top = ok.loc[ok["delta_rel"].idxmax()], prone.loc[prone["delta_rel"].idxmax()]
-    text = (f"On {model_name(model)}, the largest relative change among informative metrics is "
-            f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} "
-            f"({MODE_NAMES[best['mode']]}, {task_name(best.task, best.metric)}, "
-            f"{plural(best.seeds, 'seed')}); with the prone layers it is at most "
-            f"{fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')} "
-            f"({task_name(top.task, top.metric)}). The EAVSS abstract reports up to "
-            f"{PAPER_MAX_GAIN:.0%}. Prone minus random layers, paired over the same questions: "
-            + "; ".join(f"{task_name(r.task, r.metric)} "
-                        f"{fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')}"
-                        for r in diff.itertuples()) + ".")
+    text = (
+        f"On {model_name(model)}, the largest relative change among informative metrics is "
+        f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} "
+        f"({MODE_NAMES[best['mode']]}, {task_name(best.task, best.metric)}, "
+        f"{plural(best.seeds, 'seed')}); with the prone layers it is at most "
+        f"{fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')} "
+        f"({task_name(top.task, top.metric)}). The EAVSS abstract reports up to "
+        f"{PAPER_MAX_GAIN:.0%}. Prone minus random layers, paired over the same questions: "
+        + "; ".join(
+            f"{task_name(r.task, r.metric)} {fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')}"
+            for r in diff.itertuples()
+        )
+        + "."
+    )
     left_out = changes[changes["why"].notna()].drop_duplicates(["task", "metric"])
     if len(left_out):
-        text += (" Not counted (base score at chance or near zero): "
-                 + "; ".join(f"{task_name(r.task, r.metric)} ({r.why})" for r in left_out.itertuples())
-                 + ".")
+        text += (
+            " Not counted (base score at chance or near zero): "
+            + "; ".join(f"{task_name(r.task, r.metric)} ({r.why})" for r in left_out.itertuples())
+            + "."
+        )
     return text
 
 
@@ -774,15 +1090,23 @@ def run_records(root: str | Path) -> pd.DataFrame:
         versions, timing = r.get("versions", {}), r.get("timing", {})
         model, stage = _stage_of(path.parent, root)
         avsslib = versions.get("avsslib")
-        rows.append({"folder": str(path.parent.relative_to(root)), "model": model,
-                     "stage": stage, "command": r["command"], "device": _device(r.get("device")),
-                     "start (UTC)": str(timing.get("start", ""))[:16].replace("T", " "),
-                     "wall_s": timing.get("wall_s", math.nan),
-                     "avsslib": avsslib if avsslib not in (None, "absent") else "not recorded",
-                     "git commit": versions.get("avsslib_commit", "not recorded"),
-                     "torch": versions.get("torch"), "transformers": versions.get("transformers"),
-                     "lm_eval": versions.get("lm_eval"),
-                     "data files": len(r.get("data_files", {}))})
+        rows.append(
+            {
+                "folder": str(path.parent.relative_to(root)),
+                "model": model,
+                "stage": stage,
+                "command": r["command"],
+                "device": _device(r.get("device")),
+                "start (UTC)": str(timing.get("start", ""))[:16].replace("T", " "),
+                "wall_s": timing.get("wall_s", math.nan),
+                "avsslib": avsslib if avsslib not in (None, "absent") else "not recorded",
+                "git commit": versions.get("avsslib_commit", "not recorded"),
+                "torch": versions.get("torch"),
+                "transformers": versions.get("transformers"),
+                "lm_eval": versions.get("lm_eval"),
+                "data files": len(r.get("data_files", {})),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -804,21 +1128,31 @@ def stage_costs(root: str | Path) -> pd.DataFrame:
         if seconds:
             device = e.get("protocol", {}).get("model", {}).get("device", "unknown")
             record = path.parents[1] / "record.json"
-            if record.is_file():                      # "cuda" -> the GPU's name
+            if record.is_file():  # "cuda" -> the GPU's name
                 device = _device(_read_json(record).get("device", device))
-            rows.append({"model": path.parents[2].name, "stage": "AVSS study (evaluations)",
-                         "device": device, "seconds": float(seconds)})
+            rows.append(
+                {
+                    "model": path.parents[2].name,
+                    "stage": "AVSS study (evaluations)",
+                    "device": device,
+                    "seconds": float(seconds),
+                }
+            )
     records = run_records(root)
     for r in records.itertuples():
         if r.stage == STAGES["avss"]:
-            continue                                  # counted through its evaluations
-        rows.append({"model": r.model, "stage": r.stage, "device": r.device,
-                     "seconds": float(r.wall_s)})
+            continue  # counted through its evaluations
+        rows.append(
+            {"model": r.model, "stage": r.stage, "device": r.device, "seconds": float(r.wall_s)}
+        )
     if not rows:
         return pd.DataFrame(columns=["model", "stage", "device", "runs", "minutes"])
     frame = pd.DataFrame(rows)
-    out = frame.groupby(["model", "stage", "device"], sort=True).agg(
-        runs=("seconds", "size"), seconds=("seconds", "sum")).reset_index()
+    out = (
+        frame.groupby(["model", "stage", "device"], sort=True)
+        .agg(runs=("seconds", "size"), seconds=("seconds", "sum"))
+        .reset_index()
+    )
     return out.assign(minutes=out["seconds"] / 60).drop(columns="seconds")
 
 
@@ -832,8 +1166,13 @@ def bench_stats(root: str | Path) -> pd.DataFrame:
     for path in sorted((Path(root) / "bench").glob("bench_stats_*.json")):
         data = _read_json(path)
         env, settings, ratios = data["environment"], data["settings"], data.get("ratios", {})
-        row = {"file": path.name, "device": env.get("device_name"), "model": data["model"]["id"],
-               "dtype": settings["dtype"], "batch": f"{settings['batch_size']} x {settings['seq_len']}"}
+        row = {
+            "file": path.name,
+            "device": env.get("device_name"),
+            "model": data["model"]["id"],
+            "dtype": settings["dtype"],
+            "batch": f"{settings['batch_size']} x {settings['seq_len']}",
+        }
         for mode, entry in data["modes"].items():
             row[f"({mode}) tokens/s"] = entry["tokens_per_s"]
         row["(b)/(a)"] = ratios.get("b_over_a", math.nan)
@@ -848,12 +1187,20 @@ def bench_distributed(root: str | Path) -> pd.DataFrame:
     for path in sorted((Path(root) / "bench").glob("bench_distributed_*.json")):
         data = _read_json(path)
         env = data["environment"]
-        rows.append({"file": path.name, "devices": f"{env['world_size']} x {env['device_name']}",
-                     "model": data["model"]["id"], "dtype": data["settings"]["dtype"],
-                     "tokens": data["tokens"], "1 GPU tokens/s": data["single"]["tokens_per_s"],
-                     "all GPUs tokens/s": data["parallel"]["tokens_per_s"],
-                     "speed-up": data["speedup"], "ideal": data["ideal_speedup"],
-                     "same statistics": bool(data["check"]["ok"])})
+        rows.append(
+            {
+                "file": path.name,
+                "devices": f"{env['world_size']} x {env['device_name']}",
+                "model": data["model"]["id"],
+                "dtype": data["settings"]["dtype"],
+                "tokens": data["tokens"],
+                "1 GPU tokens/s": data["single"]["tokens_per_s"],
+                "all GPUs tokens/s": data["parallel"]["tokens_per_s"],
+                "speed-up": data["speedup"],
+                "ideal": data["ideal_speedup"],
+                "same statistics": bool(data["check"]["ok"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -82,8 +82,8 @@ class Score:
 
     name: str
     fn: ScoreFn
-    needs_model: bool      # runs the model: score() needs model= and batches=
-    needs_stats: bool      # reads a fitted LayerStats
+    needs_model: bool  # runs the model: score() needs model= and batches=
+    needs_stats: bool  # reads a fitted LayerStats
     description: str
 
 
@@ -105,7 +105,8 @@ def register(
             held = REGISTRY[name].fn
             raise ConfigError(
                 f"score {name!r} is already registered (by {held.__module__}.{held.__qualname__}); "
-                "choose another name, or pass register(..., replace=True) to replace it.")
+                "choose another name, or pass register(..., replace=True) to replace it."
+            )
         doc = (fn.__doc__ or "").strip().splitlines()
         REGISTRY[name] = Score(name, fn, needs_model, needs_stats, doc[0] if doc else "")
         return fn
@@ -141,9 +142,7 @@ def avss_values(
             f"{v.shape} and {s.shape}."
         )
     if v.size < 2:
-        raise AvssError(
-            f"AVSS normalises over layers and needs at least 2 layers, got {v.size}."
-        )
+        raise AvssError(f"AVSS normalises over layers and needs at least 2 layers, got {v.size}.")
     if not clamp > 0:
         raise ConfigError(f"clamp must be > 0, got {clamp}.")
     bad = np.flatnonzero(np.isnan(v) | np.isnan(s))
@@ -261,8 +260,9 @@ for _r in _rel_grid():
 
 
 @register("random", needs_stats=False)
-def _random(stats: Any, *, model: torch.nn.Module | None = None, seed: int = 0,
-            **_: Any) -> np.ndarray:
+def _random(
+    stats: Any, *, model: torch.nn.Module | None = None, seed: int = 0, **_: Any
+) -> np.ndarray:
     """Uniform random importance, seeded (numpy default_rng(seed))."""
     return np.random.default_rng(seed).random(_n_layers(stats, model))
 
@@ -316,17 +316,25 @@ def removal_losses(
     base_total, totals, count = 0.0, np.zeros(n), 0
     block_runs = len(batches) * (n + n * (n - 1) // 2)
     if progress:
-        print(f"ppl_removal: {len(batches) * (n + 1)} forward passes over {len(batches)} batches "
-              f"(per batch the intact model once, then once per skipped block, running only the "
-              f"blocks after it): {block_runs} block runs, the work of about "
-              f"{block_runs / n:.0f} full passes.", file=sys.stderr, flush=True)
+        print(
+            f"ppl_removal: {len(batches) * (n + 1)} forward passes over {len(batches)} batches "
+            f"(per batch the intact model once, then once per skipped block, running only the "
+            f"blocks after it): {block_runs} block runs, the work of about "
+            f"{block_runs / n:.0f} full passes.",
+            file=sys.stderr,
+            flush=True,
+        )
     started = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc=f"ppl_removal: skip each of {n} blocks",
-                              unit="batch", disable=not progress):
+            for batch in tqdm(
+                batches,
+                desc=f"ppl_removal: skip each of {n} blocks",
+                unit="batch",
+                disable=not progress,
+            ):
                 ids, mask = _ids_and_mask(batch, device)
                 first_input, outputs, handles = _keep_block_io(block_list)
                 try:
@@ -339,14 +347,19 @@ def removal_losses(
                 for layer in range(n):
                     entering = first_input[0] if layer == 0 else _hidden(outputs[layer - 1])
                     replay = {j: _Replay(block_list[j], outputs[j]) for j in range(layer)}
-                    replay[layer] = _Replay(block_list[layer], _with_hidden(outputs[layer], entering))
+                    replay[layer] = _Replay(
+                        block_list[layer], _with_hidden(outputs[layer], entering)
+                    )
                     with _replaced(block_list, replay):
                         totals[layer] += _batch_loss(model, ids, mask)[0]
                 if progress and batch is batches[0] and len(batches) > 1:
                     took = time.perf_counter() - started
-                    print(f"ppl_removal: the first batch took {took:.1f} s; estimated "
-                          f"{took * len(batches):.0f} s for all {len(batches)}.",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"ppl_removal: the first batch took {took:.1f} s; estimated "
+                        f"{took * len(batches):.0f} s for all {len(batches)}.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         model.train(was_training)
     if count == 0:
@@ -378,7 +391,9 @@ def removal_losses_plain(
     return base, out
 
 
-def _keep_block_io(block_list: torch.nn.ModuleList) -> tuple[list[torch.Tensor], list[Any], list[Any]]:
+def _keep_block_io(
+    block_list: torch.nn.ModuleList,
+) -> tuple[list[torch.Tensor], list[Any], list[Any]]:
     """Hooks that keep, during the next forward pass, the hidden states entering block 0 and the
     output of every block. Returns ``(first_input, outputs, handles)``; remove the handles."""
     first_input: list[torch.Tensor] = []
@@ -390,6 +405,7 @@ def _keep_block_io(block_list: torch.nn.ModuleList) -> tuple[list[torch.Tensor],
     def keeper(i: int) -> Callable[..., None]:
         def keep(module: torch.nn.Module, args: tuple, output: Any) -> None:
             outputs[i] = output
+
         return keep
 
     handles = [block_list[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
@@ -418,8 +434,9 @@ class _Replay(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _replaced(block_list: torch.nn.ModuleList, replacements: Mapping[int, torch.nn.Module]
-              ) -> Iterator[None]:
+def _replaced(
+    block_list: torch.nn.ModuleList, replacements: Mapping[int, torch.nn.Module]
+) -> Iterator[None]:
     """Within the block, ``block_list[i]`` is ``replacements[i]``; restored on exit."""
     originals = {i: block_list[i] for i in replacements}
     try:
@@ -440,11 +457,14 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
     """``output`` of a block with its hidden states replaced by ``hidden`` (same structure)."""
     if isinstance(output, torch.Tensor):
         return hidden
-    return type(output)([hidden, *output[1:]]) if isinstance(output, list) else (hidden, *output[1:])
+    return (
+        type(output)([hidden, *output[1:]]) if isinstance(output, list) else (hidden, *output[1:])
+    )
 
 
-def _ids_and_mask(batch: Mapping[str, torch.Tensor], device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _ids_and_mask(
+    batch: Mapping[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     ids = batch["input_ids"].to(device)
     mask = batch.get("attention_mask")
     return ids, torch.ones_like(ids) if mask is None else mask.to(device)
@@ -455,7 +475,9 @@ def _batch_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     total = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=-100,
         reduction="sum",
     ).item()
     return total, int((target != -100).sum())
@@ -521,10 +543,17 @@ def compute_scores(
     estimates of the scores that run the model (``ppl_removal``)."""
     import pandas as pd
 
-    columns = {name: score(name, stats, model=model, batches=batches, seed=seed,
-                           **({"progress": progress} if name in REGISTRY and REGISTRY[name].needs_model
-                              else {}))
-               for name in names}
+    columns = {
+        name: score(
+            name,
+            stats,
+            model=model,
+            batches=batches,
+            seed=seed,
+            **({"progress": progress} if name in REGISTRY and REGISTRY[name].needs_model else {}),
+        )
+        for name in names
+    }
     lengths = {name: len(v) for name, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise AvssError(f"scores have different numbers of layers: {lengths}.")

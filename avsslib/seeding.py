@@ -29,8 +29,9 @@ def set_seed(seed: int, *, deterministic: bool = True) -> None:
     except TypeError:
         ok = False
     if not ok:
-        raise ConfigError(f"seed = {seed!r}: a seed must be an integer from 0 to 2**32 - 1 "
-                          "(e.g. --seed 0).")
+        raise ConfigError(
+            f"seed = {seed!r}: a seed must be an integer from 0 to 2**32 - 1 (e.g. --seed 0)."
+        )
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

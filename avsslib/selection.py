@@ -71,10 +71,10 @@ def select_layers(
             "score could not be computed there (no counted token, or a float16 overflow). "
             "Recompute the scores in float32 on non-empty batches."
         )
-    order = np.argsort(values, kind="stable")              # least important first
+    order = np.argsort(values, kind="stable")  # least important first
 
     if rule == "count":
-        k = round(fraction * values.size)                   # half to even (documented)
+        k = round(fraction * values.size)  # half to even (documented)
         if k >= values.size:
             raise ConfigError(
                 f"fraction={fraction} of {values.size} layers rounds to {k}: that prunes every "
@@ -92,10 +92,10 @@ def select_layers(
             f"rule {rule!r} needs finite, non-negative importance with a positive sum "
             "(AVSS-type scores); use rule='count' for this score."
         )
-    mass = values / values.sum()                            # NAVSS
+    mass = values / values.sum()  # NAVSS
     if rule == "mass":
         return sorted(int(i) for i in order[np.cumsum(mass[order]) <= fraction])
-    return [int(i) for i in np.flatnonzero(np.cumsum(mass) <= fraction)]   # code_bug
+    return [int(i) for i in np.flatnonzero(np.cumsum(mass) <= fraction)]  # code_bug
 
 
 def select_all(
@@ -137,7 +137,7 @@ def select_iteratively(
 
     batches = list(batches)
     n = len(blocks(model))
-    k = len(select_layers(np.zeros(n), fraction, "count"))      # validates, same rounding
+    k = len(select_layers(np.zeros(n), fraction, "count"))  # validates, same rounding
     removed: list[int] = []
     for _ in tqdm(range(k), desc="iterative AVSS", disable=not progress):
         with skip_layers(model, removed):

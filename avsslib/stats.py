@@ -103,21 +103,21 @@ VarianceMode = Literal["code", "r_port", "flat"]
 Aggregate = Literal["batch", "pooled"]
 
 _STATE_FORMAT = "avsslib.LayerStats/2"
-_OLD_STATE_FORMATS = ("avsslib.LayerStats/1",)   # readable: no scale-aware columns (rel_grid=())
+_OLD_STATE_FORMATS = ("avsslib.LayerStats/1",)  # readable: no scale-aware columns (rel_grid=())
 
 # Columns of one per-batch record row (one row per layer). Every column except ``rport_var`` is a
 # sum over the batch's counted samples or tokens, so the record of a union of batches is the sum
 # of their records; ``rport_var`` is the batch's own r_port variance (only its batch mean is used).
 _FIXED_COLUMNS: tuple[str, ...] = (
-    "samples",       # number of samples with at least one counted token
-    "tokens",        # number of counted tokens (element count = tokens * d)
-    "sample_var",    # sum over samples of the unbiased variance over d of the pooled state
-    "rport_var",     # population variance over d of the batch's token-mean state
-    "sum",           # sum of h over counted elements
-    "sum_sq",        # sum of h**2 over counted elements
+    "samples",  # number of samples with at least one counted token
+    "tokens",  # number of counted tokens (element count = tokens * d)
+    "sample_var",  # sum over samples of the unbiased variance over d of the pooled state
+    "rport_var",  # population variance over d of the batch's token-mean state
+    "sum",  # sum of h over counted elements
+    "sum_sq",  # sum of h**2 over counted elements
     "token_sum_sq",  # sum over counted tokens of (sum over d of h)**2
 )
-_SIM_COLUMNS: tuple[str, ...] = ("cos_dist", "angle")   # sums over tokens of 1-cos, arccos/pi
+_SIM_COLUMNS: tuple[str, ...] = ("cos_dist", "angle")  # sums over tokens of 1-cos, arccos/pi
 # with similarity and a rel_grid: sums over counted elements of the block update u, u**2, and
 # over counted tokens of (sum over d of u)**2; then one near-zero count of |u| < r per threshold
 _UPDATE_COLUMNS: tuple[str, ...] = ("upd_sum", "upd_sum_sq", "upd_token_sum_sq")
@@ -204,27 +204,27 @@ def batch_record(
     """
     n_layers, _, _, _ = tok.shape
     d = pooled.shape[-1]
-    w64 = w.double().reshape(-1)                                  # (B*T,)
-    t = tok.double().flatten(2)                                   # (L, C, B*T)
+    w64 = w.double().reshape(-1)  # (B*T,)
+    t = tok.double().flatten(2)  # (L, C, B*T)
     s1, s2 = t[:, 0], t[:, 1]
     j = 2 + n_near + n_rel
     rows = [s1, s2, s1 * s1, t[:, 2:j]]
-    if t.shape[1] > j:                                            # similarity rows
+    if t.shape[1] > j:  # similarity rows
         dot, norm_in = t[:, j], t[:, j + 1]
         cos = (dot / (norm_in * s2.sqrt())).clamp(-1.0, 1.0)
         rows += [1.0 - cos, torch.arccos(cos) / math.pi]
-        if n_rel:                                                 # block update, / rms(h_in)
+        if n_rel:  # block update, / rms(h_in)
             scale = (norm_in / math.sqrt(d)).clamp(min=torch.finfo(torch.float32).tiny)
             u1 = t[:, j + 2] / scale
             rows += [u1, t[:, j + 3] / (scale * scale), u1 * u1, t[:, j + 4 : j + 4 + n_rel]]
     rows = [r.unsqueeze(1) if r.dim() == 2 else r for r in rows]
-    token_sums = torch.cat(rows, 1) @ w64                         # (L, C')
+    token_sums = torch.cat(rows, 1) @ w64  # (L, C')
 
-    n_b = w.double().sum(1)                                       # (B,) tokens per sample
+    n_b = w.double().sum(1)  # (B,) tokens per sample
     valid = (n_b > 0).double()
-    p = pooled.double()                                           # (L, B, d)
-    sample_var = (p / n_b.clamp(min=1.0).view(1, -1, 1)).var(dim=-1) @ valid   # (L,)
-    unit = p.sum(1)                                               # (L, d)
+    p = pooled.double()  # (L, B, d)
+    sample_var = (p / n_b.clamp(min=1.0).view(1, -1, 1)).var(dim=-1) @ valid  # (L,)
+    unit = p.sum(1)  # (L, d)
     n_tok = w64.sum()
     rport_var = unit.var(dim=-1, correction=0) / (n_tok * n_tok)  # (L,)
     counts = torch.stack([valid.sum(), n_tok]).expand(n_layers, 2)
@@ -236,12 +236,12 @@ def batch_record(
 class _Batch:
     """What the hooks collect while one batch runs through the model."""
 
-    w: torch.Tensor                        # (B, T) float32 token mask
-    toks: list[torch.Tensor | None]        # per layer: (C, B, T) float32
-    pooled: list[torch.Tensor | None]      # per layer: (B, d) float32
-    calls: list[int]                       # hook calls per layer (host-side counter, no sync)
-    pending: list[tuple] = field(default_factory=list)   # stashed (k, h, h_in, versions)
-    stash_layers: int = 0                  # reduce once this many outputs are stashed
+    w: torch.Tensor  # (B, T) float32 token mask
+    toks: list[torch.Tensor | None]  # per layer: (C, B, T) float32
+    pooled: list[torch.Tensor | None]  # per layer: (B, d) float32
+    calls: list[int]  # hook calls per layer (host-side counter, no sync)
+    pending: list[tuple] = field(default_factory=list)  # stashed (k, h, h_in, versions)
+    stash_layers: int = 0  # reduce once this many outputs are stashed
 
 
 class LayerStats:
@@ -327,7 +327,7 @@ class LayerStats:
     # ------------------------------------------------------------------ state
     def reset(self) -> LayerStats:
         """Forget everything accumulated (hooks stay attached)."""
-        self._records: list[torch.Tensor] = []      # per batch: (L, K) float64, on device
+        self._records: list[torch.Tensor] = []  # per batch: (L, K) float64, on device
         self._unit_sums: torch.Tensor | None = None  # (L, d) float64, on device
         self._batch: _Batch | None = None
         self._host: tuple[np.ndarray, np.ndarray] | None = None
@@ -339,8 +339,11 @@ class LayerStats:
         near = tuple(f"near_{e:g}" for e in self.eps_grid)
         rel = tuple(f"relnear_{r:g}" for r in self.rel_grid)
         sim = _SIM_COLUMNS if self.similarity else ()
-        upd = (_UPDATE_COLUMNS + tuple(f"updnear_{r:g}" for r in self.rel_grid)
-               if self.similarity and self.rel_grid else ())
+        upd = (
+            _UPDATE_COLUMNS + tuple(f"updnear_{r:g}" for r in self.rel_grid)
+            if self.similarity and self.rel_grid
+            else ()
+        )
         return _FIXED_COLUMNS + near + rel + sim + upd
 
     def accumulation_params(self) -> dict[str, Any]:
@@ -469,7 +472,8 @@ class LayerStats:
                 warnings.warn(
                     f"torch.compile of the statistics reductions failed ({type(error).__name__}: "
                     f"{error}); continuing without it (slower). Pass compile=False to silence.",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
         return reduce_block_output(h, w, self.eps_grid, h_in, self.rel_grid)
 
@@ -514,7 +518,7 @@ class LayerStats:
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = batch["token_type_ids"].to(device)
         if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-            inputs["use_cache"] = False     # scoring needs no KV cache: do not build one
+            inputs["use_cache"] = False  # scoring needs no KV cache: do not build one
 
         if self.faithful and not self._warned_dtype:
             dtype = next(model.parameters()).dtype
@@ -523,12 +527,14 @@ class LayerStats:
                 warnings.warn(
                     f"faithful statistics need a float32 model (the official scripts run in fp32; "
                     f"near-zero counts at eps=1e-5 depend on it), this one is {dtype}.",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
         w = mask.float() if self.mask_pad else torch.ones_like(input_ids, dtype=torch.float32)
         n_layers = len(blocks(model))
-        self._batch = _Batch(w=w, toks=[None] * n_layers, pooled=[None] * n_layers,
-                             calls=[0] * n_layers)
+        self._batch = _Batch(
+            w=w, toks=[None] * n_layers, pooled=[None] * n_layers, calls=[0] * n_layers
+        )
         attached_here = not self._handles
         try:
             if attached_here:
@@ -552,9 +558,11 @@ class LayerStats:
                 "to run exactly once per forward."
             )
         record, units = batch_record(
-            torch.stack([t.to(device) for t in batch_state.toks]),      # type: ignore[union-attr]
-            torch.stack([p.to(device) for p in batch_state.pooled]),    # type: ignore[union-attr]
-            w, len(self.eps_grid), len(self.rel_grid),
+            torch.stack([t.to(device) for t in batch_state.toks]),  # type: ignore[union-attr]
+            torch.stack([p.to(device) for p in batch_state.pooled]),  # type: ignore[union-attr]
+            w,
+            len(self.eps_grid),
+            len(self.rel_grid),
         )
         if self._unit_sums is not None and self._unit_sums.shape != units.shape:
             raise ConfigError(
@@ -720,8 +728,9 @@ class LayerStats:
         ``aggregate`` (default ``self.aggregate``); shape ``(n_layers,)``."""
         mode = self.variance_mode if mode is None else mode
         _check_choice("variance_mode", mode, VARIANCE_MODES)
-        return self._value({"code": "sample_var", "r_port": "rport_var", "flat": "flat_var"}[mode],
-                           aggregate)
+        return self._value(
+            {"code": "sample_var", "r_port": "rport_var", "flat": "flat_var"}[mode], aggregate
+        )
 
     def get_sparsity(
         self, eps: float | None = None, aggregate: Aggregate | None = None
@@ -734,11 +743,14 @@ class LayerStats:
 
     def _check_rel(self, r: float, update: bool = False) -> str:
         if r not in self.rel_grid:
-            raise ConfigError(f"r={r:g} is not in rel_grid {self.rel_grid}; refit with it "
-                              "(LayerStats(rel_grid=...)).")
+            raise ConfigError(
+                f"r={r:g} is not in rel_grid {self.rel_grid}; refit with it "
+                "(LayerStats(rel_grid=...))."
+            )
         if update and not self.similarity:
-            raise ConfigError("block-update statistics need the block inputs: use "
-                              "LayerStats(similarity=True).")
+            raise ConfigError(
+                "block-update statistics need the block inputs: use LayerStats(similarity=True)."
+            )
         return f"{'updnear' if update else 'relnear'}_{r:g}"
 
     def get_rel_sparsity(self, r: float, aggregate: Aggregate | None = None) -> np.ndarray:
@@ -753,8 +765,10 @@ class LayerStats:
 
     def _check_update(self) -> None:
         if not (self.similarity and self.rel_grid):
-            raise ConfigError("block-update statistics were not collected; use "
-                              "LayerStats(similarity=True) with a non-empty rel_grid.")
+            raise ConfigError(
+                "block-update statistics were not collected; use "
+                "LayerStats(similarity=True) with a non-empty rel_grid."
+            )
 
     @property
     def update_variance_(self) -> np.ndarray:
@@ -896,11 +910,15 @@ class LayerStats:
         for r in self.rel_grid:
             frame[f"rel_sparsity@{r:g}"] = self.get_rel_sparsity(r)
         if self.similarity:
-            frame.update(cosine_distance=self.cosine_distance_,
-                         angular_distance=self.angular_distance_)
+            frame.update(
+                cosine_distance=self.cosine_distance_, angular_distance=self.angular_distance_
+            )
             if self.rel_grid:
-                frame.update(update_variance=self.update_variance_, update_rms=self.update_rms_,
-                             update_token_variance=self.update_token_variance_)
+                frame.update(
+                    update_variance=self.update_variance_,
+                    update_rms=self.update_rms_,
+                    update_token_variance=self.update_token_variance_,
+                )
                 for r in self.rel_grid:
                     frame[f"update_sparsity@{r:g}"] = self.get_update_sparsity(r)
         df = pd.DataFrame(frame)
@@ -909,9 +927,11 @@ class LayerStats:
 
     def __repr__(self) -> str:
         state = f"{self.n_batches_} batches" if self._records else "not fitted"
-        return (f"LayerStats(eps={self.eps:g}, faithful={self.faithful}, "
-                f"variance_mode={self.variance_mode!r}, aggregate={self.aggregate!r}, "
-                f"mask_pad={self.mask_pad}; {state})")
+        return (
+            f"LayerStats(eps={self.eps:g}, faithful={self.faithful}, "
+            f"variance_mode={self.variance_mode!r}, aggregate={self.aggregate!r}, "
+            f"mask_pad={self.mask_pad}; {state})"
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -943,17 +963,17 @@ def _derive(rec: np.ndarray, columns: tuple[str, ...], name: str, d: int) -> np.
             return c[name] / elements
         if name == "upd_mean_square":
             return c["upd_sum_sq"] / elements
-        if name == "upd_flat_var":                  # population variance of all update elements
+        if name == "upd_flat_var":  # population variance of all update elements
             return c["upd_sum_sq"] / elements - (c["upd_sum"] / elements) ** 2
-        if name == "upd_token_var":                 # unbiased variance over d, mean over tokens
+        if name == "upd_token_var":  # unbiased variance over d, mean over tokens
             return (c["upd_sum_sq"] - c["upd_token_sum_sq"] / d) / (d - 1) / tokens
         if name == "mean_elem":
             return c["sum"] / elements
         if name == "mean_square":
             return c["sum_sq"] / elements
-        if name == "flat_var":                      # population variance of all elements
+        if name == "flat_var":  # population variance of all elements
             return c["sum_sq"] / elements - (c["sum"] / elements) ** 2
-        if name == "token_var":                     # unbiased variance over d, mean over tokens
+        if name == "token_var":  # unbiased variance over d, mean over tokens
             return (c["sum_sq"] - c["token_sum_sq"] / d) / (d - 1) / tokens
         if name == "cos_dist_mean":
             return c["cos_dist"] / tokens
@@ -968,7 +988,7 @@ def _version(t: torch.Tensor | None) -> int:
         return -1
     try:
         return t._version
-    except RuntimeError:          # inference-mode tensors have no version counter
+    except RuntimeError:  # inference-mode tensors have no version counter
         return -1
 
 
@@ -1012,7 +1032,7 @@ def _training_mode(model: torch.nn.Module, train: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_nanmean() -> Iterator[None]:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN layer -> NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layer -> NaN, silently
         yield
 
 

@@ -85,15 +85,27 @@ __all__ = [
 STUDY_FORMAT = "avsslib.study/1"
 """Version of the study's file layout and hashing; part of every cache key."""
 
-DEFAULT_SCORES: tuple[str, ...] = ("avss", "block_influence", "angular", "ppl_removal", "random", "tail")
+DEFAULT_SCORES: tuple[str, ...] = (
+    "avss",
+    "block_influence",
+    "angular",
+    "ppl_removal",
+    "random",
+    "tail",
+)
 """The scores of the pruning study."""
 FAST_SCORES: tuple[str, ...] = tuple(s for s in DEFAULT_SCORES if s != "ppl_removal")
 """The study's scores that come from the one statistics pass (``avss score``'s default):
 ``ppl_removal`` runs the model again for every layer."""
-DEFAULT_CALIB: dict[str, Any] = {"name": "wikitext2", "split": "validation", "n": 64, "seq_len": 128}
+DEFAULT_CALIB: dict[str, Any] = {
+    "name": "wikitext2",
+    "split": "validation",
+    "n": 64,
+    "seq_len": 128,
+}
 DEFAULT_AGREEMENT_CALIBS: tuple[dict[str, str], ...] = (
     {"name": "wikitext2", "split": "validation"},
-    {"name": "sst2", "split": "validation"},   # the official SST2.py calibration set
+    {"name": "sst2", "split": "validation"},  # the official SST2.py calibration set
 )
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
@@ -110,8 +122,16 @@ PRIMARY_METRICS: dict[str, str] = {
 }
 """The metric each task is summarised by in figures (every metric is in the CSV files)."""
 
-_CALIB_KEYS = ("name", "split", "n", "seq_len", "batch_size", "seed", "min_chars",
-               "add_special_tokens")
+_CALIB_KEYS = (
+    "name",
+    "split",
+    "n",
+    "seq_len",
+    "batch_size",
+    "seed",
+    "min_chars",
+    "add_special_tokens",
+)
 
 
 # ---------------------------------------------------------------------- tables
@@ -159,8 +179,9 @@ def layer_scores(
     stats = LayerStats(eps=eps, faithful=faithful).fit(model, batches, progress=progress)
     table = stats.to_frame()
     table["clamped"] = table["near_zero_count"] == 0
-    scored = compute_scores(names, stats, model=model, batches=batches, seed=seed,
-                            progress=progress)
+    scored = compute_scores(
+        names, stats, model=model, batches=batches, seed=seed, progress=progress
+    )
     for name in names:
         table[name] = scored[name].to_numpy()
     if "avss" in names:
@@ -183,8 +204,9 @@ def score_names(table: pd.DataFrame, scores: Iterable[str] | None = None) -> lis
     return [c for c in table.columns if c in REGISTRY]
 
 
-def selections(scores_df: pd.DataFrame, fraction: float = 0.25,
-               scores: Iterable[str] | None = None) -> dict[str, list[int]]:
+def selections(
+    scores_df: pd.DataFrame, fraction: float = 0.25, scores: Iterable[str] | None = None
+) -> dict[str, list[int]]:
     """Layers every rule would prune, per score column of ``scores_df`` (or of ``scores``,
     the scores that were computed: see :func:`score_names`).
 
@@ -204,8 +226,11 @@ def selections(scores_df: pd.DataFrame, fraction: float = 0.25,
     return out
 
 
-def score_agreement(columns: Mapping[str, Sequence[float] | np.ndarray], kind: str = "scores",
-                    pairs: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+def score_agreement(
+    columns: Mapping[str, Sequence[float] | np.ndarray],
+    kind: str = "scores",
+    pairs: Iterable[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
     """Spearman rho and Kendall tau (tau-b) between per-layer value vectors.
 
     ``columns``: name -> values of shape ``(n_layers,)``; ``pairs``: which pairs (default:
@@ -367,7 +392,9 @@ def pruning_study(
     tasks = list(tasks)
     unknown = [t for t in tasks if t not in ev.TASKS]
     if unknown or not tasks:
-        raise ConfigError(f"tasks: unknown task(s) {unknown or '(none given)'}; known: {', '.join(ev.TASKS)}.")
+        raise ConfigError(
+            f"tasks: unknown task(s) {unknown or '(none given)'}; known: {', '.join(ev.TASKS)}."
+        )
     if dtype not in DTYPES:
         raise ConfigError(f"dtype = {dtype!r}: choose one of {DTYPES}.")
     scores = list(dict.fromkeys(scores))
@@ -376,7 +403,9 @@ def pruning_study(
         raise ConfigError(f"sweep_scores {missing} are not among the computed scores {scores}.")
     for f in [fraction, *sweep_fractions]:
         if not 0.0 < f < 1.0:
-            raise ConfigError(f"fraction {f}: every pruned fraction must lie strictly between 0 and 1.")
+            raise ConfigError(
+                f"fraction {f}: every pruned fraction must lie strictly between 0 and 1."
+            )
     spec = _calib_spec(calib, batch_size)
     agreement = [{**spec, **dict(c)} for c in agreement_calibs]
 
@@ -386,49 +415,87 @@ def pruning_study(
     if loaded is not None:
         model, tokenizer = loaded
     else:
-        model, tokenizer = load_model(model_name, dtype=getattr(torch, dtype), device=device,
-                                      trust_remote_code=trust_remote_code)
+        model, tokenizer = load_model(
+            model_name,
+            dtype=getattr(torch, dtype),
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
     require_causal_lm(model, "the pruning study (it evaluates the pruned models)")
     load_s = time.perf_counter() - t0
     n_layers = len(blocks(model))
     for f in [fraction, *sweep_fractions]:
         if round(f * n_layers) >= n_layers:
-            raise ConfigError(f"fraction {f} of {n_layers} layers prunes every layer; use a smaller one.")
+            raise ConfigError(
+                f"fraction {f} of {n_layers} layers prunes every layer; use a smaller one."
+            )
     batches, calib_desc = calibration_set(tokenizer, **_calib_kwargs(spec))
-    faithful_batches, faithful_desc = calibration_set(tokenizer, **_calib_kwargs(spec),
-                                                      pad_to_max_length=True)
+    faithful_batches, faithful_desc = calibration_set(
+        tokenizer, **_calib_kwargs(spec), pad_to_max_length=True
+    )
     data_files = dict(calib_desc["data_files"])
     for c in agreement:
         data_files.update(data_file_hashes(c["name"], c["split"]))
     data_files.update(ev.task_data_files(tasks))
 
     config = {
-        "model": model_name, "tasks": tasks, "n_eval": n_eval, "calib": spec, "fraction": fraction,
-        "scores": scores, "sweep_fractions": list(sweep_fractions), "sweep_scores": list(sweep_scores),
+        "model": model_name,
+        "tasks": tasks,
+        "n_eval": n_eval,
+        "calib": spec,
+        "fraction": fraction,
+        "scores": scores,
+        "sweep_fractions": list(sweep_fractions),
+        "sweep_scores": list(sweep_scores),
         "agreement_calibs": [dict(c) for c in agreement_calibs],
-        "agreement_seeds": list(agreement_seeds), "evaluate_faithful": evaluate_faithful,
-        "seed": seed, "eps": eps, "device": str(device), "dtype": dtype, "batch_size": batch_size,
-        "max_length": max_length, "ppl_window": ppl_window, "ppl_stride": ppl_stride,
-        "num_fewshot": num_fewshot, "n_boot": n_boot,
+        "agreement_seeds": list(agreement_seeds),
+        "evaluate_faithful": evaluate_faithful,
+        "seed": seed,
+        "eps": eps,
+        "device": str(device),
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "ppl_window": ppl_window,
+        "ppl_stride": ppl_stride,
+        "num_fewshot": num_fewshot,
+        "n_boot": n_boot,
     }
     if command is None:
-        command = "pruning_study(" + ", ".join(
-            [repr(model_name), f"out_dir={str(out)!r}"] + [f"{k}={v!r}" for k, v in config.items()
-                                                            if k != "model"]) + ")"
+        command = (
+            "pruning_study("
+            + ", ".join(
+                [repr(model_name), f"out_dir={str(out)!r}"]
+                + [f"{k}={v!r}" for k, v in config.items() if k != "model"]
+            )
+            + ")"
+        )
     record = RunRecord.start(command, config, seed, model=model, data_files=data_files)
-    identity = {"id": record.model.get("id"), "state_sha256": record.model.get("state_sha256"),
-                "dtype": record.model.get("dtype"), "device": next(model.parameters()).device.type}
+    identity = {
+        "id": record.model.get("id"),
+        "state_sha256": record.model.get("state_sha256"),
+        "dtype": record.model.get("dtype"),
+        "device": next(model.parameters()).device.type,
+    }
     versions = {k: record.versions.get(k) for k in ("torch", "transformers", "lm_eval", "avsslib")}
 
     # ------------------------------------------------------------ statistics (cached by key)
     t0 = time.perf_counter()
     faithful_scores = [s for s in scores if s != "ppl_removal"]
-    stats_key = content_hash({
-        "format": STUDY_FORMAT, "model": identity, "versions": versions, "scores": scores,
-        "eps": eps, "seed": seed, "calibration": _keyed(calib_desc),
-        "faithful_calibration": _keyed(faithful_desc), "agreement": agreement,
-        "agreement_seeds": list(agreement_seeds),
-    })
+    stats_key = content_hash(
+        {
+            "format": STUDY_FORMAT,
+            "model": identity,
+            "versions": versions,
+            "scores": scores,
+            "eps": eps,
+            "seed": seed,
+            "calibration": _keyed(calib_desc),
+            "faithful_calibration": _keyed(faithful_desc),
+            "agreement": agreement,
+            "agreement_seeds": list(agreement_seeds),
+        }
+    )
     files = [out / n for n in ("layer_stats.csv", "layer_stats_faithful.csv", "batch_stats.csv")]
     meta = read_cached(out / "layer_stats.json", stats_key, requires=files)
     if meta is not None:
@@ -438,95 +505,195 @@ def pruning_study(
         stats_status = "cached"
     else:
         set_seed(seed)
-        fixed_stats, fixed = layer_scores(model, batches, scores=scores, seed=seed, eps=eps,
-                                          progress=progress)
+        fixed_stats, fixed = layer_scores(
+            model, batches, scores=scores, seed=seed, eps=eps, progress=progress
+        )
         set_seed(seed)
-        faithful_stats, faithful = layer_scores(model, faithful_batches, scores=faithful_scores,
-                                                faithful=True, seed=seed, eps=eps, progress=progress)
-        stability = _stability(model, tokenizer, spec, agreement, agreement_seeds, eps, progress,
-                               known={_label(spec): fixed["avss"].to_numpy()} if "avss" in scores else {})
+        faithful_stats, faithful = layer_scores(
+            model,
+            faithful_batches,
+            scores=faithful_scores,
+            faithful=True,
+            seed=seed,
+            eps=eps,
+            progress=progress,
+        )
+        stability = _stability(
+            model,
+            tokenizer,
+            spec,
+            agreement,
+            agreement_seeds,
+            eps,
+            progress,
+            known={_label(spec): fixed["avss"].to_numpy()} if "avss" in scores else {},
+        )
         fixed = save_layer_table(files[0], fixed)
         faithful = save_layer_table(files[1], faithful)
-        write_csv_atomic(files[2], pd.concat([batch_table(fixed_stats, "fixed"),
-                                              batch_table(faithful_stats, "faithful")]))
-        write_json_atomic(out / "layer_stats.json", {
-            "format": STUDY_FORMAT, "key": stats_key, "model": identity,
-            "calibration": calib_desc, "faithful_calibration": faithful_desc,
-            "scores": scores, "faithful_scores": faithful_scores, "eps": eps, "seed": seed,
-            "clamped_layers": {"fixed": fixed.index[fixed["clamped"]].tolist(),
-                               "faithful": faithful.index[faithful["clamped"]].tolist()},
-            "stability": stability,
-        })
+        write_csv_atomic(
+            files[2],
+            pd.concat([batch_table(fixed_stats, "fixed"), batch_table(faithful_stats, "faithful")]),
+        )
+        write_json_atomic(
+            out / "layer_stats.json",
+            {
+                "format": STUDY_FORMAT,
+                "key": stats_key,
+                "model": identity,
+                "calibration": calib_desc,
+                "faithful_calibration": faithful_desc,
+                "scores": scores,
+                "faithful_scores": faithful_scores,
+                "eps": eps,
+                "seed": seed,
+                "clamped_layers": {
+                    "fixed": fixed.index[fixed["clamped"]].tolist(),
+                    "faithful": faithful.index[faithful["clamped"]].tolist(),
+                },
+                "stability": stability,
+            },
+        )
         del fixed_stats, faithful_stats
         stats_status = "computed"
     stats_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------ selections and configurations
-    chosen = {"fixed": selections(fixed, fraction, scores),
-              "faithful": selections(faithful, fraction, faithful_scores)}
-    sweep_layers = {s: {f: select_layers(fixed[s].to_numpy(), f, "count") for f in sweep_fractions}
-                    for s in sweep_scores}
-    write_json_atomic(out / "selections.json", {
-        "fraction": fraction, "n_layers": n_layers, "k_count": round(fraction * n_layers),
-        **chosen, "sweep": {s: {f"{f:g}": v for f, v in d.items()} for s, d in sweep_layers.items()},
-    })
+    chosen = {
+        "fixed": selections(fixed, fraction, scores),
+        "faithful": selections(faithful, fraction, faithful_scores),
+    }
+    sweep_layers = {
+        s: {f: select_layers(fixed[s].to_numpy(), f, "count") for f in sweep_fractions}
+        for s in sweep_scores
+    }
+    write_json_atomic(
+        out / "selections.json",
+        {
+            "fraction": fraction,
+            "n_layers": n_layers,
+            "k_count": round(fraction * n_layers),
+            **chosen,
+            "sweep": {s: {f"{f:g}": v for f, v in d.items()} for s, d in sweep_layers.items()},
+        },
+    )
     configs = _configurations(chosen, sweep_layers, fraction, evaluate_faithful)
 
     # ------------------------------------------------------------ evaluation (resumable)
-    eval_kwargs = dict(n=n_eval, seed=seed, batch_size=batch_size, num_fewshot=num_fewshot,
-                       max_length=max_length, ppl_window=ppl_window, ppl_stride=ppl_stride)
-    protocol = {"format": STUDY_FORMAT, "model": identity, "versions": versions, "tasks": tasks,
-                **eval_kwargs}
-    results, status, eval_s = _evaluate_configs(model, tokenizer, configs, tasks, out / "eval",
-                                                protocol, eval_kwargs, progress, evaluate_missing)
-    if not evaluate_missing:      # tables of what a partial (e.g. interrupted) run evaluated
+    eval_kwargs = dict(
+        n=n_eval,
+        seed=seed,
+        batch_size=batch_size,
+        num_fewshot=num_fewshot,
+        max_length=max_length,
+        ppl_window=ppl_window,
+        ppl_stride=ppl_stride,
+    )
+    protocol = {
+        "format": STUDY_FORMAT,
+        "model": identity,
+        "versions": versions,
+        "tasks": tasks,
+        **eval_kwargs,
+    }
+    results, status, eval_s = _evaluate_configs(
+        model,
+        tokenizer,
+        configs,
+        tasks,
+        out / "eval",
+        protocol,
+        eval_kwargs,
+        progress,
+        evaluate_missing,
+    )
+    if not evaluate_missing:  # tables of what a partial (e.g. interrupted) run evaluated
         configs = {k: v for k, v in configs.items() if k in results}
         if "original" not in results:
-            raise ConfigError(f"{out}: the unpruned model has not been evaluated yet, so there is "
-                              "no retention to tabulate; run the study without "
-                              "evaluate_missing=False (--no-new-evals) first.")
+            raise ConfigError(
+                f"{out}: the unpruned model has not been evaluated yet, so there is "
+                "no retention to tabulate; run the study without "
+                "evaluate_missing=False (--no-new-evals) first."
+            )
 
     # ------------------------------------------------------------ retention, sweep, agreement
     retention_df = retention_table(results, configs, n_boot, seed)
-    sweep_df = retention_df[is_sweep(retention_df["config"])].drop(
-        columns=["config", "stats", "rule"]).reset_index(drop=True)
-    agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds,
-                              scores)
+    sweep_df = (
+        retention_df[is_sweep(retention_df["config"])]
+        .drop(columns=["config", "stats", "rule"])
+        .reset_index(drop=True)
+    )
+    agreement_df = _agreement(fixed, faithful, stability, spec, agreement, agreement_seeds, scores)
     write_csv_atomic(out / "retention.csv", retention_df)
     write_csv_atomic(out / "sweep.csv", sweep_df)
     write_csv_atomic(out / "agreement.csv", agreement_df)
 
     # ------------------------------------------------------------ figures
-    _figures(out / "figures", fixed, chosen["fixed"].get("avss/count", []), retention_df, sweep_df,
-             fraction)
+    _figures(
+        out / "figures",
+        fixed,
+        chosen["fixed"].get("avss/count", []),
+        retention_df,
+        sweep_df,
+        fraction,
+    )
 
     # ------------------------------------------------------------ run record
-    main = retention_df[(retention_df["fraction"] == fraction) | (retention_df["config"] == "original")]
+    main = retention_df[
+        (retention_df["fraction"] == fraction) | (retention_df["config"] == "original")
+    ]
     main = main[~is_sweep(main["config"])]
-    table = [dict(task=f"{row.task} [{row.config}]", metric=f"{row.metric} retention",
-                  value=row.retention, ci_low=row.ci_low, ci_high=row.ci_high, n=row.n)
-             for row in primary_metric_rows(main).itertuples()]
-    timing = {"load_model_s": load_s, "stats_s": stats_s, "stats": stats_status,
-              "eval_s": eval_s, "status": status}
-    record.finish({"table": table, "selections": chosen, "configs": {k: v["layers"] for k, v in configs.items()},
-                   "clamped_layers": fixed.index[fixed["clamped"]].tolist()}, **timing)
+    table = [
+        dict(
+            task=f"{row.task} [{row.config}]",
+            metric=f"{row.metric} retention",
+            value=row.retention,
+            ci_low=row.ci_low,
+            ci_high=row.ci_high,
+            n=row.n,
+        )
+        for row in primary_metric_rows(main).itertuples()
+    ]
+    timing = {
+        "load_model_s": load_s,
+        "stats_s": stats_s,
+        "stats": stats_status,
+        "eval_s": eval_s,
+        "status": status,
+    }
+    record.finish(
+        {
+            "table": table,
+            "selections": chosen,
+            "configs": {k: v["layers"] for k, v in configs.items()},
+            "clamped_layers": fixed.index[fixed["clamped"]].tolist(),
+        },
+        **timing,
+    )
     record.timing["total_s"] = time.perf_counter() - t_start
     missing = sorted(k for k, v in status.items() if v == "missing")
     # a partial study (configurations missing) must not look finished to a resuming driver
     save_record(record, out / ("record.partial.json" if missing else "record.json"))
-    if not missing:               # complete now: an earlier partial record is out of date
+    if not missing:  # complete now: an earlier partial record is out of date
         for stale in ("record.partial.json", "record.partial.md"):
             (out / stale).unlink(missing_ok=True)
     return {
-        "out_dir": out, "layer_stats": fixed, "layer_stats_faithful": faithful, "selections": chosen,
-        "configs": {k: v["layers"] for k, v in configs.items()}, "retention": retention_df,
-        "sweep": sweep_df, "agreement": agreement_df, "status": status,
-        "timing": {**timing, "total_s": record.timing["total_s"]}, "record": record.to_dict(),
+        "out_dir": out,
+        "layer_stats": fixed,
+        "layer_stats_faithful": faithful,
+        "selections": chosen,
+        "configs": {k: v["layers"] for k, v in configs.items()},
+        "retention": retention_df,
+        "sweep": sweep_df,
+        "agreement": agreement_df,
+        "status": status,
+        "timing": {**timing, "total_s": record.timing["total_s"]},
+        "record": record.to_dict(),
     }
 
 
-def retention_table(results: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]],
-                     n_boot: int, seed: int) -> pd.DataFrame:
+def retention_table(
+    results: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]], n_boot: int, seed: int
+) -> pd.DataFrame:
     """``retention.csv``: per configuration x task x metric, retention against ``original``
     with its paired bootstrap interval (:func:`avsslib.evaluate.retention`), after columns
     naming the configuration (config, stats, score, rule, fraction, n_pruned, layers)."""
@@ -535,20 +702,30 @@ def retention_table(results: Mapping[str, Any], configs: Mapping[str, Mapping[st
     tables = []
     for name, cfg in configs.items():
         r = retention(results["original"], results[name], n_boot=n_boot, seed=seed)
-        head = {"config": name, "stats": cfg["stats"], "score": cfg["score"], "rule": cfg["rule"],
-                "fraction": cfg["fraction"], "n_pruned": len(cfg["layers"]),
-                "layers": " ".join(map(str, cfg["layers"]))}
+        head = {
+            "config": name,
+            "stats": cfg["stats"],
+            "score": cfg["score"],
+            "rule": cfg["rule"],
+            "fraction": cfg["fraction"],
+            "n_pruned": len(cfg["layers"]),
+            "layers": " ".join(map(str, cfg["layers"])),
+        }
         tables.append(r.assign(**head)[[*head, *r.columns]])
     return pd.concat(tables, ignore_index=True)
 
 
-def _configurations(chosen: Mapping[str, Mapping[str, list[int]]],
-                    sweep_layers: Mapping[str, Mapping[float, list[int]]], fraction: float,
-                    evaluate_faithful: bool) -> dict[str, dict[str, Any]]:
+def _configurations(
+    chosen: Mapping[str, Mapping[str, list[int]]],
+    sweep_layers: Mapping[str, Mapping[float, list[int]]],
+    fraction: float,
+    evaluate_faithful: bool,
+) -> dict[str, dict[str, Any]]:
     """Every configuration to evaluate, by name (module docstring): its statistics mode, score,
     rule, fraction and pruned layers."""
     configs: dict[str, dict[str, Any]] = {
-        "original": dict(stats=None, score=None, rule=None, fraction=0.0, layers=[])}
+        "original": dict(stats=None, score=None, rule=None, fraction=0.0, layers=[])
+    }
     for mode, prefix in (("fixed", ""), ("faithful", "faithful-")):
         if mode == "faithful" and not evaluate_faithful:
             continue
@@ -556,19 +733,28 @@ def _configurations(chosen: Mapping[str, Mapping[str, list[int]]],
             score, rule = key.split("/")
             if mode == "faithful" and score not in MASS_SCORES:
                 continue
-            configs[f"{prefix}{score}-{rule}"] = dict(stats=mode, score=score, rule=rule,
-                                                      fraction=fraction, layers=layers)
+            configs[f"{prefix}{score}-{rule}"] = dict(
+                stats=mode, score=score, rule=rule, fraction=fraction, layers=layers
+            )
     for s, by_fraction in sweep_layers.items():
         for f, layers in by_fraction.items():
-            configs[sweep_config(s, f)] = dict(stats="fixed", score=s, rule="count", fraction=f,
-                                               layers=layers)
+            configs[sweep_config(s, f)] = dict(
+                stats="fixed", score=s, rule="count", fraction=f, layers=layers
+            )
     return configs
 
 
-def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[str, Mapping[str, Any]],
-                      tasks: Sequence[str], folder: Path, protocol: Mapping[str, Any],
-                      eval_kwargs: Mapping[str, Any], progress: bool, evaluate_missing: bool = True
-                      ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+def _evaluate_configs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    configs: Mapping[str, Mapping[str, Any]],
+    tasks: Sequence[str],
+    folder: Path,
+    protocol: Mapping[str, Any],
+    eval_kwargs: Mapping[str, Any],
+    progress: bool,
+    evaluate_missing: bool = True,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     """Evaluate every configuration, resumably: a configuration whose ``folder/<name>.json``
     holds the same config hash (``protocol`` + pruned layers) is read back (``cached``), one
     that prunes the same layers as an earlier one shares its result (``reused``), the others
@@ -595,12 +781,14 @@ def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[s
         if saved is not None:
             result_dict, status[name] = saved["result"], "cached"
         elif config_hash not in by_hash and not evaluate_missing:
-            status[name] = "missing"       # left out of the tables (evaluate_missing=False)
+            status[name] = "missing"  # left out of the tables (evaluate_missing=False)
             continue
         elif config_hash in by_hash:
             same_as, result_dict = by_hash[config_hash]
             status[name] = "reused"
-            _write_eval(path, name, cfg, config_hash, protocol, n_layers, result_dict, same_as, None)
+            _write_eval(
+                path, name, cfg, config_hash, protocol, n_layers, result_dict, same_as, None
+            )
         else:
             t0 = time.perf_counter()
             pruned = pruned_view(model, cfg["layers"]) if cfg["layers"] else model
@@ -609,36 +797,69 @@ def _evaluate_configs(model: torch.nn.Module, tokenizer: Any, configs: Mapping[s
             _free(device)
             eval_s[name] = time.perf_counter() - t0
             result_dict, status[name] = result.to_dict(), "evaluated"
-            _write_eval(path, name, cfg, config_hash, protocol, n_layers, result_dict, None, eval_s[name])
+            _write_eval(
+                path, name, cfg, config_hash, protocol, n_layers, result_dict, None, eval_s[name]
+            )
         by_hash.setdefault(config_hash, (name, result_dict))
         results[name] = ev.EvalResult.from_dict(result_dict)
     return results, status, eval_s
 
 
-def _write_eval(path: Path, name: str, cfg: Mapping[str, Any], config_hash: str,
-                protocol: Mapping[str, Any], n_layers: int, result: Mapping[str, Any],
-                same_as: str | None, eval_s: float | None) -> None:
+def _write_eval(
+    path: Path,
+    name: str,
+    cfg: Mapping[str, Any],
+    config_hash: str,
+    protocol: Mapping[str, Any],
+    n_layers: int,
+    result: Mapping[str, Any],
+    same_as: str | None,
+    eval_s: float | None,
+) -> None:
     from avsslib.fs import write_json_atomic
 
-    write_json_atomic(path, {
-        "config": name, "config_hash": config_hash, **{k: cfg[k] for k in ("stats", "score", "rule", "fraction")},
-        "pruned_layers": list(cfg["layers"]), "n_layers_before": n_layers,
-        "n_layers_after": n_layers - len(cfg["layers"]), "protocol": dict(protocol),
-        "same_as": same_as, "result": dict(result), "timing": {"eval_s": eval_s},
-    })
+    write_json_atomic(
+        path,
+        {
+            "config": name,
+            "config_hash": config_hash,
+            **{k: cfg[k] for k in ("stats", "score", "rule", "fraction")},
+            "pruned_layers": list(cfg["layers"]),
+            "n_layers_before": n_layers,
+            "n_layers_after": n_layers - len(cfg["layers"]),
+            "protocol": dict(protocol),
+            "same_as": same_as,
+            "result": dict(result),
+            "timing": {"eval_s": eval_s},
+        },
+    )
 
 
 def batch_table(stats: LayerStats, mode: str) -> pd.DataFrame:
     """Per-batch V and S of every layer, long format: mode, batch, layer, variance, sparsity."""
-    v, s = stats.batch_variances_, stats.batch_sparsities_        # (n_batches, n_layers)
+    v, s = stats.batch_variances_, stats.batch_sparsities_  # (n_batches, n_layers)
     batch, layer = np.meshgrid(np.arange(v.shape[0]), np.arange(v.shape[1]), indexing="ij")
-    return pd.DataFrame({"mode": mode, "batch": batch.ravel(), "layer": layer.ravel(),
-                         "variance": v.ravel(), "sparsity": s.ravel()})
+    return pd.DataFrame(
+        {
+            "mode": mode,
+            "batch": batch.ravel(),
+            "layer": layer.ravel(),
+            "variance": v.ravel(),
+            "sparsity": s.ravel(),
+        }
+    )
 
 
-def _stability(model: torch.nn.Module, tokenizer: Any, spec: Mapping[str, Any],
-               agreement: Sequence[Mapping[str, Any]], seeds: Sequence[int], eps: float,
-               progress: bool, known: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _stability(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    spec: Mapping[str, Any],
+    agreement: Sequence[Mapping[str, Any]],
+    seeds: Sequence[int],
+    eps: float,
+    progress: bool,
+    known: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
     """AVSS (fixed mode) on every agreement calibration set x sample seed; label -> (n_layers,)."""
     import warnings
 
@@ -656,44 +877,70 @@ def _stability(model: torch.nn.Module, tokenizer: Any, spec: Mapping[str, Any],
         batches, _ = calibration_set(tokenizer, **_calib_kwargs(c))
         stats = LayerStats(eps=eps, similarity=False).fit(model, batches, progress=False)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")       # clamping is logged in layer_stats.json
+            warnings.simplefilter("ignore")  # clamping is logged in layer_stats.json
             out[label] = avss_values(stats.variance_, stats.sparsity_)
     return out
 
 
-def _agreement(fixed: pd.DataFrame, faithful: pd.DataFrame, stability: Mapping[str, np.ndarray],
-               spec: Mapping[str, Any], agreement: Sequence[Mapping[str, Any]],
-               seeds: Sequence[int], scores: Sequence[str]) -> pd.DataFrame:
+def _agreement(
+    fixed: pd.DataFrame,
+    faithful: pd.DataFrame,
+    stability: Mapping[str, np.ndarray],
+    spec: Mapping[str, Any],
+    agreement: Sequence[Mapping[str, Any]],
+    seeds: Sequence[int],
+    scores: Sequence[str],
+) -> pd.DataFrame:
     names = score_names(fixed, scores)
     parts = [score_agreement({n: fixed[n].to_numpy() for n in names}, "scores")]
     if "avss" in names and "avss" in faithful:
-        parts.append(score_agreement({"avss/fixed": fixed["avss"].to_numpy(),
-                                      "avss/faithful": faithful["avss"].to_numpy()}, "mode"))
-    labels = {(c["name"], c["split"], s): _label({**c, "seed": s}) for c in agreement for s in seeds}
+        parts.append(
+            score_agreement(
+                {
+                    "avss/fixed": fixed["avss"].to_numpy(),
+                    "avss/faithful": faithful["avss"].to_numpy(),
+                },
+                "mode",
+            )
+        )
+    labels = {
+        (c["name"], c["split"], s): _label({**c, "seed": s}) for c in agreement for s in seeds
+    }
     calibs = list(dict.fromkeys((c["name"], c["split"]) for c in agreement))
-    seed_pairs = [(labels[(*c, a)], labels[(*c, b)]) for c in calibs
-                  for a, b in itertools.combinations(seeds, 2)]
-    calib_pairs = [(labels[(*a, s)], labels[(*b, s)]) for s in seeds
-                   for a, b in itertools.combinations(calibs, 2)]
+    seed_pairs = [
+        (labels[(*c, a)], labels[(*c, b)])
+        for c in calibs
+        for a, b in itertools.combinations(seeds, 2)
+    ]
+    calib_pairs = [
+        (labels[(*a, s)], labels[(*b, s)])
+        for s in seeds
+        for a, b in itertools.combinations(calibs, 2)
+    ]
     parts.append(score_agreement(stability, "seed", seed_pairs))
     parts.append(score_agreement(stability, "calibration", calib_pairs))
     return pd.concat(parts, ignore_index=True)
 
 
-def _figures(folder: Path, fixed: pd.DataFrame, pruned: Sequence[int], retention_df: pd.DataFrame,
-             sweep_df: pd.DataFrame, fraction: float) -> None:
+def _figures(
+    folder: Path,
+    fixed: pd.DataFrame,
+    pruned: Sequence[int],
+    retention_df: pd.DataFrame,
+    sweep_df: pd.DataFrame,
+    fraction: float,
+) -> None:
     import matplotlib.pyplot as plt
 
     from avsslib import plots
 
     plots.use_style()
-    main = retention_df[(retention_df["fraction"] == fraction)
-                        & ~is_sweep(retention_df["config"])]
+    main = retention_df[(retention_df["fraction"] == fraction) & ~is_sweep(retention_df["config"])]
     figures = {
         "layer_profile.png": plots.study_layer_profile(fixed, pruned=pruned),
         "retention.png": plots.retention_bars(primary_metric_rows(main), label="config"),
     }
-    if not sweep_df.empty:        # a partial study (--no-new-evals) may have no sweep point yet
+    if not sweep_df.empty:  # a partial study (--no-new-evals) may have no sweep point yet
         figures["sweep.png"] = plots.retention_sweep(primary_metric_rows(sweep_df))
     for file, fig in figures.items():
         plots.save(fig, folder / file)
@@ -719,14 +966,24 @@ def load_study(out_dir: str | Path) -> dict[str, Any]:
             result[name] = pd.read_csv(out / f"{name}.csv")
     chosen = read_json(out / "selections.json")
     if chosen is not None:
-        rows = [dict(stats=mode, score=key.split("/")[0], rule=key.split("/")[1], layers=layers,
-                     n_pruned=len(layers))
-                for mode in ("fixed", "faithful") for key, layers in chosen.get(mode, {}).items()]
+        rows = [
+            dict(
+                stats=mode,
+                score=key.split("/")[0],
+                rule=key.split("/")[1],
+                layers=layers,
+                n_pruned=len(layers),
+            )
+            for mode in ("fixed", "faithful")
+            for key, layers in chosen.get(mode, {}).items()
+        ]
         result["selections"] = pd.DataFrame(rows)
     record = read_json(out / "record.json") or read_json(out / "record.partial.json")
     if record is not None:
         result["record"] = record
     if not result:
-        raise ConfigError(f"{out} holds no study files (layer_stats.csv, retention.csv, ...); "
-                          "run pruning_study or `avss study --out` there first.")
+        raise ConfigError(
+            f"{out} holds no study files (layer_stats.csv, retention.csv, ...); "
+            "run pruning_study or `avss study --out` there first."
+        )
     return result

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("NCCL_NVLS_ENABLE", "0")     # never NVLink multicast
+os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -78,26 +78,43 @@ RTOL = 1e-6
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Speed-up of data-parallel LayerStats over one rank.")
-    p.add_argument("--config", default="llama2-7b", choices=sorted([*CONFIGS, *ALIASES]),
-                   help="model shape, random weights (default %(default)s; tiny = llama-tiny)")
-    p.add_argument("--device", choices=("cuda", "cpu"),
-                   default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cuda: rank r uses cuda:LOCAL_RANK with NCCL; cpu: gloo")
-    p.add_argument("--dtype", choices=sorted(DTYPES),
-                   help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument(
+        "--config",
+        default="llama2-7b",
+        choices=sorted([*CONFIGS, *ALIASES]),
+        help="model shape, random weights (default %(default)s; tiny = llama-tiny)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda: rank r uses cuda:LOCAL_RANK with NCCL; cpu: gloo",
+    )
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu"
+    )
     p.add_argument("--batches", type=int, default=32, help="batches in all (default 32)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per rank first")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of both phases")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the tokens")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads per rank (default: cpu_count // nproc, at least 1)")
-    p.add_argument("--check-device-map", action="store_true",
-                   help="also check, on rank 0 with 2+ GPUs, that LayerStats on a tiny model "
-                   "split over cuda:0 and cuda:1 (accelerate) equals one GPU's")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="directory for the JSON results (rank 0 writes it)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads per rank (default: cpu_count // nproc, at least 1)"
+    )
+    p.add_argument(
+        "--check-device-map",
+        action="store_true",
+        help="also check, on rank 0 with 2+ GPUs, that LayerStats on a tiny model "
+        "split over cuda:0 and cuda:1 (accelerate) equals one GPU's",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory for the JSON results (rank 0 writes it)",
+    )
     args = p.parse_args(argv)
     for name in ("batches", "batch_size", "seq_len", "repeats"):
         if getattr(args, name) < 1:
@@ -105,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     args.config = ALIASES.get(args.config, args.config)
-    args.model = None                      # bench_stats.build_model: build from --config
+    args.model = None  # bench_stats.build_model: build from --config
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     return args
 
@@ -139,15 +156,28 @@ def peak_memory(device: torch.device) -> float:
 def values(stats: LayerStats) -> dict[str, np.ndarray]:
     """Every per-layer statistic and the statistics-based scores, as host arrays (read
     without pandas, which GPU machines may lack)."""
-    out = {f"variance:{mode}:{agg}": stats.get_variance(mode, agg)
-           for mode in VARIANCE_MODES for agg in AGGREGATES}
-    out.update({f"sparsity@{e:g}:{agg}": stats.get_sparsity(e, agg)
-                for e in stats.eps_grid for agg in AGGREGATES})
-    out.update(near_zero_counts=stats.near_zero_grid_.ravel(), mean=stats.mean_, rms=stats.rms_,
-               token_variance=stats.token_variance_, cosine_distance=stats.cosine_distance_,
-               angular_distance=stats.angular_distance_)
+    out = {
+        f"variance:{mode}:{agg}": stats.get_variance(mode, agg)
+        for mode in VARIANCE_MODES
+        for agg in AGGREGATES
+    }
+    out.update(
+        {
+            f"sparsity@{e:g}:{agg}": stats.get_sparsity(e, agg)
+            for e in stats.eps_grid
+            for agg in AGGREGATES
+        }
+    )
+    out.update(
+        near_zero_counts=stats.near_zero_grid_.ravel(),
+        mean=stats.mean_,
+        rms=stats.rms_,
+        token_variance=stats.token_variance_,
+        cosine_distance=stats.cosine_distance_,
+        angular_distance=stats.angular_distance_,
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")            # sparsity clamp warnings of random weights
+        warnings.simplefilter("ignore")  # sparsity clamp warnings of random weights
         out.update({f"score:{name}": score(name, stats) for name in STATS_SCORES})
     return out
 
@@ -182,8 +212,9 @@ def check_device_map(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:
         return {"status": "skipped: accelerate is not installed"}
     torch.manual_seed(args.seed)
-    tiny = build_model(argparse.Namespace(config="llama-tiny", model=None),
-                       torch.device("cpu"), torch.float32)
+    tiny = build_model(
+        argparse.Namespace(config="llama-tiny", model=None), torch.device("cpu"), torch.float32
+    )
     batches = make_batches(3, 4, 64, int(tiny.config.vocab_size), torch.device("cpu"), args.seed)
     one = LayerStats().fit(copy.deepcopy(tiny).to("cuda:0"), batches, progress=False)
     split = dispatch_model(copy.deepcopy(tiny), device_map=two_gpu_device_map(tiny))
@@ -207,20 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         torch.manual_seed(args.seed)
         model = build_model(args, device, dtype)
-        if env.distributed:                      # identical weights on every rank
+        if env.distributed:  # identical weights on every rank
             for tensor in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(tensor.data, src=0)
         vocab = int(model.config.vocab_size)
-        batches = make_batches(args.batches, args.batch_size, args.seq_len, vocab, device,
-                               args.seed)
+        batches = make_batches(
+            args.batches, args.batch_size, args.seq_len, vocab, device, args.seed
+        )
         tokens = args.batches * args.batch_size * args.seq_len
-        say(f"{world} rank(s), {env.backend or 'no process group'}, {device.type}; model "
+        say(
+            f"{world} rank(s), {env.backend or 'no process group'}, {device.type}; model "
             f"{args.config} {args.dtype} ready in {time.perf_counter() - t0:.1f} s; "
-            f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens", flush=True)
+            f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens",
+            flush=True,
+        )
 
-        if args.warmup:                          # compile and allocator warm-up, every rank
-            warm = make_batches(args.warmup, args.batch_size, args.seq_len, vocab, device,
-                                args.seed + 1)
+        if args.warmup:  # compile and allocator warm-up, every rank
+            warm = make_batches(
+                args.warmup, args.batch_size, args.seq_len, vocab, device, args.seed + 1
+            )
             LayerStats().fit(model, warm, progress=False).variance_  # noqa: B018
         sync(device)
         if device.type == "cuda":
@@ -253,14 +289,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             parallel_s.append(end - start)
             fit_s.append(fitted - start)
             reduce_s.append(end - fitted)
-            say(f"  repeat {repeat + 1}/{args.repeats}: single "
+            say(
+                f"  repeat {repeat + 1}/{args.repeats}: single "
                 f"{single_s[-1] if single_s else float('nan'):.3f} s, parallel "
-                f"{parallel_s[-1]:.3f} s", flush=True)
+                f"{parallel_s[-1]:.3f} s",
+                flush=True,
+            )
 
-        per_rank = gather({"rank": rank, "device": str(device),
-                           "batches": len(shard(batches, rank, world)),
-                           "fit_s": fit_s, "reduce_s": reduce_s,
-                           "peak_memory_bytes": peak_memory(device)}, env.distributed)
+        per_rank = gather(
+            {
+                "rank": rank,
+                "device": str(device),
+                "batches": len(shard(batches, rank, world)),
+                "fit_s": fit_s,
+                "reduce_s": reduce_s,
+                "peak_memory_bytes": peak_memory(device),
+            },
+            env.distributed,
+        )
         report = None
         if main_rank:
             assert single is not None and merged is not None
@@ -272,38 +318,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = {
                 "benchmark": "benchmarks/bench_distributed.py",
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "environment": {**environment(device), "world_size": world,
-                                "backend": env.backend,
-                                "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE")},
+                "environment": {
+                    **environment(device),
+                    "world_size": world,
+                    "backend": env.backend,
+                    "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"),
+                },
                 "model": model_fingerprint(model),
-                "settings": {"config": args.config, "dtype": args.dtype,
-                             "batches": args.batches, "batch_size": args.batch_size,
-                             "seq_len": args.seq_len, "warmup": args.warmup,
-                             "repeats": args.repeats, "seed": args.seed,
-                             "sharding": "contiguous (avsslib.distributed.shard)",
-                             "threads_per_rank": torch.get_num_threads(),
-                             "inputs": "uniform random token ids, attention_mask all ones"},
+                "settings": {
+                    "config": args.config,
+                    "dtype": args.dtype,
+                    "batches": args.batches,
+                    "batch_size": args.batch_size,
+                    "seq_len": args.seq_len,
+                    "warmup": args.warmup,
+                    "repeats": args.repeats,
+                    "seed": args.seed,
+                    "sharding": "contiguous (avsslib.distributed.shard)",
+                    "threads_per_rank": torch.get_num_threads(),
+                    "inputs": "uniform random token ids, attention_mask all ones",
+                },
                 "tokens": tokens,
-                "single": {"seconds": single_s, "median_s": t_single,
-                           "tokens_per_s": tokens / t_single},
-                "parallel": {"seconds": parallel_s, "median_s": t_parallel,
-                             "tokens_per_s": tokens / t_parallel},
+                "single": {
+                    "seconds": single_s,
+                    "median_s": t_single,
+                    "tokens_per_s": tokens / t_single,
+                },
+                "parallel": {
+                    "seconds": parallel_s,
+                    "median_s": t_parallel,
+                    "tokens_per_s": tokens / t_parallel,
+                },
                 "speedup": t_single / t_parallel,
                 "ideal_speedup": world,
                 "ranks": per_rank,
-                "check": {"rtol": RTOL, "max_rel_diff": diffs[worst], "worst": worst,
-                          "records_identical": records_identical,
-                          "ok": diffs[worst] <= RTOL, "per_value": diffs},
+                "check": {
+                    "rtol": RTOL,
+                    "max_rel_diff": diffs[worst],
+                    "worst": worst,
+                    "records_identical": records_identical,
+                    "ok": diffs[worst] <= RTOL,
+                    "per_value": diffs,
+                },
             }
             print_report(report)
         if args.check_device_map and device.type == "cuda" and main_rank:
             try:
                 report["device_map_check"] = check_device_map(args)
             except Exception as error:  # noqa: BLE001 - report, keep the main results
-                report["device_map_check"] = {"status": f"FAILED: {type(error).__name__}: "
-                                                        f"{error}"}
-            print(f"device_map check (tiny model split over 2 GPUs vs one): "
-                  f"{report['device_map_check']}")
+                report["device_map_check"] = {"status": f"FAILED: {type(error).__name__}: {error}"}
+            print(
+                f"device_map check (tiny model split over 2 GPUs vs one): "
+                f"{report['device_map_check']}"
+            )
         if main_rank:
             path = args.out / (f"bench_distributed_{args.config}_{device.type}_n{world}.json")
             write_atomic(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
@@ -318,24 +385,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def print_report(r: dict[str, Any]) -> None:
     gib = 2.0**30
-    print(f"tokens {r['tokens']} ({r['settings']['batches']} batches); medians over "
-          f"{r['settings']['repeats']} repeats")
-    print(f"  single rank (all batches): {r['single']['median_s']:.3f} s, "
-          f"{r['single']['tokens_per_s']:,.0f} tokens/s")
-    print(f"  {r['environment']['world_size']} ranks (shards + all-reduce): "
-          f"{r['parallel']['median_s']:.3f} s, {r['parallel']['tokens_per_s']:,.0f} tokens/s")
-    print(f"  speedup = t_single / t_parallel = {r['speedup']:.2f} "
-          f"(ideal {r['ideal_speedup']})")
+    print(
+        f"tokens {r['tokens']} ({r['settings']['batches']} batches); medians over "
+        f"{r['settings']['repeats']} repeats"
+    )
+    print(
+        f"  single rank (all batches): {r['single']['median_s']:.3f} s, "
+        f"{r['single']['tokens_per_s']:,.0f} tokens/s"
+    )
+    print(
+        f"  {r['environment']['world_size']} ranks (shards + all-reduce): "
+        f"{r['parallel']['median_s']:.3f} s, {r['parallel']['tokens_per_s']:,.0f} tokens/s"
+    )
+    print(f"  speedup = t_single / t_parallel = {r['speedup']:.2f} (ideal {r['ideal_speedup']})")
     for row in r["ranks"]:
-        print(f"  rank {row['rank']} ({row['device']}): {row['batches']} batches, fit "
-              f"{statistics.median(row['fit_s']):.3f} s, all-reduce "
-              f"{statistics.median(row['reduce_s']):.4f} s, peak memory "
-              f"{row['peak_memory_bytes'] / gib:.2f} GiB")
+        print(
+            f"  rank {row['rank']} ({row['device']}): {row['batches']} batches, fit "
+            f"{statistics.median(row['fit_s']):.3f} s, all-reduce "
+            f"{statistics.median(row['reduce_s']):.4f} s, peak memory "
+            f"{row['peak_memory_bytes'] / gib:.2f} GiB"
+        )
     c = r["check"]
     verdict = "OK" if c["ok"] else "FAILED"
-    print(f"check: all-reduced vs single-rank statistics and scores: max rel. diff "
-          f"{c['max_rel_diff']:.3g} ({c['worst']}), records identical: "
-          f"{c['records_identical']} -> {verdict} (rtol {c['rtol']:g})")
+    print(
+        f"check: all-reduced vs single-rank statistics and scores: max rel. diff "
+        f"{c['max_rel_diff']:.3g} ({c['worst']}), records identical: "
+        f"{c['records_identical']} -> {verdict} (rtol {c['rtol']:g})"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def build_requests(name: str, folder: Path, n: int, seed: int) -> list[Any]:
 
     ev.materialise_task(name, folder, n=n, seed=seed)
     with ev._offline():
-        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][
+            name
+        ]
         task.set_fewshot_seed(seed)
         task.build_all_requests(limit=None, rank=0, world_size=1)
     return list(task.instances)
@@ -67,21 +69,37 @@ def answer(lm: Any, requests: list[Any]) -> tuple[list[Any], float]:
 def compare(kind: str, a: list[Any], b: list[Any]) -> dict[str, Any]:
     """Largest |log-likelihood difference|, differing greedy flags, differing strings."""
     if kind == "generate_until":
-        return {"max_abs_ll_diff": None, "greedy_diffs": None, "text_diffs": sum(x != y for x, y in zip(a, b, strict=True))}
+        return {
+            "max_abs_ll_diff": None,
+            "greedy_diffs": None,
+            "text_diffs": sum(x != y for x, y in zip(a, b, strict=True)),
+        }
     if kind == "loglikelihood_rolling":
-        return {"max_abs_ll_diff": float(np.max(np.abs(np.subtract(a, b)))), "greedy_diffs": None,
-                "text_diffs": None}
-    return {"max_abs_ll_diff": float(np.max(np.abs([x[0] - y[0] for x, y in zip(a, b, strict=True)]))),
-            "greedy_diffs": sum(x[1] != y[1] for x, y in zip(a, b, strict=True)), "text_diffs": None}
+        return {
+            "max_abs_ll_diff": float(np.max(np.abs(np.subtract(a, b)))),
+            "greedy_diffs": None,
+            "text_diffs": None,
+        }
+    return {
+        "max_abs_ll_diff": float(np.max(np.abs([x[0] - y[0] for x, y in zip(a, b, strict=True)]))),
+        "greedy_diffs": sum(x[1] != y[1] for x, y in zip(a, b, strict=True)),
+        "text_diffs": None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="harness tasks, comma-separated")
+    parser.add_argument(
+        "--tasks", default=",".join(DEFAULT_TASKS), help="harness tasks, comma-separated"
+    )
     parser.add_argument("--n", type=int, default=100, help="questions per task (default 100)")
-    parser.add_argument("--ppl-windows", type=int, default=None,
-                        help="wikitext2_ppl windows of the study row (default: --n, as a study does)")
+    parser.add_argument(
+        "--ppl-windows",
+        type=int,
+        default=None,
+        help="wikitext2_ppl windows of the study row (default: --n, as a study does)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=2048)
@@ -106,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in STUDY_TASKS:
         if t != "wikitext2_ppl" and t not in tasks:
             tasks.append(t)
-    harness = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length)
+    harness = HFLM(
+        pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length
+    )
     ours = CachedLM(model, tok, batch_size=args.batch_size, max_length=args.max_length)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, ev._offline():
@@ -116,38 +136,70 @@ def main(argv: list[str] | None = None) -> int:
             answers, seconds = {}, {}
             for label, lm in order:
                 answers[label], seconds[label] = answer(lm, requests)
-            row = {"task": name, "request_type": requests[0].request_type, "requests": len(requests),
-                   "harness_s": seconds["harness"], "ours_s": seconds["ours"],
-                   "ratio": seconds["harness"] / seconds["ours"],
-                   **compare(requests[0].request_type, answers["harness"], answers["ours"])}
+            row = {
+                "task": name,
+                "request_type": requests[0].request_type,
+                "requests": len(requests),
+                "harness_s": seconds["harness"],
+                "ours_s": seconds["ours"],
+                "ratio": seconds["harness"] / seconds["ours"],
+                **compare(requests[0].request_type, answers["harness"], answers["ours"]),
+            }
             rows.append(row)
-            print(f"{name:16s} {row['requests']:6d} requests  harness {row['harness_s']:8.2f} s  ours "
-                  f"{row['ours_s']:8.2f} s  ratio {row['ratio']:5.2f}  max|dLL| {row['max_abs_ll_diff']}  "
-                  f"greedy diffs {row['greedy_diffs']}  text diffs {row['text_diffs']}", flush=True)
+            print(
+                f"{name:16s} {row['requests']:6d} requests  harness {row['harness_s']:8.2f} s  ours "
+                f"{row['ours_s']:8.2f} s  ratio {row['ratio']:5.2f}  max|dLL| {row['max_abs_ll_diff']}  "
+                f"greedy diffs {row['greedy_diffs']}  text diffs {row['text_diffs']}",
+                flush=True,
+            )
         windows = args.ppl_windows or args.n
         t0 = time.perf_counter()
         ev._perplexity_task(model, tok, windows, 512, 512, args.batch_size)
         ppl_s = time.perf_counter() - t0
     by_task = {r["task"]: r for r in rows}
-    study = {"tasks": list(STUDY_TASKS), "wikitext2_ppl_s": ppl_s, "wikitext2_ppl_windows": windows,
-             "harness_s": ppl_s + sum(by_task[t]["harness_s"] for t in STUDY_TASKS if t in by_task),
-             "ours_s": ppl_s + sum(by_task[t]["ours_s"] for t in STUDY_TASKS if t in by_task)}
+    study = {
+        "tasks": list(STUDY_TASKS),
+        "wikitext2_ppl_s": ppl_s,
+        "wikitext2_ppl_windows": windows,
+        "harness_s": ppl_s + sum(by_task[t]["harness_s"] for t in STUDY_TASKS if t in by_task),
+        "ours_s": ppl_s + sum(by_task[t]["ours_s"] for t in STUDY_TASKS if t in by_task),
+    }
     study["ratio"] = study["harness_s"] / study["ours_s"]
-    study["max_abs_ll_diff"] = max((by_task[t]["max_abs_ll_diff"] or 0.0) for t in STUDY_TASKS if t in by_task)
-    print(f"{'study task set':16s} harness {study['harness_s']:8.2f} s  ours {study['ours_s']:8.2f} s  "
-          f"ratio {study['ratio']:5.2f}  (wikitext2_ppl {ppl_s:.2f} s, same code, in both)")
+    study["max_abs_ll_diff"] = max(
+        (by_task[t]["max_abs_ll_diff"] or 0.0) for t in STUDY_TASKS if t in by_task
+    )
+    print(
+        f"{'study task set':16s} harness {study['harness_s']:8.2f} s  ours {study['ours_s']:8.2f} s  "
+        f"ratio {study['ratio']:5.2f}  (wikitext2_ppl {ppl_s:.2f} s, same code, in both)"
+    )
     if args.json:
-        write_json_atomic(args.json, {
-            "benchmark": "bench_eval", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "device": device_name(model), "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(), "model": args.model, "dtype": args.dtype,
-            "n": args.n, "seed": args.seed, "batch_size": args.batch_size, "max_length": args.max_length,
-            "cache_reuse": ours.reuse_cache, "max_batch_tokens": ours.max_batch_tokens,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "lm_eval": lm_eval.__version__, "avsslib": avsslib.__version__},
-            "tasks": rows, "study": study,
-        })
+        write_json_atomic(
+            args.json,
+            {
+                "benchmark": "bench_eval",
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "device": device_name(model),
+                "cpu": platform.processor() or platform.machine(),
+                "torch_threads": torch.get_num_threads(),
+                "model": args.model,
+                "dtype": args.dtype,
+                "n": args.n,
+                "seed": args.seed,
+                "batch_size": args.batch_size,
+                "max_length": args.max_length,
+                "cache_reuse": ours.reuse_cache,
+                "max_batch_tokens": ours.max_batch_tokens,
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "lm_eval": lm_eval.__version__,
+                    "avsslib": avsslib.__version__,
+                },
+                "tasks": rows,
+                "study": study,
+            },
+        )
         print(f"wrote {args.json}")
     return 0
 

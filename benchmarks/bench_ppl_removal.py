@@ -47,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     from avsslib.scores import removal_losses, removal_losses_plain
 
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
-    batches, calib = calibration_set(tokenizer, "wikitext2", "validation", n=args.n,
-                                     seq_len=args.seq_len, batch_size=args.batch_size, seed=0)
+    batches, calib = calibration_set(
+        tokenizer,
+        "wikitext2",
+        "validation",
+        n=args.n,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=0,
+    )
     times: dict[str, list[float]] = {"plain": [], "cached": []}
     results = {}
     for repeat in range(args.repeats):
@@ -66,23 +73,45 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["cached"] / med["plain"]
     per_repeat = [c / p for c, p in zip(times["cached"], times["plain"], strict=True)]
-    print(f"model {args.model} ({len(blocks(model))} blocks), {len(batches)} batches of "
-          f"{args.batch_size} x {args.seq_len} tokens, device {device_name(model)}")
-    print(f"plain  median {med['plain']:.2f} s (min {min(times['plain']):.2f}, max {max(times['plain']):.2f})")
-    print(f"cached median {med['cached']:.2f} s (min {min(times['cached']):.2f}, max {max(times['cached']):.2f})")
-    print(f"ratio cached/plain: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})")
-    print(f"largest absolute difference: base loss {base_diff:.3g}, per-layer losses {layer_diff:.3g}")
+    print(
+        f"model {args.model} ({len(blocks(model))} blocks), {len(batches)} batches of "
+        f"{args.batch_size} x {args.seq_len} tokens, device {device_name(model)}"
+    )
+    print(
+        f"plain  median {med['plain']:.2f} s (min {min(times['plain']):.2f}, max {max(times['plain']):.2f})"
+    )
+    print(
+        f"cached median {med['cached']:.2f} s (min {min(times['cached']):.2f}, max {max(times['cached']):.2f})"
+    )
+    print(
+        f"ratio cached/plain: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})"
+    )
+    print(
+        f"largest absolute difference: base loss {base_diff:.3g}, per-layer losses {layer_diff:.3g}"
+    )
     if args.json:
-        write_json_atomic(args.json, {
-            "benchmark": "ppl_removal", "command": " ".join(["python", *sys.argv]),
-            "model": args.model, "n_layers": len(blocks(model)), "n_batches": len(batches),
-            "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(model),
-            "processor": platform.processor() or platform.machine(), "times_s": times,
-            "median_s": med, "ratio_cached_over_plain": ratio, "ratio_per_repeat": per_repeat,
-            "max_abs_diff_base": base_diff, "max_abs_diff_layers": layer_diff,
-            "calibration": {k: v for k, v in calib.items() if k != "data_files"},
-            "versions": library_versions(),
-        })
+        write_json_atomic(
+            args.json,
+            {
+                "benchmark": "ppl_removal",
+                "command": " ".join(["python", *sys.argv]),
+                "model": args.model,
+                "n_layers": len(blocks(model)),
+                "n_batches": len(batches),
+                "batch_size": args.batch_size,
+                "seq_len": args.seq_len,
+                "device": device_name(model),
+                "processor": platform.processor() or platform.machine(),
+                "times_s": times,
+                "median_s": med,
+                "ratio_cached_over_plain": ratio,
+                "ratio_per_repeat": per_repeat,
+                "max_abs_diff_base": base_diff,
+                "max_abs_diff_layers": layer_diff,
+                "calibration": {k: v for k, v in calib.items() if k != "data_files"},
+                "versions": library_versions(),
+            },
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -73,13 +73,27 @@ MODES: dict[str, str] = {
 
 # Randomly initialised models built from a config: throughput does not depend on the weights.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "llama2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, intermediate_size=11008, vocab_size=32000,
-                      max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
     # a few-second smoke run of the whole benchmark on any machine
-    "llama-tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=4, intermediate_size=688, vocab_size=32000,
-                       max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "llama-tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=688,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SWEEP_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -88,8 +102,9 @@ OFFICIAL_EPS = 1e-5
 
 
 # ---------------------------------------------------------------------- set-up
-def build_model(args: argparse.Namespace, device: torch.device,
-                dtype: torch.dtype) -> torch.nn.Module:
+def build_model(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
     """The model in eval mode on ``device`` with ``dtype``: a zoo name / hub id / local
     directory through ``load_model``, or a randomly initialised ``--config`` built in place."""
     if args.config is None:
@@ -102,16 +117,18 @@ def build_model(args: argparse.Namespace, device: torch.device,
     return model.eval()
 
 
-def make_batches(n: int, batch_size: int, seq_len: int, vocab_size: int,
-                 device: torch.device, seed: int = 0) -> list[Batch]:
+def make_batches(
+    n: int, batch_size: int, seq_len: int, vocab_size: int, device: torch.device, seed: int = 0
+) -> list[Batch]:
     """``n`` batches of uniformly random token ids, ``input_ids`` and an all-ones
     ``attention_mask`` of shape ``(batch_size, seq_len)``, already on ``device``."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n):
         ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
-        batches.append({"input_ids": ids.to(device),
-                        "attention_mask": torch.ones_like(ids).to(device)})
+        batches.append(
+            {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        )
     return batches
 
 
@@ -131,8 +148,11 @@ class BareForward:
 
     def step(self, batch: Batch) -> None:
         with torch.no_grad():
-            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False)
+            self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            )
 
     def end(self) -> None:
         pass
@@ -190,8 +210,7 @@ class OfficialRecipe:
         loss = self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
         loss.backward()
         self.v_batches.append([h.mean(dim=1).var(dim=1).mean().item() for h in self.acts])
-        self.s_batches.append([(h.abs() < OFFICIAL_EPS).float().mean().item()
-                               for h in self.acts])
+        self.s_batches.append([(h.abs() < OFFICIAL_EPS).float().mean().item() for h in self.acts])
         self.acts.clear()
         self.model.zero_grad()
 
@@ -312,14 +331,24 @@ def paired_ratios(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Ratios ``x[i] / y[i]`` of two modes' times on the same unit ``i`` (timed next to each
     other, so drifts of the machine's load cancel): their number, median, min and max."""
     ratios = [xi / yi for xi, yi in zip(x, y, strict=True)]
-    return {"n": len(ratios), "median": statistics.median(ratios), "min": min(ratios),
-            "max": max(ratios)}
+    return {
+        "n": len(ratios),
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+    }
 
 
-def benchmark(model: torch.nn.Module, batches: Sequence[Batch], modes: Sequence[str],
-              repeats: int, warmup: int, device: torch.device, interleave: str,
-              label: str = "",
-              ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
+def benchmark(
+    model: torch.nn.Module,
+    batches: Sequence[Batch],
+    modes: Sequence[str],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    interleave: str,
+    label: str = "",
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
     """Run every mode ``warmup + repeats`` times over all ``batches``, interleaved so that
     neither noise nor a mode's position after another biases the comparison: with
     ``interleave="repeat"`` each mode runs over all batches in turn, with ``"batch"`` the modes
@@ -336,9 +365,8 @@ def benchmark(model: torch.nn.Module, batches: Sequence[Batch], modes: Sequence[
         runners = {m: RUNNERS[m](model) for m in modes}
         total = dict.fromkeys(modes, 0.0)
         if interleave == "repeat":
-            for mode in [*modes[r % n:], *modes[:r % n]]:
-                total[mode], results[mode] = timed(
-                    partial(run_all, runners[mode], batches), device)
+            for mode in [*modes[r % n :], *modes[: r % n]]:
+                total[mode], results[mode] = timed(partial(run_all, runners[mode], batches), device)
                 if r >= warmup:
                     units[mode].append(total[mode])
         else:
@@ -346,8 +374,7 @@ def benchmark(model: torch.nn.Module, batches: Sequence[Batch], modes: Sequence[
                 shift = (r * len(batches) + i) % n
                 last = i == len(batches) - 1
                 for mode in [*modes[shift:], *modes[:shift]]:
-                    elapsed, result = timed(partial(run_one, runners[mode], batch, last),
-                                            device)
+                    elapsed, result = timed(partial(run_one, runners[mode], batch, last), device)
                     total[mode] += elapsed
                     if r >= warmup:
                         units[mode].append(elapsed)
@@ -362,8 +389,9 @@ def benchmark(model: torch.nn.Module, batches: Sequence[Batch], modes: Sequence[
     return seconds, units, results
 
 
-def layerstats_buffers(stats: LayerStats, batch_size: int, seq_len: int,
-                       model: torch.nn.Module) -> dict[str, Any]:
+def layerstats_buffers(
+    stats: LayerStats, batch_size: int, seq_len: int, model: torch.nn.Module
+) -> dict[str, Any]:
     """LayerStats' own memory, counted: the persistent state (float64 records ``(n_batches,
     L, K)`` and token sums ``(L, d)``) and the per-batch hook outputs kept until the batch
     ends (float32 ``(L, C, B, T)`` token rows and ``(L, B, d)`` pooled sums), against the
@@ -373,13 +401,20 @@ def layerstats_buffers(stats: LayerStats, batch_size: int, seq_len: int,
     n_layers, d = state["unit_sums"].shape
     per_batch_record = n_layers * len(stats.columns)
     n_rel = len(getattr(stats, "rel_grid", ()))
-    rows = (2 + len(stats.eps_grid) + n_rel + (2 if stats.similarity else 0)
-            + (2 + n_rel if stats.similarity and n_rel else 0))
+    rows = (
+        2
+        + len(stats.eps_grid)
+        + n_rel
+        + (2 if stats.similarity else 0)
+        + (2 + n_rel if stats.similarity and n_rel else 0)
+    )
     hook_floats = n_layers * rows * batch_size * seq_len + n_layers * batch_size * d
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     persistent = 8 * (state["records"].numel() + state["unit_sums"].numel())
     return {
-        "n_layers": int(n_layers), "hidden_size": int(d), "record_columns": len(stats.columns),
+        "n_layers": int(n_layers),
+        "hidden_size": int(d),
+        "record_columns": len(stats.columns),
         "float64_per_batch_record": int(per_batch_record),
         "float64_token_sums": int(n_layers * d),
         "persistent_bytes": int(persistent),
@@ -393,20 +428,31 @@ def layerstats_buffers(stats: LayerStats, batch_size: int, seq_len: int,
 
 
 # ---------------------------------------------------------------------- sweep
-def sweep(model: torch.nn.Module, args: argparse.Namespace, device: torch.device,
-          vocab_size: int) -> list[dict[str, Any]]:
+def sweep(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device, vocab_size: int
+) -> list[dict[str, Any]]:
     """(a) and (b) throughput for every batch size x sequence length of the grid; a cell that
     does not fit in device memory is recorded with status ``"out of memory"``."""
     rows = []
     for batch_size in args.sweep_batch_sizes:
         for seq_len in args.sweep_seq_lens:
-            row: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len,
-                                   "tokens_per_batch": batch_size * seq_len}
+            row: dict[str, Any] = {
+                "batch_size": batch_size,
+                "seq_len": seq_len,
+                "tokens_per_batch": batch_size * seq_len,
+            }
             try:
                 batches = make_batches(args.batches, batch_size, seq_len, vocab_size, device)
-                seconds, _, _ = benchmark(model, batches, ("a", "b"), args.repeats, args.warmup,
-                                       device, args.interleave,
-                                       label=f"[{batch_size}x{seq_len}] ")
+                seconds, _, _ = benchmark(
+                    model,
+                    batches,
+                    ("a", "b"),
+                    args.repeats,
+                    args.warmup,
+                    device,
+                    args.interleave,
+                    label=f"[{batch_size}x{seq_len}] ",
+                )
             except torch.cuda.OutOfMemoryError:
                 row["status"] = "out of memory"
                 gc.collect()
@@ -414,19 +460,29 @@ def sweep(model: torch.nn.Module, args: argparse.Namespace, device: torch.device
             else:
                 a = summary(seconds["a"], len(batches), batch_size * seq_len)
                 b = summary(seconds["b"], len(batches), batch_size * seq_len)
-                row.update(status="ok",
-                           bare_tokens_per_s=a["tokens_per_s"],
-                           layerstats_tokens_per_s=b["tokens_per_s"],
-                           bare_median_s_per_batch=a["median_s_per_batch"],
-                           layerstats_median_s_per_batch=b["median_s_per_batch"],
-                           ratio_b_over_a=b["median_s_per_batch"] / a["median_s_per_batch"])
+                row.update(
+                    status="ok",
+                    bare_tokens_per_s=a["tokens_per_s"],
+                    layerstats_tokens_per_s=b["tokens_per_s"],
+                    bare_median_s_per_batch=a["median_s_per_batch"],
+                    layerstats_median_s_per_batch=b["median_s_per_batch"],
+                    ratio_b_over_a=b["median_s_per_batch"] / a["median_s_per_batch"],
+                )
             rows.append(row)
     return rows
 
 
-SWEEP_COLUMNS = ("batch_size", "seq_len", "tokens_per_batch", "bare_tokens_per_s",
-                 "layerstats_tokens_per_s", "ratio_b_over_a", "bare_median_s_per_batch",
-                 "layerstats_median_s_per_batch", "status")
+SWEEP_COLUMNS = (
+    "batch_size",
+    "seq_len",
+    "tokens_per_batch",
+    "bare_tokens_per_s",
+    "layerstats_tokens_per_s",
+    "ratio_b_over_a",
+    "bare_median_s_per_batch",
+    "layerstats_median_s_per_batch",
+    "status",
+)
 
 
 # ---------------------------------------------------------------------- output
@@ -447,11 +503,17 @@ def environment(device: torch.device) -> dict[str, Any]:
     except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
         avsslib_version = "source tree"
     return {
-        "device": str(device), "device_name": name, "python": sys.version.split()[0],
-        "platform": platform.platform(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "numpy": np.__version__,
-        "avsslib": avsslib_version, "cuda": torch.version.cuda,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "device_name": name,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "avsslib": avsslib_version,
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
     }
 
 
@@ -469,8 +531,7 @@ def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
-                         for k, v in row.items()})
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     write_atomic(path, buffer.getvalue())
 
 
@@ -482,87 +543,129 @@ def print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     env = report["environment"]
     print()
-    print(f"model {report['model']['id']} ({report['model']['parameters'] / 1e6:,.1f} M parameters, "
-          f"{s['dtype']}) on {env['device']} ({env['device_name']}), "
-          f"torch {env['torch']}, transformers {env['transformers']}, "
-          f"{env['torch_threads']} threads")
-    print(f"{s['batches']} batches of {s['batch_size']} x {s['seq_len']} tokens, "
-          f"{s['warmup']} warm-up + {s['repeats']} timed repeats per mode, interleaved by "
-          f"{s['interleave']}; "
-          f"load average {report['load_average_start'][0]:.2f} at start, "
-          f"{report['load_average_end'][0]:.2f} at end (1-min)")
+    print(
+        f"model {report['model']['id']} ({report['model']['parameters'] / 1e6:,.1f} M parameters, "
+        f"{s['dtype']}) on {env['device']} ({env['device_name']}), "
+        f"torch {env['torch']}, transformers {env['transformers']}, "
+        f"{env['torch_threads']} threads"
+    )
+    print(
+        f"{s['batches']} batches of {s['batch_size']} x {s['seq_len']} tokens, "
+        f"{s['warmup']} warm-up + {s['repeats']} timed repeats per mode, interleaved by "
+        f"{s['interleave']}; "
+        f"load average {report['load_average_start'][0]:.2f} at start, "
+        f"{report['load_average_end'][0]:.2f} at end (1-min)"
+    )
     print()
-    header = (f"{'mode':<38}{'tokens/s':>11}{'s/batch median':>16}{'min':>10}{'max':>10}"
-              f"{'spread':>8}{'device peak':>15}{'extra':>13}{'host extra':>13}")
+    header = (
+        f"{'mode':<38}{'tokens/s':>11}{'s/batch median':>16}{'min':>10}{'max':>10}"
+        f"{'spread':>8}{'device peak':>15}{'extra':>13}{'host extra':>13}"
+    )
     print(header)
     print("-" * len(header))
     for mode, res in report["modes"].items():
         mem = res.get("memory", {})
         spread = (res["max_s_per_batch"] - res["min_s_per_batch"]) / res["median_s_per_batch"]
-        print(f"({mode}) {MODES[mode]:<34}{res['tokens_per_s']:>11,.0f}"
-              f"{res['median_s_per_batch']:>16.4f}{res['min_s_per_batch']:>10.4f}"
-              f"{res['max_s_per_batch']:>10.4f}{spread:>8.1%}"
-              f"{_mib(mem.get('device_peak_bytes')):>15}{_mib(mem.get('device_extra_bytes')):>13}"
-              f"{_mib(mem.get('host_extra_bytes')):>13}")
+        print(
+            f"({mode}) {MODES[mode]:<34}{res['tokens_per_s']:>11,.0f}"
+            f"{res['median_s_per_batch']:>16.4f}{res['min_s_per_batch']:>10.4f}"
+            f"{res['max_s_per_batch']:>10.4f}{spread:>8.1%}"
+            f"{_mib(mem.get('device_peak_bytes')):>15}{_mib(mem.get('device_extra_bytes')):>13}"
+            f"{_mib(mem.get('host_extra_bytes')):>13}"
+        )
     print()
     ratios = report["ratios"]
     if ratios:
         unit = next(iter(report["paired_ratios"].values()))["unit"]
-        print(f"{'time ratio':<12}{'medians':>9}{'minimums':>10}   paired by {unit}: "
-              "median [min, max] (n)")
+        print(
+            f"{'time ratio':<12}{'medians':>9}{'minimums':>10}   paired by {unit}: "
+            "median [min, max] (n)"
+        )
     for key, value in ratios.items():
         p = report["paired_ratios"][key]
-        line = (f"({key[0]})/({key[-1]}){'':<5}{value:>9.3f}"
-                f"{report['ratios_of_minimums'][key]:>10.3f}   {p['median']:.3f} "
-                f"[{p['min']:.3f}, {p['max']:.3f}] ({p['n']})")
+        line = (
+            f"({key[0]})/({key[-1]}){'':<5}{value:>9.3f}"
+            f"{report['ratios_of_minimums'][key]:>10.3f}   {p['median']:.3f} "
+            f"[{p['min']:.3f}, {p['max']:.3f}] ({p['n']})"
+        )
         if key == "b_over_a":
             verdict = "meets" if value <= report["target_b_over_a"] else "MISSES"
             line += f"   medians {verdict} the target <= {report['target_b_over_a']:.2f}"
         print(line)
     buffers = report.get("layerstats_buffers")
     if buffers:
-        print(f"LayerStats buffers: {buffers['float64_token_sums']:,} float64 token sums "
-              f"(L x d) + {buffers['float64_per_batch_record']:,} float64 per batch record "
-              f"(L x K) = {_mib(buffers['persistent_bytes'])} after {s['batches']} batches "
-              f"({buffers['persistent_fraction_of_parameters']:.4%} of the "
-              f"{_mib(buffers['parameter_bytes'])} of parameters); hook outputs per batch "
-              f"{_mib(buffers['hook_bytes_per_batch'])} "
-              f"({buffers['hook_fraction_of_parameters']:.3%})")
+        print(
+            f"LayerStats buffers: {buffers['float64_token_sums']:,} float64 token sums "
+            f"(L x d) + {buffers['float64_per_batch_record']:,} float64 per batch record "
+            f"(L x K) = {_mib(buffers['persistent_bytes'])} after {s['batches']} batches "
+            f"({buffers['persistent_fraction_of_parameters']:.4%} of the "
+            f"{_mib(buffers['parameter_bytes'])} of parameters); hook outputs per batch "
+            f"{_mib(buffers['hook_bytes_per_batch'])} "
+            f"({buffers['hook_fraction_of_parameters']:.3%})"
+        )
     agreement = report.get("agreement_b_vs_c")
     if agreement:
-        print(f"(b) vs (c) per-layer values: variance max rel. diff "
-              f"{agreement['variance_max_rel_diff']:.2e}, sparsity max abs. diff "
-              f"{agreement['sparsity_max_abs_diff']:.2e} (same statistic, same batches)")
+        print(
+            f"(b) vs (c) per-layer values: variance max rel. diff "
+            f"{agreement['variance_max_rel_diff']:.2e}, sparsity max abs. diff "
+            f"{agreement['sparsity_max_abs_diff']:.2e} (same statistic, same batches)"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Tokens/s of LayerStats vs a bare forward pass and the official recipe.")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="zoo name, Hugging Face hub id or local directory (default %(default)s)")
-    p.add_argument("--config", choices=sorted(CONFIGS),
-                   help="build a randomly initialised model of this shape instead of --model")
+        description="Tokens/s of LayerStats vs a bare forward pass and the official recipe."
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="zoo name, Hugging Face hub id or local directory (default %(default)s)",
+    )
+    p.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        help="build a randomly initialised model of this shape instead of --model",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES),
-                   help="default: bfloat16 for --config llama2-7b, else float32")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="default: bfloat16 for --config llama2-7b, else float32",
+    )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int,
-                   help="default: 512 for --config llama2-7b, else 128")
+    p.add_argument("--seq-len", type=int, help="default: 512 for --config llama2-7b, else 128")
     p.add_argument("--batches", type=int, default=4, help="batches per repeat (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
     p.add_argument("--modes", default="a,b,c", help="comma list of a, b, c (default a,b,c)")
-    p.add_argument("--interleave", choices=("batch", "repeat"),
-                   help="modes take turns on every batch (default on CPU: on a shared machine "
-                   "load drifts within seconds) or on every repeat (default on GPUs: no "
-                   "synchronisation between the batches of a run)")
-    p.add_argument("--sweep", type=Path, metavar="CSV",
-                   help="also time (a) and (b) over a grid of batch sizes and sequence "
-                   "lengths and write tokens/s per cell to CSV")
-    p.add_argument("--sweep-batch-sizes", type=_int_list, default=SWEEP_BATCH_SIZES,
-                   metavar="N,N,...", help="default 1,2,4,8,16,32")
-    p.add_argument("--sweep-seq-lens", type=_int_list, default=SWEEP_SEQ_LENS,
-                   metavar="N,N,...", help="default 128,256,512,1024,2048")
+    p.add_argument(
+        "--interleave",
+        choices=("batch", "repeat"),
+        help="modes take turns on every batch (default on CPU: on a shared machine "
+        "load drifts within seconds) or on every repeat (default on GPUs: no "
+        "synchronisation between the batches of a run)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=Path,
+        metavar="CSV",
+        help="also time (a) and (b) over a grid of batch sizes and sequence "
+        "lengths and write tokens/s per cell to CSV",
+    )
+    p.add_argument(
+        "--sweep-batch-sizes",
+        type=_int_list,
+        default=SWEEP_BATCH_SIZES,
+        metavar="N,N,...",
+        help="default 1,2,4,8,16,32",
+    )
+    p.add_argument(
+        "--sweep-seq-lens",
+        type=_int_list,
+        default=SWEEP_SEQ_LENS,
+        metavar="N,N,...",
+        help="default 128,256,512,1024,2048",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write all results to this JSON file")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -596,46 +699,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None
-                              else device.index)
+        device = torch.device(
+            "cuda", torch.cuda.current_device() if device.index is None else device.index
+        )
     dtype = DTYPES[args.dtype]
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     model = build_model(args, device, dtype)
     vocab_size = int(model.config.vocab_size)
     tokens_per_batch = args.batch_size * args.seq_len
-    print(f"model ready in {time.perf_counter() - t0:.1f} s; timing modes {','.join(args.modes)}",
-          flush=True)
+    print(
+        f"model ready in {time.perf_counter() - t0:.1f} s; timing modes {','.join(args.modes)}",
+        flush=True,
+    )
 
     batches = make_batches(args.batches, args.batch_size, args.seq_len, vocab_size, device)
-    seconds, units, results = benchmark(model, batches, args.modes, args.repeats, args.warmup, device,
-                                 args.interleave)
+    seconds, units, results = benchmark(
+        model, batches, args.modes, args.repeats, args.warmup, device, args.interleave
+    )
     modes: dict[str, Any] = {}
     for mode in args.modes:
-        modes[mode] = {"label": MODES[mode],
-                       **summary(seconds[mode], len(batches), tokens_per_batch)}
+        modes[mode] = {
+            "label": MODES[mode],
+            **summary(seconds[mode], len(batches), tokens_per_batch),
+        }
         print(f"  memory pass ({mode})", flush=True)
         modes[mode]["memory"] = measure_memory(
-            partial(run_all, RUNNERS[mode](model), batches), device)
+            partial(run_all, RUNNERS[mode](model), batches), device
+        )
 
     med = {m: modes[m]["median_s_per_batch"] for m in args.modes}
     pairs = [(x, y) for x, y in (("b", "a"), ("c", "b"), ("c", "a")) if x in med and y in med]
     ratios = {f"{x}_over_{y}": med[x] / med[y] for x, y in pairs}
     low = {m: modes[m]["min_s_per_batch"] for m in args.modes}
     ratios_of_minimums = {f"{x}_over_{y}": low[x] / low[y] for x, y in pairs}
-    paired = {f"{x}_over_{y}": {"unit": "batch" if args.interleave == "batch" else "repeat",
-                                **paired_ratios(units[x], units[y])} for x, y in pairs}
+    paired = {
+        f"{x}_over_{y}": {
+            "unit": "batch" if args.interleave == "batch" else "repeat",
+            **paired_ratios(units[x], units[y]),
+        }
+        for x, y in pairs
+    }
     report: dict[str, Any] = {
         "benchmark": "benchmarks/bench_stats.py",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "environment": environment(device),
         "model": model_fingerprint(model),
-        "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len,
-                     "batches": args.batches, "repeats": args.repeats, "warmup": args.warmup,
-                     "dtype": args.dtype, "modes": list(args.modes),
-                     "interleave": args.interleave,
-                     "tokens_per_batch": tokens_per_batch,
-                     "inputs": "uniform random token ids, attention_mask all ones"},
+        "settings": {
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "batches": args.batches,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "dtype": args.dtype,
+            "modes": list(args.modes),
+            "interleave": args.interleave,
+            "tokens_per_batch": tokens_per_batch,
+            "inputs": "uniform random token ids, attention_mask all ones",
+        },
         "load_average_start": load_start,
         "modes": modes,
         "ratios": ratios,
@@ -645,8 +766,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if "b" in results:
         stats, variance, sparsity = results["b"]
-        report["layerstats_buffers"] = layerstats_buffers(stats, args.batch_size, args.seq_len,
-                                                          model)
+        report["layerstats_buffers"] = layerstats_buffers(
+            stats, args.batch_size, args.seq_len, model
+        )
         if "c" in results:
             v_c, s_c = results["c"]
             with np.errstate(divide="ignore", invalid="ignore"):

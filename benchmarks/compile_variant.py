@@ -34,7 +34,7 @@ print(f"compile variant: {variant}", flush=True)
 sys.argv[0] = str(ROOT / "benchmarks" / "bench_stats.py")
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
-finally:   # tag the report, so that the JSON says which variant it measured
+finally:  # tag the report, so that the JSON says which variant it measured
     if "--json" in sys.argv[1:]:
         report = Path(sys.argv[sys.argv.index("--json") + 1])
         if report.is_file():

@@ -27,12 +27,19 @@ def data_dir() -> Path:
 #: sizes of every tiny model; each config class reads the names it knows (attribute_map
 #: translates hidden_size/num_hidden_layers/... for GPT-2, DistilBERT, ...)
 TINY_SIZES = dict(
-    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 #: what an architecture needs beyond the sizes to be built that small
-TINY_ARCH = {"gptj": {"rotary_dim": 4}}   # its default (64) exceeds the tiny head size (8)
+TINY_ARCH = {"gptj": {"rotary_dim": 4}}  # its default (64) exceeds the tiny head size (8)
 ENCODERS = frozenset({"bert", "roberta", "distilbert"})
 
 
@@ -46,7 +53,9 @@ def build_tiny_model(arch: str = "llama", *, bare: bool = False, seed: int = 0, 
 
     torch.manual_seed(seed)
     config = AutoConfig.for_model(arch, **TINY_SIZES | TINY_ARCH.get(arch, {}) | overrides)
-    auto = AutoModel if bare else (AutoModelForMaskedLM if arch in ENCODERS else AutoModelForCausalLM)
+    auto = (
+        AutoModel if bare else (AutoModelForMaskedLM if arch in ENCODERS else AutoModelForCausalLM)
+    )
     return auto.from_config(config).eval()
 
 
@@ -82,8 +91,9 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,15 +112,35 @@ TINY_PARAMS: dict[str, dict[str, object]] = {
     "00_setup": {"max_new_tokens": 8},
     "01_avss_first_principles": {"n_calib": 8, "seq_len": 16, "batch_size": 4, "n_boot": 20},
     "03_layer_importance": {"n_calib": 8, "seq_len": 16, "batch_size": 4},
-    "04_pruning_retention": {"tasks": ["wikitext2_ppl"], "n_eval": 4, "ppl_window": 32,
-                             "n_calib": 8, "seq_len": 16, "scores": ["avss", "random", "tail"],
-                             "sweep_fractions": [0.25], "sweep_scores": ["avss"],
-                             "n_boot": 20},
+    "04_pruning_retention": {
+        "tasks": ["wikitext2_ppl"],
+        "n_eval": 4,
+        "ppl_window": 32,
+        "n_calib": 8,
+        "seq_len": 16,
+        "scores": ["avss", "random", "tail"],
+        "sweep_fractions": [0.25],
+        "sweep_scores": ["avss"],
+        "n_boot": 20,
+    },
     "02_official_code": {"n_calib": 8, "seq_len": 16, "batch_size": 4},
-    "05_hallucination_prone_layers": {"datasets": "sciq,truthfulqa", "n": 8, "n_wikiqa": 2,
-                                      "max_new_tokens": 6, "batch_size": 8, "n_boot": 20},
-    "06_mitigation": {"n_label": 8, "max_new_tokens": 6, "n_train": 4, "n_eval": 4,
-                      "kl_texts": 2, "ppl_windows": 1, "n_boot": 20},
+    "05_hallucination_prone_layers": {
+        "datasets": "sciq,truthfulqa",
+        "n": 8,
+        "n_wikiqa": 2,
+        "max_new_tokens": 6,
+        "batch_size": 8,
+        "n_boot": 20,
+    },
+    "06_mitigation": {
+        "n_label": 8,
+        "max_new_tokens": 6,
+        "n_train": 4,
+        "n_eval": 4,
+        "kl_texts": 2,
+        "ppl_windows": 1,
+        "n_boot": 20,
+    },
     "07_paper_scale": {},
     "08_reproduce_yourself": {},
     "09_exercises": {},
@@ -142,8 +172,13 @@ def execute_notebook(source: Path, workdir: Path) -> Path:
     if "out_dir" in papermill.inspect_notebook(str(unexecuted)):
         params["out_dir"] = str(workdir / f"{source.stem}-out")
     papermill.execute_notebook(
-        str(unexecuted), str(executed), parameters=params, cwd=str(NOTEBOOK_DIR),
-        kernel_name="python3", progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
+        str(unexecuted),
+        str(executed),
+        parameters=params,
+        cwd=str(NOTEBOOK_DIR),
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=CELL_TIMEOUT_S,
     )
     return executed
 

@@ -45,8 +45,9 @@ def make_tokenizer(path: Path) -> None:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    ).save_pretrained(path)
 
 
 def make_tiny_model(path: Path, *, arch: str = "llama") -> Path:
@@ -57,14 +58,30 @@ def make_tiny_model(path: Path, *, arch: str = "llama") -> Path:
 
     torch.manual_seed(0)
     if arch == "llama":
-        cfg = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                          num_attention_heads=2, num_key_value_heads=1,
-                          max_position_embeddings=CONTEXT, pad_token_id=0, bos_token_id=1,
-                          eos_token_id=2)
+        cfg = LlamaConfig(
+            vocab_size=259,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=CONTEXT,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         model = LlamaForCausalLM(cfg)
     else:
-        cfg = GPTBigCodeConfig(vocab_size=259, n_embd=16, n_layer=2, n_head=2, n_positions=CONTEXT,
-                               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        cfg = GPTBigCodeConfig(
+            vocab_size=259,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=CONTEXT,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         model = GPTBigCodeForCausalLM(cfg)
     model.save_pretrained(path)
     make_tokenizer(path)
@@ -104,13 +121,18 @@ def build_models(base: Path) -> dict[str, Path]:
     out["bad_config"] = _copy_model(tiny, base / "bad_config")
     (out["bad_config"] / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
     out["unknown_arch"] = _copy_model(tiny, base / "unknown_arch")
-    _edit_config(out["unknown_arch"], model_type="nosucharch", architectures=["NoSuchArchForCausalLM"])
+    _edit_config(
+        out["unknown_arch"], model_type="nosucharch", architectures=["NoSuchArchForCausalLM"]
+    )
     out["foreign_arch"] = make_tiny_model(base / "foreign_arch", arch="gpt_bigcode")
     out["remote_code"] = _copy_model(tiny, base / "remote_code")
     (out["remote_code"] / "evil.py").write_text(_EVIL.format(marker="REMOTE_CODE_RAN"))
-    _edit_config(out["remote_code"], model_type="evil", architectures=["EvilModel"],
-                 auto_map={"AutoConfig": "evil.EvilConfig",
-                           "AutoModelForCausalLM": "evil.EvilModel"})
+    _edit_config(
+        out["remote_code"],
+        model_type="evil",
+        architectures=["EvilModel"],
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     out["empty_dir"] = base / "empty_dir"
     out["empty_dir"].mkdir()
     return out
@@ -154,7 +176,7 @@ def broken_data_dir(base: Path, name: str, variant: str) -> Path:
         data = gzip.compress(body, mtime=0) if gz else body
     elif variant == "truncated":
         cut = len(raw) // 2
-        while raw[cut - 1:cut] == b"\n":
+        while raw[cut - 1 : cut] == b"\n":
             cut += 1
         data = raw[:cut]
         shutil.copyfile(src / "MANIFEST.json", root / "MANIFEST.json")
@@ -189,10 +211,10 @@ def build_fixtures(base: Path) -> dict[str, Path]:
     fx["a_directory"].mkdir()
     fx["bad_json"] = base / "bad.json"
     fx["bad_json"].write_bytes(b"\xff[1, 2")
-    fx["interrupted"] = base / "interrupted"   # what a killed `avss mitigate` leaves
+    fx["interrupted"] = base / "interrupted"  # what a killed `avss mitigate` leaves
     fx["interrupted"].mkdir()
     (fx["interrupted"] / "checkpoint.pt").write_bytes(b"a checkpoint")
-    fx["busy"] = base / "busy"                 # a results folder another run is writing
+    fx["busy"] = base / "busy"  # a results folder another run is writing
     return fx
 
 
@@ -275,8 +297,9 @@ class Case:
 
     def describe(self, fx: dict[str, Path], base: Path | None = None) -> str:
         text = "avss " + " ".join(self.render(fx)) if self.argv is not None else self.shown
-        env = " ".join(f"{k}={v.format(**{k2: str(v2) for k2, v2 in fx.items()})}"
-                       for k, v in self.env.items())
+        env = " ".join(
+            f"{k}={v.format(**{k2: str(v2) for k2, v2 in fx.items()})}" for k, v in self.env.items()
+        )
         text = f"{env} {text}".strip()
         return text.replace(str(base), "$TMP") if base is not None else text
 
@@ -287,7 +310,9 @@ class Case:
             with results_lock(fx[self.locked]):
                 return dataclasses.replace(self, locked=None).run(fx)
         if self.argv is not None:
-            env = {k: v.format(**{k2: str(v2) for k2, v2 in fx.items()}) for k, v in self.env.items()}
+            env = {
+                k: v.format(**{k2: str(v2) for k2, v2 in fx.items()}) for k, v in self.env.items()
+            }
             return run_cli(self.render(fx), env)
         return run_api(lambda: self.api(fx))
 
@@ -295,9 +320,14 @@ class Case:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for ``avss`` subprocesses: this one, one thread, this repository first on
     the path, the offline data folder."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "AVSS_DATA_DIR": str(shared_data()), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "AVSS_DATA_DIR": str(shared_data()),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     env.update(extra)
     return env
 

@@ -29,19 +29,36 @@ ENCODERS = sorted(t for t in ARCHITECTURES if not is_causal_lm_architecture(t))
 DECODERS = sorted(t for t in ARCHITECTURES if is_causal_lm_architecture(t))
 N_LAYERS = 3
 
-BASE = dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+BASE = dict(
+    vocab_size=259,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=N_LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 # What real checkpoints of each architecture have, at tiny size. A window of 8 tokens is shorter
 # than the 16-token calibration texts, so the sliding-window path really runs.
 FEATURES: dict[str, dict] = {
     "llama": {"tie_word_embeddings": False},
     "mistral": {"sliding_window": 8},
     "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 1, "sliding_window": 8},
-    "qwen2": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
-              "tie_word_embeddings": True},
-    "qwen3": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
-              "head_dim": 8},
+    "qwen2": {
+        "use_sliding_window": True,
+        "sliding_window": 8,
+        "max_window_layers": 1,
+        "tie_word_embeddings": True,
+    },
+    "qwen3": {
+        "use_sliding_window": True,
+        "sliding_window": 8,
+        "max_window_layers": 1,
+        "head_dim": 8,
+    },
     "gemma": {"head_dim": 8},
     "gemma2": {"head_dim": 8, "sliding_window": 8},
     "gemma3_text": {"head_dim": 8, "sliding_window": 8},
@@ -104,36 +121,130 @@ def _record_written(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("model_type", DECODERS)
-def test_every_command_on_a_saved_checkpoint(model_type, data_dir, tmp_path, byte_tokenizer_factory):
+def test_every_command_on_a_saved_checkpoint(
+    model_type, data_dir, tmp_path, byte_tokenizer_factory
+):
     model_dir = _save_tiny(model_type, tmp_path / "model", byte_tokenizer_factory())
     m, out = str(model_dir), tmp_path
 
-    assert _run("score", "--model", m, *CALIB, "--scores", "avss,block_influence",
-                "--out", str(out / "score"), "--quiet") == 0
+    assert (
+        _run(
+            "score",
+            "--model",
+            m,
+            *CALIB,
+            "--scores",
+            "avss,block_influence",
+            "--out",
+            str(out / "score"),
+            "--quiet",
+        )
+        == 0
+    )
     assert _record_written(out / "score")["model"]["model_type"] == model_type
 
-    assert _run("prune", "--model", m, "--score", "avss", "--fraction", "0.34", *CALIB,
-                "--out", str(out / "pruned"), "--quiet") == 0
+    assert (
+        _run(
+            "prune",
+            "--model",
+            m,
+            "--score",
+            "avss",
+            "--fraction",
+            "0.34",
+            *CALIB,
+            "--out",
+            str(out / "pruned"),
+            "--quiet",
+        )
+        == 0
+    )
     _record_written(out / "pruned")
     assert len(json.loads((out / "pruned" / "selection.json").read_text())["pruned_layers"]) == 1
 
-    assert _run("eval", "--model", str(out / "pruned"), "--tasks", "sciq_mc,wikitext2_ppl",
-                "--n", "2", "--num-fewshot", "0", "--ppl-window", "32", "--ppl-stride", "32",
-                "--n-boot", "20", "--out", str(out / "eval"), "--quiet") == 0
+    assert (
+        _run(
+            "eval",
+            "--model",
+            str(out / "pruned"),
+            "--tasks",
+            "sciq_mc,wikitext2_ppl",
+            "--n",
+            "2",
+            "--num-fewshot",
+            "0",
+            "--ppl-window",
+            "32",
+            "--ppl-stride",
+            "32",
+            "--n-boot",
+            "20",
+            "--out",
+            str(out / "eval"),
+            "--quiet",
+        )
+        == 0
+    )
     metrics = _record_written(out / "eval")["metrics"]
     assert {"sciq_mc", "wikitext2_ppl"} <= set(json.dumps(metrics).replace('"', " ").split())
 
-    assert _run("hallucination", "--model", m, "--datasets", "nq_open", "--n", "3",
-                "--max-new-tokens", "3", "--min-per-class", "1", "--eps", "1e-3",
-                "--calib-fraction", "1.0", "--out", str(out / "hall"), "--quiet") == 0
+    assert (
+        _run(
+            "hallucination",
+            "--model",
+            m,
+            "--datasets",
+            "nq_open",
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "3",
+            "--min-per-class",
+            "1",
+            "--eps",
+            "1e-3",
+            "--calib-fraction",
+            "1.0",
+            "--out",
+            str(out / "hall"),
+            "--quiet",
+        )
+        == 0
+    )
     _record_written(out / "hall")
     assert (out / "hall" / "prone_layers.json").is_file()
 
-    assert _run("mitigate", "--model", m, "--dataset", "truthfulqa", "--layers", "0",
-                "--n-train", "1", "--n-eval", "1", "--eval-tasks", "truthfulqa_mc1",
-                "--batch-size", "1", "--grad-accum", "1", "--kl-texts", "1",
-                "--ppl-windows", "1", "--n-boot", "10", "--out", str(out / "mit"),
-                "--quiet") == 0
+    assert (
+        _run(
+            "mitigate",
+            "--model",
+            m,
+            "--dataset",
+            "truthfulqa",
+            "--layers",
+            "0",
+            "--n-train",
+            "1",
+            "--n-eval",
+            "1",
+            "--eval-tasks",
+            "truthfulqa_mc1",
+            "--batch-size",
+            "1",
+            "--grad-accum",
+            "1",
+            "--kl-texts",
+            "1",
+            "--ppl-windows",
+            "1",
+            "--n-boot",
+            "10",
+            "--out",
+            str(out / "mit"),
+            "--quiet",
+        )
+        == 0
+    )
     _record_written(out / "mit")
 
     # the pruned directory is a plain transformers checkpoint
@@ -143,26 +254,67 @@ def test_every_command_on_a_saved_checkpoint(model_type, data_dir, tmp_path, byt
     tok = AutoTokenizer.from_pretrained(out / "pruned")
     ids = tok("The answer is", return_tensors="pt")
     with torch.no_grad():
-        gen = model.generate(**ids, max_new_tokens=3, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
+        gen = model.generate(
+            **ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     assert gen.shape[1] == ids["input_ids"].shape[1] + 3
 
 
 @pytest.mark.parametrize("model_type", ENCODERS)
-def test_encoders_score_and_prune_and_refuse_generation(model_type, data_dir, tmp_path, capsys,
-                                                       byte_tokenizer_factory):
+def test_encoders_score_and_prune_and_refuse_generation(
+    model_type, data_dir, tmp_path, capsys, byte_tokenizer_factory
+):
     model_dir = _save_tiny(model_type, tmp_path / "model", byte_tokenizer_factory())
     m, out = str(model_dir), tmp_path
-    assert _run("score", "--model", m, *CALIB, "--scores", "avss,block_influence",
-                "--out", str(out / "score"), "--quiet") == 0
+    assert (
+        _run(
+            "score",
+            "--model",
+            m,
+            *CALIB,
+            "--scores",
+            "avss,block_influence",
+            "--out",
+            str(out / "score"),
+            "--quiet",
+        )
+        == 0
+    )
     _record_written(out / "score")
-    assert _run("prune", "--model", m, "--score", "avss", "--fraction", "0.34", *CALIB,
-                "--out", str(out / "pruned"), "--quiet") == 0
+    assert (
+        _run(
+            "prune",
+            "--model",
+            m,
+            "--score",
+            "avss",
+            "--fraction",
+            "0.34",
+            *CALIB,
+            "--out",
+            str(out / "pruned"),
+            "--quiet",
+        )
+        == 0
+    )
     _record_written(out / "pruned")
     assert len(json.loads((out / "pruned" / "selection.json").read_text())["pruned_layers"]) == 1
     capsys.readouterr()
-    assert _run("eval", "--model", m, "--tasks", "sciq_mc", "--n", "2",
-                "--out", str(out / "eval"), "--quiet") == 2
+    assert (
+        _run(
+            "eval",
+            "--model",
+            m,
+            "--tasks",
+            "sciq_mc",
+            "--n",
+            "2",
+            "--out",
+            str(out / "eval"),
+            "--quiet",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert model_type in err and "causal language model" in err
     assert not (out / "eval" / "record.json").exists()

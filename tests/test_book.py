@@ -89,8 +89,18 @@ LAYOUT_PROBE = r"""(() => {
 })()"""
 # Repository paths the book build does not need (and the git-ignored ones).
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "_build", "test-artifacts", "student", "__pycache__", ".*_cache",
-    "*.egg-info", "*.ipynb", ".whl", ".gl", ".device",
+    ".git",
+    ".venv",
+    "_build",
+    "test-artifacts",
+    "student",
+    "__pycache__",
+    ".*_cache",
+    "*.egg-info",
+    "*.ipynb",
+    ".whl",
+    ".gl",
+    ".device",
 )
 
 
@@ -104,12 +114,19 @@ def _ensure_chromium() -> str:
     if Path(CHROMIUM).exists():
         return CHROMIUM
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{CHROMIUM} not found and not root: install it with `apt-get install chromium`")
+        pytest.skip(
+            f"{CHROMIUM} not found and not root: install it with `apt-get install chromium`"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+    for cmd in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+    ):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
-            pytest.fail(f"`{' '.join(cmd)}` failed; install chromium by hand:\n{done.stderr[-2000:]}")
+            pytest.fail(
+                f"`{' '.join(cmd)}` failed; install chromium by hand:\n{done.stderr[-2000:]}"
+            )
     return CHROMIUM
 
 
@@ -132,7 +149,9 @@ def built_book(run_notebook, tmp_path_factory) -> Path:
     start = time.perf_counter()
     done = subprocess.run(
         [str(jupyter_book), "build", str(copy), "-W", "-n", "--keep-going"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = done.stdout + done.stderr
     print(f"book build: {time.perf_counter() - start:.1f} s")
@@ -146,9 +165,18 @@ def server(built_book) -> Iterator[str]:
     """Serve the built HTML on 127.0.0.1 with Python's http.server; yields the base URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(built_book)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(built_book),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -174,8 +202,13 @@ class DevTools:
         self.next_id = 0
         self.events: list[dict] = []
 
-    async def send(self, method: str, params: dict | None = None, session: str | None = None,
-                   timeout: float = 60) -> dict:
+    async def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 60,
+    ) -> dict:
         self.next_id += 1
         call_id = self.next_id
         message = {"id": call_id, "method": method, "params": params or {}}
@@ -210,12 +243,27 @@ class DevTools:
 def _start_chromium(binary: str, profile: Path) -> tuple[subprocess.Popen, str]:
     """Start headless Chromium with remote debugging; returns (process, browser websocket URL)."""
     proc = subprocess.Popen(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--mute-audio",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1280,900",
-         "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1280,900",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     lines = []
@@ -242,8 +290,9 @@ async def _check_pages(ws_url: str, base: str, pages: list[str]) -> dict[str, di
         for page in pages:
             for view, (width, height, mobile) in VIEWPORTS.items():
                 try:
-                    report[f"{page}@{view}"] = await _check_page(cdp, base, page, view, width,
-                                                                  height, mobile)
+                    report[f"{page}@{view}"] = await _check_page(
+                        cdp, base, page, view, width, height, mobile
+                    )
                 except RuntimeError as error:
                     raise RuntimeError(f"{page} at {view} width: {error}") from error
     finally:
@@ -255,18 +304,22 @@ def _shot_name(page: str, view: str) -> str:
     return page.removesuffix(".html").replace("/", "_") + f"-{view}.png"
 
 
-async def _check_page(cdp: DevTools, base: str, page: str, view: str, width: int, height: int,
-                      mobile: bool) -> dict:
+async def _check_page(
+    cdp: DevTools, base: str, page: str, view: str, width: int, height: int, mobile: bool
+) -> dict:
     """Load ``page`` in a fresh tab of ``width`` x ``height``; returns what went wrong, its facts
     and its layout probe, and writes a screenshot of the first screen."""
     target = (await cdp.send("Target.createTarget", {"url": "about:blank"}))["targetId"]
-    session = (await cdp.send("Target.attachToTarget",
-                              {"targetId": target, "flatten": True}))["sessionId"]
+    session = (await cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True}))[
+        "sessionId"
+    ]
     for domain in ("Page", "Runtime", "Log", "Network"):
         await cdp.send(f"{domain}.enable", session=session)
-    await cdp.send("Emulation.setDeviceMetricsOverride",
-                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
-                   session=session)
+    await cdp.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        session=session,
+    )
     cdp.events.clear()
     await cdp.send("Page.navigate", {"url": base + page}, session=session)
     await cdp.wait_for("Page.loadEventFired", session)
@@ -277,23 +330,28 @@ async def _check_page(cdp: DevTools, base: str, page: str, view: str, width: int
             img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
         await document.fonts.ready;
         return true; })()"""
-    await cdp.send("Runtime.evaluate", {"expression": settle, "awaitPromise": True}, session=session)
+    await cdp.send(
+        "Runtime.evaluate", {"expression": settle, "awaitPromise": True}, session=session
+    )
     await asyncio.sleep(0.3)
     probe = """JSON.stringify({
         images: Array.from(document.images).map(i => [i.src, i.naturalWidth]),
         mathjax: document.querySelectorAll('mjx-container').length,
         math: document.querySelectorAll('.math').length,
         title: document.title})"""
-    result = await cdp.send("Runtime.evaluate", {"expression": probe, "returnByValue": True},
-                            session=session)
+    result = await cdp.send(
+        "Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session
+    )
     facts = json.loads(result["result"]["value"])
-    layout = await cdp.send("Runtime.evaluate", {"expression": LAYOUT_PROBE, "returnByValue": True},
-                            session=session)
+    layout = await cdp.send(
+        "Runtime.evaluate", {"expression": LAYOUT_PROBE, "returnByValue": True}, session=session
+    )
     if "value" not in layout.get("result", {}):
         raise RuntimeError(f"{page}: the layout probe failed: {layout.get('exceptionDetails')}")
     facts["layout"] = json.loads(layout["result"]["value"])
-    shot = await cdp.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
-                          session=session)
+    shot = await cdp.send(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False}, session=session
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / _shot_name(page, view)).write_bytes(base64.b64decode(shot["data"]))
     # Drain what is still queued, then sort this tab's events.
@@ -336,14 +394,23 @@ def _problems(events: list[dict], facts: dict) -> dict:
 @pytest.mark.book
 def test_book_builds_and_renders_offline(built_book: Path, server: str) -> None:
     binary = _ensure_chromium()
-    pages = sorted(p.relative_to(built_book).as_posix() for p in built_book.rglob("*.html")
-                   if "_static" not in p.parts and "_sources" not in p.parts)
+    pages = sorted(
+        p.relative_to(built_book).as_posix()
+        for p in built_book.rglob("*.html")
+        if "_static" not in p.parts and "_sources" not in p.parts
+    )
     assert set(REQUIRED) <= set(pages), f"expected pages missing from the build: {pages}"
-    cited = [p.relative_to(built_book).as_posix() for p in built_book.rglob("*")
-             if p.is_file() and p.suffix in {".html", ".txt", ".js", ".ipynb", ".md"}
-             and "PAPER.md" in p.read_text(encoding="utf-8", errors="replace")]
+    cited = [
+        p.relative_to(built_book).as_posix()
+        for p in built_book.rglob("*")
+        if p.is_file()
+        and p.suffix in {".html", ".txt", ".js", ".ipynb", ".md"}
+        and "PAPER.md" in p.read_text(encoding="utf-8", errors="replace")
+    ]
     assert not cited, f"the built book mentions PAPER.md (a file outside the repository): {cited}"
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
+    with tempfile.TemporaryDirectory(
+        prefix="chromium-profile-", ignore_cleanup_errors=True
+    ) as profile:
         proc, ws_url = _start_chromium(binary, Path(profile))
         try:
             report = asyncio.run(asyncio.wait_for(_check_pages(ws_url, server, pages), 900))
@@ -360,10 +427,12 @@ def test_book_builds_and_renders_offline(built_book: Path, server: str) -> None:
     assert setup["images"], "the setup chapter shows no image"
     intro = report["book/intro.html@desktop"]["facts"]
     assert intro["math"] > 0 and intro["mathjax"] >= intro["math"], (
-        f"MathJax typeset {intro['mathjax']} of {intro['math']} formulas on the introduction")
+        f"MathJax typeset {intro['mathjax']} of {intro['math']} formulas on the introduction"
+    )
     top, (_, height) = intro["layout"]["verdictTop"], intro["layout"]["viewport"]
     assert top is not None and top < height, (
-        f"the verdict table starts at {top} px, below the introduction's first screen ({height} px)")
+        f"the verdict table starts at {top} px, below the introduction's first screen ({height} px)"
+    )
     for page in pages:
         for view in VIEWPORTS:
             assert (ARTIFACTS / _shot_name(page, view)).stat().st_size > 10_000, (page, view)
@@ -379,14 +448,24 @@ def test_problems_sorts_devtools_events():
         request("http://127.0.0.1:8000/book/intro.html"),
         request("data:image/png;base64,AAAA"),
         request("https://fonts.example.org/font.woff2"),
-        {"method": "Network.responseReceived",
-         "params": {"response": {"status": 404, "url": "http://127.0.0.1:8000/x.png"}}},
-        {"method": "Network.responseReceived",
-         "params": {"response": {"status": 200, "url": "http://127.0.0.1:8000/ok.png"}}},
+        {
+            "method": "Network.responseReceived",
+            "params": {"response": {"status": 404, "url": "http://127.0.0.1:8000/x.png"}},
+        },
+        {
+            "method": "Network.responseReceived",
+            "params": {"response": {"status": 200, "url": "http://127.0.0.1:8000/ok.png"}},
+        },
         {"method": "Network.loadingFailed", "params": {"type": "Script", "errorText": "net::ERR"}},
         {"method": "Network.loadingFailed", "params": {"canceled": True}},
-        {"method": "Runtime.consoleAPICalled", "params": {"type": "log", "args": [{"value": "hi"}]}},
-        {"method": "Runtime.consoleAPICalled", "params": {"type": "error", "args": [{"value": "boom"}]}},
+        {
+            "method": "Runtime.consoleAPICalled",
+            "params": {"type": "log", "args": [{"value": "hi"}]},
+        },
+        {
+            "method": "Runtime.consoleAPICalled",
+            "params": {"type": "error", "args": [{"value": "boom"}]},
+        },
         {"method": "Log.entryAdded", "params": {"entry": {"level": "warning", "text": "meh"}}},
     ]
     facts = {"images": [["http://127.0.0.1:8000/a.png", 640], ["http://127.0.0.1:8000/x.png", 0]]}
@@ -410,8 +489,12 @@ def _tool(name: str):
 def _jupyter_book(copy: Path, *args: str) -> str:
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     start = time.perf_counter()
-    done = subprocess.run([str(jupyter_book), "build", str(copy), "-W", "-n", "--keep-going", *args],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(jupyter_book), "build", str(copy), "-W", "-n", "--keep-going", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = done.stdout + done.stderr
     print(f"jupyter-book build {' '.join(args)}: {time.perf_counter() - start:.1f} s")
     assert done.returncode == 0, f"jupyter-book build {args} failed:\n{log[-6000:]}"
@@ -474,11 +557,14 @@ def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
     external = _tool("print_pdf").print_pdf(built_book, pdf)
     assert not external, f"printing the PDF requested {external}"
     reader = PdfReader(pdf)
-    print(f"pdf: {len(reader.pages)} pages, {pdf.stat().st_size / 2**20:.1f} MiB, printed in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"pdf: {len(reader.pages)} pages, {pdf.stat().st_size / 2**20:.1f} MiB, printed in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(pdf, ARTIFACTS / "avss-book.pdf")
-    def squeeze(text: str) -> str:       # PDF text: ligatures (NFKC), line breaks that eat spaces
+
+    def squeeze(text: str) -> str:  # PDF text: ligatures (NFKC), line breaks that eat spaces
         return "".join(unicodedata.normalize("NFKC", text).split())
 
     text = " ".join((page.extract_text() or "") for page in reader.pages)
@@ -503,8 +589,10 @@ def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
         starts[stem] = min(pages)
     order = sorted(starts, key=starts.get)
     assert order == list(titles), f"chapters out of order in the PDF: {order}"
-    ends = {stem: (starts[order[i + 1]] if i + 1 < len(order) else len(reader.pages))
-            for i, stem in enumerate(order)}
+    ends = {
+        stem: (starts[order[i + 1]] if i + 1 < len(order) else len(reader.pages))
+        for i, stem in enumerate(order)
+    }
 
     def images(obj) -> int:
         obj = obj.get_object()
@@ -521,9 +609,14 @@ def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
 
     for stem in titles:
         executed = _json.loads((copy / "notebooks" / f"{stem}.ipynb").read_text(encoding="utf-8"))
-        has_figure = any("image/png" in output.get("data", {})
-                         for cell in executed["cells"] for output in cell.get("outputs", []))
+        has_figure = any(
+            "image/png" in output.get("data", {})
+            for cell in executed["cells"]
+            for output in cell.get("outputs", [])
+        )
         if not has_figure:
             continue
-        count = sum(images(reader.pages[i]) for i in range(starts[stem], max(ends[stem], starts[stem] + 1)))
+        count = sum(
+            images(reader.pages[i]) for i in range(starts[stem], max(ends[stem], starts[stem] + 1))
+        )
         assert count >= 1, f"chapter {titles[stem]!r} has figures but its PDF pages show no image"

@@ -16,8 +16,13 @@ from avsslib.mitigate import paired_change
 def _result(values) -> EvalResult:
     values = np.asarray(values, dtype=float)
     ids = tuple(f"q{i}" for i in range(len(values)))
-    return EvalResult({"t": TaskResult(
-        "t", ids, {"acc": MetricScores(float(values.mean()), "mean", True, values)}, {}, 0.0)})
+    return EvalResult(
+        {
+            "t": TaskResult(
+                "t", ids, {"acc": MetricScores(float(values.mean()), "mean", True, values)}, {}, 0.0
+            )
+        }
+    )
 
 
 def test_nan_policy():

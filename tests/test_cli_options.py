@@ -45,9 +45,14 @@ def test_model_command_has_the_common_options(name):
     for flag in MODEL_OPTIONS:
         assert flag in options, f"avss {name} lacks {flag}"
         mine, ref = options[flag], reference[flag]
-        assert (mine.dest, mine.default, mine.type, mine.choices, mine.nargs) == \
-               (ref.dest, ref.default, ref.type, ref.choices, ref.nargs), (name, flag)
-        if flag != "--out":   # the output's help says what is written there
+        assert (mine.dest, mine.default, mine.type, mine.choices, mine.nargs) == (
+            ref.dest,
+            ref.default,
+            ref.type,
+            ref.choices,
+            ref.nargs,
+        ), (name, flag)
+        if flag != "--out":  # the output's help says what is written there
             assert mine.help == ref.help, (name, flag)
     assert options["--out"].required
     assert options["--seed"].default == 0 and options["--quiet"].default is False
@@ -89,9 +94,12 @@ def test_quiet_disables_every_progress_bar_for_the_command_only(monkeypatch):
 
     monkeypatch.setattr(data_cmd, "run", run)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    parser = build_parser()        # `data` has no --quiet: bars stay on
+    parser = build_parser()  # `data` has no --quiet: bars stay on
     assert "--quiet" not in _options(
-        next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["data"])
+        next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+            "data"
+        ]
+    )
     import avsslib.cli.score as score_cmd
 
     monkeypatch.setattr(score_cmd, "run", run)
@@ -145,7 +153,7 @@ def test_readme_has_examples_and_they_parse():
         argv = shlex.split(line)[1:]
         if argv == ["--version"]:
             continue
-        parser.parse_args(argv)          # SystemExit (a test error) on an unknown option
+        parser.parse_args(argv)  # SystemExit (a test error) on an unknown option
 
 
 # Sizes appended to each example (argparse: a later option wins), so that it runs in seconds.
@@ -153,15 +161,61 @@ TINY = {
     "score": ["--n", "4", "--seq-len", "16", "--batch-size", "2", "--quiet"],
     "prune": ["--n", "4", "--seq-len", "16", "--batch-size", "2", "--quiet"],
     "eval": ["--n", "2", "--ppl-window", "64", "--ppl-stride", "64", "--n-boot", "20", "--quiet"],
-    "study": ["--quick", "--n-eval", "3", "--tasks", "sciq_mc", "--scores", "avss,random",
-              "--sweep-fractions", "0.25", "--sweep-scores", "avss", "--agreement-seeds", "0",
-              "--agreement-calibs", "wikitext2:validation", "--n", "4", "--seq-len", "16",
-              "--no-faithful-eval", "--n-boot", "20", "--quiet"],
-    "hallucination": ["--datasets", "truthfulqa", "--n", "8", "--max-new-tokens", "8",
-                      "--min-per-class", "1", "--quiet"],
-    "mitigate": ["--n-train", "1", "--n-eval", "1", "--eval-tasks", "truthfulqa_mc1",
-                 "--batch-size", "1", "--grad-accum", "1", "--kl-texts", "1",
-                 "--ppl-windows", "1", "--n-boot", "10", "--quiet"],
+    "study": [
+        "--quick",
+        "--n-eval",
+        "3",
+        "--tasks",
+        "sciq_mc",
+        "--scores",
+        "avss,random",
+        "--sweep-fractions",
+        "0.25",
+        "--sweep-scores",
+        "avss",
+        "--agreement-seeds",
+        "0",
+        "--agreement-calibs",
+        "wikitext2:validation",
+        "--n",
+        "4",
+        "--seq-len",
+        "16",
+        "--no-faithful-eval",
+        "--n-boot",
+        "20",
+        "--quiet",
+    ],
+    "hallucination": [
+        "--datasets",
+        "truthfulqa",
+        "--n",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--min-per-class",
+        "1",
+        "--quiet",
+    ],
+    "mitigate": [
+        "--n-train",
+        "1",
+        "--n-eval",
+        "1",
+        "--eval-tasks",
+        "truthfulqa_mc1",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--kl-texts",
+        "1",
+        "--ppl-windows",
+        "1",
+        "--n-boot",
+        "10",
+        "--quiet",
+    ],
 }
 # Not run: a model that needs the network, and the paper-scale pipeline (it has its own CI-scale
 # test in test_reproduce.py).
@@ -170,7 +224,7 @@ NOT_RUN = ("meta-llama/", "/path/to/", "avss reproduce")
 
 @pytest.mark.slow
 def test_readme_examples_run(smol, data_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)          # the examples write runs/... relative to the cwd
+    monkeypatch.chdir(tmp_path)  # the examples write runs/... relative to the cwd
     ran = []
     for line in readme_examples():
         if any(s in line for s in NOT_RUN):
@@ -184,7 +238,7 @@ def test_readme_examples_run(smol, data_dir, tmp_path, monkeypatch):
         argv += TINY.get(argv[0], [])
         try:
             code = main(argv)
-        finally:          # the commands call set_seed, whose deterministic switch is process-wide
+        finally:  # the commands call set_seed, whose deterministic switch is process-wide
             torch.use_deterministic_algorithms(False)
         assert code == 0, line
         ran.append(argv[0])

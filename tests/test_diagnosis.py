@@ -30,11 +30,18 @@ def _table(variance, counts, n=1_000_000, rms=None) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = avss_values(v, k / n)
-    t = pd.DataFrame({
-        "variance": v, "sparsity": k / n, "near_zero_count": k, "element_count": float(n),
-        "rms": np.sqrt(v) if rms is None else rms, "avss": a,
-        "near_zero_count@1e-05": k, "near_zero_count@0.01": k * 100,
-    })
+    t = pd.DataFrame(
+        {
+            "variance": v,
+            "sparsity": k / n,
+            "near_zero_count": k,
+            "element_count": float(n),
+            "rms": np.sqrt(v) if rms is None else rms,
+            "avss": a,
+            "near_zero_count@1e-05": k,
+            "near_zero_count@0.01": k * 100,
+        }
+    )
     t.index.name = "layer"
     return t
 
@@ -56,7 +63,7 @@ def test_poisson_interval_coverage():
     k = rng.poisson(mu, size=4000)
     low, high = poisson_interval(k)
     coverage = np.mean((low <= mu) & (mu <= high))
-    assert coverage >= 0.95     # exact intervals are conservative
+    assert coverage >= 0.95  # exact intervals are conservative
 
 
 def test_depth_correlations_monotone():
@@ -82,7 +89,9 @@ def test_sparsity_table_rows_and_zero_flag():
     s = sparsity_table(t)
     assert len(s) == 6 and set(s.eps) == {1e-5, 1e-2}
     first = s[s.eps == 1e-5].set_index("layer")
-    assert bool(first.loc[0, "zero"]) and first.loc[0, "count_high"] == pytest.approx(3.6889, rel=1e-3)
+    assert bool(first.loc[0, "zero"]) and first.loc[0, "count_high"] == pytest.approx(
+        3.6889, rel=1e-3
+    )
     assert first.loc[2, "rate"] == pytest.approx(9e-6)
 
 
@@ -105,7 +114,9 @@ def test_poisson_rank_stability_large_counts_are_stable():
     per, summ = poisson_rank_stability(stable, 0.25, n_draws=100, seed=1)
     assert summ["p_set_observed"] == 1.0 and summ["p_any_clamped"] == 0.0
     assert per.p_pruned.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
-    noisy = _table(np.linspace(5.0, 5.1, 8), [2] * 8)     # similar variance, tiny counts: noise decides
+    noisy = _table(
+        np.linspace(5.0, 5.1, 8), [2] * 8
+    )  # similar variance, tiny counts: noise decides
     _, summ2 = poisson_rank_stability(noisy, 0.25, n_draws=200, seed=1)
     assert summ2["p_any_clamped"] > 0.5 and summ2["p_set_observed"] < 0.5
     # same seed, same numbers
@@ -143,8 +154,10 @@ def test_cli_diagnose_on_committed_study(tmp_path, capsys):
     study = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m" / "avss"
     if not (study / "layer_stats.csv").is_file():
         pytest.skip("committed study not present")
-    assert main(["diagnose", "--study", str(study), "--out", str(tmp_path / "d"),
-                 "--n-draws", "20"]) == 0
+    assert (
+        main(["diagnose", "--study", str(study), "--out", str(tmp_path / "d"), "--n-draws", "20"])
+        == 0
+    )
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert set(summary) >= {"fixed", "faithful"}
     assert summary["fixed"]["near_zero_max"] > summary["fixed"]["near_zero_min"]

@@ -63,18 +63,25 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
     """One rank: every case through distributed_layer_stats; rank 0 saves what it got."""
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     env = init_distributed(device="cpu")
     assert env.distributed and env.owns_group and env.backend == "gloo"
     try:
-        model = torch.load(Path(folder) / "model.pt", weights_only=False)   # the parent's model
+        model = torch.load(Path(folder) / "model.pt", weights_only=False)  # the parent's model
         for name, n, kwargs in CASES:
             stats, table = distributed_layer_stats(model, make_batches(n), **kwargs)
             assert (table is None) == (rank != 0)
             if rank == 0:
-                torch.save({"state": stats.state_dict(), "table": table.to_dict("list")},
-                           Path(folder) / f"{name}.pt")
+                torch.save(
+                    {"state": stats.state_dict(), "table": table.to_dict("list")},
+                    Path(folder) / f"{name}.pt",
+                )
         # ranks built with different parameters: every rank raises, nobody hangs
         try:
             distributed_layer_stats(model, make_batches(2), similarity=rank == 0)
@@ -85,8 +92,9 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory, tiny_llama_64: torch.nn.Module
-              ) -> tuple[Path, torch.nn.Module]:
+def two_ranks(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama_64: torch.nn.Module
+) -> tuple[Path, torch.nn.Module]:
     folder = tmp_path_factory.mktemp("dist")
     model = tiny_llama_64
     torch.save(model, folder / "model.pt")
@@ -95,7 +103,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory, tiny_llama_64: torch.nn.
 
 
 def _assert_same(merged: LayerStats, one: LayerStats) -> None:
-    np.testing.assert_array_equal(merged.records_, one.records_)   # records: copied exactly
+    np.testing.assert_array_equal(merged.records_, one.records_)  # records: copied exactly
     a, b = merged.to_frame(), one.to_frame()
     assert list(a.columns) == list(b.columns)
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=RTOL, atol=0)
@@ -112,8 +120,12 @@ def test_two_ranks_equal_one_pass(two_ranks, name: str, n: int, kwargs: dict) ->
     _assert_same(merged, one)
     for mode in ("code", "r_port", "flat"):
         for aggregate in ("batch", "pooled"):
-            np.testing.assert_allclose(merged.get_variance(mode, aggregate),
-                                       one.get_variance(mode, aggregate), rtol=RTOL, atol=0)
+            np.testing.assert_allclose(
+                merged.get_variance(mode, aggregate),
+                one.get_variance(mode, aggregate),
+                rtol=RTOL,
+                atol=0,
+            )
     expected = compute_scores(STATS_SCORES, one)
     assert set(saved["table"]) == set(STATS_SCORES) >= {"avss", "block_influence"}
     for score in STATS_SCORES:
@@ -156,10 +168,10 @@ def tiny_llama_64(tiny_model) -> torch.nn.Module:
 def test_shard_is_contiguous_and_balanced(n: int, world: int) -> None:
     items = list(range(n))
     parts = [shard(items, r, world) for r in range(world)]
-    assert sum(parts, []) == items                   # rank order gives the batches back
+    assert sum(parts, []) == items  # rank order gives the batches back
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
-    assert shard(iter(items), world - 1, world) == parts[-1]   # any iterable
+    assert shard(iter(items), world - 1, world) == parts[-1]  # any iterable
 
 
 def test_shard_rejects_bad_rank() -> None:
@@ -213,24 +225,36 @@ def test_blocks_behind_accelerate_hooks(tiny_llama_64, tmp_path: Path) -> None:
     one = LayerStats().fit(tiny_llama_64, batches, progress=False)
     device_map = {**two_device_map(), "model.layers.2": "disk", "model.layers.3": "disk"}
     device_map = {k: "cpu" if v in (0, 1) else v for k, v in device_map.items()}
-    split = dispatch_model(copy.deepcopy(tiny_llama_64), device_map=device_map,
-                           offload_dir=str(tmp_path), main_device="cpu")
+    split = dispatch_model(
+        copy.deepcopy(tiny_llama_64),
+        device_map=device_map,
+        offload_dir=str(tmp_path),
+        main_device="cpu",
+    )
     assert hasattr(split.model.layers[3], "_hf_hook")
-    np.testing.assert_array_equal(LayerStats().fit(split, batches, progress=False).records_,
-                                  one.records_)
+    np.testing.assert_array_equal(
+        LayerStats().fit(split, batches, progress=False).records_, one.records_
+    )
 
 
 def two_device_map() -> dict[str, int]:
     """Embeddings and blocks 0-1 on device 0; blocks 2-3, the final norm and the head on 1."""
-    return {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0,
-            "model.layers.1": 0, "model.layers.2": 1, "model.layers.3": 1,
-            "model.norm": 1, "lm_head": 1}
+    return {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.layers.0": 0,
+        "model.layers.1": 0,
+        "model.layers.2": 1,
+        "model.layers.3": 1,
+        "model.norm": 1,
+        "lm_head": 1,
+    }
 
 
 def test_two_device_map_covers_the_model(tiny_llama_64) -> None:
     from accelerate.utils import check_device_map
 
-    check_device_map(tiny_llama_64, two_device_map())   # raises when a module is left out
+    check_device_map(tiny_llama_64, two_device_map())  # raises when a module is left out
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -245,5 +269,6 @@ def test_blocks_on_two_gpus_equal_one_gpu(tiny_llama_64) -> None:
     split = dispatch_model(copy.deepcopy(tiny_llama_64), device_map=two_device_map())
     assert split.model.layers[3].self_attn.q_proj.weight.device == torch.device("cuda", 1)
     two = LayerStats().fit(split, batches, progress=False)
-    np.testing.assert_allclose(two.to_frame().to_numpy(), one.to_frame().to_numpy(),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        two.to_frame().to_numpy(), one.to_frame().to_numpy(), rtol=1e-5, atol=1e-7
+    )

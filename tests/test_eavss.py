@@ -58,8 +58,8 @@ def test_family_p_by_hand():
     assert df.attrs == {"family": "P", "k": 1, "by": "delta"}
     assert df.index[df["prone"]].tolist() == [1]
     assert df["prone_rank"].tolist() == [2, 0, 3, 1]
-    assert prone_layers(df, 2) == [1, 3]                 # by delta
-    assert prone_layers(df, 1, by="eavss") == [2]        # the literal option differs
+    assert prone_layers(df, 2) == [1, 3]  # by delta
+    assert prone_layers(df, 1, by="eavss") == [2]  # the literal option differs
     assert prone_layers(df, 2, by="eavss") == [1, 2]
     # family P's EAVSS is AVSS on the hallucinated set
     with warnings.catch_warnings():
@@ -81,13 +81,17 @@ def test_family_c_by_hand():
 
 
 def test_eavss_scores_reads_stats_objects_and_counts():
-    h = SimpleNamespace(variance_=np.array(V_H), sparsity_=np.array(S_H),
-                        near_zero_counts_=np.array([2.0, 1, 1, 4]),
-                        element_counts_=np.full(4, 10.0))
+    h = SimpleNamespace(
+        variance_=np.array(V_H),
+        sparsity_=np.array(S_H),
+        near_zero_counts_=np.array([2.0, 1, 1, 4]),
+        element_counts_=np.full(4, 10.0),
+    )
     t = SimpleNamespace(variance_=np.array(V_T), sparsity_=np.array(S_T))
     df = eavss_scores(h, t, "C", k=1)
-    pd.testing.assert_frame_equal(df.drop(columns=["near_zero_h", "elements_h"]),
-                                  eavss_profile(V_H, S_H, V_T, S_T, "C", k=1))
+    pd.testing.assert_frame_equal(
+        df.drop(columns=["near_zero_h", "elements_h"]), eavss_profile(V_H, S_H, V_T, S_T, "C", k=1)
+    )
     assert df["near_zero_h"].tolist() == [2, 1, 1, 4] and "near_zero_t" not in df
 
 
@@ -96,15 +100,15 @@ def test_sparsity_clamp_in_denominators_warns():
     with pytest.warns(SparsityClampWarning, match=r"S_T .* layers \[1\]"):
         df = eavss_profile(V_H, S_H, V_T, s_t, "C", k=1)
     assert df.loc[1, "hss"] == pytest.approx(0.1 / 1e-12)
-    assert df.loc[1, "s_t"] == 0.0                       # the input is reported unclamped
+    assert df.loc[1, "s_t"] == 0.0  # the input is reported unclamped
     assert np.isfinite(df["eavss"]).all()
     with pytest.warns(SparsityClampWarning, match="S_H"):
         eavss_profile(V_H, [0.0, 0.1, 0.1, 0.1], V_T, S_T, "P", k=1)
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(v_h=[1.0, np.nan, 1.0, 1.0]), dict(v_t=[1.0, 0.0, 1.0, 1.0]),
-            dict(s_h=[0.1, 0.1, 0.1])],
+    "bad",
+    [dict(v_h=[1.0, np.nan, 1.0, 1.0]), dict(v_t=[1.0, 0.0, 1.0, 1.0]), dict(s_h=[0.1, 0.1, 0.1])],
 )
 def test_profile_rejects_bad_statistics(bad):
     args = dict(v_h=V_H, s_h=S_H, v_t=V_T, s_t=S_T) | bad
@@ -116,7 +120,7 @@ def test_k_defaults_and_prone_ties():
     assert [default_k(m) for m in (4, 6, 30, 32)] == [1, 2, 8, 8]
     assert k_sweep(30) == [1, 2, 4, 8] and k_sweep(3) == [1, 2]
     df = eavss_profile([1.0] * 4, [0.1] * 4, [1.0] * 4, [0.1] * 4, "C", k=2)
-    assert df.index[df["prone"]].tolist() == [0, 1]      # all tied: lower indices first
+    assert df.index[df["prone"]].tolist() == [0, 1]  # all tied: lower indices first
     for k in (0, 5, 1.5):
         with pytest.raises(ConfigError):
             prone_layers(df, k)
@@ -135,12 +139,12 @@ def test_plots_draw_profiles_and_rank_heatmap():
     for family in ("P", "C"):
         fig = plots.eavss_layer_profile(eavss_profile(V_H, S_H, V_T, S_T, family, k=2))
         hatched = [p for p in fig.axes[2].patches if p.get_hatch()]
-        assert len(fig.axes) == 3 and len(hatched) == 2          # the two prone layers
+        assert len(fig.axes) == 3 and len(hatched) == 2  # the two prone layers
         plt.close(fig)
     matrix = pd.DataFrame({"a": [1.0, 100.0, 1e6, 2.0], "b": [4.0, 3.0, 2.0, np.nan]})
     fig = plots.prone_heatmap(matrix, prone={"a": [2]})
     shown = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
-    np.testing.assert_allclose(shown[:, 0], [0, 2 / 3, 1, 1 / 3])   # ranks, not magnitudes
+    np.testing.assert_allclose(shown[:, 0], [0, 2 / 3, 1, 1 / 3])  # ranks, not magnitudes
     np.testing.assert_allclose(shown[:3, 1], [1, 0.5, 0])
     assert np.isnan(shown[3, 1])
     plt.close(fig)
@@ -148,13 +152,30 @@ def test_plots_draw_profiles_and_rank_heatmap():
 
 # ---------------------------------------------------------------------- masking on a tiny Llama
 def _examples() -> list[LabelledExample]:
-    spec = [("short q", [40, 41, 42], "hallucinated"), ("a much longer question", [50], "hallucinated"),
-            ("mid one", [60, 61], "hallucinated"), ("other", [70, 71, 72, 73], "truthful"),
-            ("empty", [], "truthful")]
-    return [LabelledExample(id=f"x/{i}", dataset="nq_open", split="validation", question=q,
-                            prompt=f"Q: {q}\nA:", answer="", answer_ids=ids, label=label,
-                            rule="alias_em_or_contains", evidence={}, template="",
-                            chat_template=False) for i, (q, ids, label) in enumerate(spec)]
+    spec = [
+        ("short q", [40, 41, 42], "hallucinated"),
+        ("a much longer question", [50], "hallucinated"),
+        ("mid one", [60, 61], "hallucinated"),
+        ("other", [70, 71, 72, 73], "truthful"),
+        ("empty", [], "truthful"),
+    ]
+    return [
+        LabelledExample(
+            id=f"x/{i}",
+            dataset="nq_open",
+            split="validation",
+            question=q,
+            prompt=f"Q: {q}\nA:",
+            answer="",
+            answer_ids=ids,
+            label=label,
+            rule="alias_em_or_contains",
+            evidence={},
+            template="",
+            chat_template=False,
+        )
+        for i, (q, ids, label) in enumerate(spec)
+    ]
 
 
 def test_teacher_forcing_batches_mask_answer_positions():
@@ -165,12 +186,14 @@ def test_teacher_forcing_batches_mask_answer_positions():
         prompt = tok(e.prompt)["input_ids"]
         n = len(prompt) + len(e.answer_ids)
         assert batch["input_ids"][r, :n].tolist() == prompt + e.answer_ids
-        assert (batch["input_ids"][r, n:] == tok.pad_token_id).all()      # right padding
+        assert (batch["input_ids"][r, n:] == tok.pad_token_id).all()  # right padding
         assert batch["attention_mask"][r].tolist() == (
-            [0] * len(prompt) + [1] * len(e.answer_ids) + [0] * (batch["input_ids"].shape[1] - n))
+            [0] * len(prompt) + [1] * len(e.answer_ids) + [0] * (batch["input_ids"].shape[1] - n)
+        )
     (full,) = teacher_forcing_batches(tok, ex, positions="all", batch_size=4)
-    assert full["attention_mask"].sum() == sum(len(tok(e.prompt)["input_ids"]) + len(e.answer_ids)
-                                               for e in ex)
+    assert full["attention_mask"].sum() == sum(
+        len(tok(e.prompt)["input_ids"]) + len(e.answer_ids) for e in ex
+    )
 
 
 def _manual(model, tok, examples, positions, eps):
@@ -178,9 +201,12 @@ def _manual(model, tok, examples, positions, eps):
     from avsslib.arch import blocks
 
     outs: dict[int, torch.Tensor] = {}
-    handles = [b.register_forward_hook(
-        lambda m, a, o, k=k: outs.__setitem__(k, (o[0] if isinstance(o, tuple) else o)[0]))
-        for k, b in enumerate(blocks(model))]
+    handles = [
+        b.register_forward_hook(
+            lambda m, a, o, k=k: outs.__setitem__(k, (o[0] if isinstance(o, tuple) else o)[0])
+        )
+        for k, b in enumerate(blocks(model))
+    ]
     per_layer_var = [[] for _ in handles]
     near = np.zeros(len(handles))
     count = 0
@@ -192,7 +218,7 @@ def _manual(model, tok, examples, positions, eps):
                 model(input_ids=ids)
             start = len(prompt) if positions == "answer" else 0
             for k in range(len(handles)):
-                h = outs[k][start:].double()                       # (n_counted, d)
+                h = outs[k][start:].double()  # (n_counted, d)
                 per_layer_var[k].append(h.mean(0).var().item())
                 near[k] += (outs[k][start:].abs() < eps).sum().item()
             count += (ids.shape[1] - start) * outs[0].shape[-1]
@@ -209,15 +235,16 @@ def test_statistics_count_only_answer_tokens(tiny_llama, positions):
     eps = 1e-2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hs = hallucination_stats(tiny_llama, tok, examples, positions=positions, batch_size=2,
-                                 eps=eps, progress=False)
+        hs = hallucination_stats(
+            tiny_llama, tok, examples, positions=positions, batch_size=2, eps=eps, progress=False
+        )
     skipped = positions == "answer"
     assert hs.n_skipped_empty == int(skipped)
     assert any("empty answer" in str(w.message) for w in caught) == skipped
     assert (hs.n_hallucinated, hs.n_truthful) == (3, 1 if skipped else 2)
     h_set = [e for e in examples if e.label == "hallucinated"]
     if positions == "answer":
-        assert hs.hallucinated.n_tokens_ == 3 + 1 + 2            # answer tokens only
+        assert hs.hallucinated.n_tokens_ == 3 + 1 + 2  # answer tokens only
     v, s = _manual(tiny_llama, tok, h_set, positions, eps)
     np.testing.assert_allclose(hs.hallucinated.variance_, v, rtol=1e-4)
     np.testing.assert_allclose(hs.hallucinated.get_sparsity(eps), s, atol=2e-3)
@@ -243,9 +270,26 @@ def test_cli_end_to_end(tmp_path, data_dir):
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc = main(["hallucination", "--datasets", "nq_open,truthfulqa", "--n", "6",
-                   "--max-new-tokens", "8", "--min-per-class", "1", "--eps", "1e-3",
-                   "--calib-fraction", "1.0", "--out", str(out), "--quiet"])
+        rc = main(
+            [
+                "hallucination",
+                "--datasets",
+                "nq_open,truthfulqa",
+                "--n",
+                "6",
+                "--max-new-tokens",
+                "8",
+                "--min-per-class",
+                "1",
+                "--eps",
+                "1e-3",
+                "--calib-fraction",
+                "1.0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
     assert rc == 0
     summary = json.loads((out / "label_summary.json").read_text())
     splits = json.loads((out / "splits.json").read_text())["datasets"]
@@ -262,8 +306,10 @@ def test_cli_end_to_end(tmp_path, data_dir):
             table = pd.read_csv(out / "profiles" / f"{name}_P.csv")
             assert len(table) == 30 and table["prone"].sum() == 8
         else:
-            assert "truthful" in prone["skipped"][name] and min(labels.count("truthful"),
-                                                                labels.count("hallucinated")) == 0
+            assert (
+                "truthful" in prone["skipped"][name]
+                and min(labels.count("truthful"), labels.count("hallucinated")) == 0
+            )
     record = json.loads((out / "record.json").read_text())
     assert record["command"].startswith("avss hallucination")
     assert (out / "record.md").exists()
@@ -274,11 +320,32 @@ def test_cli_end_to_end(tmp_path, data_dir):
     copy = tmp_path / "copy"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc = main(["hallucination", "--datasets", "nq_open", "--n", "6", "--max-new-tokens", "8",
-                   "--min-per-class", "1", "--eps", "1e-3", "--calib-fraction", "1.0",
-                   "--labels-from", str(out), "--out", str(copy), "--quiet"])
+        rc = main(
+            [
+                "hallucination",
+                "--datasets",
+                "nq_open",
+                "--n",
+                "6",
+                "--max-new-tokens",
+                "8",
+                "--min-per-class",
+                "1",
+                "--eps",
+                "1e-3",
+                "--calib-fraction",
+                "1.0",
+                "--labels-from",
+                str(out),
+                "--out",
+                str(copy),
+                "--quiet",
+            ]
+        )
     assert rc == 0 and not (copy / "labels" / "nq_open.key.json").exists()
-    assert (copy / "labels" / "nq_open.jsonl").read_text() == (out / "labels" / "nq_open.jsonl").read_text()
+    assert (copy / "labels" / "nq_open.jsonl").read_text() == (
+        out / "labels" / "nq_open.jsonl"
+    ).read_text()
 
 
 def test_mean_jaccard_over_pairs():
@@ -287,4 +354,4 @@ def test_mean_jaccard_over_pairs():
     assert mean_jaccard([[1, 2], [1, 2]]) == 1.0
     assert mean_jaccard([[1, 2], [3, 4]]) == 0.0
     assert abs(mean_jaccard([[1, 2], [2, 3], [1, 2]]) - (1 / 3 + 1 + 1 / 3) / 3) < 1e-12
-    assert mean_jaccard([[1, 2]]) != mean_jaccard([[1, 2]])          # NaN for one set
+    assert mean_jaccard([[1, 2]]) != mean_jaccard([[1, 2]])  # NaN for one set

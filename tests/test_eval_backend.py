@@ -38,7 +38,8 @@ def tiny_causal_lm(tiny_model):
     """``tiny_causal_lm(model_type, vocab, **extra)``: the conftest factory with 2 blocks and a
     1024-token context."""
     return lambda model_type, vocab, **extra: tiny_model(
-        model_type, vocab_size=vocab, num_hidden_layers=2, max_position_embeddings=1024, **extra)
+        model_type, vocab_size=vocab, num_hidden_layers=2, max_position_embeddings=1024, **extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,14 @@ def test_select_rows_copies_and_leaves_the_source_alone():
     cache.update(k.clone(), v.clone(), 0)
     picked = select_rows(cache, torch.tensor([1, 1, 0]))
     assert picked.get_seq_length() == 5 and picked.layers[0].keys.shape[0] == 3
-    assert torch.equal(picked.layers[0].keys[0], k[1]) and torch.equal(picked.layers[0].values[2], v[0])
+    assert torch.equal(picked.layers[0].keys[0], k[1]) and torch.equal(
+        picked.layers[0].values[2], v[0]
+    )
     picked.update(torch.zeros(3, 3, 2, 4), torch.zeros(3, 3, 2, 4), 0)  # extending the copy ...
-    picked.layers[0].keys[0, 0, 0, 0] = 99.0                             # ... or writing into it
-    assert cache.get_seq_length() == 5 and torch.equal(cache.layers[0].keys, k)  # ... leaves the source
+    picked.layers[0].keys[0, 0, 0, 0] = 99.0  # ... or writing into it
+    assert cache.get_seq_length() == 5 and torch.equal(
+        cache.layers[0].keys, k
+    )  # ... leaves the source
     assert torch.equal(cache.layers[0].values, v)
 
 
@@ -90,14 +95,22 @@ def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok, tin
     preamble = [rnd.randrange(3, 128) for _ in range(7)]
     requests = []
     for q in range(6):
-        context = preamble + [rnd.randrange(3, 128) for _ in range(rnd.randrange(0, 12 if q else 30))]
+        context = preamble + [
+            rnd.randrange(3, 128) for _ in range(rnd.randrange(0, 12 if q else 30))
+        ]
         for _ in range(rnd.randrange(1, 4)):
-            requests.append((None, context, [rnd.randrange(3, 128) for _ in range(rnd.randrange(1, 6))]))
+            requests.append(
+                (None, context, [rnd.randrange(3, 128) for _ in range(rnd.randrange(1, 6))])
+            )
     requests.append((None, [5], [6, 7, 8]))  # a context of one token
     requests.append((("a", "b"), [9], [10]))
     one_token = [(key, context, continuation[:1]) for key, context, continuation in requests]
-    for shared_only in (requests, [r for r in requests if r[1][:7] == preamble], one_token,
-                        [r for r in one_token if r[1][:7] == preamble]):
+    for shared_only in (
+        requests,
+        [r for r in requests if r[1][:7] == preamble],
+        one_token,
+        [r for r in one_token if r[1][:7] == preamble],
+    ):
         expected = harness._loglikelihood_tokens(shared_only, disable_tqdm=True)
         got = ours._loglikelihood_tokens(shared_only, disable_tqdm=True)
         assert len(got) == len(expected)
@@ -105,10 +118,17 @@ def test_token_requests_equal_hflm_every_reuse_architecture(model_type, tok, tin
             assert close(e, g) and eg == gg, (model_type, e, g)
 
 
-@pytest.mark.parametrize("model_type,extra,reason", [
-    ("mistral", {"sliding_window": 8}, "not among"),                       # not covered
-    ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}, "sliding"),
-])
+@pytest.mark.parametrize(
+    "model_type,extra,reason",
+    [
+        ("mistral", {"sliding_window": 8}, "not among"),  # not covered
+        (
+            "qwen2",
+            {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0},
+            "sliding",
+        ),
+    ],
+)
 def test_unsupported_models_fall_back_to_hflm(model_type, extra, reason, tok, tiny_causal_lm):
     model = tiny_causal_lm(model_type, 128, **extra)
     harness, ours = backends(model, tok, batch_size=2, max_length=16)
@@ -124,10 +144,17 @@ def _run(lm, name: str, folder: Path, seed: int = 0) -> list[dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    out = lm_eval.simple_evaluate(model=lm, tasks=[name], log_samples=True, bootstrap_iters=0,
-                                  task_manager=TaskManager(include_path=str(folder), include_defaults=False),
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[name],
+        log_samples=True,
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     return sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
@@ -140,9 +167,23 @@ def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
             ev.materialise_task(name, folder, n=2 if name == "wikitext2_word_ppl" else n, seed=0)
             a, b = _run(harness, name, folder), _run(ours, name, folder)
             assert [s["doc_id"] for s in a] == [s["doc_id"] for s in b]
-            metrics = [k for k in a[0] if k in {"acc", "acc_norm", "exact_match", "map", "mrr", "map_norm",
-                                                 "mrr_norm", "word_perplexity", "byte_perplexity",
-                                                 "bits_per_byte"}]
+            metrics = [
+                k
+                for k in a[0]
+                if k
+                in {
+                    "acc",
+                    "acc_norm",
+                    "exact_match",
+                    "map",
+                    "mrr",
+                    "map_norm",
+                    "mrr_norm",
+                    "word_perplexity",
+                    "byte_perplexity",
+                    "bits_per_byte",
+                }
+            ]
             assert metrics, name
             for sa, sb in zip(a, b, strict=True):
                 for ra, rb in zip(sa["resps"], sb["resps"], strict=True):
@@ -182,13 +223,18 @@ def test_evaluate_records_backend_and_rejects_unknown(tok, data_dir, tiny_causal
     model = tiny_causal_lm("llama", len(tok))
     with pytest.raises(ConfigError, match="backend"):
         ev.evaluate(model, tok, ["sciq_mc"], n=2, backend="vllm")
-    runs = {b: ev.evaluate(model, tok, ["sciq_mc"], n=2, backend=b, max_length=96) for b in ("avsslib", "harness")}
+    runs = {
+        b: ev.evaluate(model, tok, ["sciq_mc"], n=2, backend=b, max_length=96)
+        for b in ("avsslib", "harness")
+    }
     assert runs["avsslib"].tasks["sciq_mc"].protocol["model_backend"] == "avsslib"
     assert runs["avsslib"].tasks["sciq_mc"].protocol["cache_reuse"] is True
     assert runs["harness"].tasks["sciq_mc"].protocol["model_backend"] == "harness"
     for m in ("acc", "acc_norm"):
-        assert np.array_equal(runs["avsslib"].tasks["sciq_mc"].metrics[m].per_example,
-                              runs["harness"].tasks["sciq_mc"].metrics[m].per_example)
+        assert np.array_equal(
+            runs["avsslib"].tasks["sciq_mc"].metrics[m].per_example,
+            runs["harness"].tasks["sciq_mc"].metrics[m].per_example,
+        )
 
 
 def test_cli_eval_backend_flag():

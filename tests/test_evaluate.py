@@ -43,8 +43,10 @@ def test_bootstrap_interval_width_and_coverage():
     assert bootstrap_ci(x, seed=5) == bootstrap_ci(x, seed=5)
     # coverage of the true mean over repeated samples: close to 95% (percentile bootstrap,
     # n = 40, runs a little under nominal)
-    covered = [lo <= 0.0 <= hi for lo, hi in
-               (bootstrap_ci(rng.normal(0, 1, 40), n_boot=300, seed=s) for s in range(200))]
+    covered = [
+        lo <= 0.0 <= hi
+        for lo, hi in (bootstrap_ci(rng.normal(0, 1, 40), n_boot=300, seed=s) for s in range(200))
+    ]
     assert 0.85 <= np.mean(covered) <= 0.99
 
 
@@ -69,11 +71,15 @@ def test_bootstrap_rejects_bad_arguments():
 # ---------------------------------------------------------------- retention
 
 
-def _result(task_metrics: dict[str, dict[str, tuple[str, bool, np.ndarray]]], ids=None) -> EvalResult:
+def _result(
+    task_metrics: dict[str, dict[str, tuple[str, bool, np.ndarray]]], ids=None
+) -> EvalResult:
     tasks = {}
     for task, metrics in task_metrics.items():
-        scores = {name: MetricScores(statistic(kind)(v), kind, hib, np.asarray(v, dtype=float))
-                  for name, (kind, hib, v) in metrics.items()}
+        scores = {
+            name: MetricScores(statistic(kind)(v), kind, hib, np.asarray(v, dtype=float))
+            for name, (kind, hib, v) in metrics.items()
+        }
         n = len(next(iter(scores.values())).per_example)
         tasks[task] = TaskResult(task, tuple(ids or (f"q{i}" for i in range(n))), scores, {}, 0.0)
     return EvalResult(tasks)
@@ -84,14 +90,20 @@ def test_retention_ratio_and_perplexity_inversion():
     acc_p = np.array([1, 1, 0, 1, 0], dtype=float)  # 0.6
     ppl_o = np.array([[np.log(10) * 4, 4]] * 5)  # PPL 10
     ppl_p = np.array([[np.log(20) * 4, 4]] * 5)  # PPL 20
-    orig = _result({"qa": {"acc": ("mean", True, acc_o)}, "lm": {"ppl": ("perplexity", False, ppl_o)}})
-    pruned = _result({"qa": {"acc": ("mean", True, acc_p)}, "lm": {"ppl": ("perplexity", False, ppl_p)}})
+    orig = _result(
+        {"qa": {"acc": ("mean", True, acc_o)}, "lm": {"ppl": ("perplexity", False, ppl_o)}}
+    )
+    pruned = _result(
+        {"qa": {"acc": ("mean", True, acc_p)}, "lm": {"ppl": ("perplexity", False, ppl_p)}}
+    )
     df = retention(orig, pruned, n_boot=200).set_index("task")
     assert df.loc["qa", "retention"] == pytest.approx(0.75)
     assert not df.loc["qa", "inverted"]
     assert df.loc["lm", "retention"] == pytest.approx(0.5)  # PPL_orig / PPL_pruned
     assert df.loc["lm", "inverted"]
-    assert df.loc["lm", "ci_low"] == pytest.approx(0.5) and df.loc["lm", "ci_high"] == pytest.approx(0.5)
+    assert df.loc["lm", "ci_low"] == pytest.approx(0.5) and df.loc[
+        "lm", "ci_high"
+    ] == pytest.approx(0.5)
     assert df.loc["qa", "ci_low"] <= 0.75 <= df.loc["qa", "ci_high"]
 
 
@@ -106,29 +118,39 @@ def test_retention_bootstrap_is_paired():
     assert (row.retention, row.ci_low, row.ci_high) == pytest.approx((1.0, 1.0, 1.0))
     # halving every score: the ratio of means is 0.5 in every resample
     half = _result({"t": {"score": ("mean", True, x / 2)}})
-    assert retention(orig, half).iloc[0][["ci_low", "ci_high"]].tolist() == pytest.approx([0.5, 0.5])
+    assert retention(orig, half).iloc[0][["ci_low", "ci_high"]].tolist() == pytest.approx(
+        [0.5, 0.5]
+    )
     other = _result({"t": {"score": ("mean", True, x)}}, ids=[f"z{i}" for i in range(60)])
     with pytest.raises(ConfigError, match="different examples"):
         retention(orig, other)
     # zero denominators: retention inf, interval undefined when some resample is 0/0
     zeros, one_hit = np.zeros(60), np.eye(60)[0]
-    assert retention(_result({"t": {"s": ("mean", True, zeros)}}),
-                     _result({"t": {"s": ("mean", True, x)}})).iloc[0][["retention", "ci_low"]].tolist() \
-        == [math.inf, math.inf]
-    zero = retention(_result({"t": {"s": ("mean", True, zeros)}}),
-                     _result({"t": {"s": ("mean", True, one_hit)}})).iloc[0]
+    assert retention(
+        _result({"t": {"s": ("mean", True, zeros)}}), _result({"t": {"s": ("mean", True, x)}})
+    ).iloc[0][["retention", "ci_low"]].tolist() == [math.inf, math.inf]
+    zero = retention(
+        _result({"t": {"s": ("mean", True, zeros)}}), _result({"t": {"s": ("mean", True, one_hit)}})
+    ).iloc[0]
     assert zero.retention == math.inf and math.isnan(zero.ci_low)
     with pytest.raises(ConfigError, match="no task in common"):
         retention(orig, _result({"u": {"score": ("mean", True, x)}}))
 
 
 def test_eval_result_round_trip_and_table():
-    res = _result({"t": {"acc": ("mean", True, np.array([1.0, 0.0, 1.0, 1.0])),
-                         "ppl": ("perplexity", False, np.array([[2.0, 1.0], [4.0, 3.0]] * 2))}})
+    res = _result(
+        {
+            "t": {
+                "acc": ("mean", True, np.array([1.0, 0.0, 1.0, 1.0])),
+                "ppl": ("perplexity", False, np.array([[2.0, 1.0], [4.0, 3.0]] * 2)),
+            }
+        }
+    )
     back = EvalResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.tasks["t"].ids == res.tasks["t"].ids
-    np.testing.assert_array_equal(back.tasks["t"].metrics["ppl"].per_example,
-                                  res.tasks["t"].metrics["ppl"].per_example)
+    np.testing.assert_array_equal(
+        back.tasks["t"].metrics["ppl"].per_example, res.tasks["t"].metrics["ppl"].per_example
+    )
     table = back.table(n_boot=100).set_index("metric")
     assert table.loc["acc", "value"] == 0.75 and table.loc["acc", "n"] == 4
     assert table.loc["ppl", "value"] == pytest.approx(math.exp(6 / 4))
@@ -145,7 +167,9 @@ def test_wikiqa_ranking_metrics_by_hand():
     m = task_utils.ranking_metrics(np.array([0.1, 0.7, 0.3]), np.array([0, 1, 0]))
     assert m == {"acc": 1.0, "map": 1.0, "mrr": 1.0}
     # ties keep file order: the first candidate wins
-    assert task_utils.ranking_metrics(np.zeros(3), np.array([0, 0, 1]))["mrr"] == pytest.approx(1 / 3)
+    assert task_utils.ranking_metrics(np.zeros(3), np.array([0, 0, 1]))["mrr"] == pytest.approx(
+        1 / 3
+    )
     with pytest.raises(ValueError):
         task_utils.ranking_metrics(np.zeros(2), np.zeros(2))
 
@@ -194,7 +218,10 @@ def test_perplexity_single_window_equals_one_forward(tiny_llama):
     assert out.value == pytest.approx(math.exp(nll / len(TEXT)), rel=1e-5)
     assert out.protocol["prefix_token"] == "<s>" and out.protocol["scored_tokens"] == len(TEXT)
     # without the prefix token the first character is context only
-    assert perplexity(tiny_llama, tok, TEXT, window=64, stride=64, prefix=False).tokens.sum() == len(TEXT) - 1
+    assert (
+        perplexity(tiny_llama, tok, TEXT, window=64, stride=64, prefix=False).tokens.sum()
+        == len(TEXT) - 1
+    )
 
 
 @torch.no_grad()
@@ -204,15 +231,22 @@ def test_perplexity_sliding_windows_brute_force(tiny_llama, window, stride, batc
     stream = [1] + tok(TEXT)["input_ids"]
     x, length = stream[:-1], len(stream) - 1
     expected = 0.0
-    starts = [min(k * stride, max(0, length - window)) for k in range(length)]  # last one ends at the end
+    starts = [
+        min(k * stride, max(0, length - window)) for k in range(length)
+    ]  # last one ends at the end
     for i in range(length):  # position i predicts stream[i + 1]
         k = next(k for k in range(length) if min(starts[k] + window, length) > i)
-        context = torch.tensor([x[starts[k]:i + 1]])
-        expected -= torch.log_softmax(tiny_llama(context).logits[0, -1].double(), -1)[stream[i + 1]].item()
+        context = torch.tensor([x[starts[k] : i + 1]])
+        expected -= torch.log_softmax(tiny_llama(context).logits[0, -1].double(), -1)[
+            stream[i + 1]
+        ].item()
     out = perplexity(tiny_llama, tok, TEXT, window=window, stride=stride, batch_size=batch)
     assert out.tokens.sum() == length
     assert out.nll.sum() == pytest.approx(expected, rel=1e-5)
-    assert perplexity(tiny_llama, tok, TEXT, window=window, stride=stride, max_tokens=20).tokens.sum() == 20
+    assert (
+        perplexity(tiny_llama, tok, TEXT, window=window, stride=stride, max_tokens=20).tokens.sum()
+        == 20
+    )
 
 
 def test_perplexity_rejects_bad_protocol(tiny_llama):
@@ -230,7 +264,9 @@ def _load_task(name, folder, **kw):
 
     protocol = ev.materialise_task(name, folder, **kw)
     with ev._offline():
-        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][
+            name
+        ]
     return task, protocol
 
 
@@ -242,7 +278,9 @@ def test_task_yaml_loads_in_task_manager(name, tmp_path, data_dir):
     text = task.doc_to_text(docs[0])
     assert isinstance(text, str)
     if name == "wikitext2_word_ppl":
-        assert docs[0]["text"].lstrip().startswith("=") and " @-@ " not in task.doc_to_target(docs[0])
+        assert docs[0]["text"].lstrip().startswith("=") and " @-@ " not in task.doc_to_target(
+            docs[0]
+        )
     else:
         field = "sentence" if name == "sst2" else "question"
         assert docs[0][field] in text
@@ -277,23 +315,37 @@ def test_num_fewshot_override_and_checks(tmp_path, data_dir):
 def tiny_with_tokenizer(smol, tiny_model):
     """A 2-block random Llama over the embedded model's tokenizer: harness plumbing in seconds."""
     _, tok = smol
-    model = tiny_model("llama", vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                       max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = tiny_model(
+        "llama",
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return model, tok
 
 
 @pytest.mark.slow
 def test_every_task_end_to_end(tiny_with_tokenizer, data_dir):
     model, tok = tiny_with_tokenizer
-    res = ev.evaluate(model, tok, list(TASKS), n=3, seed=0, batch_size=4, ppl_window=64, ppl_stride=64)
+    res = ev.evaluate(
+        model, tok, list(TASKS), n=3, seed=0, batch_size=4, ppl_window=64, ppl_stride=64
+    )
     assert list(res.tasks) == list(TASKS)
     for name, t in res.tasks.items():
         assert len(t.ids) == len(set(t.ids)) == 3, name
         for metric, m in t.metrics.items():
             assert len(m.per_example) == 3
-            assert statistic(m.kind)(m.per_example) == pytest.approx(m.value, rel=1e-9), (name, metric)
+            assert statistic(m.kind)(m.per_example) == pytest.approx(m.value, rel=1e-9), (
+                name,
+                metric,
+            )
         assert t.wall_s > 0
     assert res.tasks["sst2"].protocol["num_fewshot"] == 4
     assert res.tasks["truthfulqa_mc1"].protocol["num_fewshot"] == 0
@@ -310,8 +362,10 @@ def test_every_task_end_to_end(tiny_with_tokenizer, data_dir):
 @pytest.mark.slow
 def test_same_seed_same_numbers(tiny_with_tokenizer, data_dir):
     model, tok = tiny_with_tokenizer
-    runs = [ev.evaluate(model, tok, ["sst2", "triviaqa_em"], n=3, seed=4, batch_size=2).to_dict()
-            for _ in range(2)]
+    runs = [
+        ev.evaluate(model, tok, ["sst2", "triviaqa_em"], n=3, seed=4, batch_size=2).to_dict()
+        for _ in range(2)
+    ]
     for run in runs:
         run.pop("timing")
     assert runs[0] == runs[1]
@@ -355,13 +409,34 @@ def test_cli_eval_writes_result_files(tiny_with_tokenizer, tmp_path, data_dir):
     tok.save_pretrained(tmp_path / "model")
     out = tmp_path / "out"
     try:
-        status = main(["eval", "--model", str(tmp_path / "model"), "--tasks", "sciq_mc,wikitext2_ppl",
-                       "--n", "2", "--out", str(out), "--ppl-window", "32", "--ppl-stride", "32",
-                       "--n-boot", "50"])
+        status = main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "model"),
+                "--tasks",
+                "sciq_mc,wikitext2_ppl",
+                "--n",
+                "2",
+                "--out",
+                str(out),
+                "--ppl-window",
+                "32",
+                "--ppl-stride",
+                "32",
+                "--n-boot",
+                "50",
+            ]
+        )
     finally:  # the command calls set_seed, whose deterministic-kernels switch is process-wide
         torch.use_deterministic_algorithms(False)
     assert status == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json", "record.json", "record.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv",
+        "metrics.json",
+        "record.json",
+        "record.md",
+    ]
     record = json.loads((out / "record.json").read_text())
     assert record["command"].startswith("avss eval --model ")
     assert "sciq/llm-adapters_sciq_test_mc4.json" in record["data_files"]

@@ -34,7 +34,9 @@ CHECK_CALL = re.compile(r"^\s*check_\w+\(", re.M)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("strip_solutions", REPO / "tools" / "strip_solutions.py")
+    spec = importlib.util.spec_from_file_location(
+        "strip_solutions", REPO / "tools" / "strip_solutions.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,9 +49,14 @@ def _tags(cell) -> list[str]:
 def _exercise_cells(notebook) -> list:
     """The cells an exercise run executes: all of chapter 09, else from ``## Exercises`` on."""
     cells = notebook.cells
-    start = next((i for i, c in enumerate(cells)
-                  if c.cell_type == "markdown" and re.search(r"^## Exercises\s*$", c.source, re.M)),
-                 None)
+    start = next(
+        (
+            i
+            for i, c in enumerate(cells)
+            if c.cell_type == "markdown" and re.search(r"^## Exercises\s*$", c.source, re.M)
+        ),
+        None,
+    )
     if start is None:
         return list(cells) if "{exercise-start}" in "".join(c.source for c in cells) else []
     return list(cells[start:])
@@ -80,7 +87,9 @@ def _run(cells, out_dir: Path) -> tuple[dict, list[tuple[str, str, BaseException
                 continue
             source = cell.source
             if "parameters" in _tags(cell):
-                source = re.sub(r"^out_dir = .*$", f"out_dir = {str(out_dir)!r}", source, flags=re.M)
+                source = re.sub(
+                    r"^out_dir = .*$", f"out_dir = {str(out_dir)!r}", source, flags=re.M
+                )
             printed = io.StringIO()
             error = None
             with contextlib.redirect_stdout(printed):
@@ -105,7 +114,7 @@ def _renderings(value) -> set[str]:
     if isinstance(value, int | float | np.floating | np.integer):
         v = float(value)
         if isinstance(value, int | np.integer) and abs(v) < 10:
-            return out                     # a small index: too common a digit to search for
+            return out  # a small index: too common a digit to search for
         for fmt in ("{!r}", "{:.6f}", "{:.4f}", "{:.3f}", "{:g}", "{:.1f}", "{:,.0f}"):
             text = fmt.format(v)
             if len(text.strip("-0.")) >= 2:
@@ -128,8 +137,9 @@ def editions(tmp_path_factory) -> dict[str, Path]:
     tool = _tool()
     sources = [str(p) for p in NOTEBOOKS]
     assert tool.main([*sources, "--out", str(root / "student"), "--format", "both"]) == 0
-    assert tool.main([*sources, "--out", str(root / "answers"), "--format", "both",
-                      "--answers"]) == 0
+    assert (
+        tool.main([*sources, "--out", str(root / "answers"), "--format", "both", "--answers"]) == 0
+    )
     return {"student": root / "student", "answers": root / "answers"}
 
 
@@ -176,19 +186,24 @@ def test_student_checks_fail_with_hints_and_answers_pass(editions, tmp_path):
             continue
         solved, key_checks = _run(answers, tmp_path / f"{path.stem}-answers")
         for source, printed, error in key_checks:
-            assert error is None, f"{path.name}: the instructor's key fails a check:\n{source}\n{error}"
+            assert error is None, (
+                f"{path.name}: the instructor's key fails a check:\n{source}\n{error}"
+            )
             assert "correct" in printed, source
         _, checks = _run(student, tmp_path / f"{path.stem}-student")
         assert len(checks) == len(key_checks), path.name
         for source, printed, error in checks:
             assert isinstance(error, ex.ExerciseFailed), (
                 f"{path.name}: with the blanks left this check did not fail with a hint:\n"
-                f"{source}\n{error!r}")
+                f"{source}\n{error!r}"
+            )
             shown = printed + str(error)
             assert str(error).strip(), source
             for name in _answer_names(source):
                 for text in _renderings(solved.get(name)):
-                    assert text not in shown, f"{path.name}: {name}'s value {text} is shown: {shown}"
+                    assert text not in shown, (
+                        f"{path.name}: {name}'s value {text} is shown: {shown}"
+                    )
             n_checks += 1
     assert n_checks >= 10, f"only {n_checks} checks in the book"
 
@@ -206,30 +221,48 @@ def _fails_without(call, *references: float | str) -> str:
 
 
 def test_wrong_numbers_fail_without_the_reference():
-    h = np.array([[[0.5, -1.0, 0.0, 2.0], [1.5, 0.0, -0.5, 1.0], [-1.0, 2.0, 4e-6, 0.5]],
-                  [[0.0, 1.0, 1.0, -2.0], [2.0, -3e-6, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]])
+    h = np.array(
+        [
+            [[0.5, -1.0, 0.0, 2.0], [1.5, 0.0, -0.5, 1.0], [-1.0, 2.0, 4e-6, 0.5]],
+            [[0.0, 1.0, 1.0, -2.0], [2.0, -3e-6, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
     w = np.array([[1, 1, 1], [1, 1, 0]], dtype=float)
     pooled = (h * w[..., None]).sum(1) / w.sum(1, keepdims=True)
-    v, s = pooled.var(axis=1, ddof=1).mean(), (np.abs(h)[np.broadcast_to(w[..., None] > 0, h.shape)] < 1e-5).mean()
+    v, s = (
+        pooled.var(axis=1, ddof=1).mean(),
+        (np.abs(h)[np.broadcast_to(w[..., None] > 0, h.shape)] < 1e-5).mean(),
+    )
     ex.check_variance_sparsity(v, s, h=h, mask=w, eps=1e-5)
-    msg = _fails_without(lambda: ex.check_variance_sparsity(pooled.var(axis=1, ddof=0).mean(), s,
-                                                           h=h, mask=w, eps=1e-5), v)
+    msg = _fails_without(
+        lambda: ex.check_variance_sparsity(
+            pooled.var(axis=1, ddof=0).mean(), s, h=h, mask=w, eps=1e-5
+        ),
+        v,
+    )
     assert "ddof" in msg
-    msg = _fails_without(lambda: ex.check_variance_sparsity(v, (np.abs(h) < 1e-5).mean(), h=h,
-                                                           mask=w, eps=1e-5), s)
+    msg = _fails_without(
+        lambda: ex.check_variance_sparsity(v, (np.abs(h) < 1e-5).mean(), h=h, mask=w, eps=1e-5), s
+    )
     assert "padded" in msg
     _fails_without(lambda: ex.check_variance_sparsity(v * 1.3, s, h=h, mask=w, eps=1e-5), v)
-    assert "still None" in _fails_without(lambda: ex.check_variance_sparsity(None, s, h=h, mask=w,
-                                                                            eps=1e-5))
+    assert "still None" in _fails_without(
+        lambda: ex.check_variance_sparsity(None, s, h=h, mask=w, eps=1e-5)
+    )
 
     n, sigma = 64 * 128 * 576, 0.8
     right = n * np.sqrt(2 / np.pi) * 1e-5 / sigma
-    _fails_without(lambda: ex.check_expected_count(right * 2, 1e-3, sigma=sigma, n=n, target=1000),
-                   right)
-    _fails_without(lambda: ex.check_expected_count(right, 1e-2, sigma=sigma, n=n, target=1000),
-                   "1e-03", "0.001")
+    _fails_without(
+        lambda: ex.check_expected_count(right * 2, 1e-3, sigma=sigma, n=n, target=1000), right
+    )
+    _fails_without(
+        lambda: ex.check_expected_count(right, 1e-2, sigma=sigma, n=n, target=1000),
+        "1e-03",
+        "0.001",
+    )
     assert "too small" in _fails_without(
-        lambda: ex.check_expected_count(right, 1e-5, sigma=sigma, n=n, target=1000), "1e-03")
+        lambda: ex.check_expected_count(right, 1e-5, sigma=sigma, n=n, target=1000), "1e-03"
+    )
 
     ex.check_relative_gain(5.0, 0.1, before=0.5, after=0.55)
     _fails_without(lambda: ex.check_relative_gain(5.0, 10.0, before=0.5, after=0.55), 0.1)
@@ -242,14 +275,14 @@ def test_wrong_numbers_fail_without_the_reference():
 def test_wrong_functions_and_sets_fail_without_the_reference():
     from avsslib.selection import select_layers
 
-    def half_up(importance, fraction=0.25):             # rounds half up: 0.25 * 10 -> 3
+    def half_up(importance, fraction=0.25):  # rounds half up: 0.25 * 10 -> 3
         values = np.asarray(importance, dtype=float)
         k = int(fraction * len(values) + 0.5)
         if k >= len(values):
             raise ValueError("prunes every layer")
         return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
 
-    def ties_high(importance, fraction=0.25):           # ties go to the higher index
+    def ties_high(importance, fraction=0.25):  # ties go to the higher index
         values = np.asarray(importance, dtype=float)
         k = round(fraction * len(values))
         if k >= len(values):
@@ -261,12 +294,17 @@ def test_wrong_functions_and_sets_fail_without_the_reference():
     assert "wrong number of layers" in message and "half to even" in message
     assert "tie" in _fails_without(lambda: ex.check_count_rule(ties_high))
     assert "NotImplementedError" in _fails_without(
-        lambda: ex.check_count_rule(lambda importance, fraction: (_ for _ in ()).throw(
-            NotImplementedError())))
+        lambda: ex.check_count_rule(
+            lambda importance, fraction: (_ for _ in ()).throw(NotImplementedError())
+        )
+    )
     importance = [0.02, 0.03, 0.4, 0.05, 0.5]
     expected = select_layers(importance, 0.1, "code_bug")
-    _fails_without(lambda: ex.check_code_bug_prediction({4}, importance, 0.1),
-                   str(sorted(expected)), str(set(expected)))
+    _fails_without(
+        lambda: ex.check_code_bug_prediction({4}, importance, 0.1),
+        str(sorted(expected)),
+        str(set(expected)),
+    )
     ex.check_code_bug_prediction(expected, importance, 0.1)
     _fails_without(lambda: ex.check_avss(lambda v, s: v / s))
     _fails_without(lambda: ex.check_retention(lambda o, p, higher: p / o))

@@ -32,20 +32,41 @@ def test_truthfulqa_two_folds_cover_every_question_once_and_never_train_on_it(da
 
     tasks = ["truthfulqa_mc1", "truthfulqa_mc2"]
     every = {r.id for r in load_dataset("truthfulqa", "validation")}
-    runs = [mitigation_questions("truthfulqa", "validation", tasks, n_eval=100, eval_seed=0,
-                                 n_train=None, seed=0, folds=2, fold=k, fold_seed=0)
-            for k in range(2)]
+    runs = [
+        mitigation_questions(
+            "truthfulqa",
+            "validation",
+            tasks,
+            n_eval=100,
+            eval_seed=0,
+            n_train=None,
+            seed=0,
+            folds=2,
+            fold=k,
+            fold_seed=0,
+        )
+        for k in range(2)
+    ]
     (eval0, _, train0), (eval1, _, train1) = runs
     assert len(every) == 817
-    assert eval0 | eval1 == every and not eval0 & eval1          # each question evaluated once
+    assert eval0 | eval1 == every and not eval0 & eval1  # each question evaluated once
     assert abs(len(eval0) - len(eval1)) <= 1
     for eval_ids, train in ((eval0, train0), (eval1, train1)):
         train_ids = {r.id for r in train}
-        assert train_ids and not train_ids & eval_ids            # never trained on its own fold
+        assert train_ids and not train_ids & eval_ids  # never trained on its own fold
     assert {r.id for r in train0} <= eval1 and {r.id for r in train1} <= eval0
     # a sample of the training half, seeded
-    _, _, some = mitigation_questions("truthfulqa", "validation", tasks, n_eval=None, eval_seed=0,
-                                      n_train=50, seed=1, folds=2, fold=0)
+    _, _, some = mitigation_questions(
+        "truthfulqa",
+        "validation",
+        tasks,
+        n_eval=None,
+        eval_seed=0,
+        n_train=50,
+        seed=1,
+        folds=2,
+        fold=0,
+    )
     assert len(some) == 50 and not {r.id for r in some} & eval0
 
 
@@ -67,9 +88,23 @@ def test_materialise_task_with_ids(tmp_path, data_dir):
 
 def _metrics(ids, before, after):
     def res(values):
-        return {"tasks": {"t": {"ids": list(ids), "protocol": {}, "metrics": {
-            "acc": {"value": float(np.mean(values)), "kind": "mean", "higher_is_better": True,
-                    "per_example": list(map(float, values))}}}}}
+        return {
+            "tasks": {
+                "t": {
+                    "ids": list(ids),
+                    "protocol": {},
+                    "metrics": {
+                        "acc": {
+                            "value": float(np.mean(values)),
+                            "kind": "mean",
+                            "higher_is_better": True,
+                            "per_example": list(map(float, values)),
+                        }
+                    },
+                }
+            }
+        }
+
     return {"before": res(before), "after": res(after)}
 
 
@@ -88,13 +123,26 @@ def test_compare_modes_recovers_a_known_paired_difference():
     for mode, shift in (("random", 0.0), ("probe", 0.05), ("eavss", 0.0)):
         for seed in (0, 1, 2):
             noise = rng.normal(0, 0.01, 400)
-            frames.append(pd.DataFrame({"mode": mode, "seed": seed, "task": "t", "metric": "acc",
-                                        "id": ids, "before": before,
-                                        "after": before + 0.1 + shift + noise}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "mode": mode,
+                        "seed": seed,
+                        "task": "t",
+                        "metric": "acc",
+                        "id": ids,
+                        "before": before,
+                        "after": before + 0.1 + shift + noise,
+                    }
+                )
+            )
     table = compare_modes(pd.concat(frames), n_boot=500).set_index("mode")
     assert set(table.index) == {"probe", "eavss", "base"}
     assert table.loc["probe", "diff"] == pytest.approx(0.05, abs=0.005)
-    assert table.loc["probe", "ci_low"] > 0.04 and table.loc["eavss", "ci_low"] < 0 < table.loc["eavss", "ci_high"]
+    assert (
+        table.loc["probe", "ci_low"] > 0.04
+        and table.loc["eavss", "ci_low"] < 0 < table.loc["eavss", "ci_high"]
+    )
     assert table.loc["base", "diff"] == pytest.approx(-0.1, abs=0.005)
     assert table.loc["probe", "seeds"] == 3 and table.loc["probe", "n"] == 400
     assert len(table.loc["probe", "per_seed_diff"].split()) == 3

@@ -17,14 +17,14 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("writer died")
     assert path.read_bytes() == b"old"
-    assert [p.name for p in path.parent.iterdir()] == ["w.bin"]      # no temporary file left
+    assert [p.name for p in path.parent.iterdir()] == ["w.bin"]  # no temporary file left
 
 
 def test_atomic_path_keep_suffix_for_writers_that_read_it(tmp_path):
     path = tmp_path / "fig.png"
     with fs.atomic_path(path, keep_suffix=True) as tmp:
         assert tmp.suffix == ".png" and tmp.parent == tmp_path and tmp.name.startswith(".fig.")
-        assert fs._STALE_TMP.match(tmp.name)          # a killed writer's file is recognised
+        assert fs._STALE_TMP.match(tmp.name)  # a killed writer's file is recognised
         tmp.write_bytes(b"png")
     assert path.read_bytes() == b"png"
 
@@ -37,7 +37,7 @@ def test_cached_computes_once_per_key(tmp_path):
         calls.append(1)
         return {"x": 0.5}
 
-    key = {"n": 3, "layers": (1, 2)}                   # a tuple: saved as a list, still equal
+    key = {"n": 3, "layers": (1, 2)}  # a tuple: saved as a list, still equal
     assert fs.cached(path, key, compute) == ({"x": 0.5}, False)
     assert fs.cached(path, key, compute) == ({"x": 0.5}, True)
     assert len(calls) == 1
@@ -45,14 +45,24 @@ def test_cached_computes_once_per_key(tmp_path):
     assert len(calls) == 2
     saved = json.loads(path.read_text())
     assert saved == {"key": {"n": 4, "layers": [1, 2]}, "result": {"x": 0.5}}
-    value, hit = fs.cached(tmp_path / "e.json", "h1", lambda: [1], encode=lambda v: {"v": v},
-                           decode=lambda d: d["v"], extra=lambda v: {"count": len(v)},
-                           key_field="hash")
+    value, hit = fs.cached(
+        tmp_path / "e.json",
+        "h1",
+        lambda: [1],
+        encode=lambda v: {"v": v},
+        decode=lambda d: d["v"],
+        extra=lambda v: {"count": len(v)},
+        key_field="hash",
+    )
     assert (value, hit) == ([1], False)
-    assert json.loads((tmp_path / "e.json").read_text()) == {"hash": "h1", "count": 1,
-                                                             "result": {"v": [1]}}
-    assert fs.cached(tmp_path / "e.json", "h1", lambda: [2], decode=lambda d: d["v"],
-                     key_field="hash") == ([1], True)
+    assert json.loads((tmp_path / "e.json").read_text()) == {
+        "hash": "h1",
+        "count": 1,
+        "result": {"v": [1]},
+    }
+    assert fs.cached(
+        tmp_path / "e.json", "h1", lambda: [2], decode=lambda d: d["v"], key_field="hash"
+    ) == ([1], True)
 
 
 def test_read_cached_needs_every_required_file_and_holds_key(tmp_path):
@@ -81,8 +91,9 @@ def test_content_hash_is_the_hash_earlier_runs_saved():
 def test_file_sha256(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    assert fs.file_sha256(path) == ("ba7816bf8f01cfea414140de5dae2223"
-                                    "b00361a396177a9cb410ff61f20015ad")
+    assert fs.file_sha256(path) == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
     from avsslib.errors import DataError
 
     with pytest.raises(DataError, match="cannot hash"):

@@ -41,11 +41,12 @@ def test_heal_lowers_the_loss_and_changes_only_block_linears(tiny_llama):
     g = torch.Generator().manual_seed(0)
     fixed = torch.randint(3, 128, (4, 24), generator=g)
     cfg = HealConfig(steps=25, batch_size=4, seq_len=24, lr=5e-3, rank=4, alpha=8, warmup=0)
-    healed, result = heal(model, None, cfg, batches=[fixed] * 25, text={"dataset": "fixed"},
-                          progress=False)
+    healed, result = heal(
+        model, None, cfg, batches=[fixed] * 25, text={"dataset": "fixed"}, progress=False
+    )
     assert len(result.losses) == 25 and result.losses[-1] < result.losses[0] - 0.1
     assert result.trainable_parameters > 0
-    assert not any("lora" in name for name in healed.state_dict())      # adapters merged
+    assert not any("lora" in name for name in healed.state_dict())  # adapters merged
     after = healed.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".layers." in k and k.endswith("proj.weight") for k in changed)
@@ -63,12 +64,32 @@ def test_heal_config_is_checked():
 def _result(acc: list[float], nll: list[float]) -> EvalResult:
     ids = tuple(str(i) for i in range(len(acc)))
     per_ppl = np.array([[x, 1.0] for x in nll])
-    return EvalResult({
-        "qa": TaskResult("qa", ids, {"acc": MetricScores(float(np.mean(acc)), "mean", True,
-                                                         np.asarray(acc, dtype=float))}, {}, 0.0),
-        "ppl": TaskResult("ppl", ids, {"token_perplexity": MetricScores(
-            float(np.exp(np.mean(nll))), "perplexity", False, per_ppl)}, {}, 0.0),
-    })
+    return EvalResult(
+        {
+            "qa": TaskResult(
+                "qa",
+                ids,
+                {
+                    "acc": MetricScores(
+                        float(np.mean(acc)), "mean", True, np.asarray(acc, dtype=float)
+                    )
+                },
+                {},
+                0.0,
+            ),
+            "ppl": TaskResult(
+                "ppl",
+                ids,
+                {
+                    "token_perplexity": MetricScores(
+                        float(np.exp(np.mean(nll))), "perplexity", False, per_ppl
+                    )
+                },
+                {},
+                0.0,
+            ),
+        }
+    )
 
 
 def test_recovered_share_hand_computed():

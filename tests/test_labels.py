@@ -40,7 +40,7 @@ class CharTokenizer:
         return 128
 
     def _char(self, i: int) -> str:
-        return "" if i < 3 else chr(i - 3)   # exact for ASCII codes below 120
+        return "" if i < 3 else chr(i - 3)  # exact for ASCII codes below 120
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return "".join(self._char(int(i)) for i in ids)
@@ -53,20 +53,25 @@ class CharTokenizer:
 def test_normalize_answer_is_squad():
     assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
     assert normalize_answer("An apple, a day") == "apple day"
-    assert normalize_answer("THEATRE of the Absurd") == "theatre of absurd"   # 'the' only as a word
+    assert normalize_answer("THEATRE of the Absurd") == "theatre of absurd"  # 'the' only as a word
 
 
 @pytest.mark.parametrize(
     ("answer", "aliases", "label", "match", "matched"),
     [
         ("The Beatles!", ["beatles"], "truthful", "equal", "beatles"),
-        ("I think it was The Beatles, in 1963.", ["The Beatles"], "truthful", "contains",
-         "The Beatles"),
-        ("Beatlemania", ["Beatles"], "hallucinated", None, None),          # words, not substrings
+        (
+            "I think it was The Beatles, in 1963.",
+            ["The Beatles"],
+            "truthful",
+            "contains",
+            "The Beatles",
+        ),
+        ("Beatlemania", ["Beatles"], "hallucinated", None, None),  # words, not substrings
         ("Paris", ["Paris, France", "PARIS."], "truthful", "equal", "PARIS."),
         # an equal alias wins over an earlier containing one
         ("paris france", ["Paris", "Paris, France"], "truthful", "equal", "Paris, France"),
-        ("the", ["The"], "hallucinated", None, None),                      # empty alias ignored
+        ("the", ["The"], "hallucinated", None, None),  # empty alias ignored
         ("", ["x"], "hallucinated", None, None),
     ],
 )
@@ -80,12 +85,14 @@ def test_label_alias(answer, aliases, label, match, matched):
 def test_question_guard_ignores_echoed_aliases():
     question = "What section of a Qwerty keyboard can type most words, left or right?"
     answer = "The keyboard can type most words left to right."
-    assert label_alias(answer, ["Left"])[0] == "truthful"                      # the alias rule
+    assert label_alias(answer, ["Left"])[0] == "truthful"  # the alias rule
     label, ev = label_alias(answer, ["Left", "LHS"], question=question)
     assert label == "hallucinated" and ev["question_aliases"] == ["Left"]
-    assert label_alias("Left.", ["Left"], question=question)[0] == "truthful"   # exact still counts
+    assert label_alias("Left.", ["Left"], question=question)[0] == "truthful"  # exact still counts
     assert label_alias("It is sugar", ["sugar"], question="What is stevia for?")[0] == "truthful"
-    assert label_sciq("Cells make cells", "cells", question="What do cells make?")[0] == "hallucinated"
+    assert (
+        label_sciq("Cells make cells", "cells", question="What do cells make?")[0] == "hallucinated"
+    )
     assert label_sciq("cells", "cells", question="What do cells make?")[0] == "truthful"
 
 
@@ -125,7 +132,7 @@ def test_label_wikiqa_top_sentence():
     label, ev = label_wikiqa([0.1, 0.5, 0.2], [0, 0, 1])
     assert label == "hallucinated" and ev["chosen_index"] == 1 and ev["n_positive"] == 1
     assert label_wikiqa([-3.0, -1.0, -2.0], [0, 1, 0])[0] == "truthful"
-    assert label_wikiqa([1.0, 1.0], [1, 0])[1]["chosen_index"] == 0      # ties: the first
+    assert label_wikiqa([1.0, 1.0], [1, 0])[1]["chosen_index"] == 0  # ties: the first
     with pytest.raises(ConfigError):
         label_wikiqa([1.0], [0, 1])
 
@@ -137,8 +144,16 @@ def test_label_dataset_wikiqa_with_fake_scorer(data_dir):
         assert prompt.startswith("Answer the question.\nQ: ")
         return [len(s) for s in sentences]
 
-    got = label_dataset(None, CharTokenizer(), "wikiqa", n=12, seed=3, scorer=longest,
-                        chat_template=False, progress=False)
+    got = label_dataset(
+        None,
+        CharTokenizer(),
+        "wikiqa",
+        n=12,
+        seed=3,
+        scorer=longest,
+        chat_template=False,
+        progress=False,
+    )
     records = load_dataset("wikiqa", n=12, seed=3, answerable_only=True)
     assert [e.id for e in got] == [r.id for r in records]
     for e, r in zip(got, records, strict=True):
@@ -146,8 +161,12 @@ def test_label_dataset_wikiqa_with_fake_scorer(data_dir):
         assert e.answer == r.sentences[best].strip()
         assert e.label == ("truthful" if r.labels[best] == 1 else "hallucinated")
         assert e.rule == "top_sentence_label" and e.split == "test"
-        assert e.answer_ids == CharTokenizer()(" " + r.sentences[best].strip(),
-                                               add_special_tokens=False)["input_ids"]
+        assert (
+            e.answer_ids
+            == CharTokenizer()(" " + r.sentences[best].strip(), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
 
 
 def test_label_dataset_rejects_unknown_dataset():
@@ -162,12 +181,12 @@ class ScriptedLM(torch.nn.Module):
     def __init__(self, scripts: dict[int, list[int]]) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.scripts = scripts          # prompt length (real tokens) -> continuation ids
+        self.scripts = scripts  # prompt length (real tokens) -> continuation ids
         self.calls: list[tuple[int, ...]] = []
 
     def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
         assert kwargs["do_sample"] is False
-        assert (attention_mask[:, -1] == 1).all()        # left padding: real tokens at the end
+        assert (attention_mask[:, -1] == 1).all()  # left padding: real tokens at the end
         self.calls.append(tuple(attention_mask.sum(1).tolist()))
         rows = []
         for mask in attention_mask:
@@ -184,13 +203,23 @@ def test_generate_answers_cuts_at_newline_eos_and_length():
 
     questions = ["long question?", "q1", "mid q"]
     lens = [len(tok(f"Q: {q}\nA:")["input_ids"]) for q in questions]
-    model = ScriptedLM({
-        lens[0]: enc(" Paris\nQ: next"),        # newline ends the answer
-        lens[1]: enc(" 42") + [2] + enc("junk"),  # EOS ends it
-        lens[2]: enc(" abcdefghij"),             # runs into max_new_tokens
-    })
-    gens = generate_answers(model, tok, questions, template="Q: {question}\nA:",
-                            max_new_tokens=8, batch_size=2, chat_template="auto", progress=False)
+    model = ScriptedLM(
+        {
+            lens[0]: enc(" Paris\nQ: next"),  # newline ends the answer
+            lens[1]: enc(" 42") + [2] + enc("junk"),  # EOS ends it
+            lens[2]: enc(" abcdefghij"),  # runs into max_new_tokens
+        }
+    )
+    gens = generate_answers(
+        model,
+        tok,
+        questions,
+        template="Q: {question}\nA:",
+        max_new_tokens=8,
+        batch_size=2,
+        chat_template="auto",
+        progress=False,
+    )
     assert [g.answer for g in gens] == ["Paris", "42", "abcdefg"]
     assert [g.truncated for g in gens] == [False, False, True]
     assert gens[0].answer_ids == tuple(enc(" Paris"))
@@ -207,10 +236,18 @@ def test_chat_template_true_needs_one():
 # ---------------------------------------------------------------------- records and splits
 def _example(i: int, label: str = "hallucinated", answer_ids=(5, 6)) -> LabelledExample:
     return LabelledExample(
-        id=f"d/{i}", dataset="nq_open", split="validation", question=f"q{i}?",
-        prompt=f"Q: q{i}?\nA:", answer="a", answer_ids=list(answer_ids), label=label,
-        rule="alias_em_or_contains", evidence={"matched_alias": None, "truncated": i == 0},
-        template="Q: {question}\nA:", chat_template=False,
+        id=f"d/{i}",
+        dataset="nq_open",
+        split="validation",
+        question=f"q{i}?",
+        prompt=f"Q: q{i}?\nA:",
+        answer="a",
+        answer_ids=list(answer_ids),
+        label=label,
+        rule="alias_em_or_contains",
+        evidence={"matched_alias": None, "truncated": i == 0},
+        template="Q: {question}\nA:",
+        chat_template=False,
     )
 
 
@@ -220,7 +257,7 @@ def test_labels_jsonl_round_trip(tmp_path):
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["label"] == "truthful"
     assert read_labels(path) == examples
-    assert [p.name for p in path.parent.iterdir()] == ["labels.jsonl"]    # no temporary left
+    assert [p.name for p in path.parent.iterdir()] == ["labels.jsonl"]  # no temporary left
     path.write_text(lines[0] + "\n{not json\n")
     with pytest.raises(DataError, match="line 2"):
         read_labels(path)
@@ -240,11 +277,11 @@ def test_split_ids_disjoint_deterministic_ordered():
     calib, evaluation = split_ids(ids, (0.5, 0.5), seed=7)
     assert not set(calib) & set(evaluation) and set(calib) | set(evaluation) == set(ids)
     assert len(calib) == round(5.5) and len(evaluation) == 11 - len(calib)
-    assert calib == [i for i in ids if i in calib]                   # original order kept
+    assert calib == [i for i in ids if i in calib]  # original order kept
     assert split_ids(ids, (0.5, 0.5), seed=7) == [calib, evaluation]
     assert split_ids(ids, (0.5, 0.5), seed=8) != [calib, evaluation]
     a, b, c = split_ids(ids, (0.2, 0.3, 0.5), seed=0)
-    assert (len(a), len(b), len(c)) == (2, 4, 5)                     # cuts at round(2.2), round(5.5)
+    assert (len(a), len(b), len(c)) == (2, 4, 5)  # cuts at round(2.2), round(5.5)
     assert split_ids(ids, (1.0, 0.0), seed=0) == [ids, []]
 
 
@@ -274,12 +311,12 @@ def test_smol_generates_real_answers(smol):
     model, tok = smol
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gens = generate_answers(model, tok, ["What is the capital of France?"],
-                                max_new_tokens=12, progress=False)
+        gens = generate_answers(
+            model, tok, ["What is the capital of France?"], max_new_tokens=12, progress=False
+        )
     assert gens[0].chat_template and gens[0].prompt.startswith("<|im_start|>")
     assert "paris" in gens[0].answer.lower()
     assert tok.decode(list(gens[0].answer_ids)).strip() == gens[0].answer
-
 
 
 def test_evidence_text_names_what_decided():
@@ -287,11 +324,13 @@ def test_evidence_text_names_what_decided():
 
     from avsslib.labels import evidence_text
 
-    alias = SimpleNamespace(rule="alias_contains", evidence={"matched_alias": None, "n_aliases": 3,
-                                                             "match": None})
+    alias = SimpleNamespace(
+        rule="alias_contains", evidence={"matched_alias": None, "n_aliases": 3, "match": None}
+    )
     assert evidence_text(alias) == "no match (3 aliases)"
     rouge = SimpleNamespace(rule="rouge_l", evidence={"max_correct": 0.5, "max_incorrect": 0.25})
     assert evidence_text(rouge) == "ROUGE-L correct 0.50 vs incorrect 0.25"
-    wiki = SimpleNamespace(rule="top_sentence", evidence={"chosen_index": 1, "n_candidates": 4,
-                                                          "labels": [1, 0, 0, 0]})
+    wiki = SimpleNamespace(
+        rule="top_sentence", evidence={"chosen_index": 1, "n_candidates": 4, "labels": [1, 0, 0, 0]}
+    )
     assert evidence_text(wiki) == "sentence 1 of 4, label 0"

@@ -19,11 +19,11 @@ def test_find_data_dir_prefers_the_environment_then_the_first_manifest(tmp_path,
     (data / "MANIFEST.json").write_text(json.dumps({"files": []}))
     assert launch.find_data_dir([str(empty)], set_env=False) is None
     assert launch.find_data_dir([str(empty), str(data)]) == data.resolve()
-    assert launch.find_data_dir([]) == data.resolve()          # now from AVSS_DATA_DIR
+    assert launch.find_data_dir([]) == data.resolve()  # now from AVSS_DATA_DIR
 
 
 def test_prepare_reports_missing_data_and_model_without_raising(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("AVSS_DATA_DIR", str(tmp_path))              # a folder without the files
+    monkeypatch.setenv("AVSS_DATA_DIR", str(tmp_path))  # a folder without the files
     missing = launch.prepare(model="qwen2.5-coder-1.5b", datasets=[("sciq", None)])
     out = capsys.readouterr().out
     assert f"data: {tmp_path.resolve()}" in out
@@ -32,7 +32,8 @@ def test_prepare_reports_missing_data_and_model_without_raising(tmp_path, monkey
 
     qwen = {r["name"]: r for r in zoo_status()}["qwen2.5-coder-1.5b"]
     assert any("qwen2.5-coder-1.5b" in line for line in missing) == (
-        not (qwen["installed"] or qwen["cached"]))
+        not (qwen["installed"] or qwen["cached"])
+    )
 
 
 def test_every_chapter_opens_with_the_guarded_launch_cell():

@@ -36,7 +36,8 @@ def _is_type_checking(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
@@ -125,9 +126,13 @@ def test_no_import_circle_in_the_library():
 
 def test_no_library_module_imports_the_command_line():
     graph = import_graph()
-    offenders = sorted(m for m, deps in graph.items()
-                       if not m.startswith("avsslib.cli") and m not in CLI_IMPORTERS_ALLOWED
-                       and any(d == "avsslib.cli" or d.startswith("avsslib.cli.") for d in deps))
+    offenders = sorted(
+        m
+        for m, deps in graph.items()
+        if not m.startswith("avsslib.cli")
+        and m not in CLI_IMPORTERS_ALLOWED
+        and any(d == "avsslib.cli" or d.startswith("avsslib.cli.") for d in deps)
+    )
     assert offenders == []
 
 
@@ -146,9 +151,10 @@ def test_the_checks_see_a_circle_and_a_cli_import(tmp_path):
     (pkg / "a.py").write_text("from avsslib import b\n")
     (pkg / "b.py").write_text("def f():\n    from .a import x\n")
     (pkg / "c.py").write_text("from avsslib.cli import main\n")
-    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                              "    from avsslib import a\n")
+    (pkg / "d.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from avsslib import a\n"
+    )
     graph = import_graph(pkg)
     assert circles(graph) == [["avsslib.a", "avsslib.b"]]
     assert graph["avsslib.c"] == {"avsslib.cli"}
-    assert graph["avsslib.d"] == set()                 # annotations only
+    assert graph["avsslib.d"] == set()  # annotations only

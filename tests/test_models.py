@@ -26,9 +26,9 @@ N_LAYERS = 3
 @pytest.fixture(scope="module")
 def tiny(tiny_model):
     """``tiny(model_type, bare=False)``: the conftest factory with 3 blocks."""
-    return lambda model_type, bare=False: tiny_model(model_type, bare=bare,
-                                                     num_hidden_layers=N_LAYERS,
-                                                     max_position_embeddings=64)
+    return lambda model_type, bare=False: tiny_model(
+        model_type, bare=bare, num_hidden_layers=N_LAYERS, max_position_embeddings=64
+    )
 
 
 # ------------------------------------------------------------------ the architecture table
@@ -43,8 +43,9 @@ def test_blocks_every_architecture(model_type: str, bare: bool, tiny) -> None:
     assert len(layers) == getattr(model.config, layer_count_field(model)) == N_LAYERS
     # The table points at the blocks the forward pass really runs, once each, in order.
     calls: list[int] = []
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
-               for i, b in enumerate(layers)]
+    handles = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(layers)
+    ]
     ids = torch.tensor([[3, 4, 5, 6, 7]])
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -88,8 +89,9 @@ def test_table_entry_pointing_nowhere_is_reported(monkeypatch: pytest.MonkeyPatc
 def test_blocks_of_peft_model(tiny_llama) -> None:
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(copy.deepcopy(tiny_llama),
-                                LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model = get_peft_model(
+        copy.deepcopy(tiny_llama), LoraConfig(r=2, target_modules=["q_proj"])
+    )
     assert blocks(peft_model) is peft_model.get_base_model().model.layers
     assert len(blocks(peft_model)) == 4
 
@@ -105,8 +107,9 @@ def _tiny_tokenizer():
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate("abcdefgh")}
     tok = Tokenizer(tk_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
 
 
 def test_local_directory_round_trip(tiny_llama, tmp_path: Path) -> None:
@@ -170,8 +173,9 @@ def fake_cache(tmp_path: Path) -> Path:
     """A directory shaped like a zoo cache: a small safetensors file, a JSON file, a manifest."""
     from safetensors.torch import save_file
 
-    save_file({"w": torch.arange(64.0).reshape(8, 8), "b": torch.ones(8)},
-              tmp_path / "model.safetensors")
+    save_file(
+        {"w": torch.arange(64.0).reshape(8, 8), "b": torch.ones(8)}, tmp_path / "model.safetensors"
+    )
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     models._write_manifest(tmp_path, name="fake")
     return tmp_path
@@ -228,8 +232,9 @@ def test_safetensors_header_garbage(tmp_path: Path) -> None:
 def test_missing_zoo_wheel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AVSS_CACHE_DIR", str(tmp_path))
     entry = models.ZOO["smollm2-135m"]
-    fake = models.ZooModel(**{**entry.__dict__, "name": "fake",
-                              "parts": (("avsslib-no-such-dist", "x/y.gguf"),)})
+    fake = models.ZooModel(
+        **{**entry.__dict__, "name": "fake", "parts": (("avsslib-no-such-dist", "x/y.gguf"),)}
+    )
     monkeypatch.setitem(models.ZOO, "fake", fake)
     with pytest.raises(ModelError, match="avsslib-no-such-dist==0.1.2.*make setup"):
         load_model("fake")
@@ -259,7 +264,7 @@ def test_smol_loads_and_generates(smol) -> None:
         logits = model(**ids).logits
     assert logits.shape == (1, ids["input_ids"].shape[1], 49152)
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert tok.decode(out[0, ids["input_ids"].shape[1]:]).strip().startswith("Paris")
+    assert tok.decode(out[0, ids["input_ids"].shape[1] :]).strip().startswith("Paris")
     fp = model_fingerprint(model)
     assert fp["source"] == "zoo" and fp["num_layers"] == 30 and fp["dtype"] == "float32"
     assert fp["gguf_sha256"] == models.ZOO["smollm2-135m"].gguf_sha256
@@ -280,20 +285,25 @@ def test_smol_cache_is_reused(smol, caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.slow
-def test_smol_truncated_cache_is_rebuilt(smol, tmp_path: Path, monkeypatch,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_smol_truncated_cache_is_rebuilt(
+    smol, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
     source = models.zoo_cache_path("smollm2-135m")
     copy = tmp_path / "smollm2-135m"
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("model.safetensors"))
     with open(source / "model.safetensors", "rb") as src:  # a truncated copy of the weights
         (copy / "model.safetensors").write_bytes(src.read(1 << 20))
     monkeypatch.setenv("AVSS_CACHE_DIR", str(tmp_path))
-    with caplog.at_level(logging.INFO, logger="avsslib.models"), \
-            pytest.warns(UserWarning, match="corrupt or partial.*model.safetensors"):
+    with (
+        caplog.at_level(logging.INFO, logger="avsslib.models"),
+        pytest.warns(UserWarning, match="corrupt or partial.*model.safetensors"),
+    ):
         model, _ = load_model("smollm2-135m")
     assert any("dequantizing" in r.getMessage() for r in caplog.records)
     assert models._verify_cache(copy, full=True) is None
-    assert (copy / "model.safetensors").stat().st_size == (source / "model.safetensors").stat().st_size
+    assert (copy / "model.safetensors").stat().st_size == (
+        source / "model.safetensors"
+    ).stat().st_size
     assert torch.equal(model.model.norm.weight, smol[0].model.norm.weight)
     assert not list(tmp_path.glob(".smollm2-135m.*-*"))  # no build or stale directory left
 
@@ -303,23 +313,29 @@ def test_gguf_dir_overrides_the_wheels(tmp_path: Path, monkeypatch: pytest.Monke
     entry = models.ZOO["qwen2.5-coder-1.5b"]
     monkeypatch.setenv("AVSS_GGUF_DIR", str(tmp_path))
     monkeypatch.setattr(models, "_installed_part", lambda dist, rel: None)
-    with pytest.raises(ModelError, match="needs the wheel"):     # not there: the wheels' error
+    with pytest.raises(ModelError, match="needs the wheel"):  # not there: the wheels' error
         models._zoo_parts(entry)
     (tmp_path / entry.gguf_name).write_bytes(b"GGUF")
     assert models._zoo_parts(entry) == [tmp_path / entry.gguf_name]
 
 
-@pytest.mark.parametrize("name, requirements", [("qwen2.5-coder-1.5b", "qwen-wheels.txt"),
-                                                ("qwen2.5-coder-0.5b", "qwen05-wheels.txt")])
+@pytest.mark.parametrize(
+    "name, requirements",
+    [("qwen2.5-coder-1.5b", "qwen-wheels.txt"), ("qwen2.5-coder-0.5b", "qwen05-wheels.txt")],
+)
 def test_zoo_entry_matches_its_pinned_requirements(name: str, requirements: str) -> None:
     """Every wheel of a split zoo GGUF is pinned (same version, with a sha256) in its
     requirements file, in part order, and the file names it in the entry's install hint."""
     entry = models.ZOO[name]
     path = Path(__file__).resolve().parents[1] / "requirements" / requirements
-    pins = [line.split() for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = [
+        line.split()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert [p[0] for p in pins] == list(entry.wheels)
-    assert all(len(p) == 2 and p[1].startswith("--hash=sha256:") and len(p[1]) == 14 + 64
-               for p in pins)
+    assert all(
+        len(p) == 2 and p[1].startswith("--hash=sha256:") and len(p[1]) == 14 + 64 for p in pins
+    )
     assert requirements in entry.install
     assert len({rel for _, rel in entry.parts}) == len(entry.parts)

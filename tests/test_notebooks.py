@@ -46,4 +46,5 @@ def test_every_notebook_has_tiny_parameters_or_none(notebook_params):
     """A TINY_PARAMS entry must name an existing notebook (catches renamed notebooks)."""
     stems = {p.stem for p in NOTEBOOKS}
     assert set(notebook_params) <= stems, (
-        f"TINY_PARAMS names missing notebooks: {set(notebook_params) - stems}")
+        f"TINY_PARAMS names missing notebooks: {set(notebook_params) - stems}"
+    )

@@ -22,8 +22,9 @@ def _dests(module) -> set[str]:
     return {a.dest for a in parser._actions if a.dest != "help"}
 
 
-@pytest.mark.parametrize(("command", "config"), [("hallucination", HallucinationConfig),
-                                                 ("mitigate", MitigationConfig)])
+@pytest.mark.parametrize(
+    ("command", "config"), [("hallucination", HallucinationConfig), ("mitigate", MitigationConfig)]
+)
 def test_config_fields_are_the_command_options(command, config):
     import importlib
 

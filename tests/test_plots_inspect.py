@@ -27,8 +27,14 @@ def test_layer_profile_and_bars_label_axes():
     plots.use_style()
     fig, (a, b) = plt.subplots(1, 2)
     plots.layer_profile(a, [3.0, 1.0, 2.0], label="x", ylabel="value (a.u.)")
-    plots.bar_layers(b, np.array([1.0, 2.0, 3.0, 4.0]), "score", highlight=[1, 3],
-                     label="kept", highlight_label="pruned")
+    plots.bar_layers(
+        b,
+        np.array([1.0, 2.0, 3.0, 4.0]),
+        "score",
+        highlight=[1, 3],
+        label="kept",
+        highlight_label="pruned",
+    )
     assert a.get_ylabel() == "value (a.u.)" and "layer" in a.get_xlabel()
     np.testing.assert_array_equal(a.lines[0].get_ydata(), [3.0, 1.0, 2.0])
     bars = b.patches
@@ -87,6 +93,6 @@ def test_table_style_and_layer_list():
     frame = pd.DataFrame({"a": [0.123456, 2.0], "b": ["x", "y"]})
     html = plots.table(frame, index=False)._repr_html_()
     assert 'class="dataframe"' in html and "0.123" in html and "0.123456" not in html
-    assert "row0" in plots.table(frame.style)._repr_html_()          # a Styler keeps its formats
+    assert "row0" in plots.table(frame.style)._repr_html_()  # a Styler keeps its formats
     assert ">0.1<" in plots.table(frame, a="{:.1f}")._repr_html_()
     assert plots.layer_list([3, 7, 11]) == "3, 7, 11" and plots.layer_list([]) == "none"

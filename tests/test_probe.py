@@ -20,10 +20,12 @@ from avsslib.probe import (
 
 def _synthetic(n: int = 80, layers: int = 4, d: int = 12, informative: int = 2, seed: int = 0):
     rng = np.random.default_rng(seed)
-    y = rng.permutation(np.arange(n) % 2).astype(bool)           # balanced, shuffled
+    y = rng.permutation(np.arange(n) % 2).astype(bool)  # balanced, shuffled
     x = rng.normal(size=(n, layers, d))
     direction = rng.normal(size=d)
-    x[:, informative] += 2.0 * np.where(y, 1.0, -1.0)[:, None] * direction / np.linalg.norm(direction)
+    x[:, informative] += (
+        2.0 * np.where(y, 1.0, -1.0)[:, None] * direction / np.linalg.norm(direction)
+    )
     labels = ["hallucinated" if v else "truthful" for v in y]
     return x.astype(np.float16), labels, [f"q{i}" for i in range(n)]
 
@@ -59,8 +61,10 @@ def test_probe_finds_the_informative_layer():
     table = probe_layers(x, labels, ids, folds=2, seed=0, progress=False)
     assert table.loc[2, "rank"] == 0
     assert table.loc[2, "accuracy"] > 0.9
-    assert table.drop(index=2)["accuracy"].max() < 0.75           # noise layers near chance
-    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
+    assert table.drop(index=2)["accuracy"].max() < 0.75  # noise layers near chance
+    assert (table["ci_low"] <= table["accuracy"]).all() and (
+        table["accuracy"] <= table["ci_high"]
+    ).all()
     assert table.loc[2, "ci_low"] > 0.8
     # the folds partition the answers and are stratified
     folds = table.attrs["fold_ids"]
@@ -80,7 +84,7 @@ def test_probe_layers_needs_both_classes():
 
 def test_probe_selected_layers_ties_and_checks():
     assert probe_selected_layers([0.5, 0.7, 0.7, 0.6], 2) == [1, 2]
-    assert probe_selected_layers([0.5, 0.7, 0.7, 0.6], 1) == [1]   # tie: the lower layer
+    assert probe_selected_layers([0.5, 0.7, 0.7, 0.6], 1) == [1]  # tie: the lower layer
     with pytest.raises(ConfigError):
         probe_selected_layers([0.5, 0.7], 3)
 
@@ -112,7 +116,9 @@ def test_answer_features_equal_each_answer_alone(tiny_llama):
         with torch.no_grad():
             hidden = tiny_llama(input_ids=x, output_hidden_states=True).hidden_states
         for layer in range(4):
-            want = hidden[layer + 1][0, len(prompt):].float().mean(0).numpy()
-            if layer == 3:   # the last entry of hidden_states is after the final norm
+            want = hidden[layer + 1][0, len(prompt) :].float().mean(0).numpy()
+            if layer == 3:  # the last entry of hidden_states is after the final norm
                 continue
-            np.testing.assert_allclose(feats[row, layer].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(
+                feats[row, layer].astype(np.float32), want, rtol=2e-3, atol=2e-3
+            )

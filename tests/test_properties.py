@@ -26,8 +26,9 @@ from avsslib.errors import AvssError, ConfigError, DataError
 from avsslib.scores import SparsityClampWarning, avss_values, cumulative, navss
 from avsslib.selection import select_layers
 
-PROPS = settings(max_examples=30, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 # ---------------------------------------------------------------- loaders
 
@@ -77,10 +78,29 @@ def test_any_bytes_give_records_or_a_data_error(template, name, blob):
 
 _JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["question", "answer", "id", "qid", "instruction", "value", "aliases",
-                         "gold_answer", "question_id", "choices", "labels", "mc1_targets"]),
-        inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "question",
+                    "answer",
+                    "id",
+                    "qid",
+                    "instruction",
+                    "value",
+                    "aliases",
+                    "gold_answer",
+                    "question_id",
+                    "choices",
+                    "labels",
+                    "mc1_targets",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
 
@@ -109,11 +129,18 @@ def test_sst2_round_trip(template, rows):
 
 
 @PROPS
-@given(rows=st.lists(st.tuples(st.sampled_from(["Q1", "Q2", "Q3"]), _CELL, st.sampled_from([0, 1])),
-                     min_size=1, max_size=15))
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["Q1", "Q2", "Q3"]), _CELL, st.sampled_from([0, 1])),
+        min_size=1,
+        max_size=15,
+    )
+)
 def test_wikiqa_round_trip_groups_by_question(template, rows):
-    lines = ["\t".join(WIKIQA_COLUMNS)]   # raw TSV, no quoting, as the official files
-    lines += [f"{qid}\tquestion {qid}\tD\tTitle\tS\t{sentence}\t{label}" for qid, sentence, label in rows]
+    lines = ["\t".join(WIKIQA_COLUMNS)]  # raw TSV, no quoting, as the official files
+    lines += [
+        f"{qid}\tquestion {qid}\tD\tTitle\tS\t{sentence}\t{label}" for qid, sentence, label in rows
+    ]
     _write_first(template["wikiqa"], "wikiqa", ("\n".join(lines) + "\n").encode())
     records = load_dataset("wikiqa", data_dir=template["wikiqa"])
     expected = {}
@@ -127,9 +154,17 @@ def test_wikiqa_round_trip_groups_by_question(template, rows):
 
 
 @PROPS
-@given(pieces=st.lists(st.tuples(st.text(alphabet="abc xyz", min_size=1, max_size=8),
-                                 st.text(alphabet="abc =\n", max_size=30)), min_size=1, max_size=6),
-       prefix=st.text(alphabet="ab \n", max_size=10))
+@given(
+    pieces=st.lists(
+        st.tuples(
+            st.text(alphabet="abc xyz", min_size=1, max_size=8),
+            st.text(alphabet="abc =\n", max_size=30),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    prefix=st.text(alphabet="ab \n", max_size=10),
+)
 def test_wikitext_articles_join_back_to_the_text(pieces, prefix):
     text = prefix + "".join(f"\n = {t.strip() or 'T'} = \n{body}" for t, body in pieces)
     docs = split_articles(text, "test")
@@ -145,7 +180,10 @@ _FRAC = st.floats(min_value=1e-3, max_value=1.0, exclude_max=True)
 
 def _layers(min_size=2, max_size=40):
     return st.integers(min_size, max_size).flatmap(
-        lambda m: st.tuples(st.lists(_POS, min_size=m, max_size=m), st.lists(_FRAC, min_size=m, max_size=m)))
+        lambda m: st.tuples(
+            st.lists(_POS, min_size=m, max_size=m), st.lists(_FRAC, min_size=m, max_size=m)
+        )
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -154,7 +192,7 @@ def test_avss_invariants(vs, scale, seed):
     v, s = map(np.asarray, vs)
     a = avss_values(v, s)
     assert a.shape == v.shape and np.isfinite(a).all() and (a > 0).all()
-    np.testing.assert_allclose(avss_values(v * scale, s), a, rtol=1e-9)      # units of V cancel
+    np.testing.assert_allclose(avss_values(v * scale, s), a, rtol=1e-9)  # units of V cancel
     np.testing.assert_allclose(avss_values(v, s * min(scale, 0.9)), a, rtol=1e-9)  # and of S
     perm = np.random.default_rng(seed).permutation(v.size)
     np.testing.assert_allclose(avss_values(v[perm], s[perm]), a[perm], rtol=1e-12)
@@ -165,8 +203,12 @@ def test_avss_invariants(vs, scale, seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(vs=_layers(), where=st.integers(0, 39), bad=st.sampled_from([np.nan, np.inf, -np.inf]),
-       in_variance=st.booleans())
+@given(
+    vs=_layers(),
+    where=st.integers(0, 39),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    in_variance=st.booleans(),
+)
 def test_avss_refuses_non_finite_statistics(vs, where, bad, in_variance):
     v, s = (np.asarray(x, dtype=float) for x in vs)
     target = v if in_variance else s
@@ -176,8 +218,10 @@ def test_avss_refuses_non_finite_statistics(vs, where, bad, in_variance):
 
 
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=40),
-       fraction=st.floats(0.01, 0.99))
+@given(
+    values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=40),
+    fraction=st.floats(0.01, 0.99),
+)
 def test_count_rule_picks_the_lowest(values, fraction):
     values = np.asarray(values)
     k = round(fraction * values.size)
@@ -203,8 +247,10 @@ def test_mass_rule_stays_under_the_fraction(values, fraction):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values=st.lists(_POS, min_size=2, max_size=20), fraction=st.one_of(
-    st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(np.nan)))
+@given(
+    values=st.lists(_POS, min_size=2, max_size=20),
+    fraction=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(np.nan)),
+)
 def test_fraction_outside_the_open_interval_is_refused(values, fraction):
     with pytest.raises(ConfigError, match="fraction"):
         select_layers(values, fraction, "count")

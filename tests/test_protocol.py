@@ -21,7 +21,10 @@ def test_configuration_kinds():
     name = protocol.sweep_config("avss", 0.25)
     assert name == "sweep-avss-0.25"
     assert [protocol.config_kind(n) for n in ("original", name, "faithful-avss-count")] == [
-        "original", "sweep", "main"]
+        "original",
+        "sweep",
+        "main",
+    ]
     mask = protocol.is_sweep(pd.Series(["original", name, "avss-count"]))
     assert mask.tolist() == [False, True, False]
     assert protocol.is_sweep(name) and not protocol.is_sweep("avss-mass")

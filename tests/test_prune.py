@@ -91,23 +91,32 @@ def test_skip_keeps_tuple_outputs():
 
 
 def test_invalid_layer_lists(tiny_llama):
-    for layers, message in (([4], "out of range"), ([-1], "out of range"),
-                            ([1, 1], "more than once"), ([0, 1, 2, 3], "all 4"),
-                            (["a"], "not an integer")):
+    for layers, message in (
+        ([4], "out of range"),
+        ([-1], "out of range"),
+        ([1, 1], "more than once"),
+        ([0, 1, 2, 3], "all 4"),
+        (["a"], "not an integer"),
+    ):
         with pytest.raises(ConfigError, match=message):
             pruned_copy(tiny_llama, layers)
-    with skip_layers(tiny_llama, [0, 1, 2, 3]):               # skipping all is allowed
+    with skip_layers(tiny_llama, [0, 1, 2, 3]):  # skipping all is allowed
         pass
 
 
 #: models whose layers are of several kinds (config.layer_types), built by conftest's tiny_model
 LAYER_TYPE_MODELS = {
-    "qwen3": dict(head_dim=8, use_sliding_window=True, sliding_window=4,
-                  layer_types=["full_attention", "sliding_attention", "full_attention",
-                               "sliding_attention"]),
-    "gemma3_text": dict(head_dim=8, sliding_window=4,
-                        layer_types=["sliding_attention", "sliding_attention", "full_attention",
-                                     "full_attention"]),
+    "qwen3": dict(
+        head_dim=8,
+        use_sliding_window=True,
+        sliding_window=4,
+        layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    ),
+    "gemma3_text": dict(
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"],
+    ),
 }
 
 
@@ -123,8 +132,10 @@ def test_prune_models_with_layer_types(arch, ids, tmp_path, tiny_model):
     # each kept block's own attention type still matches the config entry the model reads
     assert [b.self_attn.layer_type for b in blocks(model)] == model.config.layer_types
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(ids, use_cache=True, **kwargs),
-                       model.generate(ids, use_cache=False, **kwargs))
+    assert torch.equal(
+        model.generate(ids, use_cache=True, **kwargs),
+        model.generate(ids, use_cache=False, **kwargs),
+    )
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.layer_types == [types[1], types[2]]

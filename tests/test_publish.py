@@ -33,7 +33,7 @@ def test_gpu_profile_sets_only_parameters_the_chapters_define(capsys):
         assert profile_params.params("gpu", stem) == values
         assert set(values) <= profile_params.chapter_parameters(stem)
     assert profile_params.params("", "04_pruning_retention") == {}
-    assert profile_params.main(["gpu", "09_exercises"]) == 0            # unlisted: defaults
+    assert profile_params.main(["gpu", "09_exercises"]) == 0  # unlisted: defaults
     assert capsys.readouterr().out.strip() == "{}"
 
 
@@ -49,14 +49,17 @@ def test_profile_params_refuses_unknown_profiles_and_parameters(tmp_path, capsys
 def test_online_edition_adds_buttons_that_the_offline_one_lacks():
     offline = edition_config.edition_config("offline")
     online = edition_config.edition_config("online", "https://example.org/team/avss/")
-    assert not offline["launch_buttons"]["colab_url"] and not offline["launch_buttons"]["binderhub_url"]
+    assert (
+        not offline["launch_buttons"]["colab_url"]
+        and not offline["launch_buttons"]["binderhub_url"]
+    )
     assert not offline["html"]["use_repository_button"]
     assert online["launch_buttons"]["colab_url"] and online["launch_buttons"]["binderhub_url"]
     assert online["html"]["use_repository_button"] and online["html"]["use_edit_page_button"]
     assert online["repository"]["url"] == "https://example.org/team/avss"
     template = online["sphinx"]["config"]["html_context"]["edit_page_url_template"]
     assert template.startswith("https://example.org/team/avss/edit/main/") and ".md" in template
-    assert online["sphinx"]["config"]["html_context"]["default_mode"] == "auto"    # merged
+    assert online["sphinx"]["config"]["html_context"]["default_mode"] == "auto"  # merged
     assert online["bibtex_bibfiles"] == offline["bibtex_bibfiles"]
     assert Path(online["sphinx"]["local_extensions"]["avss_book"]).is_absolute()
 
@@ -64,10 +67,15 @@ def test_online_edition_adds_buttons_that_the_offline_one_lacks():
 def test_chapter_box_reads_the_measured_run_time():
     assert avss_book.reading_minutes("word " * 450) == 3
     assert avss_book.reading_minutes("```python\n" + "code " * 1000 + "\n```\nfew words") == 1
-    executed = {"metadata": {"papermill": {"duration": 83.4},
-                             "avss_run": {"cpus": 2, "profile": ""}}}
+    executed = {
+        "metadata": {"papermill": {"duration": 83.4}, "avss_run": {"cpus": 2, "profile": ""}}
+    }
     assert avss_book.run_line(executed).startswith("1 min 23 s on 2 CPU cores, no GPU")
-    gpu = {"metadata": {"papermill": {"duration": 12.0},
-                        "avss_run": {"cpus": 16, "gpu": "NVIDIA H200", "profile": "gpu"}}}
+    gpu = {
+        "metadata": {
+            "papermill": {"duration": 12.0},
+            "avss_run": {"cpus": 16, "gpu": "NVIDIA H200", "profile": "gpu"},
+        }
+    }
     assert avss_book.run_line(gpu).startswith("12 s on 16 CPU cores and NVIDIA H200, profile gpu")
     assert avss_book.run_line({"metadata": {}}).startswith("not measured")

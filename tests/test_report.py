@@ -20,10 +20,18 @@ def _leftovers(folder):
 
 
 def test_json_is_sorted_rounded_and_strict(tmp_path):
-    path = write_json_atomic(tmp_path / "r.json", {
-        "b": 0.1 + 0.2, "a": np.float32(0.5), "n": np.int64(3), "arr": np.array([1.0, np.nan]),
-        "inf": float("inf"), "t": (1, 2), "p": tmp_path,
-    })
+    path = write_json_atomic(
+        tmp_path / "r.json",
+        {
+            "b": 0.1 + 0.2,
+            "a": np.float32(0.5),
+            "n": np.int64(3),
+            "arr": np.array([1.0, np.nan]),
+            "inf": float("inf"),
+            "t": (1, 2),
+            "p": tmp_path,
+        },
+    )
     text = path.read_text()
     assert text.endswith("\n")
     data = json.loads(text)
@@ -71,10 +79,26 @@ def test_csv_round_trip(tmp_path):
 def test_run_record_timing_and_determinism(tmp_path, tiny_llama):
     records = []
     for _ in range(2):
-        rec = RunRecord.start("avss eval --tasks x", {"n": 4}, 0, model=tiny_llama,
-                              data_files={"f.jsonl": "ab" * 32})
-        records.append(rec.finish({"table": [{"task": "x", "metric": "acc", "value": 0.5,
-                                              "ci_low": 0.25, "ci_high": 0.75, "n": 4}]}, step_s=1.5))
+        rec = RunRecord.start(
+            "avss eval --tasks x", {"n": 4}, 0, model=tiny_llama, data_files={"f.jsonl": "ab" * 32}
+        )
+        records.append(
+            rec.finish(
+                {
+                    "table": [
+                        {
+                            "task": "x",
+                            "metric": "acc",
+                            "value": 0.5,
+                            "ci_low": 0.25,
+                            "ci_high": 0.75,
+                            "n": 4,
+                        }
+                    ]
+                },
+                step_s=1.5,
+            )
+        )
     a, b = (r.to_dict() for r in records)
     assert set(a["timing"]) == {"start", "end", "wall_s", "step_s"}
     assert a["timing"]["wall_s"] >= 0
@@ -107,8 +131,18 @@ class _Holder(torch.nn.Module):
         self.register_buffer("t", (torch.randn(shape) * 3).to(dtype))
 
 
-_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8,
-           torch.bool, torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64]
+_DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int8,
+    torch.bool,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.complex64,
+]
 
 
 @pytest.mark.parametrize("dtype", _DTYPES, ids=str)
@@ -140,7 +174,7 @@ def test_state_hash_scalar_buffer_is_its_value():
 def test_state_hash_non_contiguous_equals_its_copy():
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     view, copy = torch.nn.Module(), torch.nn.Module()
-    view.register_buffer("w", base.t())           # a transposed view, not contiguous
+    view.register_buffer("w", base.t())  # a transposed view, not contiguous
     copy.register_buffer("w", base.t().contiguous())
     assert not view.w.is_contiguous()
     assert report.state_sha256(view) == report.state_sha256(copy)
@@ -176,8 +210,19 @@ def test_state_hash_same_on_cpu_and_cuda(tiny_llama):
 
 def test_card_and_save_record(tmp_path):
     rec = RunRecord("avss eval --tasks sciq_mc", {"n": 4}, 7, device="cpu")
-    rec.metrics = {"table": [{"task": "sciq_mc", "metric": "acc", "value": 0.5, "ci_low": 0.25,
-                              "ci_high": 0.75, "n": 4}], "protocols": {"sciq_mc": {"window": 1}}}
+    rec.metrics = {
+        "table": [
+            {
+                "task": "sciq_mc",
+                "metric": "acc",
+                "value": 0.5,
+                "ci_low": 0.25,
+                "ci_high": 0.75,
+                "n": 4,
+            }
+        ],
+        "protocols": {"sciq_mc": {"window": 1}},
+    }
     card = result_card(rec)
     assert "| sciq_mc | acc | 0.5 | [0.25, 0.75] | 4 |" in card
     assert "**Seed:** 7" in card and '"window": 1' in card

@@ -19,11 +19,16 @@ from avsslib.errors import ConfigError
 
 def _eavss_dir(root: Path) -> None:
     (root / "eavss" / "labels").mkdir(parents=True)
-    (root / "eavss" / "prone_layers.json").write_text(json.dumps(
-        {"prone": {"truthfulqa": {"P": {"layers": [3, 7]}, "C": {"layers": [1, 2]}}}}))
-    rows = [{"id": "a", "question": "Q1?", "answer": "wrong", "label": "hallucinated"},
-            {"id": "b", "question": "Q2?", "answer": "right", "label": "truthful"}]
-    (root / "eavss" / "labels" / "truthfulqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "eavss" / "prone_layers.json").write_text(
+        json.dumps({"prone": {"truthfulqa": {"P": {"layers": [3, 7]}, "C": {"layers": [1, 2]}}}})
+    )
+    rows = [
+        {"id": "a", "question": "Q1?", "answer": "wrong", "label": "hallucinated"},
+        {"id": "b", "question": "Q2?", "answer": "right", "label": "truthful"},
+    ]
+    (root / "eavss" / "labels" / "truthfulqa.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
 
 
 class Recorder:
@@ -45,13 +50,29 @@ class Recorder:
             seed = int(argv[argv.index("--seed") + 1])
             before = 0.5
             after = before + 0.01 * (seed + 1) * (argv[argv.index("--mode") + 1] == "eavss")
-            (out / "metrics.json").write_text(json.dumps({
-                "change": [{"task": "truthfulqa_mc2", "metric": "acc", "before": before, "after": after,
-                            "delta_abs": after - before, "delta_rel": (after - before) / before,
-                            "abs_ci_low": -0.1, "abs_ci_high": 0.1, "rel_ci_low": -0.2,
-                            "rel_ci_high": 0.2, "n": 12}],
-                "side_effects": {"kl_to_base": {"value": 0.01}},
-                "training": {"layers": [3, 7]}}))
+            (out / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "change": [
+                            {
+                                "task": "truthfulqa_mc2",
+                                "metric": "acc",
+                                "before": before,
+                                "after": after,
+                                "delta_abs": after - before,
+                                "delta_rel": (after - before) / before,
+                                "abs_ci_low": -0.1,
+                                "abs_ci_high": 0.1,
+                                "rel_ci_low": -0.2,
+                                "rel_ci_high": 0.2,
+                                "n": 12,
+                            }
+                        ],
+                        "side_effects": {"kl_to_base": {"value": 0.01}},
+                        "training": {"layers": [3, 7]},
+                    }
+                )
+            )
         else:
             (out / "record.json").write_text("{}")
         return 0
@@ -73,30 +94,41 @@ def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
     rec = Recorder()
     monkeypatch.setattr("avsslib.cli.main", rec)
     scale = rp.SCALES["ci"]
-    log = rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False,
-                       overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")})
+    log = rp.reproduce(
+        "smollm2-135m",
+        tmp_path,
+        scale,
+        device="cpu",
+        progress=False,
+        overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")},
+    )
     names = [c[0] for c in rec.calls]
     assert names == ["study", "hallucination"] + ["mitigate"] * 6
     # seed-major order: every mode of seed 0 before seed 1
     seeds = [c[c.index("--seed") + 1] for c in rec.calls[2:]]
     assert seeds == ["0", "0", "0", "1", "1", "1"]
     eavss = rec.calls[2]
-    assert eavss[eavss.index("--layers") + 1] == "3,7"           # family P by default
+    assert eavss[eavss.index("--layers") + 1] == "3,7"  # family P by default
     random_call = rec.calls[3]
-    assert random_call[random_call.index("--k") + 1] == "2"      # same k as the prone set
+    assert random_call[random_call.index("--k") + 1] == "2"  # same k as the prone set
     avss_call = rec.calls[4]
     assert avss_call[avss_call.index("--layers-from") + 1].endswith("avss/layer_stats.csv")
-    negatives = json.loads((tmp_path / "smollm2-135m" / "mitigation" / "truthfulqa" /
-                            "own_negatives.json").read_text())
-    assert negatives == [["Q1?", "wrong"]]                       # hallucinated answers only
+    negatives = json.loads(
+        (tmp_path / "smollm2-135m" / "mitigation" / "truthfulqa" / "own_negatives.json").read_text()
+    )
+    assert negatives == [["Q1?", "wrong"]]  # hallucinated answers only
     assert all(v["status"] == "done" for v in log["stages"].values())
     on_disk = json.loads((tmp_path / "smollm2-135m" / "reproduce.json").read_text())
-    assert all(v["device"].startswith("cpu") and v["scale"] == "custom" for v in on_disk["stages"].values())
+    assert all(
+        v["device"].startswith("cpu") and v["scale"] == "custom" for v in on_disk["stages"].values()
+    )
     assert on_disk["devices"] == [on_disk["device"]]
 
     summary = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary.csv")
     assert len(summary) == 6 and set(summary["mode"]) == {"eavss", "random", "avss"}
-    modes = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary_modes.csv").set_index("mode")
+    modes = pd.read_csv(tmp_path / "smollm2-135m" / "mitigation" / "summary_modes.csv").set_index(
+        "mode"
+    )
     assert modes.loc["eavss", "seeds"] == 2
     assert modes.loc["eavss", "delta_abs_mean"] == pytest.approx(0.015)
     assert modes.loc["random", "delta_abs_mean"] == pytest.approx(0.0)
@@ -104,8 +136,14 @@ def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
     # a second run finds everything finished and runs nothing
     rec2 = Recorder()
     monkeypatch.setattr("avsslib.cli.main", rec2)
-    rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False,
-                 overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")})
+    rp.reproduce(
+        "smollm2-135m",
+        tmp_path,
+        scale,
+        device="cpu",
+        progress=False,
+        overrides={"seeds": (0, 1), "modes": ("eavss", "random", "avss")},
+    )
     assert rec2.calls == []
 
 
@@ -121,7 +159,8 @@ def test_interrupted_run_resumes_the_missing_stages(tmp_path, monkeypatch):
     monkeypatch.setattr("avsslib.cli.main", rec2)
     rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False)
     assert [(c[0], c[c.index("--mode") + 1] if "--mode" in c else None) for c in rec2.calls] == [
-        ("mitigate", "random")]
+        ("mitigate", "random")
+    ]
 
 
 def test_drop_weights_and_checkpoint_resume_flag(tmp_path, monkeypatch):
@@ -138,10 +177,14 @@ def test_drop_weights_and_checkpoint_resume_flag(tmp_path, monkeypatch):
         return code
 
     monkeypatch.setattr("avsslib.cli.main", main)
-    rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, overrides={"keep_weights": False})
+    rp.reproduce(
+        "m", tmp_path, "ci", device="cpu", progress=False, overrides={"keep_weights": False}
+    )
     eavss = [c for c in rec.calls if c[0] == "mitigate" and "eavss" in c][0]
-    assert "--resume" in eavss                       # a checkpoint was there: continue from it
-    assert not (out / "checkpoint.pt").exists() and not (out / "trained_layers.safetensors").exists()
+    assert "--resume" in eavss  # a checkpoint was there: continue from it
+    assert (
+        not (out / "checkpoint.pt").exists() and not (out / "trained_layers.safetensors").exists()
+    )
     assert (out / "metrics.json").exists()
 
 
@@ -167,11 +210,13 @@ def test_wikiqa_mitigation_trains_on_its_train_split(tmp_path, monkeypatch):
     (root / "eavss" / "prone_layers.json").write_text(json.dumps(prone))
     scale = rp.replace(rp.SCALES["ci"], mitigation_datasets=("truthfulqa", "wikiqa"), seeds=(0,))
     stages = rp.mitigation_stages("smollm2-135m", tmp_path, scale, device="cpu", dtype="float32")
-    split = {s.name.split()[1]: (s.argv[s.argv.index("--split") + 1] if "--split" in s.argv else None)
-             for s in stages}
+    split = {
+        s.name.split()[1]: (s.argv[s.argv.index("--split") + 1] if "--split" in s.argv else None)
+        for s in stages
+    }
     assert split == {"truthfulqa": None, "wikiqa": "train"}
     own = {s.name.split()[1]: "--own-negatives" in s.argv for s in stages}
-    assert own == {"truthfulqa": True, "wikiqa": False}   # labels are of WikiQA's test split
+    assert own == {"truthfulqa": True, "wikiqa": False}  # labels are of WikiQA's test split
 
 
 def test_model_slug():
@@ -184,16 +229,25 @@ def test_finished_stage_with_other_settings_is_refused(tmp_path, monkeypatch):
     _label_reader(monkeypatch)
     monkeypatch.setattr("avsslib.cli.main", Recorder())
     rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
-    assert json.loads((tmp_path / "m" / "avss" / rp.STAGE_SETTINGS).read_text())["argv"][0] == "study"
+    assert (
+        json.loads((tmp_path / "m" / "avss" / rp.STAGE_SETTINGS).read_text())["argv"][0] == "study"
+    )
     # the same settings on another device: still finished, nothing runs
     rec = Recorder()
     monkeypatch.setattr("avsslib.cli.main", rec)
     rp.reproduce("m", tmp_path, "ci", device="cuda", progress=False, stages=("study",))
     assert rec.calls == []
     with pytest.raises(ConfigError, match=r"other settings .*--sweep-fractions"):
-        rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, stages=("study",),
-                     overrides={"study": ("--quick", "--sweep-fractions", "0.5")})
-    with pytest.raises(ConfigError, match="-> other/m"):          # a second model, same folder
+        rp.reproduce(
+            "m",
+            tmp_path,
+            "ci",
+            device="cpu",
+            progress=False,
+            stages=("study",),
+            overrides={"study": ("--quick", "--sweep-fractions", "0.5")},
+        )
+    with pytest.raises(ConfigError, match="-> other/m"):  # a second model, same folder
         rp.reproduce("other/m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
 
 
@@ -220,8 +274,11 @@ def test_results_tables_read_the_committed_runs(capsys, monkeypatch):
         assert f"| {model} | AVSS (count rule) |" in out
         assert f"| {model} | TruthfulQA MC1 accuracy | eavss |" in out
     retention = pd.read_csv(root / "results" / "smollm2-135m" / "avss" / "retention.csv")
-    row = retention[(retention["config"] == "avss-count") & (retention["task"] == "sciq_mc")
-                    & (retention["metric"] == "acc")].iloc[0]
+    row = retention[
+        (retention["config"] == "avss-count")
+        & (retention["task"] == "sciq_mc")
+        & (retention["metric"] == "acc")
+    ].iloc[0]
     assert fmt_ci(row.retention, row.ci_low, row.ci_high) in out
     assert "speed-up" in out and "Hallucination rates" in out and "Prone minus random" in out
 
@@ -237,8 +294,16 @@ class FoldRecorder(Recorder):
         out = Path(argv[argv.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
         if argv[0] == "hallucination" and "--folds" in argv:
-            (out / "prone_layers.json").write_text(json.dumps({"prone": {}, "folds": {"prone": {
-                "truthfulqa": {"P": [{"layers": [1, 2]}, {"layers": [3, 4]}]}}}}))
+            (out / "prone_layers.json").write_text(
+                json.dumps(
+                    {
+                        "prone": {},
+                        "folds": {
+                            "prone": {"truthfulqa": {"P": [{"layers": [1, 2]}, {"layers": [3, 4]}]}}
+                        },
+                    }
+                )
+            )
             (out / "probe_layers.json").write_text("{}")
         if argv[0] != "mitigate":
             (out / "record.json").write_text("{}")
@@ -248,11 +313,27 @@ class FoldRecorder(Recorder):
         before = [0.25, 0.5]
 
         def result(values):
-            return {"tasks": {"truthfulqa_mc2": {"ids": ids, "protocol": {}, "metrics": {"acc": {
-                "value": sum(values) / 2, "kind": "mean", "higher_is_better": True,
-                "per_example": values}}}}}
+            return {
+                "tasks": {
+                    "truthfulqa_mc2": {
+                        "ids": ids,
+                        "protocol": {},
+                        "metrics": {
+                            "acc": {
+                                "value": sum(values) / 2,
+                                "kind": "mean",
+                                "higher_is_better": True,
+                                "per_example": values,
+                            }
+                        },
+                    }
+                }
+            }
+
         after = [v + (0.1 if mode == "eavss" else 0.0) for v in before]
-        (out / "metrics.json").write_text(json.dumps({"before": result(before), "after": result(after)}))
+        (out / "metrics.json").write_text(
+            json.dumps({"before": result(before), "after": result(after)})
+        )
         return 0
 
 
@@ -267,22 +348,31 @@ def test_fold_protocol_stages_and_pooled_comparison(tmp_path, monkeypatch, data_
     folds_call = rec.calls[2]
     assert folds_call[folds_call.index("--n") + 1] == "817" and "--probe" in folds_call
     assert folds_call[folds_call.index("--out") + 1].endswith("eavss-2fold")
-    runs = {(c[c.index("--mode") + 1], c[c.index("--seed") + 1], c[c.index("--fold") + 1]): c
-            for c in rec.calls[3:]}
+    runs = {
+        (c[c.index("--mode") + 1], c[c.index("--seed") + 1], c[c.index("--fold") + 1]): c
+        for c in rec.calls[3:]
+    }
     assert len(runs) == 12 and all(c[c.index("--folds") + 1] == "2" for c in runs.values())
     eavss = runs[("eavss", "0", "1")]
     assert eavss[eavss.index("--layers-from") + 1].endswith("eavss-2fold/prone_layers.json")
     assert runs[("random", "1", "1")][runs[("random", "1", "1")].index("--k") + 1] == "2"
     probe = runs[("probe", "0", "0")]
     assert probe[probe.index("--layers-from") + 1].endswith("eavss-2fold/probe_layers.json")
-    assert all("--n-eval" not in c for c in runs.values())         # the fold decides
+    assert all("--n-eval" not in c for c in runs.values())  # the fold decides
     folder = tmp_path / "smollm2-135m" / "mitigation-2fold" / "truthfulqa"
     pooled = pd.read_csv(folder / "pooled_scores.csv")
-    assert set(pooled["n"]) == {4} and len(pooled) == 6          # 3 modes x 2 seeds, 4 questions each
+    assert set(pooled["n"]) == {4} and len(pooled) == 6  # 3 modes x 2 seeds, 4 questions each
     table = pd.read_csv(folder / "modes_vs_random.csv").set_index("mode")
-    assert table.loc["eavss", "diff"] == pytest.approx(0.1) and table.loc["probe", "diff"] == pytest.approx(0.0)
+    assert table.loc["eavss", "diff"] == pytest.approx(0.1) and table.loc[
+        "probe", "diff"
+    ] == pytest.approx(0.0)
     assert table.loc["eavss", "n"] == 4 and table.loc["eavss", "seeds"] == 2
 
     with pytest.raises(ConfigError, match="k-fold protocol supports"):
-        rp.plan("smollm2-135m", tmp_path, rp.replace(scale, mitigation_datasets=("wikiqa",)),
-                device="cpu", dtype="float32")
+        rp.plan(
+            "smollm2-135m",
+            tmp_path,
+            rp.replace(scale, mitigation_datasets=("wikiqa",)),
+            device="cpu",
+            dtype="float32",
+        )

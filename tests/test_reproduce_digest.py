@@ -32,8 +32,20 @@ REL_TOL = 1e-5
 ABS_TOL = 1e-9
 
 #: keys whose values vary between identical runs (wall times, dates, versions, the machine)
-VOLATILE_KEYS = {"timing", "versions", "wall_s", "created", "start", "end", "device", "devices",
-                 "avsslib_commit", "started", "finished", "date"}
+VOLATILE_KEYS = {
+    "timing",
+    "versions",
+    "wall_s",
+    "created",
+    "start",
+    "end",
+    "device",
+    "devices",
+    "avsslib_commit",
+    "started",
+    "finished",
+    "date",
+}
 #: keys holding hashes of something that includes library versions (cache keys)
 VERSIONED_HASH_FILES = {"layer_stats.json": {"key"}}
 #: duration keys: ``*_s``, ``*_seconds`` and ``s_per_*`` numbers
@@ -61,8 +73,11 @@ def _places(root: Path) -> list[tuple[str, str]]:
     """Machine-specific folders and the placeholders that stand for them in the digest."""
     from avsslib.paths import cache_dir, data_dir
 
-    places = [(str(root), "<results>"), (str(cache_dir()), "<cache>"),
-              (str(Path(__file__).resolve().parents[1]), "<repo>")]
+    places = [
+        (str(root), "<results>"),
+        (str(cache_dir()), "<cache>"),
+        (str(Path(__file__).resolve().parents[1]), "<repo>"),
+    ]
     if data_dir() is not None:
         places.append((str(data_dir()), "<data>"))
     return places
@@ -74,8 +89,9 @@ def _text(text: str, root: list[tuple[str, str]]) -> str:
     return text
 
 
-def _norm(obj: Any, root: list[tuple[str, str]],
-          volatile_hash: frozenset[str] | set[str] = frozenset()) -> Any:
+def _norm(
+    obj: Any, root: list[tuple[str, str]], volatile_hash: frozenset[str] | set[str] = frozenset()
+) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -109,29 +125,48 @@ def normalise(path: Path, root: Path) -> Any:
     r = _places(root)
     suffix = path.suffix
     if suffix == ".json":
-        return _norm(json.loads(path.read_text(encoding="utf-8")), r,
-                     VERSIONED_HASH_FILES.get(path.name, set()))
+        return _norm(
+            json.loads(path.read_text(encoding="utf-8")),
+            r,
+            VERSIONED_HASH_FILES.get(path.name, set()),
+        )
     if suffix == ".jsonl":
-        return [_norm(json.loads(line), r) for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return [
+            _norm(json.loads(line), r)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
-        volatile = {i for i, name in enumerate(rows[0] if rows else [])
-                    if name in VOLATILE_KEYS or DURATION.search(name)}
-        return [[c if n == 0 else _csv_value(c, r) for i, c in enumerate(row) if i not in volatile]
-                for n, row in enumerate(rows)]
+        volatile = {
+            i
+            for i, name in enumerate(rows[0] if rows else [])
+            if name in VOLATILE_KEYS or DURATION.search(name)
+        }
+        return [
+            [c if n == 0 else _csv_value(c, r) for i, c in enumerate(row) if i not in volatile]
+            for n, row in enumerate(rows)
+        ]
     if suffix == ".md":
-        return [_text(line, r) for line in path.read_text(encoding="utf-8").splitlines()
-                if not CARD_VOLATILE.match(line) and not _volatile_member(line)]
+        return [
+            _text(line, r)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if not CARD_VOLATILE.match(line) and not _volatile_member(line)
+        ]
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
         tensors = load_file(str(path))
-        return {k: {"shape": list(t.shape), "dtype": str(t.dtype),
-                    "sum": _round(float(t.double().sum())),
-                    "abs_sum": _round(float(t.double().abs().sum()))}
-                for k, t in sorted(tensors.items())}
+        return {
+            k: {
+                "shape": list(t.shape),
+                "dtype": str(t.dtype),
+                "sum": _round(float(t.double().sum())),
+                "abs_sum": _round(float(t.double().abs().sum())),
+            }
+            for k, t in sorted(tensors.items())
+        }
     if suffix in FIGURES:
         return "figure"
     if suffix in {".pt", ".bin"}:
@@ -140,8 +175,11 @@ def normalise(path: Path, root: Path) -> Any:
 
 
 def digest(root: Path) -> dict[str, Any]:
-    return {p.relative_to(root).as_posix(): normalise(p, root)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix not in SKIPPED}
+    return {
+        p.relative_to(root).as_posix(): normalise(p, root)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix not in SKIPPED
+    }
 
 
 def _differences(want: Any, got: Any, where: str, out: list[str]) -> None:
@@ -161,8 +199,12 @@ def _differences(want: Any, got: Any, where: str, out: list[str]) -> None:
             return
         for i, (a, b) in enumerate(zip(want, got, strict=True)):
             _differences(a, b, f"{where}[{i}]", out)
-    elif (isinstance(want, int | float) and isinstance(got, int | float)
-          and not isinstance(want, bool) and not isinstance(got, bool)):
+    elif (
+        isinstance(want, int | float)
+        and isinstance(got, int | float)
+        and not isinstance(want, bool)
+        and not isinstance(got, bool)
+    ):
         if not math.isclose(want, got, rel_tol=REL_TOL, abs_tol=ABS_TOL):
             out.append(f"{where}: {want!r} -> {got!r}")
     elif want != got:
@@ -179,8 +221,20 @@ def test_reproduce_ci_results_match_the_committed_digest(tmp_path, data_dir, mon
     torch.set_num_threads(1)
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     try:
-        code = main(["reproduce", "--models", "smollm2-135m", "--scale", "ci", "--results",
-                     str(tmp_path / "results"), "--device", "cpu", "--quiet"])
+        code = main(
+            [
+                "reproduce",
+                "--models",
+                "smollm2-135m",
+                "--scale",
+                "ci",
+                "--results",
+                str(tmp_path / "results"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -199,13 +253,15 @@ def test_digest_comparison_sees_a_moved_number_and_a_new_file(tmp_path):
     """The comparison itself: timings and paths aside, a moved value or a new file fails."""
     root = tmp_path / "r"
     (root / "a").mkdir(parents=True)
-    (root / "a" / "m.json").write_text(json.dumps(
-        {"value": 0.5, "timing": {"wall_s": 3.0}, "out": str(root / "a"), "load_s": 1.0}))
+    (root / "a" / "m.json").write_text(
+        json.dumps({"value": 0.5, "timing": {"wall_s": 3.0}, "out": str(root / "a"), "load_s": 1.0})
+    )
     (root / "a" / "t.csv").write_text("config,value,wall_s\nx,0.25,9.5\n")
     before = digest(root)
     assert before["a/m.json"] == {"value": 0.5, "out": "<results>/a"}
-    (root / "a" / "m.json").write_text(json.dumps(
-        {"value": 0.5, "timing": {"wall_s": 7.0}, "out": str(root / "a"), "load_s": 2.0}))
+    (root / "a" / "m.json").write_text(
+        json.dumps({"value": 0.5, "timing": {"wall_s": 7.0}, "out": str(root / "a"), "load_s": 2.0})
+    )
     (root / "a" / "t.csv").write_text("config,value,wall_s\nx,0.25,1.5\n")
     same: list[str] = []
     _differences(before, digest(root), "", same)

@@ -30,15 +30,25 @@ RESULTS = REPO / "results"
 
 
 def test_number_format():
-    assert [plots.fmt_pct(x) for x in (0.812, 0.0523, 0.0033, 1.0)] == ["81%", "5.2%", "0.33%", "100%"]
+    assert [plots.fmt_pct(x) for x in (0.812, 0.0523, 0.0033, 1.0)] == [
+        "81%",
+        "5.2%",
+        "0.33%",
+        "100%",
+    ]
     assert plots.fmt_pct(float("nan")) == plots.DASH and plots.fmt_pct(None) == plots.DASH
     assert plots.fmt_ci(0.81, 0.76, 0.86) == "81% [76, 86]"
     assert plots.fmt_ci(0.052, 0.02, 0.087, kind="pp") == "+5.2 pp [2.0, 8.7]"
     assert plots.fmt_ci(0.2, 0.08, 0.33, kind="rel") == "+20% [8, 33]"
     assert plots.fmt_ci(0.5, float("nan"), float("nan")) == "50%"
     assert plots.fmt_ci(float("inf"), 0, 1) == plots.DASH
-    assert [plots.fmt_num(x) for x in (24.0, 0.1, 224970.996, 30.376, True)] == \
-        ["24", "0.1", "224,971", "30.4", "yes"]
+    assert [plots.fmt_num(x) for x in (24.0, 0.1, 224970.996, 30.376, True)] == [
+        "24",
+        "0.1",
+        "224,971",
+        "30.4",
+        "yes",
+    ]
     assert plots.fmt_value(float("inf")) == plots.DASH and plots.fmt_value(None) == plots.DASH
     assert plots.fmt_value("text") == "text" and plots.fmt_value(np.int64(3)) == "3"
 
@@ -62,7 +72,9 @@ def test_table_shows_rows_in_a_dropdown_and_a_csv():
     assert not re.search(r"\d\.\d{6}", html)
     small = plots.table(frame.head(3), index=False)._repr_html_()
     assert "<details" not in small and "overflow-x:auto" in small
-    chosen = plots.table(frame, index=False, show=(frame["layer"] % 10 == 0).to_numpy())._repr_html_()
+    chosen = plots.table(
+        frame, index=False, show=(frame["layer"] % 10 == 0).to_numpy()
+    )._repr_html_()
     assert chosen.partition("<details")[0].count("<tr>") == 4
     styled = plots.table(pd.DataFrame({"count": [24.0, 3.0]}).style, index=False)._repr_html_()
     assert ">24<" in styled and "24.0" not in styled
@@ -73,27 +85,58 @@ def test_table_shows_rows_in_a_dropdown_and_a_csv():
 
 def _metrics(ids, before, after, task="truthfulqa_mc1", metric="acc"):
     def side(values):
-        return {"tasks": {task: {"ids": ids, "metrics": {metric: {
-            "per_example": list(values), "value": float(np.mean(values)), "kind": "mean",
-            "higher_is_better": True}}}}}
+        return {
+            "tasks": {
+                task: {
+                    "ids": ids,
+                    "metrics": {
+                        metric: {
+                            "per_example": list(values),
+                            "value": float(np.mean(values)),
+                            "kind": "mean",
+                            "higher_is_better": True,
+                        }
+                    },
+                }
+            }
+        }
+
     return {"before": side(before), "after": side(after), "change": [], "training": {"layers": []}}
 
 
 def _summary_row(model, dataset, mode, seed, before, after, task="truthfulqa_mc1", metric="acc"):
     b, a = float(np.mean(before)), float(np.mean(after))
-    return {"model": model, "dataset": dataset, "mode": mode, "seed": seed, "task": task,
-            "metric": metric, "before": b, "after": a, "delta_abs": a - b,
-            "delta_rel": a / b - 1, "abs_ci_low": 0, "abs_ci_high": 0, "n": len(before)}
+    return {
+        "model": model,
+        "dataset": dataset,
+        "mode": mode,
+        "seed": seed,
+        "task": task,
+        "metric": metric,
+        "before": b,
+        "after": a,
+        "delta_abs": a - b,
+        "delta_rel": a / b - 1,
+        "abs_ci_low": 0,
+        "abs_ci_high": 0,
+        "n": len(before),
+    }
 
 
-def _fake_mitigation(root: Path, runs: dict[tuple[str, int], list[int]], before: list[int],
-                     ids: list[str] | None = None) -> None:
+def _fake_mitigation(
+    root: Path,
+    runs: dict[tuple[str, int], list[int]],
+    before: list[int],
+    ids: list[str] | None = None,
+) -> None:
     model, dataset = "tiny", "truthfulqa"
     rows = []
     for (mode, seed), after in runs.items():
         folder = root / model / "mitigation" / dataset / f"{mode}-seed{seed}"
         folder.mkdir(parents=True)
-        run_ids = ids if (ids is not None and mode == "random") else [str(i) for i in range(len(before))]
+        run_ids = (
+            ids if (ids is not None and mode == "random") else [str(i) for i in range(len(before))]
+        )
         (folder / "metrics.json").write_text(json.dumps(_metrics(run_ids, before, after)))
         rows.append(_summary_row(model, dataset, mode, seed, before, after))
     pd.DataFrame(rows).to_csv(root / model / "mitigation" / "summary.csv", index=False)
@@ -101,12 +144,17 @@ def _fake_mitigation(root: Path, runs: dict[tuple[str, int], list[int]], before:
 
 def test_prone_minus_random_is_paired_and_seed_averaged(tmp_path):
     before = [0, 0, 1, 1, 0, 1, 0, 0, 1, 0]
-    runs = {("eavss", 0): [1, 0, 1, 1, 0, 1, 0, 0, 1, 0], ("eavss", 1): [1, 1, 1, 1, 0, 1, 0, 0, 1, 0],
-            ("random", 0): [0, 0, 1, 1, 0, 1, 0, 0, 1, 1]}
+    runs = {
+        ("eavss", 0): [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
+        ("eavss", 1): [1, 1, 1, 1, 0, 1, 0, 0, 1, 0],
+        ("random", 0): [0, 0, 1, 1, 0, 1, 0, 0, 1, 1],
+    }
     _fake_mitigation(tmp_path, runs, before)
     diff = R.prone_minus_random(tmp_path, n_boot=200)
     row = diff.iloc[0]
-    expected = np.mean((np.array(runs["eavss", 0]) + runs["eavss", 1]) / 2 - np.array(runs["random", 0]))
+    expected = np.mean(
+        (np.array(runs["eavss", 0]) + runs["eavss", 1]) / 2 - np.array(runs["random", 0])
+    )
     assert row["difference"] == pytest.approx(expected)
     assert row["seeds_eavss"] == 2 and row["seeds_other"] == 1 and row["n"] == 10
     assert row["ci_low"] <= row["difference"] <= row["ci_high"]
@@ -118,14 +166,18 @@ def test_prone_minus_random_is_paired_and_seed_averaged(tmp_path):
 
 def test_runs_on_other_questions_are_refused(tmp_path):
     before = [0, 1, 1, 0]
-    _fake_mitigation(tmp_path, {("eavss", 0): [1, 1, 1, 0], ("random", 0): [0, 1, 1, 1]}, before,
-                     ids=["9", "8", "7", "6"])
+    _fake_mitigation(
+        tmp_path,
+        {("eavss", 0): [1, 1, 1, 0], ("random", 0): [0, 1, 1, 1]},
+        before,
+        ids=["9", "8", "7", "6"],
+    )
     with pytest.raises(DataError, match="different questions"):
         R.prone_minus_random(tmp_path, n_boot=10)
 
 
 def test_uninformative_metrics():
-    assert R.uninformative("sst2", "acc", 0.516) is not None      # chance is 50%
+    assert R.uninformative("sst2", "acc", 0.516) is not None  # chance is 50%
     assert R.uninformative("sciq_mc", "acc", 0.766) is None
     assert R.uninformative("nq_open_em", "exact_match", 0.013) is not None
     assert R.uninformative("wikitext2_ppl", "token_perplexity", 30.4) is None
@@ -150,9 +202,16 @@ def test_bad_json_names_the_file(tmp_path):
 # Independent of avsslib.results: the same documented rules, written again from the files.
 
 CHANCE = {("sciq_mc", "acc"): 0.25, ("sst2", "acc"): 0.5}
-PRIMARY = {"sciq_mc": "acc", "sst2": "acc", "triviaqa_em": "exact_match",
-           "wikitext2_ppl": "token_perplexity", "truthfulqa_mc1": "acc", "truthfulqa_mc2": "acc",
-           "nq_open_em": "exact_match", "wikiqa": "map"}
+PRIMARY = {
+    "sciq_mc": "acc",
+    "sst2": "acc",
+    "triviaqa_em": "exact_match",
+    "wikitext2_ppl": "token_perplexity",
+    "truthfulqa_mc1": "acc",
+    "truthfulqa_mc2": "acc",
+    "nq_open_em": "exact_match",
+    "wikiqa": "map",
+}
 
 
 def _counts(task, metric, original):
@@ -169,28 +228,53 @@ def _ci(values, n_boot=1000):
 
 
 def _mode_scores(folder: Path, mode: str, task: str, metric: str):
-    runs = sorted(p for p in folder.glob(f"{mode}-seed*/metrics.json")
-                  if re.fullmatch(rf"{mode}-seed\d+", p.parent.name))
+    runs = sorted(
+        p
+        for p in folder.glob(f"{mode}-seed*/metrics.json")
+        if re.fullmatch(rf"{mode}-seed\d+", p.parent.name)
+    )
     data = [json.loads(p.read_text()) for p in runs]
     before = np.array(data[0]["before"]["tasks"][task]["metrics"][metric]["per_example"], float)
-    after = np.mean([d["after"]["tasks"][task]["metrics"][metric]["per_example"] for d in data], axis=0)
+    after = np.mean(
+        [d["after"]["tasks"][task]["metrics"][metric]["per_example"] for d in data], axis=0
+    )
     return before, after, len(runs)
 
 
 def _expected_rows() -> list[dict]:
     rows = []
-    for model_dir in sorted(p for p in RESULTS.iterdir() if (p / "avss" / "retention.csv").is_file()):
+    for model_dir in sorted(
+        p for p in RESULTS.iterdir() if (p / "avss" / "retention.csv").is_file()
+    ):
         ret = pd.read_csv(model_dir / "avss" / "retention.csv")
         ret = ret[(ret["fraction"] == 0.25) & (ret["config"] == "avss-count")]
         ret = ret[[PRIMARY.get(t) == m for t, m in zip(ret["task"], ret["metric"], strict=True)]]
-        counted = ret[[_counts(t, m, o) for t, m, o in zip(ret["task"], ret["metric"], ret["original"], strict=True)]]
-        verdict = ("does not hold" if (counted["ci_high"] < 0.9).any()
-                   else "holds" if (counted["ci_low"] > 0.9).all() else "not testable here")
+        counted = ret[
+            [
+                _counts(t, m, o)
+                for t, m, o in zip(ret["task"], ret["metric"], ret["original"], strict=True)
+            ]
+        ]
+        verdict = (
+            "does not hold"
+            if (counted["ci_high"] < 0.9).any()
+            else "holds"
+            if (counted["ci_low"] > 0.9).all()
+            else "not testable here"
+        )
         sciq = counted[counted["task"] == "sciq_mc"].iloc[0]
-        rows.append({"model": model_dir.name, "claim": R.AVSS_CLAIM, "verdict": verdict,
-                     "measured": f"SciQ retention {plots.fmt_ci(sciq.retention, sciq.ci_low, sciq.ci_high)}"})
+        rows.append(
+            {
+                "model": model_dir.name,
+                "claim": R.AVSS_CLAIM,
+                "verdict": verdict,
+                "measured": f"SciQ retention {plots.fmt_ci(sciq.retention, sciq.ci_low, sciq.ci_high)}",
+            }
+        )
     best_gain = None
-    for model_dir in sorted(p for p in RESULTS.iterdir() if (p / "mitigation" / "summary.csv").is_file()):
+    for model_dir in sorted(
+        p for p in RESULTS.iterdir() if (p / "mitigation" / "summary.csv").is_file()
+    ):
         summary = pd.read_csv(model_dir / "mitigation" / "summary.csv")
         keys = summary[["dataset", "task", "metric"]].drop_duplicates()
         for d, t, metric in keys.itertuples(index=False):
@@ -201,8 +285,10 @@ def _expected_rows() -> list[dict]:
             base = before.mean()
             change = after_e.mean() - base
             boot = _ci(after_e - before)
-            measured = (f"{R.task_name(t, metric)} "
-                        f"{plots.fmt_ci(change, *np.quantile(boot, [0.025, 0.975]), kind='pp')}")
+            measured = (
+                f"{R.task_name(t, metric)} "
+                f"{plots.fmt_ci(change, *np.quantile(boot, [0.025, 0.975]), kind='pp')}"
+            )
             if not _counts(t, metric, base):
                 verdict = "not testable here"
             else:
@@ -213,17 +299,35 @@ def _expected_rows() -> list[dict]:
                 rel_boot = after_e[idx].mean(axis=1) / before[idx].mean(axis=1) - 1
                 rel = after_e.mean() / base - 1
                 if best_gain is None or rel > best_gain["rel"]:
-                    best_gain = {"model": model_dir.name, "rel": rel,
-                                 "low": np.quantile(rel_boot, 0.025), "high": np.quantile(rel_boot, 0.975),
-                                 "task": t, "metric": metric}
-            rows.append({"model": model_dir.name, "claim": R.PRONE_CLAIM, "verdict": verdict,
-                         "measured": measured, "dataset": d, "task": t})
+                    best_gain = {
+                        "model": model_dir.name,
+                        "rel": rel,
+                        "low": np.quantile(rel_boot, 0.025),
+                        "high": np.quantile(rel_boot, 0.975),
+                        "task": t,
+                        "metric": metric,
+                    }
+            rows.append(
+                {
+                    "model": model_dir.name,
+                    "claim": R.PRONE_CLAIM,
+                    "verdict": verdict,
+                    "measured": measured,
+                    "dataset": d,
+                    "task": t,
+                }
+            )
     if best_gain is not None:
         g = best_gain
-        rows.append({"model": g["model"], "claim": R.GAIN_CLAIM,
-                     "verdict": "holds" if g["low"] > 0 and g["high"] >= 0.12 else "does not hold",
-                     "measured": f"{R.task_name(g['task'], g['metric'])} "
-                                 f"{plots.fmt_ci(g['rel'], g['low'], g['high'], kind='rel')}"})
+        rows.append(
+            {
+                "model": g["model"],
+                "claim": R.GAIN_CLAIM,
+                "verdict": "holds" if g["low"] > 0 and g["high"] >= 0.12 else "does not hold",
+                "measured": f"{R.task_name(g['task'], g['metric'])} "
+                f"{plots.fmt_ci(g['rel'], g['low'], g['high'], kind='rel')}",
+            }
+        )
     return rows
 
 
@@ -233,16 +337,23 @@ def test_verdicts_recomputed_from_files():
     expected = _expected_rows()
     assert len(shown) == len(expected), (shown[["claim", "model"]], expected)
     for row in expected:
-        match = shown[(shown["claim"] == row["claim"]) & (shown["model"] == R.model_name(row["model"]))
-                      & (shown["measured [95% CI]"] == row["measured"])]
-        assert len(match) == 1, f"no verdict row for {row}:\n{shown[['claim', 'model', 'measured [95% CI]']]}"
+        match = shown[
+            (shown["claim"] == row["claim"])
+            & (shown["model"] == R.model_name(row["model"]))
+            & (shown["measured [95% CI]"] == row["measured"])
+        ]
+        assert len(match) == 1, (
+            f"no verdict row for {row}:\n{shown[['claim', 'model', 'measured [95% CI]']]}"
+        )
         assert match["verdict"].iloc[0] == row["verdict"], row
     assert set(shown["verdict"]) <= {"holds", "does not hold", "not testable here"}
 
 
 @pytest.mark.skipif(not RESULTS.is_dir(), reason="no committed results/")
 def test_readme_findings_block_is_up_to_date():
-    spec = importlib.util.spec_from_file_location("results_tables", REPO / "tools" / "results_tables.py")
+    spec = importlib.util.spec_from_file_location(
+        "results_tables", REPO / "tools" / "results_tables.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -250,7 +361,8 @@ def test_readme_findings_block_is_up_to_date():
     first_screen = readme.split("\n## ", 1)[0]
     assert tool.BEGIN in first_screen, "the findings must come before the README's first section"
     assert tool.rewrite_readme(REPO / "README.md", RESULTS, check=True), (
-        "README.md's findings block is out of date: run `python tools/results_tables.py --readme`")
+        "README.md's findings block is out of date: run `python tools/results_tables.py --readme`"
+    )
 
 
 @pytest.mark.skipif(not RESULTS.is_dir(), reason="no committed results/")
@@ -261,7 +373,7 @@ def test_stage_devices_come_from_each_run_record():
         recorded = json.loads((RESULTS / r.folder / "record.json").read_text())["device"]
         assert recorded.endswith(r.device)
     cpu_stages = set(records.loc[records["device"] == "cpu", "stage"])
-    for stage in cpu_stages:                      # a CPU stage is never listed under a GPU only
+    for stage in cpu_stages:  # a CPU stage is never listed under a GPU only
         assert "cpu" in set(costs.loc[costs["stage"] == stage, "device"])
     assert not math.isnan(costs["minutes"].sum())
 
@@ -279,17 +391,23 @@ def test_library_versions_record_avsslib_and_commit():
 CELL = re.compile(r"```\{code-cell\}[^\n]*\n((?::tags:[^\n]*\n)?)([\s\S]*?)```")
 
 
-@pytest.mark.parametrize("stem", ["05_hallucination_prone_layers", "06_mitigation", "07_paper_scale",
-                                  "08_reproduce_yourself"])
+@pytest.mark.parametrize(
+    "stem",
+    ["05_hallucination_prone_layers", "06_mitigation", "07_paper_scale", "08_reproduce_yourself"],
+)
 def test_result_chapters_are_thin(stem):
     text = (REPO / "notebooks" / f"{stem}.md").read_text(encoding="utf-8")
     cells = CELL.findall(text)
-    visible = sum(len([line for line in body.splitlines() if line.strip()])
-                  for tags, body in cells if "hide-input" not in tags and "remove-input" not in tags)
+    visible = sum(
+        len([line for line in body.splitlines() if line.strip()])
+        for tags, body in cells
+        if "hide-input" not in tags and "remove-input" not in tags
+    )
     assert visible <= 40, f"{stem}: {visible} visible lines of code (at most 40)"
     assert not any(re.search(r"^\s*def ", body, flags=re.M) for _, body in cells), (
-        f"{stem} defines a function: move it into avsslib")
-    if stem in ("07_paper_scale", "08_reproduce_yourself"):      # conclusions are Markdown (glue)
+        f"{stem} defines a function: move it into avsslib"
+    )
+    if stem in ("07_paper_scale", "08_reproduce_yourself"):  # conclusions are Markdown (glue)
         assert not any("print(" in body for _, body in cells), f"{stem} prints"
 
 
@@ -301,9 +419,15 @@ def test_notebook_numbers_follow_the_reading_order():
 
 def test_mitigation_sentence_names_model_and_intervals(tmp_path):
     before = [0, 0, 1, 1, 0, 1, 0, 0, 1, 0]
-    _fake_mitigation(tmp_path, {("eavss", 0): [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
-                                ("random", 0): [0, 0, 1, 1, 0, 1, 0, 0, 1, 1]}, before)
+    _fake_mitigation(
+        tmp_path,
+        {
+            ("eavss", 0): [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
+            ("random", 0): [0, 0, 1, 1, 0, 1, 0, 0, 1, 1],
+        },
+        before,
+    )
     text = R.mitigation_sentence(tmp_path, "tiny")
     assert text.startswith("On tiny,") and "12%" in text and "Prone minus random" in text
-    assert re.search(r"\+25% \[\d+, \d+\]", text), text          # 0.4 -> 0.5: +25% relative
+    assert re.search(r"\+25% \[\d+, \d+\]", text), text  # 0.4 -> 0.5: +25% relative
     assert "No committed" in R.mitigation_sentence(tmp_path, "other")

@@ -16,7 +16,10 @@ from avsslib.scores import REGISTRY, avss_values, score
 from avsslib.stats import DEFAULT_REL_GRID, LayerStats
 
 NEW_SCORES = ["var_ratio", "update_variance"] + [
-    f"{kind}_{r:g}" for r in DEFAULT_REL_GRID for kind in ("avss_rel", "scalefree_avss", "update_avss")]
+    f"{kind}_{r:g}"
+    for r in DEFAULT_REL_GRID
+    for kind in ("avss_rel", "scalefree_avss", "update_avss")
+]
 
 
 class _Block(nn.Module):
@@ -47,9 +50,9 @@ class _Model(nn.Module):
 
 
 # token 0 and token 1; hidden size 4
-H_IN = [[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]]          # RMS 1 and 1
-H0 = [[1.0, 1.0, 1.0, 5.0], [2.0, 0.05, 0.0, -2.0]]          # layer 0 output
-H1 = [[3.0, 1.0, 1.0, 5.0], [2.0, 0.05, 0.0, -2.0]]          # layer 1 output (input: H0)
+H_IN = [[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]]  # RMS 1 and 1
+H0 = [[1.0, 1.0, 1.0, 5.0], [2.0, 0.05, 0.0, -2.0]]  # layer 0 output
+H1 = [[3.0, 1.0, 1.0, 5.0], [2.0, 0.05, 0.0, -2.0]]  # layer 1 output (input: H0)
 
 
 def _hand_model() -> _Model:
@@ -90,18 +93,22 @@ def test_hand_computed_scores():
         warnings.simplefilter("ignore")
         # layer 1: token 0 has RMS sqrt(36/4) = 3: no element under 0.3; token 1 as layer 0
         s_rel = np.array([2 / 8, 2 / 8])
-        np.testing.assert_allclose(score("avss_rel_0.1", stats), (v / v.sum()) / (s_rel / s_rel.sum()),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            score("avss_rel_0.1", stats), (v / v.sum()) / (s_rel / s_rel.sum()), rtol=1e-6
+        )
         ratio = v / np.array([36.0025 / 8, 44.0025 / 8])
         np.testing.assert_allclose(score("var_ratio", stats), ratio, rtol=1e-6)
-        np.testing.assert_allclose(score("scalefree_avss_0.1", stats),
-                                   (ratio / ratio.sum()) / (s_rel / s_rel.sum()), rtol=1e-6)
-        uv = np.array([2.5003125 - 0.25625**2,
-                       (4 / 7) / 8 - (2 / math.sqrt(7) / 8) ** 2])
+        np.testing.assert_allclose(
+            score("scalefree_avss_0.1", stats),
+            (ratio / ratio.sum()) / (s_rel / s_rel.sum()),
+            rtol=1e-6,
+        )
+        uv = np.array([2.5003125 - 0.25625**2, (4 / 7) / 8 - (2 / math.sqrt(7) / 8) ** 2])
         np.testing.assert_allclose(score("update_variance", stats), uv, rtol=1e-5)
         su = np.array([6 / 8, 7 / 8])
-        np.testing.assert_allclose(score("update_avss_0.1", stats),
-                                   (uv / uv.sum()) / (su / su.sum()), rtol=1e-5)
+        np.testing.assert_allclose(
+            score("update_avss_0.1", stats), (uv / uv.sum()) / (su / su.sum()), rtol=1e-5
+        )
 
 
 def test_every_new_score_is_registered_and_finite():
@@ -123,8 +130,9 @@ def test_numpy_reference_on_random_tensor():
     tables = [torch.randn(9, 16, generator=rng) * (1 + 2 * k) for k in range(3)]
     ids = torch.randint(0, 9, (2, 5), generator=rng)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    stats = LayerStats().fit(_Model(tables), [{"input_ids": ids, "attention_mask": mask}],
-                             progress=False)
+    stats = LayerStats().fit(
+        _Model(tables), [{"input_ids": ids, "attention_mask": mask}], progress=False
+    )
     keep = mask.bool().numpy()
     for k in range(2):
         h_in = tables[k][ids].numpy()[keep].astype(np.float64)
@@ -141,16 +149,24 @@ def test_numpy_reference_on_random_tensor():
 def _random_setup(seed: int = 0):
     rng = torch.Generator().manual_seed(seed)
     tables = [torch.randn(12, 8, generator=rng) * (k + 1) for k in range(5)]
-    batches = [{"input_ids": torch.randint(0, 12, (2, 7), generator=rng),
-                "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])} for _ in range(3)]
+    batches = [
+        {
+            "input_ids": torch.randint(0, 12, (2, 7), generator=rng),
+            "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3]),
+        }
+        for _ in range(3)
+    ]
     return _Model(tables), batches
 
 
 def test_merge_is_exact_for_every_new_score():
     model, batches = _random_setup()
     one = LayerStats().fit(model, batches, progress=False)
-    merged = LayerStats().fit(model, batches[:1], progress=False).merge(
-        LayerStats().fit(model, batches[1:], progress=False))
+    merged = (
+        LayerStats()
+        .fit(model, batches[:1], progress=False)
+        .merge(LayerStats().fit(model, batches[1:], progress=False))
+    )
     np.testing.assert_array_equal(merged.records_, one.records_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -164,7 +180,9 @@ def test_state_format_2_round_trip_and_format_1_still_loads():
     model, batches = _random_setup(1)
     stats = LayerStats().fit(model, batches, progress=False)
     state = stats.state_dict()
-    assert state["format"] == "avsslib.LayerStats/2" and state["params"]["rel_grid"] == list(DEFAULT_REL_GRID)
+    assert state["format"] == "avsslib.LayerStats/2" and state["params"]["rel_grid"] == list(
+        DEFAULT_REL_GRID
+    )
     again = LayerStats.from_state_dict(state)
     np.testing.assert_array_equal(again.to_frame().to_numpy(), stats.to_frame().to_numpy())
     # a state written before the scale-aware statistics (format 1: no rel_grid, no columns)

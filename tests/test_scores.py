@@ -28,7 +28,7 @@ S = np.array([2e-5, 5e-5, 1e-5, 4e-5, 3e-5])
 def test_nav_over_nas_is_v_over_s_times_a_constant():
     """Normalising first changes nothing but one shared constant."""
     nav_nas = avss_values(V, S)
-    raw = V / S                                       # the official AVSS.py
+    raw = V / S  # the official AVSS.py
     ratio = nav_nas / raw
     np.testing.assert_allclose(ratio, S.sum() / V.sum(), rtol=1e-14)
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-14)
@@ -46,7 +46,7 @@ def test_zero_sparsity_is_clamped_with_a_warning_naming_the_layers():
     with pytest.warns(SparsityClampWarning, match=r"layers \[1, 3\]"):
         values = avss_values(V, s)
     assert np.isfinite(values).all()
-    assert values[1] > 1e3 * values[[0, 2, 4]].max()       # V / 1e-12 dominates
+    assert values[1] > 1e3 * values[[0, 2, 4]].max()  # V / 1e-12 dominates
     np.testing.assert_allclose(values[1] / values[3], V[1] / V[3])
 
 
@@ -61,7 +61,9 @@ def test_avss_errors():
 
 def fake_stats(n: int = 5) -> SimpleNamespace:
     return SimpleNamespace(
-        variance_=V[:n], sparsity_=S[:n], n_layers_=n,
+        variance_=V[:n],
+        sparsity_=S[:n],
+        n_layers_=n,
         cosine_distance_=np.array([0.3, 0.1, 0.5, 0.05, 0.2])[:n],
         angular_distance_=np.array([0.25, 0.1, 0.4, 0.02, 0.15])[:n],
     )
@@ -120,9 +122,18 @@ def test_removal_losses_cached_equal_the_plain_way(model_type):
     from avsslib.arch import blocks
     from avsslib.scores import removal_losses, removal_losses_plain
 
-    cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if model_type in ("qwen2", "gemma3_text"):
         cfg.update(sliding_window=6)
     torch.manual_seed(0)
@@ -130,16 +141,19 @@ def test_removal_losses_cached_equal_the_plain_way(model_type):
     ids = torch.randint(3, 64, (3, 20))
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
-    batches = [{"input_ids": ids, "attention_mask": mask},
-               {"input_ids": ids[:2, :12], "attention_mask": mask[:2, :12]}]
+    batches = [
+        {"input_ids": ids, "attention_mask": mask},
+        {"input_ids": ids[:2, :12], "attention_mask": mask[:2, :12]},
+    ]
     base, removed = removal_losses(model, batches, progress=False)
     plain_base, plain_removed = removal_losses_plain(model, batches, progress=False)
     assert removed.shape == (4,)
     np.testing.assert_allclose(base, plain_base, rtol=1e-6)
     np.testing.assert_allclose(removed, plain_removed, rtol=1e-6)
-    assert len(set(np.round(removed, 6))) == 4          # each skipped block changes the loss
-    assert all(isinstance(b, torch.nn.Module) and type(b).__name__ != "_Replay"
-               for b in blocks(model))                   # the blocks are back
+    assert len(set(np.round(removed, 6))) == 4  # each skipped block changes the loss
+    assert all(
+        isinstance(b, torch.nn.Module) and type(b).__name__ != "_Replay" for b in blocks(model)
+    )  # the blocks are back
 
 
 def test_ppl_removal_score_is_the_loss_increase(tiny_llama):

@@ -46,7 +46,10 @@ def test_hand_example_all_three_rules():
     # mass: sorted 0.5, 1, 1, 2, 2.5, 3 -> cumulative 10 <= 11.625; the next (3.5) exceeds
     assert select_layers(importance, 0.25, "mass") == [0, 2, 4, 5, 8, 11]
     assert select_all(importance, 0.25) == {
-        "count": [0, 2, 11], "mass": [0, 2, 4, 5, 8, 11], "code_bug": [0, 1, 2]}
+        "count": [0, 2, 11],
+        "mass": [0, 2, 4, 5, 8, 11],
+        "code_bug": [0, 1, 2],
+    }
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -63,11 +66,11 @@ def test_code_bug_equals_official_avss_py(seed):
 
 
 def test_count_rounding_is_half_to_even():
-    assert len(select_layers(np.arange(6.0), 0.25)) == 2      # 1.5 -> 2 (DistilBERT)
-    assert len(select_layers(np.arange(10.0), 0.25)) == 2     # 2.5 -> 2
-    assert len(select_layers(np.arange(14.0), 0.25)) == 4     # 3.5 -> 4
-    assert len(select_layers(np.arange(32.0), 0.25)) == 8     # StableLM-3B
-    assert select_layers(np.arange(3.0), 0.1) == []           # 0.3 -> 0: nothing to prune
+    assert len(select_layers(np.arange(6.0), 0.25)) == 2  # 1.5 -> 2 (DistilBERT)
+    assert len(select_layers(np.arange(10.0), 0.25)) == 2  # 2.5 -> 2
+    assert len(select_layers(np.arange(14.0), 0.25)) == 4  # 3.5 -> 4
+    assert len(select_layers(np.arange(32.0), 0.25)) == 8  # StableLM-3B
+    assert select_layers(np.arange(3.0), 0.1) == []  # 0.3 -> 0: nothing to prune
 
 
 def test_count_picks_lowest_and_breaks_ties_by_index():
@@ -84,7 +87,7 @@ def test_invalid_arguments():
     with pytest.raises(ConfigError, match="unknown selection rule"):
         select_layers(importance, 0.25, "greedy")
     with pytest.raises(ConfigError, match="every layer"):
-        select_layers(np.arange(4.0), 0.9)                   # round(3.6) = 4 of 4
+        select_layers(np.arange(4.0), 0.9)  # round(3.6) = 4 of 4
     with pytest.raises(ConfigError, match="defined for"):
         select_layers(importance, 0.25, "mass", score="block_influence")
     with pytest.raises(ConfigError, match="non-negative"):
@@ -104,11 +107,12 @@ def test_iterative_selection_on_tiny_llama(tiny_llama):
 
     ids = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(2))
     batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
-    params = {"eps": 1e-2}                     # tiny random model: count at a visible eps
+    params = {"eps": 1e-2}  # tiny random model: count at a visible eps
     one_shot = LayerStats(**params).fit(tiny_llama, batches, progress=False)
     first = select_layers(avss_values(one_shot.variance_, one_shot.sparsity_), 0.25)
-    assert select_iteratively(tiny_llama, batches, 0.25, stats_params=params,
-                              progress=False) == first                      # k = 1
+    assert (
+        select_iteratively(tiny_llama, batches, 0.25, stats_params=params, progress=False) == first
+    )  # k = 1
     two = select_iteratively(tiny_llama, batches, 0.5, stats_params=params, progress=False)
     # by hand: prune the first choice, refit, take the lowest AVSS among the remaining layers
     rest = LayerStats(**params).fit(pruned_copy(tiny_llama, first), batches, progress=False)

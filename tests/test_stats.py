@@ -39,10 +39,11 @@ class TableBlock(nn.Module):
 class TableModel(nn.Module):
     """A fake Llama-shaped model (``model.layers``) with known block outputs."""
 
-    def __init__(self, tables: list[torch.Tensor], as_tuple: bool = False,
-                 copy_between: bool = False) -> None:
+    def __init__(
+        self, tables: list[torch.Tensor], as_tuple: bool = False, copy_between: bool = False
+    ) -> None:
         super().__init__()
-        self.copy_between = copy_between      # each block gets a copy of the previous output
+        self.copy_between = copy_between  # each block gets a copy of the previous output
         self.config = SimpleNamespace(model_type="llama", num_hidden_layers=len(tables) - 1)
         self.embed = nn.Embedding.from_pretrained(tables[0])
         self.model = nn.Module()
@@ -78,17 +79,37 @@ def make_batches() -> list[dict[str, torch.Tensor]]:
     mask1 = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
     ids2 = torch.randint(0, 12, (4, 7), generator=g)
     mask2 = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 1, 0], [0] * 7, [1, 1, 0, 0, 0, 0, 0]])
-    return [{"input_ids": ids1, "attention_mask": mask1},
-            {"input_ids": ids2, "attention_mask": mask2}]
+    return [
+        {"input_ids": ids1, "attention_mask": mask1},
+        {"input_ids": ids2, "attention_mask": mask2},
+    ]
 
 
 def numpy_reference(tables, batches, *, masked: bool) -> dict[str, np.ndarray]:
     """Every statistic recomputed with numpy in float64 from the float32 tables."""
     n_layers = len(tables) - 1
-    out: dict[str, list] = {key: [] for key in (
-        "code_batch", "code_pooled", "rport_batch", "rport_pooled", "flat_batch", "flat_pooled",
-        "sparsity_batch", "sparsity_pooled", "counts", "elements", "mean", "rms", "token_var",
-        "cos_dist", "angle", "batch_v", "batch_s")}
+    out: dict[str, list] = {
+        key: []
+        for key in (
+            "code_batch",
+            "code_pooled",
+            "rport_batch",
+            "rport_pooled",
+            "flat_batch",
+            "flat_pooled",
+            "sparsity_batch",
+            "sparsity_pooled",
+            "counts",
+            "elements",
+            "mean",
+            "rms",
+            "token_var",
+            "cos_dist",
+            "angle",
+            "batch_v",
+            "batch_s",
+        )
+    }
     for k in range(n_layers):
         t_out = tables[k + 1].numpy()
         t_in = tables[k].numpy()
@@ -101,7 +122,7 @@ def numpy_reference(tables, batches, *, masked: bool) -> dict[str, np.ndarray]:
             ok = n_b > 0
             pooled = (h * m[..., None]).sum(1)[ok] / n_b[ok, None]
             sv = pooled.var(axis=1, ddof=1)
-            e32 = t_out[ids][m]                         # (n_tok, d) float32
+            e32 = t_out[ids][m]  # (n_tok, d) float32
             e = e32.astype(np.float64)
             v_b.append(sv.mean())
             s_b.append((np.abs(e32) < np.float32(1e-5)).mean())
@@ -132,7 +153,7 @@ def numpy_reference(tables, batches, *, masked: bool) -> dict[str, np.ndarray]:
         out["batch_v"].append(v_b)
         out["batch_s"].append(s_b)
     result = {key: np.asarray(value, dtype=np.float64) for key, value in out.items()}
-    result["batch_v"] = result["batch_v"].T          # (n_batches, n_layers)
+    result["batch_v"] = result["batch_v"].T  # (n_batches, n_layers)
     result["batch_s"] = result["batch_s"].T
     return result
 
@@ -165,8 +186,9 @@ def test_statistics_match_numpy(tables, batches, masked):
     np.testing.assert_array_equal(stats.near_zero_counts_, ref["counts"][:, 0])
     np.testing.assert_array_equal(stats.element_counts_, ref["elements"])
     np.testing.assert_allclose(stats.sparsity_, ref["sparsity_pooled"], rtol=1e-15)
-    np.testing.assert_allclose(stats.get_sparsity(aggregate="batch"), ref["sparsity_batch"],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        stats.get_sparsity(aggregate="batch"), ref["sparsity_batch"], rtol=1e-15
+    )
     np.testing.assert_allclose(stats.mean_, ref["mean"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(stats.rms_, ref["rms"], **close)
     np.testing.assert_allclose(stats.token_variance_, ref["token_var"], **close)
@@ -184,7 +206,7 @@ def test_masking_changes_exactly_the_pad_positions(tables, batches):
     unmasked = LayerStats(mask_pad=False).fit(TableModel(tables), batches, progress=False)
     n_pads = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
     np.testing.assert_array_equal(unmasked.element_counts_ - masked.element_counts_, n_pads * 6)
-    assert masked.n_samples_ == 6 and unmasked.n_samples_ == 7   # the all-pad row drops out
+    assert masked.n_samples_ == 6 and unmasked.n_samples_ == 7  # the all-pad row drops out
     assert not np.allclose(masked.variance_, unmasked.variance_)
 
 
@@ -215,7 +237,7 @@ def test_fixed_mode_runs_in_eval_and_restores_train(tables, batches):
 def test_stashed_multi_layer_reduction_equals_per_layer(tables, batches):
     """stash_bytes > 0 reduces several layers in one call: same numbers as one at a time."""
     at_once = LayerStats(stash_bytes=0).fit(TableModel(tables), batches, progress=False)
-    for copy_between in (False, True):      # inputs chained to outputs, or separate tensors
+    for copy_between in (False, True):  # inputs chained to outputs, or separate tensors
         model = TableModel(tables, copy_between=copy_between)
         stashed = LayerStats(stash_bytes=2**20).fit(model, batches, progress=False)
         np.testing.assert_allclose(stashed.records_, at_once.records_, rtol=1e-6, atol=1e-12)
@@ -250,15 +272,15 @@ def test_reduction_functions_directly():
     w = torch.tensor([[1.0, 1.0]])
     tok, pooled = reduce_block_output(h, w, (1e-5, 1.0))
     expected = torch.tensor([[1.5, 5e-6], [1.25, 2.5e-11], [0, 2], [1, 2]])
-    assert torch.allclose(tok[:, 0], expected, rtol=1e-6, atol=0)   # sum, sum_sq, two counts
+    assert torch.allclose(tok[:, 0], expected, rtol=1e-6, atol=0)  # sum, sum_sq, two counts
     assert torch.allclose(pooled, torch.tensor([[1.0, 0.5 + 5e-6]]))
     record, unit = batch_record(tok.unsqueeze(0), pooled.unsqueeze(0), w, n_near=2)
     # the pooled mean is (0.5, 0.25 + 2.5e-6); its unbiased variance over d=2 is diff^2 / 2
     diff = 0.5 - (0.25 + 2.5e-6)
-    assert record[0, 0] == 1 and record[0, 1] == 2                  # samples, tokens
+    assert record[0, 0] == 1 and record[0, 1] == 2  # samples, tokens
     assert torch.isclose(record[0, 2], torch.tensor(diff**2 / 2, dtype=torch.float64))
     assert torch.isclose(record[0, 6], torch.tensor(1.5**2 + 5e-6**2, dtype=torch.float64))
-    assert record[0, 7] == 2 and record[0, 8] == 3                  # |h| < 1e-5; |h| < 1
+    assert record[0, 7] == 2 and record[0, 8] == 3  # |h| < 1e-5; |h| < 1
     assert torch.allclose(unit, torch.tensor([[1.0, 0.5 + 5e-6]], dtype=torch.float64))
 
 
@@ -271,12 +293,15 @@ def test_merge_of_two_halves_equals_one_pass(tables, batches):
     np.testing.assert_array_equal(merged.records_, one.records_)
     for mode in ("code", "flat"):
         for aggregate in ("batch", "pooled"):
-            np.testing.assert_array_equal(merged.get_variance(mode, aggregate),
-                                          one.get_variance(mode, aggregate))
-    np.testing.assert_array_equal(merged.get_variance("r_port", "batch"),
-                                  one.get_variance("r_port", "batch"))
-    np.testing.assert_allclose(merged.get_variance("r_port", "pooled"),
-                               one.get_variance("r_port", "pooled"), rtol=1e-12)
+            np.testing.assert_array_equal(
+                merged.get_variance(mode, aggregate), one.get_variance(mode, aggregate)
+            )
+    np.testing.assert_array_equal(
+        merged.get_variance("r_port", "batch"), one.get_variance("r_port", "batch")
+    )
+    np.testing.assert_allclose(
+        merged.get_variance("r_port", "pooled"), one.get_variance("r_port", "pooled"), rtol=1e-12
+    )
     np.testing.assert_array_equal(merged.sparsity_, one.sparsity_)
     np.testing.assert_array_equal(merged.near_zero_grid_, one.near_zero_grid_)
     # merging into an empty instance copies
@@ -288,7 +313,8 @@ def test_merge_of_two_halves_equals_one_pass(tables, batches):
 
 def test_state_dict_round_trip(tables, batches):
     stats = LayerStats(eps_grid=(1e-3,), variance_mode="flat").fit(
-        TableModel(tables), batches, progress=False)
+        TableModel(tables), batches, progress=False
+    )
     buffer = io.BytesIO()
     torch.save(stats.state_dict(), buffer)
     buffer.seek(0)
@@ -296,7 +322,7 @@ def test_state_dict_round_trip(tables, batches):
     restored = LayerStats.from_state_dict(state)
     assert restored.eps_grid == (1e-5, 1e-3) and restored.variance_mode == "flat"
     np.testing.assert_array_equal(restored.to_frame().to_numpy(), stats.to_frame().to_numpy())
-    again = LayerStats(eps_grid=(1e-3,)).load_state_dict(state)   # reporting params its own
+    again = LayerStats(eps_grid=(1e-3,)).load_state_dict(state)  # reporting params its own
     np.testing.assert_array_equal(again.variance_, stats.get_variance("code"))
     with pytest.raises(ConfigError, match="from_state_dict"):
         LayerStats().load_state_dict(state)
@@ -310,8 +336,10 @@ def test_errors_and_unfitted(tables):
         LayerStats(variance_mode="median")
     with pytest.raises(ConfigError, match="positive"):
         LayerStats(eps=0.0)
-    bad = {"input_ids": torch.zeros(2, 3, dtype=torch.long),
-           "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    bad = {
+        "input_ids": torch.zeros(2, 3, dtype=torch.long),
+        "attention_mask": torch.ones(2, 4, dtype=torch.long),
+    }
     with pytest.raises(ConfigError, match="shape"):
         stats.update(TableModel(tables), bad)
     with pytest.raises(ConfigError, match="not in eps_grid"):
@@ -335,7 +363,7 @@ def test_hooked_forward_is_bit_identical_and_hooks_are_removed(tiny_llama):
         n_hooks = _hook_count(tiny_llama)
         stats = LayerStats()
         stats.update(tiny_llama, {"input_ids": ids, "attention_mask": mask})
-        assert _hook_count(tiny_llama) == n_hooks                  # update attached and detached
+        assert _hook_count(tiny_llama) == n_hooks  # update attached and detached
         with stats.attach(tiny_llama):
             assert _hook_count(tiny_llama) == n_hooks + 4
             stats.update(tiny_llama, {"input_ids": ids, "attention_mask": mask})
@@ -356,29 +384,32 @@ def reference_block_stats(model, layers, batches, eps=1e-5, pass_mask=False):
     def make_hook(k):
         def hook(mod, inp, out):
             cache[k] = (out[0] if isinstance(out, (tuple, list)) else out).float()
+
         return hook
 
     handles = [b.register_forward_hook(make_hook(k)) for k, b in enumerate(layers)]
     with torch.no_grad():
         for batch in batches:
-            model(input_ids=batch["input_ids"],
-                  attention_mask=batch["attention_mask"] if pass_mask else None)
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"] if pass_mask else None,
+            )
             for k, h in cache.items():
                 V[k].append(h.mean(1).var(1).mean().item())
                 S[k].append((h.abs() < eps).float().mean().item())
     for hd in handles:
         hd.remove()
-    return np.array(V), np.array(S)          # (n_layers, n_batches)
+    return np.array(V), np.array(S)  # (n_layers, n_batches)
 
 
 def test_faithful_layerstats_equals_paper_reference_on_tiny_llama(tiny_llama):
     g = torch.Generator().manual_seed(3)
     batches = []
-    for n, t in ((4, 12), (3, 12), (1, 12)):                # a short last batch, as in the code
+    for n, t in ((4, 12), (3, 12), (1, 12)):  # a short last batch, as in the code
         ids = torch.randint(3, 128, (n, t), generator=g)
         mask = torch.ones_like(ids)
         mask[0, 8:] = 0
-        ids[mask == 0] = 0                                   # pad id, counted as a token
+        ids[mask == 0] = 0  # pad id, counted as a token
         batches.append({"input_ids": ids, "attention_mask": mask})
     stats = LayerStats(faithful=True).fit(tiny_llama, batches, progress=False)
     for eps in (1e-5, 1e-2):
@@ -386,15 +417,23 @@ def test_faithful_layerstats_equals_paper_reference_on_tiny_llama(tiny_llama):
         np.testing.assert_allclose(stats.variance_, V.mean(1), rtol=1e-5)
         np.testing.assert_allclose(stats.batch_variances_, V.T, rtol=1e-5)
         np.testing.assert_allclose(stats.get_sparsity(eps), S.mean(1), rtol=1e-6)
-    assert S.min() > 0                                       # eps=1e-2 really counts something
-    assert not tiny_llama.training                           # restored to eval
+    assert S.min() > 0  # eps=1e-2 really counts something
+    assert not tiny_llama.training  # restored to eval
 
 
 def test_to_frame_has_one_row_per_layer(tables, batches):
     frame = LayerStats().fit(TableModel(tables), batches, progress=False).to_frame()
     assert list(frame.index) == [0, 1, 2] and frame.index.name == "layer"
-    assert {"variance", "sparsity", "near_zero_count", "element_count", "rms",
-            "sparsity@0.01", "cosine_distance", "angular_distance"} <= set(frame.columns)
+    assert {
+        "variance",
+        "sparsity",
+        "near_zero_count",
+        "element_count",
+        "rms",
+        "sparsity@0.01",
+        "cosine_distance",
+        "angular_distance",
+    } <= set(frame.columns)
     no_sim = LayerStats(similarity=False).fit(TableModel(tables), batches, progress=False)
     assert "cosine_distance" not in no_sim.to_frame().columns
     with pytest.raises(ConfigError, match="similarity"):
@@ -405,21 +444,28 @@ def test_to_frame_has_one_row_per_layer(tables, batches):
 def test_compiled_reduction_matches_eager(tables, batches):
     """compile=True (the CUDA default) gives the same counts and, to float32 rounding, sums."""
     eager = LayerStats(compile=False, stash_bytes=2**20).fit(
-        TableModel(tables), batches, progress=False)
+        TableModel(tables), batches, progress=False
+    )
     compiled = LayerStats(compile=True, stash_bytes=2**20).fit(
-        TableModel(tables), batches, progress=False)
+        TableModel(tables), batches, progress=False
+    )
     assert not compiled._compile_failed
     np.testing.assert_array_equal(compiled.near_zero_grid_, eager.near_zero_grid_)
-    np.testing.assert_allclose(compiled.to_frame().to_numpy(), eager.to_frame().to_numpy(),
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        compiled.to_frame().to_numpy(), eager.to_frame().to_numpy(), rtol=1e-5, atol=1e-9
+    )
 
 
 @pytest.mark.slow
 def test_embedded_model_statistics(smol):
     """On SmolLM2-135M: 30 layers, counts grow with eps, the hooked forward is unchanged."""
     model, tokenizer = smol
-    texts = ["The capital of France is Paris.", "Layer pruning removes whole transformer blocks.",
-             "Activation sparsity counts near-zero values.", "A short one."]
+    texts = [
+        "The capital of France is Paris.",
+        "Layer pruning removes whole transformer blocks.",
+        "Activation sparsity counts near-zero values.",
+        "A short one.",
+    ]
     batch = dict(tokenizer(texts, return_tensors="pt", padding=True))
     with torch.no_grad():
         plain = model(**batch).logits
@@ -435,4 +481,4 @@ def test_embedded_model_statistics(smol):
     assert (np.diff(grid, axis=1) >= 0).all() and grid[:, -1].min() > 0
     assert (stats.variance_ > 0).all() and np.isfinite(stats.to_frame().to_numpy()).all()
     faithful = LayerStats(faithful=True).fit(model, [batch], progress=False)
-    assert faithful.n_tokens_ == batch["input_ids"].numel()      # pads counted
+    assert faithful.n_tokens_ == batch["input_ids"].numel()  # pads counted

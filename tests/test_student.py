@@ -12,7 +12,9 @@ EXERCISES = REPO / "notebooks" / "09_exercises.md"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("strip_solutions", REPO / "tools" / "strip_solutions.py")
+    spec = importlib.util.spec_from_file_location(
+        "strip_solutions", REPO / "tools" / "strip_solutions.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,7 +36,7 @@ def test_exercises_lose_every_solution_and_still_parse(tmp_path, fmt):
 
     assert tool.main([str(EXERCISES), "--out", str(tmp_path), "--format", fmt]) == 0
     written = tmp_path / f"09_exercises.{fmt}"
-    student = jupytext.read(written)                       # still a notebook
+    student = jupytext.read(written)  # still a notebook
     assert not [c for c in student.cells if "solution" in _tags(c)]
     assert len(student.cells) == len(original.cells) - len(solutions)
     # everything else is kept, in order: the parameters cell, the answer cells, the checks
@@ -42,7 +44,7 @@ def test_exercises_lose_every_solution_and_still_parse(tmp_path, fmt):
     assert [c.source for c in student.cells] == kept
     assert any("parameters" in _tags(c) for c in student.cells)
     assert "NotImplementedError" in "".join(c.source for c in student.cells)
-    for solution in solutions:                              # no solution text leaks
+    for solution in solutions:  # no solution text leaks
         assert solution.source not in "\n".join(c.source for c in student.cells)
     if fmt == "ipynb":
         import nbformat

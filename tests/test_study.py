@@ -45,21 +45,27 @@ def test_calibration_batches_shapes_masks_and_right_padding():
     texts = ["abcdef", "ab", "abcdefghijkl", "a", "xyz"]
     batches = calibration_batches(tok, texts, seq_len=8, batch_size=2)
     assert [tuple(b["input_ids"].shape) for b in batches] == [(2, 7), (2, 8), (1, 4)]
-    lengths = [7, 3, 8, 2, 4]                       # BOS + characters, truncated to 8
+    lengths = [7, 3, 8, 2, 4]  # BOS + characters, truncated to 8
     rows = [(b, i) for b in batches for i in range(len(b["input_ids"]))]
     for (b, i), n in zip(rows, lengths, strict=True):
         mask, ids = b["attention_mask"][i], b["input_ids"][i]
-        assert mask.tolist() == [1] * n + [0] * (len(mask) - n)       # right padding
-        assert ids[n:].eq(0).all() and ids[0] == 1                    # pad id 0, BOS first
+        assert mask.tolist() == [1] * n + [0] * (len(mask) - n)  # right padding
+        assert ids[n:].eq(0).all() and ids[0] == 1  # pad id 0, BOS first
         assert b["input_ids"].dtype == b["attention_mask"].dtype == torch.long
     assert batches[0]["input_ids"][0, 1:7].tolist() == [3 + ord(c) % 100 for c in "abcdef"]
 
 
 def test_calibration_batches_pad_to_max_length_and_options():
     tok = CharTokenizer()
-    batches = calibration_batches(tok, ["ab", "abcd", "", "abc"], seq_len=6, batch_size=8,
-                                  pad_to_max_length=True, add_special_tokens=False)
-    (b,) = batches                                   # the empty text is dropped
+    batches = calibration_batches(
+        tok,
+        ["ab", "abcd", "", "abc"],
+        seq_len=6,
+        batch_size=8,
+        pad_to_max_length=True,
+        add_special_tokens=False,
+    )
+    (b,) = batches  # the empty text is dropped
     assert tuple(b["input_ids"].shape) == (3, 6)
     assert b["attention_mask"].sum(1).tolist() == [2, 4, 3]
     # no pad token: the EOS id pads (the official causal-LM scripts)
@@ -80,14 +86,19 @@ def test_calibration_batches_errors():
 
 
 def test_calibration_set_describes_the_sample(data_dir):
-    batches, desc = calibration_set(CharTokenizer(), "sst2", "validation", n=10, seq_len=16,
-                                    batch_size=4, seed=3)
+    batches, desc = calibration_set(
+        CharTokenizer(), "sst2", "validation", n=10, seq_len=16, batch_size=4, seed=3
+    )
     assert len(batches) == desc["n_batches"] == 3 and desc["n_texts"] == 10
     assert desc["n_tokens"] == sum(int(b["attention_mask"].sum()) for b in batches)
     assert desc["dataset"] == "sst2" and desc["seed"] == 3 and desc["seq_len"] == 16
     assert desc["data_files"] and all(len(h) == 64 for h in desc["data_files"].values())
-    again, _ = calibration_set(CharTokenizer(), "sst2", "validation", n=10, seq_len=16, batch_size=4, seed=3)
-    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
+    again, _ = calibration_set(
+        CharTokenizer(), "sst2", "validation", n=10, seq_len=16, batch_size=4, seed=3
+    )
+    assert all(
+        torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True)
+    )
 
 
 # ---------------------------------------------------------------- tables and selections
@@ -99,8 +110,10 @@ def _random_batches(vocab: int = 128, seed: int = 0) -> list[dict[str, torch.Ten
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     mask[4, 5:] = 0
-    return [{"input_ids": ids[:4], "attention_mask": mask[:4]},
-            {"input_ids": ids[4:], "attention_mask": mask[4:]}]
+    return [
+        {"input_ids": ids[:4], "attention_mask": mask[:4]},
+        {"input_ids": ids[4:], "attention_mask": mask[4:]},
+    ]
 
 
 def test_rank_layers_breaks_ties_by_layer_index():
@@ -109,19 +122,34 @@ def test_rank_layers_breaks_ties_by_layer_index():
 
 def test_layer_scores_table_and_avss_ranks_equal_v_over_s_ranks(tiny_llama):
     scores = ("avss", "block_influence", "angular", "ppl_removal", "random", "tail")
-    stats, table = layer_scores(tiny_llama, _random_batches(), scores=scores, eps=1e-2,
-                                seed=3, progress=False)
+    stats, table = layer_scores(
+        tiny_llama, _random_batches(), scores=scores, eps=1e-2, seed=3, progress=False
+    )
     n = len(tiny_llama.model.layers)
     assert list(table.index) == list(range(n)) and table.index.name == "layer"
-    for column in ("variance", "sparsity", "near_zero_count", "element_count", "mean", "rms",
-                   "token_variance", "clamped", "navss", "avss_cumulative",
-                   *scores, *(f"rank_{s}" for s in scores)):
+    for column in (
+        "variance",
+        "sparsity",
+        "near_zero_count",
+        "element_count",
+        "mean",
+        "rms",
+        "token_variance",
+        "clamped",
+        "navss",
+        "avss_cumulative",
+        *scores,
+        *(f"rank_{s}" for s in scores),
+    ):
         assert column in table, column
     v, s = stats.variance_, stats.sparsity_
-    assert (s > 0).all()                              # eps = 1e-2: no clamping in this test
+    assert (s > 0).all()  # eps = 1e-2: no clamping in this test
     assert table["rank_avss"].tolist() == rank_layers(v / s).tolist()
     assert table["rank_tail"].tolist() == list(range(n - 1, -1, -1))
-    assert table["element_count"].tolist() == [int(sum(b["attention_mask"].sum() for b in _random_batches())) * 32] * n
+    assert (
+        table["element_count"].tolist()
+        == [int(sum(b["attention_mask"].sum() for b in _random_batches())) * 32] * n
+    )
     assert table["navss"].sum() == pytest.approx(1.0)
     assert table["avss_cumulative"].iloc[-1] == pytest.approx(1.0)
     assert table["random"].tolist() == pytest.approx(np.random.default_rng(3).random(n).tolist())
@@ -132,11 +160,22 @@ def test_layer_scores_table_and_avss_ranks_equal_v_over_s_ranks(tiny_llama):
 def test_selections_keys_and_sizes():
     m = 12
     rng = np.random.default_rng(0)
-    table = pd.DataFrame({"avss": rng.random(m) + 0.1, "block_influence": rng.random(m),
-                          "tail": np.arange(m, 0, -1.0), "variance": rng.random(m)})
+    table = pd.DataFrame(
+        {
+            "avss": rng.random(m) + 0.1,
+            "block_influence": rng.random(m),
+            "tail": np.arange(m, 0, -1.0),
+            "variance": rng.random(m),
+        }
+    )
     chosen = selections(table, 0.25)
-    assert set(chosen) == {"avss/count", "avss/mass", "avss/code_bug", "block_influence/count",
-                           "tail/count"}
+    assert set(chosen) == {
+        "avss/count",
+        "avss/mass",
+        "avss/code_bug",
+        "block_influence/count",
+        "tail/count",
+    }
     assert len(chosen["avss/count"]) == round(0.25 * m) == 3
     assert chosen["avss/count"] == sorted(np.argsort(table["avss"].to_numpy())[:3].tolist())
     assert chosen["tail/count"] == [9, 10, 11]
@@ -147,13 +186,17 @@ def test_selections_keys_and_sizes():
     # a statistic named like a score (update_variance is both) is not a selection unless scored
     table["update_variance"] = rng.random(m)
     assert "update_variance/count" in selections(table, 0.25)
-    assert set(selections(table, 0.25, ["avss", "tail"])) == {"avss/count", "avss/mass",
-                                                              "avss/code_bug", "tail/count"}
+    assert set(selections(table, 0.25, ["avss", "tail"])) == {
+        "avss/count",
+        "avss/mass",
+        "avss/code_bug",
+        "tail/count",
+    }
 
 
 def test_score_agreement_known_answers():
     x = np.arange(6.0)
-    df = score_agreement({"a": x, "b": x ** 2, "c": -x, "d": np.ones(6)})
+    df = score_agreement({"a": x, "b": x**2, "c": -x, "d": np.ones(6)})
     row = df.set_index(["a", "b"])
     assert row.loc[("a", "b"), "spearman"] == pytest.approx(1.0)
     assert row.loc[("a", "c"), "kendall_tau"] == pytest.approx(-1.0)
@@ -162,8 +205,13 @@ def test_score_agreement_known_answers():
 
 
 def test_primary_metric_rows_picks_one_metric_per_task():
-    df = pd.DataFrame({"task": ["sciq_mc", "sciq_mc", "other", "other"],
-                       "metric": ["acc_norm", "acc", "m1", "m2"], "retention": [1, 2, 3, 4]})
+    df = pd.DataFrame(
+        {
+            "task": ["sciq_mc", "sciq_mc", "other", "other"],
+            "metric": ["acc_norm", "acc", "m1", "m2"],
+            "retention": [1, 2, 3, 4],
+        }
+    )
     assert primary_metric_rows(df)["retention"].tolist() == [2, 3]
 
 
@@ -174,12 +222,14 @@ def test_pruned_view_shares_weights_and_equals_pruned_copy(tiny_llama):
     before = tiny_llama(input_ids=ids).logits
     view = pruned_view(tiny_llama, [0, 2])
     with torch.no_grad():
-        assert torch.equal(view(input_ids=ids).logits, pruned_copy(tiny_llama, [0, 2])(input_ids=ids).logits)
+        assert torch.equal(
+            view(input_ids=ids).logits, pruned_copy(tiny_llama, [0, 2])(input_ids=ids).logits
+        )
     assert len(view.model.layers) == view.config.num_hidden_layers == 2
     assert view.model.layers[1].self_attn.layer_idx == 1
     assert view.model.layers[0].mlp.up_proj.weight is tiny_llama.model.layers[1].mlp.up_proj.weight
     assert view.lm_head.weight.data_ptr() == tiny_llama.lm_head.weight.data_ptr()
-    assert len(tiny_llama.model.layers) == tiny_llama.config.num_hidden_layers == 4   # untouched
+    assert len(tiny_llama.model.layers) == tiny_llama.config.num_hidden_layers == 4  # untouched
     assert torch.equal(tiny_llama(input_ids=ids).logits, before)
 
 
@@ -204,10 +254,21 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(ev, "evaluate", counting)
-    kwargs = dict(out_dir=tmp_path, tasks=("sciq_mc", "wikitext2_ppl"), n_eval=4,
-                  calib=dict(n=8, seq_len=32), scores=("avss", "tail"), evaluate_faithful=False,
-                  sweep_fractions=(0.25, 0.5), sweep_scores=("avss",), ppl_window=32,
-                  ppl_stride=32, n_boot=50, progress=False, loaded=smol)
+    kwargs = dict(
+        out_dir=tmp_path,
+        tasks=("sciq_mc", "wikitext2_ppl"),
+        n_eval=4,
+        calib=dict(n=8, seq_len=32),
+        scores=("avss", "tail"),
+        evaluate_faithful=False,
+        sweep_fractions=(0.25, 0.5),
+        sweep_scores=("avss",),
+        ppl_window=32,
+        ppl_stride=32,
+        n_boot=50,
+        progress=False,
+        loaded=smol,
+    )
     try:
         first = pruning_study("smollm2-135m", **kwargs)
         n_calls = len(calls)
@@ -216,15 +277,29 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         # tables of a partial run: a new sweep point is not evaluated, only reported missing
         partial_dir = tmp_path / "partial"
         shutil.copytree(tmp_path, partial_dir, ignore=shutil.ignore_patterns("record.*"))
-        third = pruning_study("smollm2-135m", **{**kwargs, "out_dir": partial_dir,
-                                                 "sweep_fractions": (0.25, 0.5, 0.1)},
-                              evaluate_missing=False)
+        third = pruning_study(
+            "smollm2-135m",
+            **{**kwargs, "out_dir": partial_dir, "sweep_fractions": (0.25, 0.5, 0.1)},
+            evaluate_missing=False,
+        )
     finally:  # set_seed's deterministic-kernels switch is process-wide
         torch.use_deterministic_algorithms(False)
 
-    for name in ("layer_stats.csv", "layer_stats_faithful.csv", "batch_stats.csv", "layer_stats.json",
-                 "selections.json", "retention.csv", "sweep.csv", "agreement.csv", "record.json",
-                 "record.md", "figures/layer_profile.png", "figures/retention.png", "figures/sweep.png"):
+    for name in (
+        "layer_stats.csv",
+        "layer_stats_faithful.csv",
+        "batch_stats.csv",
+        "layer_stats.json",
+        "selections.json",
+        "retention.csv",
+        "sweep.csv",
+        "agreement.csv",
+        "record.json",
+        "record.md",
+        "figures/layer_profile.png",
+        "figures/retention.png",
+        "figures/sweep.png",
+    ):
         assert (tmp_path / name).is_file(), name
     configs = first["configs"]
     assert set(mtimes) == {f"{c}.json" for c in configs}
@@ -242,7 +317,9 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
 
     assert len(calls) == n_calls and third["status"]["sweep-avss-0.1"] == "missing"
     assert "sweep-avss-0.1" not in set(third["retention"]["config"])
-    assert (partial_dir / "record.partial.json").is_file() and not (partial_dir / "record.json").exists()
+    assert (partial_dir / "record.partial.json").is_file() and not (
+        partial_dir / "record.json"
+    ).exists()
 
     study = load_study(tmp_path)
     ret = study["retention"]
@@ -259,8 +336,15 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
     assert rows.loc[("fixed", "avss", "count"), "layers"] == configs["avss-count"]
     assert rows.loc[("faithful", "tail", "count"), "n_pruned"] == 8
     sel = json.loads((tmp_path / "selections.json").read_text())
-    assert sel["k_count"] == 8 and set(sel["faithful"]) >= {"avss/count", "avss/mass", "avss/code_bug"}
+    assert sel["k_count"] == 8 and set(sel["faithful"]) >= {
+        "avss/count",
+        "avss/mass",
+        "avss/code_bug",
+    }
     saved = json.loads((tmp_path / "eval" / "avss-count.json").read_text())
     assert saved["pruned_layers"] == configs["avss-count"] and saved["n_layers_after"] == 22
     record = study["record"]
-    assert record["model"]["num_layers"] == 30 and "sciq/llm-adapters_sciq_test_mc4.json" in record["data_files"]
+    assert (
+        record["model"]["num_layers"] == 30
+        and "sciq/llm-adapters_sciq_test_mc4.json" in record["data_files"]
+    )

@@ -33,9 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ARTICLE = re.compile(r'<article class="bd-article">(.*?)</article>', re.S)
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
-FOOTER = ('<div style="width:100%;font-size:8px;text-align:center;color:#555;">'
-          '<span class="title"></span> &middot; page <span class="pageNumber"></span> of '
-          '<span class="totalPages"></span></div>')
+FOOTER = (
+    '<div style="width:100%;font-size:8px;text-align:center;color:#555;">'
+    '<span class="title"></span> &middot; page <span class="pageNumber"></span> of '
+    '<span class="totalPages"></span></div>'
+)
 # Print layout: the article alone, full width; dropdowns (solutions, hidden code) stay closed.
 PRINT_CSS = """
 .bd-header, .bd-sidebar-primary, .bd-sidebar-secondary, .bd-footer, .bd-footer-article,
@@ -74,11 +76,11 @@ def combine(html_dir: Path, pages: Sequence[str]) -> Path:
             raise ValueError(f"{page}: the print edition expects pages one folder deep")
         match = ARTICLE.search(text)
         if match is None:
-            raise ValueError(f"{page}: no <article class=\"bd-article\"> in the built page")
+            raise ValueError(f'{page}: no <article class="bd-article"> in the built page')
         articles.append(f'<div class="avss-print-page">{match.group(1)}</div>')
     shell = (html_dir / pages[0]).read_text(encoding="utf-8")
     match = ARTICLE.search(shell)
-    joined = (shell[:match.start(1)] + "\n".join(articles) + shell[match.end(1):])
+    joined = shell[: match.start(1)] + "\n".join(articles) + shell[match.end(1) :]
     out = html_dir / "_print" / "book.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(joined, encoding="utf-8")
@@ -114,11 +116,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def _start(binary: str, profile: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--mute-audio",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
@@ -153,8 +170,9 @@ async def _print(ws_url: str, url: str, timeout: float) -> tuple[bytes, list[str
             data = json.loads(raw)
             if data.get("method") == "Network.requestWillBeSent":
                 request_url = data["params"]["request"]["url"]
-                if not re.match(r"(https?://(127\.0\.0\.1|localhost)[:/]|data:|blob:|about:)",
-                                request_url):
+                if not re.match(
+                    r"(https?://(127\.0\.0\.1|localhost)[:/]|data:|blob:|about:)", request_url
+                ):
                     external.append(request_url)
             if data.get("id") == counter:
                 if "error" in data:
@@ -163,7 +181,9 @@ async def _print(ws_url: str, url: str, timeout: float) -> tuple[bytes, list[str
 
     try:
         target = (await send("Target.createTarget", {"url": "about:blank"}))["targetId"]
-        session = (await send("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+        session = (await send("Target.attachToTarget", {"targetId": target, "flatten": True}))[
+            "sessionId"
+        ]
         await send("Network.enable", session=session)
         await send("Page.enable", session=session)
         await send("Emulation.setEmulatedMedia", {"media": "print"}, session=session)
@@ -181,32 +201,50 @@ async def _print(ws_url: str, url: str, timeout: float) -> tuple[bytes, list[str
                 img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
             await document.fonts.ready;
             return document.querySelectorAll('mjx-container').length; })()""".replace(
-            "__CSS__", json.dumps(PRINT_CSS))
-        await send("Runtime.evaluate", {"expression": settle, "awaitPromise": True}, session=session)
-        result = await send("Page.printToPDF", {
-            "printBackground": True, "displayHeaderFooter": True,
-            "generateDocumentOutline": True, "generateTaggedPDF": True,   # bookmarks per heading
-            "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
-            "paperWidth": 8.27, "paperHeight": 11.69,               # A4, inches
-            "marginTop": 0.6, "marginBottom": 0.7, "marginLeft": 0.6, "marginRight": 0.6,
-        }, session=session)
+            "__CSS__", json.dumps(PRINT_CSS)
+        )
+        await send(
+            "Runtime.evaluate", {"expression": settle, "awaitPromise": True}, session=session
+        )
+        result = await send(
+            "Page.printToPDF",
+            {
+                "printBackground": True,
+                "displayHeaderFooter": True,
+                "generateDocumentOutline": True,
+                "generateTaggedPDF": True,  # bookmarks per heading
+                "headerTemplate": "<div></div>",
+                "footerTemplate": FOOTER,
+                "paperWidth": 8.27,
+                "paperHeight": 11.69,  # A4, inches
+                "marginTop": 0.6,
+                "marginBottom": 0.7,
+                "marginLeft": 0.6,
+                "marginRight": 0.6,
+            },
+            session=session,
+        )
         return base64.b64decode(result["data"]), external
     finally:
         ws.close()
 
 
-def print_pdf(html_dir: Path, out: Path, pages: Sequence[str] | None = None,
-              timeout: float = 600) -> list[str]:
+def print_pdf(
+    html_dir: Path, out: Path, pages: Sequence[str] | None = None, timeout: float = 600
+) -> list[str]:
     """Print the built site ``html_dir`` (its ``pages``, by default those of ``_toc.yml``) to
     ``out``; returns the URLs of requests that left the machine (none for the offline edition)."""
     binary = find_chromium()
     book = combine(html_dir, list(pages) if pages is not None else toc_pages())
-    with serve(html_dir) as base, tempfile.TemporaryDirectory(
-            prefix="chromium-pdf-", ignore_cleanup_errors=True) as profile:
+    with (
+        serve(html_dir) as base,
+        tempfile.TemporaryDirectory(prefix="chromium-pdf-", ignore_cleanup_errors=True) as profile,
+    ):
         proc, ws_url = _start(binary, Path(profile))
         try:
-            data, external = asyncio.run(_print(ws_url, base + book.relative_to(html_dir).as_posix(),
-                                                timeout))
+            data, external = asyncio.run(
+                _print(ws_url, base + book.relative_to(html_dir).as_posix(), timeout)
+            )
         finally:
             proc.terminate()
             try:
@@ -226,8 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the PDF to write")
     args = parser.parse_args(argv)
     if not (args.html / "index.html").is_file():
-        print(f"print_pdf: {args.html} holds no built site; build it first (make book)",
-              file=sys.stderr)
+        print(
+            f"print_pdf: {args.html} holds no built site; build it first (make book)",
+            file=sys.stderr,
+        )
         return 2
     start = time.perf_counter()
     try:
@@ -236,15 +276,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"print_pdf: {error}", file=sys.stderr)
         return 2
     if external:
-        print(f"print_pdf: {len(external)} request(s) left the machine: {external[:5]}", file=sys.stderr)
+        print(
+            f"print_pdf: {len(external)} request(s) left the machine: {external[:5]}",
+            file=sys.stderr,
+        )
         return 1
     pages = ""
     with contextlib.suppress(ImportError):
         from pypdf import PdfReader
 
         pages = f"{len(PdfReader(args.out).pages)} pages, "
-    print(f"{args.out}: {pages}{args.out.stat().st_size / 2**20:.1f} MiB, printed in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"{args.out}: {pages}{args.out.stat().st_size / 2**20:.1f} MiB, printed in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 

@@ -38,8 +38,10 @@ def params(profile: str, stem: str, path: Path = PROFILES) -> dict:
     chosen = dict((profiles[profile] or {}).get(stem) or {})
     unknown = sorted(set(chosen) - chapter_parameters(stem))
     if unknown:
-        raise ValueError(f"profile {profile!r} sets {unknown} for {stem}, which its parameters "
-                         "cell does not define")
+        raise ValueError(
+            f"profile {profile!r} sets {unknown} for {stem}, which its parameters "
+            "cell does not define"
+        )
     return chosen
 
 

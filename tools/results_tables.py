@@ -28,8 +28,10 @@ END = "<!-- end of findings -->"
 def _md(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(plots.fmt_value(v).replace("|", "\\|") for v in row) + " |"
-              for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(plots.fmt_value(v).replace("|", "\\|") for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -40,56 +42,97 @@ def verdicts(root: Path) -> str:
 def avss(root: Path) -> str:
     ret = R.retention(root, primary=False)
     main = ret[ret["config"] != "original"]
-    rows = main.assign(configuration=main["config"].map(R.config_name),
-                       task=[R.task_name(t, m) for t, m in zip(main["task"], main["metric"], strict=True)],
-                       layers=main["layers"].map(lambda s: plots.layer_list(plots.parse_layers(s))),
-                       retention=[plots.fmt_ci(r.retention, r.ci_low, r.ci_high) for r in main.itertuples()],
-                       note=main["why"].fillna(""))
+    rows = main.assign(
+        configuration=main["config"].map(R.config_name),
+        task=[R.task_name(t, m) for t, m in zip(main["task"], main["metric"], strict=True)],
+        layers=main["layers"].map(lambda s: plots.layer_list(plots.parse_layers(s))),
+        retention=[plots.fmt_ci(r.retention, r.ci_low, r.ci_high) for r in main.itertuples()],
+        note=main["why"].fillna(""),
+    )
     diff = R.avss_against_random(root)
-    diff = diff.assign(task=[R.task_name(t, m) for t, m in zip(diff["task"], diff["metric"], strict=True)],
-                       **{"AVSS - random": [plots.fmt_ci(r.difference, r.ci_low, r.ci_high, kind="pp")
-                                            for r in diff.itertuples()]})
-    return ("Retention at 25% pruned [95% CI]:\n\n"
-            + _md(rows[["model", "configuration", "layers", "task", "retention", "n", "note"]])
-            + "\n\nAVSS against random layers, paired:\n\n" + _md(diff[["model", "task", "AVSS - random", "n"]]))
+    diff = diff.assign(
+        task=[R.task_name(t, m) for t, m in zip(diff["task"], diff["metric"], strict=True)],
+        **{
+            "AVSS - random": [
+                plots.fmt_ci(r.difference, r.ci_low, r.ci_high, kind="pp")
+                for r in diff.itertuples()
+            ]
+        },
+    )
+    return (
+        "Retention at 25% pruned [95% CI]:\n\n"
+        + _md(rows[["model", "configuration", "layers", "task", "retention", "n", "note"]])
+        + "\n\nAVSS against random layers, paired:\n\n"
+        + _md(diff[["model", "task", "AVSS - random", "n"]])
+    )
 
 
 def eavss(root: Path) -> str:
     labels = R.label_summaries(root)
-    labels = labels.assign(rate=[plots.fmt_ci(r.hallucination_rate, r.ci_low, r.ci_high)
-                                 for r in labels.itertuples()])
+    labels = labels.assign(
+        rate=[plots.fmt_ci(r.hallucination_rate, r.ci_low, r.ci_high) for r in labels.itertuples()]
+    )
     prone = R.prone_layers(root)
     prone = prone.assign(layers=prone["layers"].map(plots.layer_list))
     changes = R.mitigation_changes(root)
     changes = changes.assign(
         task=[R.task_name(t, m) for t, m in zip(changes["task"], changes["metric"], strict=True)],
-        change=[plots.fmt_ci(r.delta_abs, r.abs_ci_low, r.abs_ci_high, kind="pp") for r in changes.itertuples()],
-        relative=[plots.fmt_ci(r.delta_rel, r.rel_ci_low, r.rel_ci_high, kind="rel") for r in changes.itertuples()],
-        note=changes["why"].fillna(""))
+        change=[
+            plots.fmt_ci(r.delta_abs, r.abs_ci_low, r.abs_ci_high, kind="pp")
+            for r in changes.itertuples()
+        ],
+        relative=[
+            plots.fmt_ci(r.delta_rel, r.rel_ci_low, r.rel_ci_high, kind="rel")
+            for r in changes.itertuples()
+        ],
+        note=changes["why"].fillna(""),
+    )
     diff = R.prone_minus_random(root)
-    diff = diff.assign(task=[R.task_name(t, m) for t, m in zip(diff["task"], diff["metric"], strict=True)],
-                       **{"prone - random": [plots.fmt_ci(r.difference, r.ci_low, r.ci_high, kind="pp")
-                                             for r in diff.itertuples()]})
-    return ("Hallucination rates:\n\n" + _md(labels[["model", "dataset", "n", "rate"]])
-            + "\n\nProne layers:\n\n" + _md(prone[["model", "dataset", "family", "k", "layers"]])
-            + "\n\nMitigation, change after - before [95% CI over questions, seeds averaged]:\n\n"
-            + _md(changes[["model", "task", "mode", "seeds", "n", "change", "relative", "note"]])
-            + "\n\nProne minus random layers, paired:\n\n"
-            + _md(diff[["model", "task", "seeds_eavss", "seeds_other", "prone - random"]]))
+    diff = diff.assign(
+        task=[R.task_name(t, m) for t, m in zip(diff["task"], diff["metric"], strict=True)],
+        **{
+            "prone - random": [
+                plots.fmt_ci(r.difference, r.ci_low, r.ci_high, kind="pp")
+                for r in diff.itertuples()
+            ]
+        },
+    )
+    return (
+        "Hallucination rates:\n\n"
+        + _md(labels[["model", "dataset", "n", "rate"]])
+        + "\n\nProne layers:\n\n"
+        + _md(prone[["model", "dataset", "family", "k", "layers"]])
+        + "\n\nMitigation, change after - before [95% CI over questions, seeds averaged]:\n\n"
+        + _md(changes[["model", "task", "mode", "seeds", "n", "change", "relative", "note"]])
+        + "\n\nProne minus random layers, paired:\n\n"
+        + _md(diff[["model", "task", "seeds_eavss", "seeds_other", "prone - random"]])
+    )
 
 
 def bench(root: Path) -> str:
-    return ("Benchmarks:\n\n" + _md(R.bench_stats(root)) + "\n\n" + _md(R.bench_distributed(root)))
+    return "Benchmarks:\n\n" + _md(R.bench_stats(root)) + "\n\n" + _md(R.bench_distributed(root))
 
 
 def readme_block(root: Path) -> str:
     """The findings block of README.md: one sentence per finding and the verdict table."""
-    lines = [BEGIN, "", "**What the committed runs show** (generated from `results/` by "
-             "`tools/results_tables.py --readme`; a test checks that it is up to date):", ""]
+    lines = [
+        BEGIN,
+        "",
+        "**What the committed runs show** (generated from `results/` by "
+        "`tools/results_tables.py --readme`; a test checks that it is up to date):",
+        "",
+    ]
     lines += [f"* {f}" for f in R.findings(root)]
-    lines += ["", R.verdict_markdown(R.verdicts(root), link="notebooks/{chapter}.md",
-                                     columns=["claim", "verdict", "model", "measured [95% CI]",
-                                              "random layers", "evidence"]), "", END]
+    lines += [
+        "",
+        R.verdict_markdown(
+            R.verdicts(root),
+            link="notebooks/{chapter}.md",
+            columns=["claim", "verdict", "model", "measured [95% CI]", "random layers", "evidence"],
+        ),
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -114,16 +157,26 @@ def rewrite_readme(readme: Path, root: Path, check: bool = False) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
-    parser.add_argument("--part", choices=("verdicts", "avss", "eavss", "bench", "all"), default="all")
-    parser.add_argument("--readme", type=Path, nargs="?", const=Path("README.md"), default=None,
-                        help="rewrite the findings block of this README (default README.md)")
+    parser.add_argument(
+        "--part", choices=("verdicts", "avss", "eavss", "bench", "all"), default="all"
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        nargs="?",
+        const=Path("README.md"),
+        default=None,
+        help="rewrite the findings block of this README (default README.md)",
+    )
     parser.add_argument("--check", action="store_true", help="with --readme: only check")
     args = parser.parse_args()
     if args.readme is not None:
         fresh = rewrite_readme(args.readme, args.results, check=args.check)
         if args.check and not fresh:
-            sys.exit(f"{args.readme}: the findings block is out of date; run "
-                     "`tools/results_tables.py --readme` and commit the result.")
+            sys.exit(
+                f"{args.readme}: the findings block is out of date; run "
+                "`tools/results_tables.py --readme` and commit the result."
+            )
         return
     parts = {"verdicts": verdicts, "avss": avss, "eavss": eavss, "bench": bench}
     chosen = parts if args.part == "all" else {args.part: parts[args.part]}

@@ -22,12 +22,17 @@ from pathlib import Path
 
 def machine(profile: str = "") -> dict[str, object]:
     """The facts recorded: CPU cores available, the first GPU's name (if any), the profile."""
-    facts: dict[str, object] = {"cpus": len(os.sched_getaffinity(0))
-                                if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    facts: dict[str, object] = {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    }
     if shutil.which("nvidia-smi"):
         try:
-            done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
             if done.returncode == 0 and names:
                 facts["gpu"] = names[0]

@@ -35,8 +35,11 @@ def is_solution(cell) -> bool:
 
 def untagged_solution_cells(notebook) -> list[int]:
     """Indices of cells that hold a ``solution`` directive but are not tagged ``solution``."""
-    return [i for i, cell in enumerate(notebook.cells)
-            if SOLUTION_DIRECTIVE.search(cell.source) and not is_solution(cell)]
+    return [
+        i
+        for i, cell in enumerate(notebook.cells)
+        if SOLUTION_DIRECTIVE.search(cell.source) and not is_solution(cell)
+    ]
 
 
 def strip_notebook(notebook, keep_solutions: bool = False):
@@ -54,8 +57,9 @@ def strip_notebook(notebook, keep_solutions: bool = False):
     return out, removed
 
 
-def strip_file(source: Path, out_dir: Path, fmt: str = "md",
-               keep_solutions: bool = False) -> tuple[Path, int]:
+def strip_file(
+    source: Path, out_dir: Path, fmt: str = "md", keep_solutions: bool = False
+) -> tuple[Path, int]:
     """Write the student copy (or with ``keep_solutions`` the instructor's copy) of ``source``
     (any format jupytext reads) into ``out_dir``; returns ``(path written, cells removed)``."""
     import jupytext
@@ -68,8 +72,10 @@ def strip_file(source: Path, out_dir: Path, fmt: str = "md",
         raise ValueError(f"{source}: cannot be read as a notebook ({error})") from error
     untagged = untagged_solution_cells(notebook)
     if untagged:
-        raise ValueError(f"{source}: cells {untagged} hold a solution directive but are not "
-                         "tagged 'solution'; tag them so the student edition drops them")
+        raise ValueError(
+            f"{source}: cells {untagged} hold a solution directive but are not "
+            "tagged 'solution'; tag them so the student edition drops them"
+        )
     stripped, removed = strip_notebook(notebook, keep_solutions)
     jupytext_format, suffix = FORMATS[fmt]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,13 +87,18 @@ def strip_file(source: Path, out_dir: Path, fmt: str = "md",
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="notebook sources (.md or .ipynb)")
-    parser.add_argument("--out", type=Path, default=Path("student"),
-                        help="output directory (default student/)")
-    parser.add_argument("--format", choices=CHOICES, default="md",
-                        help="format of the copies (default md: jupytext MyST markdown; "
-                             "both: .md and .ipynb)")
-    parser.add_argument("--answers", action="store_true",
-                        help="keep the solutions: the instructor's key")
+    parser.add_argument(
+        "--out", type=Path, default=Path("student"), help="output directory (default student/)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=CHOICES,
+        default="md",
+        help="format of the copies (default md: jupytext MyST markdown; both: .md and .ipynb)",
+    )
+    parser.add_argument(
+        "--answers", action="store_true", help="keep the solutions: the instructor's key"
+    )
     args = parser.parse_args(argv)
     formats = list(FORMATS) if args.format == "both" else [args.format]
     for source in args.notebooks:
@@ -97,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as error:
                 print(f"strip_solutions: {error}", file=sys.stderr)
                 return 2
-            print(f"{target}: " + ("with its solutions" if args.answers
-                                   else f"{removed} solution cell(s) removed"))
+            print(
+                f"{target}: "
+                + ("with its solutions" if args.answers else f"{removed} solution cell(s) removed")
+            )
     return 0
 
 

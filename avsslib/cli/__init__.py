@@ -29,8 +29,19 @@ from typing import Any
 from avsslib import __version__
 from avsslib.errors import AvssError
 
-COMMANDS: tuple[str, ...] = ("models", "data", "eval", "score", "prune", "study", "diagnose", "heal", "hallucination", "mitigate",
-                             "reproduce")
+COMMANDS: tuple[str, ...] = (
+    "models",
+    "data",
+    "eval",
+    "score",
+    "prune",
+    "study",
+    "diagnose",
+    "heal",
+    "hallucination",
+    "mitigate",
+    "reproduce",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,16 +111,21 @@ def write_crash_report(command: str, argv: Sequence[str], exc: BaseException) ->
     from avsslib.paths import cache_dir
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    text = "\n".join([
-        f"avss {command}: unexpected error (a bug in avsslib)",
-        f"command line: avss {' '.join(argv)}",
-        f"time (UTC): {stamp}",
-        "",
-        "".join(traceback.format_exception(exc)).rstrip(),
-        "",
-        "environment:",
-        *(f"  {line}" for line in _environment()),
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                f"avss {command}: unexpected error (a bug in avsslib)",
+                f"command line: avss {' '.join(argv)}",
+                f"time (UTC): {stamp}",
+                "",
+                "".join(traceback.format_exception(exc)).rstrip(),
+                "",
+                "environment:",
+                *(f"  {line}" for line in _environment()),
+            ]
+        )
+        + "\n"
+    )
     name = f"avss-{command}-{stamp}-{os.getpid()}.txt"
     for folder in (cache_dir() / "crash-reports", Path(os.environ.get("TMPDIR", "/tmp"))):
         try:
@@ -131,10 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     quiet = bool(getattr(args, "quiet", False))
     stack = contextlib.ExitStack()
-    if quiet:            # every tqdm bar, ours and the libraries' (harness, transformers)
+    if quiet:  # every tqdm bar, ours and the libraries' (harness, transformers)
         stack.enter_context(_no_progress_bars())
     try:
-        if args._lock_out:       # one writer per results directory (avsslib.report.results_lock)
+        if args._lock_out:  # one writer per results directory (avsslib.report.results_lock)
             from avsslib.fs import results_lock
 
             with results_lock(args.out):
@@ -156,9 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f"The traceback and the environment (versions, device) are in {report}."
         except OSError:
             where = "No file could be written for the traceback; rerun with --debug to see it."
-        print(f"avss {args.command}: internal error: {type(exc).__name__}: {exc}. This is a bug "
-              f"in avsslib, not in your input. {where} Please report it with that file; "
-              f"`avss --debug {args.command} ...` shows the traceback here.", file=sys.stderr)
+        print(
+            f"avss {args.command}: internal error: {type(exc).__name__}: {exc}. This is a bug "
+            f"in avsslib, not in your input. {where} Please report it with that file; "
+            f"`avss --debug {args.command} ...` shows the traceback here.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         stack.close()

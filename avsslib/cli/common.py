@@ -28,20 +28,42 @@ from avsslib.study import DTYPES
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_SEED = 0
 CALIBRATION_DEFAULTS: dict[str, Any] = {
-    "calib": "wikitext2", "calib_split": "validation", "n": 64, "seq_len": 128,
-    "batch_size": 8, "calib_seed": 0,
+    "calib": "wikitext2",
+    "calib_split": "validation",
+    "n": 64,
+    "seq_len": 128,
+    "batch_size": 8,
+    "calib_seed": 0,
 }
-MODEL_OPTIONS = ("--model", "--out", "--device", "--dtype", "--seed", "--quiet",
-                 "--trust-remote-code")
-CALIBRATION_OPTIONS = ("--calib", "--calib-split", "--n", "--seq-len", "--batch-size",
-                       "--calib-seed")
+MODEL_OPTIONS = (
+    "--model",
+    "--out",
+    "--device",
+    "--dtype",
+    "--seed",
+    "--quiet",
+    "--trust-remote-code",
+)
+CALIBRATION_OPTIONS = (
+    "--calib",
+    "--calib-split",
+    "--n",
+    "--seq-len",
+    "--batch-size",
+    "--calib-seed",
+)
 
 
 class _Given(argparse.Action):
     """``store`` that also records the destination in ``namespace._given``."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, values)
         given = set(getattr(namespace, "_given", set()))
         namespace._given = given | {self.dest}
@@ -53,8 +75,13 @@ class _GivenFlag(argparse.Action):
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, True)
         namespace._given = set(getattr(namespace, "_given", set())) | {self.dest}
 
@@ -64,56 +91,107 @@ def given(args: argparse.Namespace, dest: str) -> bool:
     return dest in getattr(args, "_given", set())
 
 
-def add_model_options(parser: argparse.ArgumentParser, *,
-                      out_help: str = "output directory (created)") -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser, *, out_help: str = "output directory (created)"
+) -> None:
     """The options of every model command (see the module docstring)."""
     group = parser.add_argument_group("common options (every model command)")
-    group.add_argument("--model", default=DEFAULT_MODEL, action=_Given,
-                       help=f"zoo name, local directory or hub id (default {DEFAULT_MODEL})")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        action=_Given,
+        help=f"zoo name, local directory or hub id (default {DEFAULT_MODEL})",
+    )
     group.add_argument("--out", required=True, type=Path, action=_Given, help=out_help)
-    group.add_argument("--device", default=None, action=_Given,
-                       help="torch device (default: cuda if available, else cpu)")
-    group.add_argument("--dtype", choices=DTYPES, default="float32", action=_Given,
-                       help="model dtype (default float32; faithful statistics need float32)")
-    group.add_argument("--seed", type=int, default=DEFAULT_SEED, action=_Given,
-                       help=f"global seed: sampling, random layers, training (default {DEFAULT_SEED})")
+    group.add_argument(
+        "--device",
+        default=None,
+        action=_Given,
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        action=_Given,
+        help="model dtype (default float32; faithful statistics need float32)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        action=_Given,
+        help=f"global seed: sampling, random layers, training (default {DEFAULT_SEED})",
+    )
     group.add_argument("--quiet", action=_GivenFlag, help="no progress bars")
-    group.add_argument("--trust-remote-code", action=_GivenFlag,
-                       help="allow running the Python code of a model that ships its own "
-                            "(auto_map in config.json); only for models you trust")
+    group.add_argument(
+        "--trust-remote-code",
+        action=_GivenFlag,
+        help="allow running the Python code of a model that ships its own "
+        "(auto_map in config.json); only for models you trust",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
     """The calibration set of the commands that compute layer statistics."""
     d = CALIBRATION_DEFAULTS
     group = parser.add_argument_group("calibration set (layer statistics)")
-    group.add_argument("--calib", default=d["calib"], action=_Given,
-                       help=f"calibration dataset (wikitext2, sst2, nq_open, triviaqa, ...; "
-                            f"default {d['calib']})")
-    group.add_argument("--calib-split", default=d["calib_split"], action=_Given,
-                       help=f"its split (default {d['calib_split']})")
+    group.add_argument(
+        "--calib",
+        default=d["calib"],
+        action=_Given,
+        help=f"calibration dataset (wikitext2, sst2, nq_open, triviaqa, ...; default {d['calib']})",
+    )
+    group.add_argument(
+        "--calib-split",
+        default=d["calib_split"],
+        action=_Given,
+        help=f"its split (default {d['calib_split']})",
+    )
     group.add_argument("--split", dest="calib_split", action=_Given, help=argparse.SUPPRESS)
-    group.add_argument("--n", type=int, default=d["n"], action=_Given,
-                       help=f"calibration texts (default {d['n']})")
-    group.add_argument("--seq-len", type=int, default=d["seq_len"], action=_Given,
-                       help=f"tokens per text (default {d['seq_len']})")
-    group.add_argument("--batch-size", type=int, default=d["batch_size"], action=_Given,
-                       help=f"texts per batch (default {d['batch_size']})")
-    group.add_argument("--calib-seed", type=int, default=d["calib_seed"], action=_Given,
-                       help=f"seed of the text sample (default {d['calib_seed']})")
+    group.add_argument(
+        "--n", type=int, default=d["n"], action=_Given, help=f"calibration texts (default {d['n']})"
+    )
+    group.add_argument(
+        "--seq-len",
+        type=int,
+        default=d["seq_len"],
+        action=_Given,
+        help=f"tokens per text (default {d['seq_len']})",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=d["batch_size"],
+        action=_Given,
+        help=f"texts per batch (default {d['batch_size']})",
+    )
+    group.add_argument(
+        "--calib-seed",
+        type=int,
+        default=d["calib_seed"],
+        action=_Given,
+        help=f"seed of the text sample (default {d['calib_seed']})",
+    )
 
 
-def load_cli_model(args: argparse.Namespace, device: str, *,
-                   causal_for: str | None = None) -> tuple[Any, Any, float]:
+def load_cli_model(
+    args: argparse.Namespace, device: str, *, causal_for: str | None = None
+) -> tuple[Any, Any, float]:
     """Seed everything (``--seed``), then load ``--model`` in ``--dtype`` on ``device``, honouring
     ``--trust-remote-code`` (:func:`avsslib.models.load_seeded`); returns ``(model, tokenizer,
     load seconds)``. ``causal_for``: the command's name when it needs a causal language model
     (encoders are refused by name)."""
     from avsslib.models import load_seeded
 
-    return load_seeded(args.model, dtype=args.dtype, device=device, seed=args.seed,
-                       trust_remote_code=getattr(args, "trust_remote_code", False),
-                       causal_for=None if causal_for is None else f"avss {causal_for}")
+    return load_seeded(
+        args.model,
+        dtype=args.dtype,
+        device=device,
+        seed=args.seed,
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+        causal_for=None if causal_for is None else f"avss {causal_for}",
+    )
 
 
 def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
@@ -123,8 +201,9 @@ def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
     try:
         return [kind(v.strip()) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{option} {value!r}: expected a comma-separated list of "
-                          f"{kind.__name__} values.") from None
+        raise ConfigError(
+            f"{option} {value!r}: expected a comma-separated list of {kind.__name__} values."
+        ) from None
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -138,8 +217,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 
     fraction = getattr(args, "fraction", None)
     if fraction is not None and not 0.0 < fraction < 1.0:
-        raise bad("--fraction", fraction, "the pruned share must lie strictly between 0 and 1, "
-                                          "e.g. 0.25")
+        raise bad(
+            "--fraction", fraction, "the pruned share must lie strictly between 0 and 1, e.g. 0.25"
+        )
     eps = getattr(args, "eps", None)
     if eps is not None and not (math.isfinite(eps) and eps > 0):
         raise bad("--eps", eps, "the near-zero threshold must be a positive number, e.g. 1e-5")
@@ -150,8 +230,11 @@ def check_numbers(args: argparse.Namespace) -> None:
     for name in ("seed", "calib_seed"):
         value = getattr(args, name, None)
         if value is not None and not 0 <= value < 2**32:
-            raise bad(f"--{name.replace('_', '-')}", value,
-                      "a seed must be an integer from 0 to 2**32 - 1")
+            raise bad(
+                f"--{name.replace('_', '-')}",
+                value,
+                "a seed must be an integer from 0 to 2**32 - 1",
+            )
 
 
 def resolve_device(device: str | None) -> str:
@@ -176,6 +259,13 @@ def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful:
     """``calibration_set`` from the calibration options (padded to ``--seq-len`` when faithful)."""
     from avsslib.calibration import calibration_set
 
-    return calibration_set(tokenizer, args.calib, args.calib_split, n=args.n,
-                           seq_len=args.seq_len, batch_size=args.batch_size,
-                           seed=args.calib_seed, pad_to_max_length=faithful)
+    return calibration_set(
+        tokenizer,
+        args.calib,
+        args.calib_split,
+        n=args.n,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=args.calib_seed,
+        pad_to_max_length=faithful,
+    )

@@ -18,28 +18,46 @@ LOCK_OUT = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, type=Path,
-                        help="a pruning study's directory (with layer_stats.csv)")
+    parser.add_argument(
+        "--study",
+        required=True,
+        type=Path,
+        help="a pruning study's directory (with layer_stats.csv)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--fraction", type=float, default=0.25, help="pruned share (default 0.25)")
-    parser.add_argument("--n-draws", type=int, default=2000,
-                        help="replicate near-zero counts for the rank stability (default 2000)")
+    parser.add_argument(
+        "--n-draws",
+        type=int,
+        default=2000,
+        help="replicate near-zero counts for the rank stability (default 2000)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the replicates (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
     from avsslib.diagnosis import run_diagnosis
 
-    results = run_diagnosis(args.study, args.out, fraction=args.fraction, n_draws=args.n_draws,
-                            seed=args.seed, command=command_line("diagnose", args))
+    results = run_diagnosis(
+        args.study,
+        args.out,
+        fraction=args.fraction,
+        n_draws=args.n_draws,
+        seed=args.seed,
+        command=command_line("diagnose", args),
+    )
     for mode, r in results.items():
         s = r["summary"]
         st = s["stability"]
-        print(f"{mode}: Spearman with depth: AVSS {s['spearman_avss_depth']:.2f}, variance "
-              f"{s['spearman_variance_depth']:.2f}, RMS {s['spearman_rms_depth']:.2f}; near-zero "
-              f"counts {s['near_zero_min']}-{s['near_zero_max']} of {s['elements_per_layer']}; "
-              f"clamped {s['clamped_layers']}; noise keeps the pruned set in "
-              f"{st['p_set_observed']:.0%} of draws")
-    print(f"wrote {args.out} (correlations.csv, sparsity.csv, clamp.csv, stability.csv, "
-          "summary.json, record.json and its .md)")
+        print(
+            f"{mode}: Spearman with depth: AVSS {s['spearman_avss_depth']:.2f}, variance "
+            f"{s['spearman_variance_depth']:.2f}, RMS {s['spearman_rms_depth']:.2f}; near-zero "
+            f"counts {s['near_zero_min']}-{s['near_zero_max']} of {s['elements_per_layer']}; "
+            f"clamped {s['clamped_layers']}; noise keeps the pruned set in "
+            f"{st['p_set_observed']:.0%} of draws"
+        )
+    print(
+        f"wrote {args.out} (correlations.csv, sparsity.csv, clamp.csv, stability.csv, "
+        "summary.json, record.json and its .md)"
+    )
     return 0

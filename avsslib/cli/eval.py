@@ -23,28 +23,50 @@ from avsslib.fs import write_csv_atomic, write_json_atomic
 from avsslib.report import RunRecord, save_record
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
-LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
+LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--tasks", required=True,
-                        help=f"comma-separated task names: {', '.join(TASKS)}")
-    parser.add_argument("--n", type=int, help="examples per task, sampled with --seed (default: all)")
+    parser.add_argument(
+        "--tasks", required=True, help=f"comma-separated task names: {', '.join(TASKS)}"
+    )
+    parser.add_argument(
+        "--n", type=int, help="examples per task, sampled with --seed (default: all)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--num-fewshot", type=int,
-                        help="few-shot examples for every task (default: each task's own; sst2: 4)")
-    parser.add_argument("--max-length", type=int, default=2048,
-                        help="harness context length, the window of wikitext2_word_ppl (default 2048)")
-    parser.add_argument("--ppl-window", type=int, default=512, help="wikitext2_ppl window (default 512)")
-    parser.add_argument("--ppl-stride", type=int, default=512, help="wikitext2_ppl stride (default 512)")
-    parser.add_argument("--chat-template", action="store_true",
-                        help="wrap harness prompts in the tokenizer's chat template")
-    parser.add_argument("--eval-backend", choices=BACKENDS, default="avsslib",
-                        help="harness model backend: avsslib (ours: shared contexts encoded once; default) "
-                             "or harness (lm-evaluation-harness's HFLM, for comparison)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
-
+    parser.add_argument(
+        "--num-fewshot",
+        type=int,
+        help="few-shot examples for every task (default: each task's own; sst2: 4)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=2048,
+        help="harness context length, the window of wikitext2_word_ppl (default 2048)",
+    )
+    parser.add_argument(
+        "--ppl-window", type=int, default=512, help="wikitext2_ppl window (default 512)"
+    )
+    parser.add_argument(
+        "--ppl-stride", type=int, default=512, help="wikitext2_ppl stride (default 512)"
+    )
+    parser.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="wrap harness prompts in the tokenizer's chat template",
+    )
+    parser.add_argument(
+        "--eval-backend",
+        choices=BACKENDS,
+        default="avsslib",
+        help="harness model backend: avsslib (ours: shared contexts encoded once; default) "
+        "or harness (lm-evaluation-harness's HFLM, for comparison)",
+    )
+    parser.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)"
+    )
 
 
 def _command(config: dict, out: Path) -> str:
@@ -62,36 +84,63 @@ def _command(config: dict, out: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise ConfigError(f"--tasks: unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}.")
+        raise ConfigError(
+            f"--tasks: unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
+        )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = {
-        "model": args.model, "tasks": tasks, "n": args.n, "seed": args.seed,
-        "batch_size": args.batch_size, "num_fewshot": args.num_fewshot, "max_length": args.max_length,
-        "ppl_window": args.ppl_window, "ppl_stride": args.ppl_stride,
-        "chat_template": args.chat_template, "eval_backend": args.eval_backend, "n_boot": args.n_boot,
-        "device": device, "dtype": args.dtype,
+        "model": args.model,
+        "tasks": tasks,
+        "n": args.n,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "num_fewshot": args.num_fewshot,
+        "max_length": args.max_length,
+        "ppl_window": args.ppl_window,
+        "ppl_stride": args.ppl_stride,
+        "chat_template": args.chat_template,
+        "eval_backend": args.eval_backend,
+        "n_boot": args.n_boot,
+        "device": device,
+        "dtype": args.dtype,
         "trust_remote_code": getattr(args, "trust_remote_code", False),
     }
     model, tokenizer, load_s = load_cli_model(args, device, causal_for="eval")
-    record = RunRecord.start(_command(config, args.out), config, args.seed, model=model,
-                             data_files=task_data_files(tasks))
+    record = RunRecord.start(
+        _command(config, args.out),
+        config,
+        args.seed,
+        model=model,
+        data_files=task_data_files(tasks),
+    )
     result: EvalResult = evaluate(
-        model, tokenizer, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
-        num_fewshot=args.num_fewshot, max_length=args.max_length, ppl_window=args.ppl_window,
-        ppl_stride=args.ppl_stride, chat_template=args.chat_template, backend=args.eval_backend,
+        model,
+        tokenizer,
+        tasks,
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        max_length=args.max_length,
+        ppl_window=args.ppl_window,
+        ppl_stride=args.ppl_stride,
+        chat_template=args.chat_template,
+        backend=args.eval_backend,
     )
     table = result.table(n_boot=args.n_boot, seed=args.seed)
     out: Path = args.out
     write_json_atomic(out / "metrics.json", result.to_dict())
     write_csv_atomic(out / "metrics.csv", table)
     record.finish(
-        {"table": table.to_dict(orient="records"),
-         "protocols": {name: t.protocol for name, t in result.tasks.items()}},
-        load_model_s=load_s, tasks_s={name: t.wall_s for name, t in result.tasks.items()},
+        {
+            "table": table.to_dict(orient="records"),
+            "protocols": {name: t.protocol for name, t in result.tasks.items()},
+        },
+        load_model_s=load_s,
+        tasks_s={name: t.wall_s for name, t in result.tasks.items()},
     )
     save_record(record, out / "record.json")
     print(table.to_string(index=False))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from avsslib.hallucination import HallucinationConfig
 
 HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
-LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
+LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
 _DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
 
@@ -26,48 +26,94 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avsslib.labels import DEFAULT_TEMPLATE
 
     add_model_options(parser)
-    parser.add_argument("--datasets", default=_DATASETS,
-                        help=f"comma-separated datasets (default {_DATASETS})")
-    parser.add_argument("--n", type=int, default=40,
-                        help="questions per dataset, seeded sample (default 40)")
-    parser.add_argument("--family", default="P,C",
-                        help="score families, comma-separated: P, C (default P,C)")
-    parser.add_argument("--prone-by", choices=("default", "eavss"), default="default",
-                        help="rank prone layers by the family's default (P: delta, C: eavss) or "
-                             "by EAVSS alone (the literal option)")
-    parser.add_argument("--positions", choices=("answer", "all"), default="answer",
-                        help="tokens counted in the statistics (default answer)")
-    parser.add_argument("--k", type=int, default=None,
-                        help="number of prone layers (default ceil(0.25 * layers))")
-    parser.add_argument("--calib-fraction", type=float, default=0.5,
-                        help="share of each dataset's questions in the calibration part "
-                             "(default 0.5; the rest is the evaluation part)")
-    parser.add_argument("--min-per-class", type=int, default=2,
-                        help="fewest hallucinated and truthful calibration answers needed to "
-                             "score a dataset (default 2)")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help="prompt template with {question} (default: avsslib.labels.DEFAULT_TEMPLATE)")
-    parser.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
-                        help="wrap the prompt in the tokenizer's chat template (auto: when it "
-                             "has one)")
-    parser.add_argument("--question-guard", action="store_true",
-                        help="NQ/TriviaQA/SciQ: an alias the question contains counts only as an "
-                             "exact answer (avsslib.labels)")
-    parser.add_argument("--max-new-tokens", type=int, default=32,
-                        help="answer length limit in tokens (default 32)")
+    parser.add_argument(
+        "--datasets", default=_DATASETS, help=f"comma-separated datasets (default {_DATASETS})"
+    )
+    parser.add_argument(
+        "--n", type=int, default=40, help="questions per dataset, seeded sample (default 40)"
+    )
+    parser.add_argument(
+        "--family", default="P,C", help="score families, comma-separated: P, C (default P,C)"
+    )
+    parser.add_argument(
+        "--prone-by",
+        choices=("default", "eavss"),
+        default="default",
+        help="rank prone layers by the family's default (P: delta, C: eavss) or "
+        "by EAVSS alone (the literal option)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("answer", "all"),
+        default="answer",
+        help="tokens counted in the statistics (default answer)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=None, help="number of prone layers (default ceil(0.25 * layers))"
+    )
+    parser.add_argument(
+        "--calib-fraction",
+        type=float,
+        default=0.5,
+        help="share of each dataset's questions in the calibration part "
+        "(default 0.5; the rest is the evaluation part)",
+    )
+    parser.add_argument(
+        "--min-per-class",
+        type=int,
+        default=2,
+        help="fewest hallucinated and truthful calibration answers needed to "
+        "score a dataset (default 2)",
+    )
+    parser.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE,
+        help="prompt template with {question} (default: avsslib.labels.DEFAULT_TEMPLATE)",
+    )
+    parser.add_argument(
+        "--chat-template",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="wrap the prompt in the tokenizer's chat template (auto: when it has one)",
+    )
+    parser.add_argument(
+        "--question-guard",
+        action="store_true",
+        help="NQ/TriviaQA/SciQ: an alias the question contains counts only as an "
+        "exact answer (avsslib.labels)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default 32)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--eps", type=float, default=1e-5,
-                        help="near-zero threshold of the sparsity (default 1e-5)")
-    parser.add_argument("--labels-from", type=Path, default=None,
-                        help="reuse DIR/labels/<dataset>.jsonl instead of generating answers")
-    parser.add_argument("--probe", action="store_true",
-                        help="store each answer's mean activation per layer and fit one linear "
-                             "probe per layer (probe_layers.json; avsslib.probe)")
-    parser.add_argument("--folds", type=int, default=None,
-                        help="also choose layers per fold from the answers outside it (k-fold "
-                             "protocol of avss mitigate --folds; avsslib.folds)")
-    parser.add_argument("--fold-seed", type=int, default=0,
-                        help="seed of the fold split (default 0; as avss mitigate --fold-seed)")
+    parser.add_argument(
+        "--eps", type=float, default=1e-5, help="near-zero threshold of the sparsity (default 1e-5)"
+    )
+    parser.add_argument(
+        "--labels-from",
+        type=Path,
+        default=None,
+        help="reuse DIR/labels/<dataset>.jsonl instead of generating answers",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="store each answer's mean activation per layer and fit one linear "
+        "probe per layer (probe_layers.json; avsslib.probe)",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="also choose layers per fold from the answers outside it (k-fold "
+        "protocol of avss mitigate --folds; avsslib.folds)",
+    )
+    parser.add_argument(
+        "--fold-seed",
+        type=int,
+        default=0,
+        help="seed of the fold split (default 0; as avss mitigate --fold-seed)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
@@ -77,16 +123,33 @@ def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
 
     check_numbers(args)
     return HallucinationConfig(
-        out=args.out, model=args.model, device=args.device, dtype=args.dtype, seed=args.seed,
-        quiet=args.quiet, trust_remote_code=args.trust_remote_code,
-        datasets=tuple(parse_list(args.datasets, "--datasets")), n=args.n,
-        family=tuple(parse_list(args.family, "--family")), prone_by=args.prone_by,
-        positions=args.positions, k=args.k, calib_fraction=args.calib_fraction,
-        min_per_class=args.min_per_class, template=args.template,
-        chat_template=args.chat_template, question_guard=args.question_guard,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, eps=args.eps,
-        labels_from=args.labels_from, probe=args.probe, folds=args.folds,
-        fold_seed=args.fold_seed, command=command_line("hallucination", args))
+        out=args.out,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        quiet=args.quiet,
+        trust_remote_code=args.trust_remote_code,
+        datasets=tuple(parse_list(args.datasets, "--datasets")),
+        n=args.n,
+        family=tuple(parse_list(args.family, "--family")),
+        prone_by=args.prone_by,
+        positions=args.positions,
+        k=args.k,
+        calib_fraction=args.calib_fraction,
+        min_per_class=args.min_per_class,
+        template=args.template,
+        chat_template=args.chat_template,
+        question_guard=args.question_guard,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        eps=args.eps,
+        labels_from=args.labels_from,
+        probe=args.probe,
+        folds=args.folds,
+        fold_seed=args.fold_seed,
+        command=command_line("hallucination", args),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,21 +168,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"{dataset:>12} {family} (by {entry['by']}, k={entry['k']}): {entry['layers']}")
     for dataset, note in sparsity.items():
         if note["degenerate"]:
-            print(f"{dataset}: warning: no near-zero element at eps={config.eps:g} in "
-                  f"{len(note['clamped_h'])} (hallucinated) / {len(note['clamped_t'])} (truthful) "
-                  f"of {note['n_layers']} layers; HSS and EAVSS there reflect the 1e-12 clamp. "
-                  "Use a larger --eps, --positions all or a larger --n.")
+            print(
+                f"{dataset}: warning: no near-zero element at eps={config.eps:g} in "
+                f"{len(note['clamped_h'])} (hallucinated) / {len(note['clamped_t'])} (truthful) "
+                f"of {note['n_layers']} layers; HSS and EAVSS there reflect the 1e-12 clamp. "
+                "Use a larger --eps, --positions all or a larger --n."
+            )
     for dataset, entry in probes.items():
         top = entry["ranking"][:5]
-        print(f"{dataset:>12} probe (2-fold CV accuracy, majority {entry['majority_rate']:.3f}): "
-              + ", ".join(f"layer {i} {entry['accuracy'][i]:.3f} [{entry['ci_low'][i]:.3f}, "
-                          f"{entry['ci_high'][i]:.3f}]" for i in top))
+        print(
+            f"{dataset:>12} probe (2-fold CV accuracy, majority {entry['majority_rate']:.3f}): "
+            + ", ".join(
+                f"layer {i} {entry['accuracy'][i]:.3f} [{entry['ci_low'][i]:.3f}, "
+                f"{entry['ci_high'][i]:.3f}]"
+                for i in top
+            )
+        )
     for dataset, fams in fold_prone.items():
         for family, entries in fams.items():
             print(f"{dataset:>12} {family} per fold: {[e['layers'] for e in entries]}")
-    print(f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
-          "prone_layers.json, record.json" + (", features, probe, probe_layers.json"
-                                               if config.probe else ""))
+    print(
+        f"wrote {out}/labels, profiles, figures, label_summary.csv, splits.json, "
+        "prone_layers.json, record.json"
+        + (", features, probe, probe_layers.json" if config.probe else "")
+    )
     return 0
-
-

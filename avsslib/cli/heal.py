@@ -22,22 +22,33 @@ LOCK_OUT = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, out_help="output directory (resumed)")
-    parser.add_argument("--study", required=True, type=Path,
-                        help="a pruning study's directory (its selections.json names the layers)")
-    parser.add_argument("--configs", default="avss-count,block_influence-count,angular-count,"
-                        "random-count,tail-count",
-                        help="SCORE-RULE names of the study's fixed-mode selections")
+    parser.add_argument(
+        "--study",
+        required=True,
+        type=Path,
+        help="a pruning study's directory (its selections.json names the layers)",
+    )
+    parser.add_argument(
+        "--configs",
+        default="avss-count,block_influence-count,angular-count,random-count,tail-count",
+        help="SCORE-RULE names of the study's fixed-mode selections",
+    )
     parser.add_argument("--tasks", default="sciq_mc,wikitext2_ppl", help="evaluation tasks")
     parser.add_argument("--n-eval", type=int, default=200, help="examples per task (default 200)")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    parser.add_argument("--heal-batch-size", type=int, default=8, help="chunks per step (default 8)")
+    parser.add_argument(
+        "--heal-batch-size", type=int, default=8, help="chunks per step (default 8)"
+    )
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per chunk (default 256)")
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     parser.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default 16)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up steps (default 10)")
-    parser.add_argument("--text", default="wikitext2:validation",
-                        help="NAME:SPLIT of the healing text (default wikitext2:validation)")
+    parser.add_argument(
+        "--text",
+        default="wikitext2:validation",
+        help="NAME:SPLIT of the healing text (default wikitext2:validation)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     parser.add_argument("--ppl-window", type=int, default=512, help="wikitext2_ppl window")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
@@ -50,14 +61,18 @@ def _selections(study: Path, names: list[str]) -> dict[str, list[int]]:
     try:
         chosen = json.loads(path.read_text(encoding="utf-8"))["fixed"]
     except (OSError, ValueError, KeyError):
-        raise ConfigError(f"{path}: no readable selections.json with a 'fixed' entry; point "
-                          "--study at a pruning study's directory.") from None
+        raise ConfigError(
+            f"{path}: no readable selections.json with a 'fixed' entry; point "
+            "--study at a pruning study's directory."
+        ) from None
     out = {}
     for name in names:
         key = "/".join(name.rsplit("-", 1))
         if key not in chosen:
-            raise ConfigError(f"--configs {name}: {path} has no selection {key!r} "
-                              f"(it has {', '.join(sorted(chosen))}).")
+            raise ConfigError(
+                f"--configs {name}: {path} has no selection {key!r} "
+                f"(it has {', '.join(sorted(chosen))})."
+            )
         out[name] = chosen[key]
     return out
 
@@ -70,19 +85,40 @@ def run(args: argparse.Namespace) -> int:
     name, sep, split = args.text.partition(":")
     if not sep:
         raise ConfigError(f"--text {args.text!r}: write NAME:SPLIT, e.g. wikitext2:validation.")
-    config = HealConfig(steps=args.steps, batch_size=args.heal_batch_size, seq_len=args.seq_len,
-                        lr=args.lr, rank=args.rank, alpha=args.alpha, warmup=args.warmup,
-                        text_name=name, text_split=split, seed=args.seed)
+    config = HealConfig(
+        steps=args.steps,
+        batch_size=args.heal_batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        rank=args.rank,
+        alpha=args.alpha,
+        warmup=args.warmup,
+        text_name=name,
+        text_split=split,
+        seed=args.seed,
+    )
     config.validate()
     selections = _selections(args.study, parse_list(args.configs, "--configs"))
     result = healing_study(
-        args.model, out_dir=args.out, selections=selections, config=config,
-        tasks=parse_list(args.tasks, "--tasks"), n_eval=args.n_eval, seed=args.seed,
-        device=resolve_device(args.device), dtype=args.dtype, batch_size=args.batch_size,
-        ppl_window=args.ppl_window, n_boot=args.n_boot, progress=not args.quiet,
-        command=command_line("heal", args))
+        args.model,
+        out_dir=args.out,
+        selections=selections,
+        config=config,
+        tasks=parse_list(args.tasks, "--tasks"),
+        n_eval=args.n_eval,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        ppl_window=args.ppl_window,
+        n_boot=args.n_boot,
+        progress=not args.quiet,
+        command=command_line("heal", args),
+    )
     table = primary_metric_rows(result["table"])
     columns = ["config", "task", "retention_before", "retention_after", "recovered"]
     print(table[columns].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(f"wrote {args.out} (healing.csv, eval/, record.json and its .md); status {result['status']}")
+    print(
+        f"wrote {args.out} (healing.csv, eval/, record.json and its .md); status {result['status']}"
+    )
     return 0

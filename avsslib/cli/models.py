@@ -1,8 +1,8 @@
 """``avss models``: the embedded model zoo, its installed and cached state; verify or build caches.
 
-    avss models                      table of zoo models (installed? cached? size on disk)
-    avss models --verify             re-hash every cached file; rebuild corrupt caches
-    avss models --prepare NAME       dequantize NAME into the cache now (done lazily otherwise)
+avss models                      table of zoo models (installed? cached? size on disk)
+avss models --verify             re-hash every cached file; rebuild corrupt caches
+avss models --prepare NAME       dequantize NAME into the cache now (done lazily otherwise)
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ HELP = "list the embedded model zoo (installed / cached); verify or prepare cach
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verify", action="store_true",
-                        help="re-hash every file of every cached zoo model (rebuilds a corrupt cache)")
-    parser.add_argument("--prepare", metavar="NAME", choices=sorted(ZOO),
-                        help=f"build the cache of one zoo model now ({', '.join(ZOO)})")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every file of every cached zoo model (rebuilds a corrupt cache)",
+    )
+    parser.add_argument(
+        "--prepare",
+        metavar="NAME",
+        choices=sorted(ZOO),
+        help=f"build the cache of one zoo model now ({', '.join(ZOO)})",
+    )
 
 
 def _size(n: int) -> str:
@@ -45,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['name']:<20} {'yes' if row['installed'] else 'no':<9} "
-              f"{'yes' if row['cached'] else 'no':<6} {_size(row['cache_bytes']):>10}  "
-              f"{row['description']}")
+        print(
+            f"{row['name']:<20} {'yes' if row['installed'] else 'no':<9} "
+            f"{'yes' if row['cached'] else 'no':<6} {_size(row['cache_bytes']):>10}  "
+            f"{row['description']}"
+        )
     missing = [r for r in rows if not r["installed"]]
     for row in missing:
         print(f"  {row['name']}: wheels not installed: {ZOO[row['name']].install}")

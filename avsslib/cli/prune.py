@@ -43,17 +43,29 @@ HELP = "prune the least important layers (AVSS or a baseline) and save the model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, out_help="output model directory")
-    parser.add_argument("--score", default="avss", help="score that ranks the layers (default avss)")
-    parser.add_argument("--rule", choices=RULES, default="count", help="selection rule (default count)")
+    parser.add_argument(
+        "--score", default="avss", help="score that ranks the layers (default avss)"
+    )
+    parser.add_argument(
+        "--rule", choices=RULES, default="count", help="selection rule (default count)"
+    )
     parser.add_argument("--fraction", type=float, default=0.25, help="pruned share (default 0.25)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from-scores", type=Path,
-                        help="layer_stats.csv of `avss score` or `avss study` (else: score now)")
+    source.add_argument(
+        "--from-scores",
+        type=Path,
+        help="layer_stats.csv of `avss score` or `avss study` (else: score now)",
+    )
     source.add_argument("--layers", help="comma-separated layer indices to remove, as given")
     add_calibration_options(parser)
-    parser.add_argument("--faithful", action="store_true",
-                        help="score with official-script statistics (when scoring now)")
-    parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
+    parser.add_argument(
+        "--faithful",
+        action="store_true",
+        help="score with official-script statistics (when scoring now)",
+    )
+    parser.add_argument(
+        "--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -69,8 +81,10 @@ def _run(args: argparse.Namespace) -> int:
     check_numbers(args)
     out: Path = args.out
     if out.exists() and not args.overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose "
-                          "another directory.")
+        raise ConfigError(
+            f"--out {out} already exists; pass --overwrite to replace it or choose "
+            "another directory."
+        )
     device = resolve_device(args.device)
     model, tokenizer, load_s = load_cli_model(args, device)
     n_layers = len(blocks(model))
@@ -83,38 +97,62 @@ def _run(args: argparse.Namespace) -> int:
         if args.from_scores is not None:
             path = args.from_scores
             if not path.is_file():
-                raise ConfigError(f"--from-scores {path}: no such file; pass the layer_stats.csv "
-                                  "written by `avss score` or `avss study`.")
+                raise ConfigError(
+                    f"--from-scores {path}: no such file; pass the layer_stats.csv "
+                    "written by `avss score` or `avss study`."
+                )
             table = read_layer_table(path)
             source = {"from_scores": str(path), "sha256": file_sha256(path)}
         else:
             batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
-            _, table = layer_scores(model, batches, scores=[args.score], faithful=args.faithful,
-                                    seed=args.seed, eps=args.eps, progress=not args.quiet)
+            _, table = layer_scores(
+                model,
+                batches,
+                scores=[args.score],
+                faithful=args.faithful,
+                seed=args.seed,
+                eps=args.eps,
+                progress=not args.quiet,
+            )
             source = {"calibration": calib, "faithful": args.faithful, "eps": args.eps}
             data_files = calib["data_files"]
         if args.score not in table:
-            raise ConfigError(f"score {args.score!r} is not a column of the scores table "
-                              f"({', '.join(c for c in table.columns if not c.startswith('rank_'))}).")
+            raise ConfigError(
+                f"score {args.score!r} is not a column of the scores table "
+                f"({', '.join(c for c in table.columns if not c.startswith('rank_'))})."
+            )
         if len(table) != n_layers:
-            raise ConfigError(f"the scores table has {len(table)} layers but {args.model} has "
-                              f"{n_layers}: it was computed for another model.")
-        layers = select_layers(table[args.score].to_numpy(), args.fraction, args.rule,
-                               score=args.score)
+            raise ConfigError(
+                f"the scores table has {len(table)} layers but {args.model} has "
+                f"{n_layers}: it was computed for another model."
+            )
+        layers = select_layers(
+            table[args.score].to_numpy(), args.fraction, args.rule, score=args.score
+        )
     select_s = time.perf_counter() - t0
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if not k.startswith("_") and k not in ("command", "debug")}
+    config = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not k.startswith("_") and k not in ("command", "debug")
+    }
     config["device"] = device
-    record = RunRecord.start(command_line("prune", args), config, args.seed, model=model,
-                             data_files=data_files)
+    record = RunRecord.start(
+        command_line("prune", args), config, args.seed, model=model, data_files=data_files
+    )
     prune_layers_(model, layers)
     kept = [i for i in range(n_layers) if i not in set(layers)]
     given = args.layers is not None
-    selection = {"model": args.model, "score": None if given else args.score,
-                 "rule": None if given else args.rule,
-                 "fraction": None if given else args.fraction, "n_layers_before": n_layers,
-                 "n_layers_after": len(kept), "pruned_layers": layers, "kept_layers": kept,
-                 "source": source}
+    selection = {
+        "model": args.model,
+        "score": None if given else args.score,
+        "rule": None if given else args.rule,
+        "fraction": None if given else args.fraction,
+        "n_layers_before": n_layers,
+        "n_layers_after": len(kept),
+        "pruned_layers": layers,
+        "kept_layers": kept,
+        "source": source,
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -124,7 +162,10 @@ def _run(args: argparse.Namespace) -> int:
         tokenizer.save_pretrained(work)
         write_json_atomic(work / "selection.json", selection)
         record.finish({"selection": selection}, load_model_s=load_s, select_s=select_s)
-        record.model = {**record.model, "pruned": {"num_layers": len(kept), "pruned_layers": layers}}
+        record.model = {
+            **record.model,
+            "pruned": {"num_layers": len(kept), "pruned_layers": layers},
+        }
         save_record(record, work / "record.json")
         replace_directory(work, out)
     finally:
@@ -149,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 if not (left.is_dir() and left.name.rsplit("-", 1)[-1].isdigit()):
                     continue
                 if kind == "stale" and not out.exists():
-                    os.rename(left, out)   # killed between the two renames of the swap
+                    os.rename(left, out)  # killed between the two renames of the swap
                 else:
                     shutil.rmtree(left, ignore_errors=True)
         return _run(args)

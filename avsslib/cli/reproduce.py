@@ -25,31 +25,61 @@ HELP = "run (or resume) the whole pipeline of the papers on one or more models a
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avsslib.reproduce import SCALES
 
-    parser.add_argument("--models", default="smollm2-135m",
-                        help="comma-separated zoo names, directories or hub ids (default smollm2-135m)")
-    parser.add_argument("--scale", choices=tuple(SCALES), default="full",
-                        help="sizes: ci (CPU smoke), book, full (GPU) (default full)")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="results directory; each model writes results/<model>/ (default results)")
-    parser.add_argument("--stages", default="study,hallucination,mitigation",
-                        help="comma-separated stages (default all: study,hallucination,mitigation)")
-    parser.add_argument("--seeds", help="comma-separated mitigation seeds (default: the scale's, 0,1,2)")
-    parser.add_argument("--modes", help="comma-separated mitigation modes (default eavss,probe,random,avss,full)")
+    parser.add_argument(
+        "--models",
+        default="smollm2-135m",
+        help="comma-separated zoo names, directories or hub ids (default smollm2-135m)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=tuple(SCALES),
+        default="full",
+        help="sizes: ci (CPU smoke), book, full (GPU) (default full)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="results directory; each model writes results/<model>/ (default results)",
+    )
+    parser.add_argument(
+        "--stages",
+        default="study,hallucination,mitigation",
+        help="comma-separated stages (default all: study,hallucination,mitigation)",
+    )
+    parser.add_argument(
+        "--seeds", help="comma-separated mitigation seeds (default: the scale's, 0,1,2)"
+    )
+    parser.add_argument(
+        "--modes", help="comma-separated mitigation modes (default eavss,probe,random,avss,full)"
+    )
     parser.add_argument("--mitigation-datasets", help="comma-separated datasets to mitigate on")
-    parser.add_argument("--study-args", default="",
-                        help="extra `avss study` options, appended (they win), e.g. \"--n-eval 300\"")
+    parser.add_argument(
+        "--study-args",
+        default="",
+        help='extra `avss study` options, appended (they win), e.g. "--n-eval 300"',
+    )
     parser.add_argument("--hallucination-n", type=int, help="answers labelled per dataset")
     parser.add_argument("--n-train", type=int, help="mitigation training questions")
     parser.add_argument("--n-eval", type=int, help="mitigation evaluation questions")
-    parser.add_argument("--folds", type=int,
-                        help="k-fold protocol (avsslib.folds): label every question, choose layers "
-                             "per fold, evaluate every question once (mitigation-<K>fold/)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="model dtype (default float32)")
-    parser.add_argument("--drop-weights", action="store_true",
-                        help="delete each mitigation run's trained weights and checkpoint once it "
-                             "is evaluated (metrics and records stay; saves GBs on large models)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold protocol (avsslib.folds): label every question, choose layers "
+        "per fold, evaluate every question once (mitigation-<K>fold/)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)"
+    )
+    parser.add_argument(
+        "--drop-weights",
+        action="store_true",
+        help="delete each mitigation run's trained weights and checkpoint once it "
+        "is evaluated (metrics and records stay; saves GBs on large models)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no stage progress lines")
 
 
@@ -69,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--modes: unknown {bad}; choose among {', '.join(MODES)}.")
         overrides["modes"] = tuple(modes)
     if args.mitigation_datasets:
-        overrides["mitigation_datasets"] = tuple(parse_list(args.mitigation_datasets, "--mitigation-datasets"))
+        overrides["mitigation_datasets"] = tuple(
+            parse_list(args.mitigation_datasets, "--mitigation-datasets")
+        )
     if args.study_args:
         import shlex
 
@@ -93,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--models is empty: name at least one model.")
     device = resolve_device(args.device)
     for model in models:
-        reproduce(model, args.results, args.scale, device=device, dtype=args.dtype,
-                  stages=tuple(parse_list(args.stages, "--stages")), overrides=overrides,
-                  progress=not args.quiet)
+        reproduce(
+            model,
+            args.results,
+            args.scale,
+            device=device,
+            dtype=args.dtype,
+            stages=tuple(parse_list(args.stages, "--stages")),
+            overrides=overrides,
+            progress=not args.quiet,
+        )
     print(f"results in {args.results}/ ({', '.join(models)})")
     return 0

@@ -38,21 +38,33 @@ from avsslib.cli.common import (
 from avsslib.study import FAST_SCORES
 
 HELP = "per-layer activation statistics and importance scores (AVSS and baselines) of a model"
-LOCK_OUT = True    # the dispatcher holds the lock of --out while run() writes there
+LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
 
 # ---------------------------------------------------------------------- the command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_calibration_options(parser)
-    parser.add_argument("--faithful", action="store_true",
-                        help="official-script statistics: pads counted, dropout on, batch means")
-    parser.add_argument("--scores", default=",".join(FAST_SCORES),
-                        help=f"comma-separated scores (default {','.join(FAST_SCORES)}: one "
-                             "statistics pass; ppl_removal runs the model once more per layer)")
-    parser.add_argument("--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)")
-    parser.add_argument("--fraction", type=float, default=0.25,
-                        help="pruned share for the selections listed in layer_stats.json (default 0.25)")
+    parser.add_argument(
+        "--faithful",
+        action="store_true",
+        help="official-script statistics: pads counted, dropout on, batch means",
+    )
+    parser.add_argument(
+        "--scores",
+        default=",".join(FAST_SCORES),
+        help=f"comma-separated scores (default {','.join(FAST_SCORES)}: one "
+        "statistics pass; ppl_removal runs the model once more per layer)",
+    )
+    parser.add_argument(
+        "--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)"
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=0.25,
+        help="pruned share for the selections listed in layer_stats.json (default 0.25)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,31 +81,55 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     model, tokenizer, load_s = load_cli_model(args, device)
     batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "debug")}
+    config = {
+        k: v
+        for k, v in vars(args).items()
+        if not k.startswith("_") and k not in ("command", "debug")
+    }
     config.update(out=str(out), device=device, scores=scores)
-    record = RunRecord.start(command_line("score", args), config, args.seed, model=model,
-                             data_files=calib["data_files"])
+    record = RunRecord.start(
+        command_line("score", args), config, args.seed, model=model, data_files=calib["data_files"]
+    )
     t0 = time.perf_counter()
-    stats, table = layer_scores(model, batches, scores=scores, faithful=args.faithful,
-                                seed=args.seed, eps=args.eps, progress=not args.quiet)
+    stats, table = layer_scores(
+        model,
+        batches,
+        scores=scores,
+        faithful=args.faithful,
+        seed=args.seed,
+        eps=args.eps,
+        progress=not args.quiet,
+    )
     stats_s = time.perf_counter() - t0
     table = save_layer_table(out / "layer_stats.csv", table)
-    write_csv_atomic(out / "batch_stats.csv",
-                     batch_table(stats, "faithful" if args.faithful else "fixed"))
+    write_csv_atomic(
+        out / "batch_stats.csv", batch_table(stats, "faithful" if args.faithful else "fixed")
+    )
     chosen = selections(table, args.fraction, scores)
     clamped = table.index[table["clamped"]].tolist()
-    write_json_atomic(out / "layer_stats.json", {
-        "model": args.model, "faithful": args.faithful, "eps": args.eps, "scores": scores,
-        "calibration": calib, "fraction": args.fraction, "selections": chosen,
-        "clamped_layers": clamped,
-    })
+    write_json_atomic(
+        out / "layer_stats.json",
+        {
+            "model": args.model,
+            "faithful": args.faithful,
+            "eps": args.eps,
+            "scores": scores,
+            "calibration": calib,
+            "fraction": args.fraction,
+            "selections": chosen,
+            "clamped_layers": clamped,
+        },
+    )
     if "avss" in table:
         plots.use_style()
         fig = plots.study_layer_profile(table, pruned=chosen.get("avss/count", []))
         plots.save(fig, out / "figures" / "layer_profile.png")
         plt.close(fig)
-    record.finish({"selections": chosen, "clamped_layers": clamped, "calibration": calib},
-                  load_model_s=load_s, stats_s=stats_s)
+    record.finish(
+        {"selections": chosen, "clamped_layers": clamped, "calibration": calib},
+        load_model_s=load_s,
+        stats_s=stats_s,
+    )
     save_record(record, out / "record.json")
     shown = [c for c in ("variance", "sparsity", "near_zero_count", *scores) if c in table]
     print(table[shown].to_string(float_format=lambda x: f"{x:.4g}"))

@@ -148,19 +148,25 @@ class EncodedTriple:
     negatives: tuple[tuple[int, ...], ...] = ()
 
 
-def encode_triples(triples: Sequence[Triple], tokenizer: Any, *, max_answer_tokens: int = 64
-                   ) -> list[EncodedTriple]:
+def encode_triples(
+    triples: Sequence[Triple], tokenizer: Any, *, max_answer_tokens: int = 64
+) -> list[EncodedTriple]:
     """Tokenize triples; answers are cut to ``max_answer_tokens`` tokens (long WikiQA
     sentences). Prompt and answer are tokenized apart, so the answer tokens are exact."""
     if max_answer_tokens < 1:
         raise ConfigError(f"max_answer_tokens = {max_answer_tokens}: must be >= 1.")
 
     def answer(text: str) -> tuple[int, ...]:
-        return tuple(tokenizer(" " + text, add_special_tokens=False)["input_ids"][:max_answer_tokens])
+        return tuple(
+            tokenizer(" " + text, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+        )
 
     return [
-        EncodedTriple(tuple(tokenizer(t.anchor)["input_ids"]), answer(t.positive),
-                      tuple(answer(n) for n in t.negatives))
+        EncodedTriple(
+            tuple(tokenizer(t.anchor)["input_ids"]),
+            answer(t.positive),
+            tuple(answer(n) for n in t.negatives),
+        )
         for t in triples
     ]
 
@@ -206,7 +212,7 @@ def collate(items: Sequence[EncodedTriple], pad_id: int, *, negatives: bool = Tr
     for r, (p, a) in enumerate(rows):
         ids[r, : len(p) + len(a)] = torch.tensor(p + a)
         attn[r, : len(p) + len(a)] = 1
-        answer[r, len(p): len(p) + len(a)] = True
+        answer[r, len(p) : len(p) + len(a)] = True
     anchor = torch.tensor([len(it.prompt) - 1 for it in items])
     return Batch(ids, attn, answer, anchor, neg_rows, neg_mask)
 
@@ -244,21 +250,29 @@ def ablation_layers(
         count = k if k is not None else (len(layers) if layers else None)
         if count is None:
             raise ConfigError("mode 'avss' with scores needs k (or layers, whose count is used).")
-        return _check_layers(np.argsort(np.asarray(scores), kind="stable")[:count].tolist(), n_layers)
+        return _check_layers(
+            np.argsort(np.asarray(scores), kind="stable")[:count].tolist(), n_layers
+        )
     if mode == "probe" and scores is not None:
         if len(scores) != n_layers:
             raise ConfigError(f"{len(scores)} probe scores for a model with {n_layers} layers.")
         count = k if k is not None else (len(layers) if layers else None)
         if count is None or not 1 <= count <= n_layers:
-            raise ConfigError(f"mode 'probe' with scores needs k in 1..{n_layers} (or layers, whose "
-                              "count is used).")
+            raise ConfigError(
+                f"mode 'probe' with scores needs k in 1..{n_layers} (or layers, whose "
+                "count is used)."
+            )
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
         return _check_layers(order[:count].tolist(), n_layers)
     if mode == "random":
         count = k if k is not None else len(layers or ())
         if not 1 <= count <= n_layers:
-            raise ConfigError(f"mode 'random': k = {count} must lie in 1..{n_layers}; pass k or layers.")
-        return sorted(np.random.default_rng(seed).choice(n_layers, size=count, replace=False).tolist())
+            raise ConfigError(
+                f"mode 'random': k = {count} must lie in 1..{n_layers}; pass k or layers."
+            )
+        return sorted(
+            np.random.default_rng(seed).choice(n_layers, size=count, replace=False).tolist()
+        )
     if not layers:
         raise ConfigError(f"mode {mode!r} needs the layer indices (e.g. the prone layers).")
     return _check_layers(layers, n_layers)

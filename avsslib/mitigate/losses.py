@@ -68,7 +68,9 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_blocks(model: torch.nn.Module, layers: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
+def capture_blocks(
+    model: torch.nn.Module, layers: Iterable[int]
+) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks on ``blocks(model)[l]``: inside the block, ``store[l]`` is block ``l``'s
     output hidden states (N, T, D) of the latest forward pass (first element when a block
     returns a tuple), still attached to the autograd graph."""
@@ -76,8 +78,10 @@ def capture_blocks(model: torch.nn.Module, layers: Iterable[int]) -> Iterator[di
     mods = blocks(model)
     handles = []
     for layer in layers:
+
         def hook(_m: torch.nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
             store[layer] = output[0] if isinstance(output, tuple) else output
+
         handles.append(mods[layer].register_forward_hook(hook))
     try:
         yield store

@@ -34,8 +34,11 @@ def lora_targets(model: torch.nn.Module, layers: Iterable[int]) -> list[str]:
     targets = []
     for layer in layers:
         block = blocks(model)[layer]
-        targets += [f"{names[id(block)]}.{sub}" for sub, module in block.named_modules()
-                    if isinstance(module, torch.nn.Linear | Conv1D)]
+        targets += [
+            f"{names[id(block)]}.{sub}"
+            for sub, module in block.named_modules()
+            if isinstance(module, torch.nn.Linear | Conv1D)
+        ]
     return targets
 
 
@@ -44,12 +47,18 @@ def _add_lora(model: torch.nn.Module, targets: list[str], r: int, alpha: int) ->
     from peft import LoraConfig, get_peft_model
 
     if not targets:
-        raise ModelError("no linear projection found in the chosen blocks; LoRA needs nn.Linear "
-                         "or Conv1D modules there (train the full parameters instead).")
+        raise ModelError(
+            "no linear projection found in the chosen blocks; LoRA needs nn.Linear "
+            "or Conv1D modules there (train the full parameters instead)."
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                                target_modules=targets, bias="none"))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none"
+            ),
+        )
 
 
 # ---------------------------------------------------------------- saving and loading
@@ -69,8 +78,9 @@ def save_trained_layers(result: TrainResult, directory: str | Path) -> Path:
     return path
 
 
-def load_trained_layers(model: torch.nn.Module, path: str | Path, *, verify_weights: bool = True
-                        ) -> dict[str, Any]:
+def load_trained_layers(
+    model: torch.nn.Module, path: str | Path, *, verify_weights: bool = True
+) -> dict[str, Any]:
     """Apply trained layers saved by :func:`save_trained_layers` to a freshly loaded base
     ``model``, in place; returns the saved metadata.
 
@@ -85,26 +95,37 @@ def load_trained_layers(model: torch.nn.Module, path: str | Path, *, verify_weig
     folder = path if path.is_dir() else path.parent
     tensors_path, meta_path = folder / TRAINED_LAYERS, folder / TRAINED_META
     if not tensors_path.exists() or not meta_path.exists():
-        raise ModelError(f"{folder} lacks {TRAINED_LAYERS} or {TRAINED_META}; pass the out_dir of a "
-                         "finished training run.")
+        raise ModelError(
+            f"{folder} lacks {TRAINED_LAYERS} or {TRAINED_META}; pass the out_dir of a "
+            "finished training run."
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     want, have = meta["base_model"], model_fingerprint(model, weights=False)
     for key in ("id", "model_type", "num_layers", "hidden_size"):
         if want.get(key) != have.get(key):
-            raise ModelError(f"{meta_path}: trained on a base model with {key} = {want.get(key)!r}, "
-                             f"but this model has {have.get(key)!r}; load the same base model.")
+            raise ModelError(
+                f"{meta_path}: trained on a base model with {key} = {want.get(key)!r}, "
+                f"but this model has {have.get(key)!r}; load the same base model."
+            )
     if verify_weights and want["state_sha256"] != state_sha256(model):
-        raise ModelError(f"{meta_path}: the base model's weights differ from those it was trained "
-                         "on (SHA-256); load a fresh copy of that model, or pass "
-                         "verify_weights=False for the same model in another dtype.")
+        raise ModelError(
+            f"{meta_path}: the base model's weights differ from those it was trained "
+            "on (SHA-256); load a fresh copy of that model, or pass "
+            "verify_weights=False for the same model in another dtype."
+        )
     tensors = load_file(tensors_path)
-    net = _add_lora(model, meta["lora"]["target_modules"], meta["lora"]["r"],
-                    meta["lora"]["alpha"]) if meta["kind"] == "lora" else model
+    net = (
+        _add_lora(model, meta["lora"]["target_modules"], meta["lora"]["r"], meta["lora"]["alpha"])
+        if meta["kind"] == "lora"
+        else model
+    )
     named = dict(model.named_parameters())
     for name, value in tensors.items():
         if name not in named or named[name].shape != value.shape:
-            raise ModelError(f"{tensors_path}: tensor {name} {tuple(value.shape)} has no match in the "
-                             "model; it was saved for another architecture.")
+            raise ModelError(
+                f"{tensors_path}: tensor {name} {tuple(value.shape)} has no match in the "
+                "model; it was saved for another architecture."
+            )
         with torch.no_grad():
             named[name].copy_(value)
     if meta["kind"] == "lora":

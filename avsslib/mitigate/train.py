@@ -96,18 +96,28 @@ class TrainConfig:
             (self.lam >= 0, f"lambda = {self.lam}: must be >= 0"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio = {self.warmup_ratio}: must lie in [0, 1)"),
             (self.weight_decay >= 0, f"weight_decay = {self.weight_decay}: must be >= 0"),
-            (self.checkpoint_every >= 0, f"checkpoint_every = {self.checkpoint_every}: must be >= 0"),
-            (self.loss in ("infonce", "supcon"), f"loss {self.loss!r}: expected 'infonce' or 'supcon'"),
+            (
+                self.checkpoint_every >= 0,
+                f"checkpoint_every = {self.checkpoint_every}: must be >= 0",
+            ),
+            (
+                self.loss in ("infonce", "supcon"),
+                f"loss {self.loss!r}: expected 'infonce' or 'supcon'",
+            ),
             (self.lora_r >= 1, f"lora_r = {self.lora_r}: must be >= 1"),
-            (not (self.full_model and self.lora), "full_model and lora: full fine-tuning trains "
-             "every parameter; drop one of them"),
+            (
+                not (self.full_model and self.lora),
+                "full_model and lora: full fine-tuning trains every parameter; drop one of them",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message + ".")
         if not self.full_model:
             if list(self.layers) != _check_layers(self.layers, n_layers):
-                raise ConfigError(f"layers {list(self.layers)}: pass them sorted, e.g. {sorted(self.layers)}.")
+                raise ConfigError(
+                    f"layers {list(self.layers)}: pass them sorted, e.g. {sorted(self.layers)}."
+                )
 
 
 @dataclass
@@ -137,10 +147,12 @@ class TrainResult:
 def _schedule(total: int, warmup: int) -> Callable[[int], float]:
     """LR factor of optimizer step s (0-based): (s+1)/warmup during warm-up, then linear decay
     from 1 to 1/(total - warmup) at the last step."""
+
     def factor(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
         return max(0.0, (total - s) / max(1, total - warmup))
+
     return factor
 
 
@@ -181,21 +193,29 @@ def _micro_batches(n: int, config: TrainConfig) -> list[list[list[int]]]:
     steps = []
     for epoch in range(config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(n).tolist()
-        micro = [order[i: i + config.batch_size] for i in range(0, n, config.batch_size)]
-        steps += [micro[i: i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
+        micro = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+        steps += [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
     return steps
 
 
-def _losses(net: torch.nn.Module, model: torch.nn.Module, heads: torch.nn.ModuleDict | None,
-            batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _losses(
+    net: torch.nn.Module,
+    model: torch.nn.Module,
+    heads: torch.nn.ModuleDict | None,
+    batch: Batch,
+    config: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, L_LM, L_CL) of one micro-batch; L_CL is 0 when contrastive learning is off."""
     device = next(model.parameters()).device
     b = batch.size
     layers = config.layers if config.contrastive else ()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
     with capture_blocks(model, layers) as hidden, autocast:
-        logits = net(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                     use_cache=False).logits
+        logits = net(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            use_cache=False,
+        ).logits
     target = batch.input_ids[:b, 1:].to(device)
     scored = batch.answer_mask[:b, 1:].to(device)  # position t predicts token t+1
     lm = F.cross_entropy(logits[:b, :-1][scored].float(), target[scored])
@@ -213,9 +233,16 @@ def _losses(net: torch.nn.Module, model: torch.nn.Module, heads: torch.nn.Module
             labels = (torch.arange(len(reps), device=device) < b).long()
             cl.append(supcon(reps, labels, tau=config.tau))
         else:
-            cl.append(info_nce(anchors, reps[:b], reps[batch.negative_rows.to(device)],
-                               batch.negative_mask.to(device), tau=config.tau,
-                               in_batch=config.in_batch_negatives))
+            cl.append(
+                info_nce(
+                    anchors,
+                    reps[:b],
+                    reps[batch.negative_rows.to(device)],
+                    batch.negative_mask.to(device),
+                    tau=config.tau,
+                    in_batch=config.in_batch_negatives,
+                )
+            )
     l_cl = torch.stack(cl).mean()
     return lm + config.lam * l_cl, lm, l_cl
 
@@ -281,14 +308,18 @@ def train(
     heads = None
     if config.projection and config.contrastive:
         d = cast(Any, model).config.hidden_size
-        heads = torch.nn.ModuleDict({str(layer): ProjectionHead(d, config.projection_dim)
-                                     for layer in config.layers}).to(device)
+        heads = torch.nn.ModuleDict(
+            {str(layer): ProjectionHead(d, config.projection_dim) for layer in config.layers}
+        ).to(device)
     head_params = list(heads.parameters()) if heads is not None else []
     params = [p for _, p in trainable] + head_params
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.learning_rate,
     )
     steps = _micro_batches(len(examples), config)
@@ -303,14 +334,23 @@ def train(
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise ConfigError(f"{ckpt} cannot be read as a checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}); delete it to train from the start, or use "
-                              "another out_dir.") from None
-        same = {k: v for k, v in state["config"].items() if k != "checkpoint_every"} == \
-            {k: v for k, v in config_dict.items() if k != "checkpoint_every"}
-        if not same or state["data_sha256"] != data_sha or state["base_sha256"] != base["state_sha256"]:
-            raise ConfigError(f"{ckpt} belongs to another run (config, training data or base model "
-                              "differ); resume with the same settings or use another out_dir.")
+            raise ConfigError(
+                f"{ckpt} cannot be read as a checkpoint ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); delete it to train from the start, or use "
+                "another out_dir."
+            ) from None
+        same = {k: v for k, v in state["config"].items() if k != "checkpoint_every"} == {
+            k: v for k, v in config_dict.items() if k != "checkpoint_every"
+        }
+        if (
+            not same
+            or state["data_sha256"] != data_sha
+            or state["base_sha256"] != base["state_sha256"]
+        ):
+            raise ConfigError(
+                f"{ckpt} belongs to another run (config, training data or base model "
+                "differ); resume with the same settings or use another out_dir."
+            )
         with torch.no_grad():
             for name, p in trainable:
                 p.copy_(state["params"][name])
@@ -323,17 +363,25 @@ def train(
 
     def checkpoint(step: int) -> None:
         assert ckpt is not None
-        _save_atomic({
-            "format": 1, "step": step, "config": config_dict, "data_sha256": data_sha,
-            "base_sha256": base["state_sha256"],
-            "params": {n: p.detach().clone() for n, p in trainable},
-            "heads": heads.state_dict() if heads is not None else {},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(), "history": history,
-        }, ckpt)
+        _save_atomic(
+            {
+                "format": 1,
+                "step": step,
+                "config": config_dict,
+                "data_sha256": data_sha,
+                "base_sha256": base["state_sha256"],
+                "params": {n: p.detach().clone() for n, p in trainable},
+                "heads": heads.state_dict() if heads is not None else {},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "history": history,
+            },
+            ckpt,
+        )
 
     model.eval()
-    for module in ([model] if config.full_model else [blocks(model)[layer] for layer in layers]):
+    for module in [model] if config.full_model else [blocks(model)[layer] for layer in layers]:
         module.train()
     if heads is not None:
         heads.train()
@@ -350,19 +398,32 @@ def train(
                 total, lm, cl = _losses(net, model, heads, batch, config)
                 (total / len(group)).backward()
                 sums += [total.item(), lm.item(), cl.item()]
-            norm = (torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
-                    if config.max_grad_norm else math.nan)
+            norm = (
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+                if config.max_grad_norm
+                else math.nan
+            )
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             loss, lm_mean, cl_mean = (sums / len(group)).tolist()
-            row = {"step": step + 1, "epoch": step // steps_per_epoch, "loss": loss, "lm": lm_mean,
-                   "cl": cl_mean, "lr": lr, "grad_norm": norm}
+            row = {
+                "step": step + 1,
+                "epoch": step // steps_per_epoch,
+                "loss": loss,
+                "lm": lm_mean,
+                "cl": cl_mean,
+                "lr": lr,
+                "grad_norm": norm,
+            }
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if ckpt is not None and config.checkpoint_every and (
-                    (step + 1) % config.checkpoint_every == 0 or step + 1 == len(steps)):
+            if (
+                ckpt is not None
+                and config.checkpoint_every
+                and ((step + 1) % config.checkpoint_every == 0 or step + 1 == len(steps))
+            ):
                 checkpoint(step + 1)
             if callback is not None:
                 callback(row)
@@ -380,9 +441,17 @@ def train(
         p.requires_grad_(flags.get(name, False))
     kind = "full" if config.full_model else ("lora" if config.lora else "blocks")
     meta = {
-        "format": 1, "kind": kind, "layers": layers, "config": config_dict, "base_model": base,
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": targets} if config.lora else None,
-        "parameters": sorted(state_out), "steps": len(steps), "data_sha256": data_sha,
+        "format": 1,
+        "kind": kind,
+        "layers": layers,
+        "config": config_dict,
+        "base_model": base,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": targets}
+        if config.lora
+        else None,
+        "parameters": sorted(state_out),
+        "steps": len(steps),
+        "data_sha256": data_sha,
     }
     result = TrainResult(state_out, meta, history, start, len(steps) - start, wall)
     if out is not None:
