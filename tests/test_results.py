@@ -388,6 +388,7 @@ def test_library_versions_record_avsslib_and_commit():
 
 # ------------------------------------------------------------------------ thin result chapters
 
+EXERCISE = re.compile(r"```\{(exercise|solution)-start\}[\s\S]*?```\{\1-end\}")
 CELL = re.compile(r"```\{code-cell\}[^\n]*\n((?::tags:[^\n]*\n)?)([\s\S]*?)```")
 
 
@@ -397,11 +398,14 @@ CELL = re.compile(r"```\{code-cell\}[^\n]*\n((?::tags:[^\n]*\n)?)([\s\S]*?)```")
 )
 def test_result_chapters_are_thin(stem):
     text = (REPO / "notebooks" / f"{stem}.md").read_text(encoding="utf-8")
+    # the closing exercises (stubs for the reader, folded solutions) are not the chapter's code
+    text = EXERCISE.sub("", text)
     cells = CELL.findall(text)
     visible = sum(
         len([line for line in body.splitlines() if line.strip()])
         for tags, body in cells
-        if "hide-input" not in tags and "remove-input" not in tags
+        # shown code only: not the launch cell (remove-cell), not folded input or solutions
+        if not any(t in tags for t in ("hide-input", "remove-input", "remove-cell", "solution"))
     )
     assert visible <= 40, f"{stem}: {visible} visible lines of code (at most 40)"
     assert not any(re.search(r"^\s*def ", body, flags=re.M) for _, body in cells), (
