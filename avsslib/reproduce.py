@@ -351,6 +351,22 @@ def _all_ids(dataset: str) -> list[str]:
     return [r.id for r in load_dataset(dataset, get_spec(dataset).split_name(None))]
 
 
+def _layer_args(
+    mode: str, k: int, eavss: list[str], probe_layers: Path, avss_stats: Path
+) -> list[str]:
+    """The layer options of one ``avss mitigate`` run of ``mode``: ``eavss`` the options naming
+    the prone layers; ``random``, ``avss`` and ``probe`` train ``k`` layers (as many as are
+    prone), the last two ranked by ``avss_stats`` / ``probe_layers``; ``full`` trains them all."""
+    if mode == "eavss":
+        return [*eavss, "--full-params"]
+    if mode == "random":
+        return ["--k", str(k), "--full-params"]
+    if mode in ("avss", "probe"):
+        ranked = avss_stats if mode == "avss" else probe_layers
+        return ["--layers-from", str(ranked), "--k", str(k), "--full-params"]
+    return []
+
+
 def mitigation_stages(
     model: str, results: Path, scale: Scale, *, device: str | None, dtype: str
 ) -> list[Stage]:
@@ -389,26 +405,13 @@ def mitigation_stages(
                 ]
                 if dataset in TRAIN_SPLIT:
                     argv += ["--split", TRAIN_SPLIT[dataset]]
-                if mode == "eavss":
-                    argv += ["--layers", ",".join(map(str, prone)), "--full-params"]
-                elif mode == "random":
-                    argv += ["--k", str(len(prone)), "--full-params"]
-                elif mode == "avss":
-                    argv += [
-                        "--layers-from",
-                        str(root / "avss" / "layer_stats.csv"),
-                        "--k",
-                        str(len(prone)),
-                        "--full-params",
-                    ]
-                elif mode == "probe":
-                    argv += [
-                        "--layers-from",
-                        str(root / "probe" / "probe_layers.json"),
-                        "--k",
-                        str(len(prone)),
-                        "--full-params",
-                    ]
+                argv += _layer_args(
+                    mode,
+                    len(prone),
+                    ["--layers", ",".join(map(str, prone))],
+                    root / "probe" / "probe_layers.json",
+                    root / "avss" / "layer_stats.csv",
+                )
                 # the labels are of the default split: no own answers for another training split
                 negatives = (
                     None
@@ -495,32 +498,18 @@ def _fold_stages(root: Path, scale: Scale, common: list[str]) -> list[Stage]:
                         str(out),
                         *scale.extra.get("mitigate", ()),
                     ]
-                    if mode == "eavss":
-                        argv += [
+                    argv += _layer_args(
+                        mode,
+                        k,
+                        [
                             "--layers-from",
                             str(eavss / "prone_layers.json"),
                             "--prone-family",
                             scale.family,
-                            "--full-params",
-                        ]
-                    elif mode == "random":
-                        argv += ["--k", str(k), "--full-params"]
-                    elif mode == "avss":
-                        argv += [
-                            "--layers-from",
-                            str(root / "avss" / "layer_stats.csv"),
-                            "--k",
-                            str(k),
-                            "--full-params",
-                        ]
-                    elif mode == "probe":
-                        argv += [
-                            "--layers-from",
-                            str(eavss / "probe_layers.json"),
-                            "--k",
-                            str(k),
-                            "--full-params",
-                        ]
+                        ],
+                        eavss / "probe_layers.json",
+                        root / "avss" / "layer_stats.csv",
+                    )
                     if negatives is not None:  # matched to training questions only
                         argv += ["--own-negatives", str(negatives)]
                     if (out / "checkpoint.pt").exists() or (
