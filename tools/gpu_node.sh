@@ -9,6 +9,8 @@
 #   tools/gpu_node.sh start TAG GPU ARGS...    python3 ARGS on GPU (e.g. -m avsslib reproduce ...), detached,
 #                                              run from $NODE (relative paths land there)
 #   tools/gpu_node.sh start-after FILE TAG GPU ARGS...   the same, once FILE exists
+#   tools/gpu_node.sh running                  exit 0 while a started job runs (for wait loops)
+#   tools/gpu_node.sh stop TAG                 end job TAG by its recorded process id
 #   tools/gpu_node.sh status                   tail the logs, GPU use
 #   tools/gpu_node.sh pack OUTDIR              results (no weights) as OUTDIR/results.tgz
 set -euo pipefail
@@ -37,10 +39,14 @@ case $cmd in
     fi
     rm -rf "$NODE/src/$tag" && mkdir -p "$NODE/src/$tag" && cp -r avsslib benchmarks "$NODE/src/$tag/"
     # from $NODE, so relative --results/--out paths land beside results/ (what `pack` collects)
-    (cd "$NODE" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
-      setsid nohup bash -c 'while [ -n "$1" ] && [ ! -e "$1" ]; do sleep 5; done; shift; python3 "$@"' \
-      "avss-node-job=$tag" "$file" "$@" > "$NODE/logs/$tag.log" 2>&1 < /dev/null & echo $! > "$NODE/logs/$tag.pid")
+    (cd "$NODE" || exit; CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$NODE/site:$NODE/src/$tag \
+      setsid nohup bash -c 'echo $$ > "$1"; while [ -n "$2" ] && [ ! -e "$2" ]; do sleep 5; done; shift 2; exec python3 "$@"' \
+      "avss-node-job=$tag" "$NODE/logs/$tag.pid" "$file" "$@" > "$NODE/logs/$tag.log" 2>&1 < /dev/null &)
     echo "started $tag on GPU $gpu${file:+ once $file exists}: python3 $*" ;;
+  running)   # exit 0 while any started job still runs (the job writes its own id; python replaces it)
+    for f in "$NODE"/logs/*.pid; do [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && exit 0; done; exit 1 ;;
+  stop)      # stop TAG: end that job by its recorded process id (never by a name pattern)
+    pid=$(cat "$NODE/logs/$1.pid") && kill -TERM "$pid" && echo "stopped $1 (pid $pid)" ;;
   status)
     for f in "$NODE"/logs/*.log; do [ -e "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | { grep -v '^\s*$' || true; } | tail -n 4 | cut -c1-220; done
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true ;;
