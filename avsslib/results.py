@@ -83,6 +83,7 @@ MODE_NAMES = {
     "random": "random layers",
     "avss": "lowest-AVSS layers",
     "full": "full fine-tuning (LM loss only)",
+    "probe": "probe-selected layers",
 }
 """What each mitigation mode trains, in words."""
 
@@ -119,9 +120,15 @@ MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-coder-1.5b": "Qwen2.5-Co
 AVSS_CLAIM = "Pruning the 25% lowest-AVSS layers keeps over 90%"
 PRONE_CLAIM = "Training the prone layers beats training random ones"
 GAIN_CLAIM = "Training the prone layers improves up to 12%"
+REPAIR_CLAIM = (
+    "A scale-aware variance/sparsity score prunes as well as block influence or angular distance"
+)
+HEAL_CLAIM = "LoRA healing brings the AVSS-pruned model back over 90%"
+LAYER_CLAIM = "Some layer choice (EAVSS, probe, lowest AVSS) trains better than random layers"
 
 CHAPTER_TITLES = {
     "06_mitigation": "Contrastive mitigation (chapter 6)",
+    "10_why_avss_fails": "Why AVSS fails, and what works instead (chapter 10)",
     "07_paper_scale": "Paper-scale results (chapter 7)",
 }
 """Chapter notebook -> its title and number in the book's sidebar."""
@@ -873,6 +880,147 @@ def _gain_verdict(root: Path) -> list[Verdict]:
     ]
 
 
+def _repair_verdicts(root: Path) -> list[Verdict]:
+    from avsslib.beyond import best_repair
+    from avsslib.plots import fmt_ci
+
+    out = []
+    for r in best_repair(root, fraction=FRACTION).itertuples():
+        out.append(
+            Verdict(
+                REPAIR_CLAIM,
+                "beyond",
+                str(r.model),
+                "holds" if r.reaches else "does not hold",
+                f"{r.n} per task",
+                f"{r.score} {task_name(r.task)} retention {fmt_ci(r.retention, r.ci_low, r.ci_high)}",
+                fmt_ci(r.random, r.random_ci_low, r.random_ci_high),
+                f"{SCORE_NAMES.get(r.reference, r.reference)} "
+                f"{fmt_ci(r.reference_retention, r.reference_ci_low, r.reference_ci_high)}",
+                f"its interval {'reaches' if r.reaches else 'stays below'} "
+                f"{SCORE_NAMES.get(r.reference, r.reference)}'s retention (AVSS: {r.avss:.0%}); "
+                f"rank agreement with block influence {r.spearman_block_influence:.2f}, "
+                f"angular distance {r.spearman_angular:.2f}",
+                "10_why_avss_fails",
+            )
+        )
+    return out
+
+
+def _heal_verdicts(root: Path) -> list[Verdict]:
+    from avsslib.beyond import healing
+    from avsslib.plots import fmt_ci
+
+    table = healing(root)
+    out: list[Verdict] = []
+    if table.empty:
+        return out
+    for model, g in table.groupby("model", sort=True):
+        sciq = g[g["task"] == "sciq_mc"].set_index("config")
+        if "avss-count" not in sciq.index:
+            continue
+        a = sciq.loc["avss-count"]
+        verdict = (
+            "holds"
+            if a.ci_low_after > THRESHOLD
+            else "does not hold"
+            if a.ci_high_after < THRESHOLD
+            else "not testable here"
+        )
+        rand = sciq.loc["random-count"] if "random-count" in sciq.index else None
+        others = sciq.drop(index=["avss-count"])
+        best = others.loc[others["retention_after"].idxmax()] if len(others) else None
+        ppl = g[(g["task"] == "wikitext2_ppl") & (g["config"] == "avss-count")]
+        reason = (
+            f"before healing {fmt_ci(a.retention_before, a.ci_low_before, a.ci_high_before)}; "
+            f"healing recovers {fmt_ci(a.recovered, a.recovered_ci_low, a.recovered_ci_high)} "
+            "of the lost accuracy"
+        )
+        if len(ppl):
+            p = ppl.iloc[0]
+            reason += (
+                f"; WikiText-2 perplexity {p.original:,.0f} unpruned, {p.pruned_before:,.0f} "
+                f"pruned, {p.pruned_after:,.0f} after healing"
+            )
+        out.append(
+            Verdict(
+                HEAL_CLAIM,
+                "beyond",
+                str(model),
+                verdict,
+                f"{int(a.n)} per task",
+                f"SciQ retention after healing "
+                f"{fmt_ci(a.retention_after, a.ci_low_after, a.ci_high_after)}",
+                "–"
+                if rand is None
+                else fmt_ci(rand.retention_after, rand.ci_low_after, rand.ci_high_after),
+                "–"
+                if best is None
+                else f"{config_name(str(best.name)).split(' (')[0]} "
+                f"{fmt_ci(best.retention_after, best.ci_low_after, best.ci_high_after)}",
+                reason,
+                "10_why_avss_fails",
+            )
+        )
+    return out
+
+
+def _layer_choice_verdicts(root: Path) -> list[Verdict]:
+    from avsslib.beyond import LAYER_CHOICES, fold_comparison
+    from avsslib.plots import fmt_ci
+
+    table = fold_comparison(root)
+    out: list[Verdict] = []
+    if table.empty:
+        return out
+    table = table[
+        [PRIMARY.get(t) == m for t, m in zip(table["task"], table["metric"], strict=True)]
+    ]
+    for (m, _, t, metric), g in table.groupby(["model", "dataset", "task", "metric"], sort=True):
+        by = g.set_index("mode")
+        choices = by.loc[[c for c in LAYER_CHOICES if c in by.index]]
+        if choices.empty or "random" not in by.index:
+            continue
+        r = by.loc["random"]
+        top = choices.loc[choices["vs_random"].idxmax()]
+        why_not = uninformative(t, metric, float(r.before))
+        seeds = sorted(set(g["seeds"]))
+        n = f"{int(r.n)} questions, {int(r.folds)}-fold; " + (
+            f"{seeds[0]} seeds per mode" if len(seeds) == 1 else f"seeds {seeds}"
+        )
+        vs = "; ".join(
+            f"{MODE_NAMES[str(c)].split(' (')[0]} − random "
+            f"{fmt_ci(x.vs_random, x.vs_random_ci_low, x.vs_random_ci_high, kind='pp')}"
+            for c, x in choices.iterrows()
+        )
+        if why_not:
+            verdict, reason = "not testable here", f"{task_name(t)}: {why_not}"
+        else:
+            wins = choices[choices["vs_random_ci_low"] > 0]
+            verdict = "holds" if len(wins) else "does not hold"
+            reason = vs
+        full = by.loc["full"] if "full" in by.index else None
+        out.append(
+            Verdict(
+                LAYER_CLAIM,
+                "beyond",
+                str(m),
+                verdict,
+                n,
+                f"{task_name(t, metric)}: {MODE_NAMES[str(top.name)].split(' (')[0]} − random "
+                f"{fmt_ci(top.vs_random, top.vs_random_ci_low, top.vs_random_ci_high, kind='pp')}",
+                f"change {fmt_ci(r.change, r.change_ci_low, r.change_ci_high, kind='pp')}",
+                "–"
+                if full is None
+                else "full fine-tuning − random "
+                f"{fmt_ci(full.vs_random, full.vs_random_ci_low, full.vs_random_ci_high, kind='pp')}",
+                reason,
+                "06_mitigation",
+            )
+        )
+    return out
+
+
 def verdicts(root: str | Path) -> pd.DataFrame:
     """The verdict table: one row per claim of the papers (and per model and dataset where they
     differ), columns :data:`VERDICT_COLUMNS` plus ``paper`` and ``chapter`` (notebook stem).
@@ -883,7 +1031,14 @@ def verdicts(root: str | Path) -> pd.DataFrame:
     relative change of the prone layers has an interval above 0 that reaches 12%. A metric whose
     original score is at chance or near zero never counts (:func:`uninformative`)."""
     root = Path(root)
-    rows = [*_avss_verdicts(root), *_mitigation_verdicts(root), *_gain_verdict(root)]
+    rows = [
+        *_avss_verdicts(root),
+        *_mitigation_verdicts(root),
+        *_gain_verdict(root),
+        *_layer_choice_verdicts(root),
+        *_repair_verdicts(root),
+        *_heal_verdicts(root),
+    ]
     frame = pd.DataFrame(
         [
             {
@@ -1023,6 +1178,32 @@ def findings(root: str | Path) -> list[str]:
                 f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')} "
                 f"({fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} relative)."
             )
+    beyond = v[v["paper"] == "beyond"]
+    for _, r in beyond[beyond["claim"] == REPAIR_CLAIM].iterrows():
+        out.append(
+            f"{'A' if r['verdict'] == 'holds' else 'No'} scale-aware repair of AVSS reaches the "
+            f"scores that compare a block's input with its output on {r['model']}: "
+            f"{r['measured [95% CI]']} at {FRACTION:.0%} pruned, against {r['best other']} "
+            f"and random layers {r['random layers']}."
+        )
+    for _, r in beyond[beyond["claim"] == HEAL_CLAIM].iterrows():
+        out.append(
+            f"LoRA healing {'rescues' if r['verdict'] == 'holds' else 'does not rescue'} AVSS "
+            f"pruning on {r['model']}: {r['measured [95% CI]']} ({r['why'].split(';')[0]}); "
+            f"random layers heal to {r['random layers']}, {r['best other']}."
+        )
+    layer = beyond[beyond["claim"] == LAYER_CLAIM]
+    if len(layer):
+        wins = layer[layer["verdict"] == "holds"]
+        out.append(
+            f"Evaluated on every question ({layer['n'].iloc[0]}), the best layer choice trains "
+            f"better than random layers in {len(wins)} of {plural(len(layer), 'comparison')}: "
+            + "; ".join(
+                f"{r['model']} {r['measured [95% CI]'].replace(': ', ', ', 1)} ({r['best other']})"
+                for _, r in layer.iterrows()
+            )
+            + "."
+        )
     return out
 
 

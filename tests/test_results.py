@@ -317,6 +317,7 @@ def _expected_rows() -> list[dict]:
                     "task": t,
                 }
             )
+    rows += _expected_beyond_rows()
     if best_gain is not None:
         g = best_gain
         rows.append(
@@ -326,6 +327,115 @@ def _expected_rows() -> list[dict]:
                 "verdict": "holds" if g["low"] > 0 and g["high"] >= 0.12 else "does not hold",
                 "measured": f"{R.task_name(g['task'], g['metric'])} "
                 f"{plots.fmt_ci(g['rel'], g['low'], g['high'], kind='rel')}",
+            }
+        )
+    return rows
+
+
+BASELINES = {"avss", "block_influence", "angular", "random", "tail"}
+REF_NAMES = {"block_influence": "block influence", "angular": "angular distance"}
+
+
+def _fold_scores(folder: Path, folds: int) -> dict:
+    """mode -> seed -> (task, metric) -> {id: (before, after)} over complete fold sets."""
+    out: dict = {}
+    for run in sorted(folder.glob("*-seed*-fold*")):
+        m = re.fullmatch(r"(.+)-seed(\d+)-fold(\d+)", run.name)
+        if not m or not (run / "metrics.json").is_file():
+            continue
+        data = json.loads((run / "metrics.json").read_text())
+        for task, b in data["before"]["tasks"].items():
+            a = data["after"]["tasks"][task]
+            for metric, mb in b["metrics"].items():
+                if mb.get("kind", "mean") != "mean":
+                    continue
+                slot = out.setdefault(m[1], {}).setdefault(int(m[2]), {})
+                per = slot.setdefault((task, metric), {})
+                for qid, x, y in zip(
+                    b["ids"], mb["per_example"], a["metrics"][metric]["per_example"], strict=True
+                ):
+                    per[str(qid)] = (float(x), float(y))
+    return out
+
+
+def _paired(diff: np.ndarray) -> tuple[float, float, float]:
+    idx = np.random.default_rng(0).integers(0, len(diff), size=(2000, len(diff)))
+    low, high = np.quantile(diff[idx].mean(axis=1), [0.025, 0.975])
+    return float(diff.mean()), float(low), float(high)
+
+
+def _expected_beyond_rows() -> list[dict]:
+    rows = []
+    for folder in sorted(RESULTS.glob("*/mitigation-*fold/*/")):
+        scores = _fold_scores(folder, int(re.search(r"(\d+)fold", folder.parent.name)[1]))
+        if "random" not in scores:
+            continue
+        for task, metric in sorted(next(iter(scores["random"].values()))):
+            if PRIMARY.get(task) != metric:
+                continue
+
+            def after(mode, task=task, metric=metric, scores=scores):
+                per = [scores[mode][s][task, metric] for s in sorted(scores[mode])]
+                ids = sorted(per[0])
+                return ids, np.mean([[p[i][1] for i in ids] for p in per], axis=0)
+
+            ids, rand = after("random")
+            best = None
+            for mode, name in (
+                ("eavss", "prone layers"),
+                ("probe", "probe-selected layers"),
+                ("avss", "lowest-AVSS layers"),
+            ):
+                if mode in scores:
+                    d, low, high = _paired(after(mode)[1] - rand)
+                    if best is None or d > best[1]:
+                        best = (name, d, low, high)
+            wins = [
+                m
+                for m in ("eavss", "probe", "avss")
+                if m in scores and _paired(after(m)[1] - rand)[1] > 0
+            ]
+            rows.append(
+                {
+                    "model": folder.parents[1].name,
+                    "claim": R.LAYER_CLAIM,
+                    "verdict": "holds" if wins else "does not hold",
+                    "measured": f"{R.task_name(task, metric)}: {best[0]} − random "
+                    f"{plots.fmt_ci(best[1], best[2], best[3], kind='pp')}",
+                }
+            )
+    for path in sorted(RESULTS.glob("*/scale_scores/retention.csv")):
+        r = pd.read_csv(path)
+        r = r[(r["fraction"] == 0.25) & (r["task"] == "sciq_mc") & (r["metric"] == "acc")]
+        r = r[r["score"].notna() & ~r["config"].str.startswith("sweep-")]
+        r = r[r["rule"].fillna("count") == "count"].set_index("score")
+        variant = r[~r.index.isin(BASELINES)]["retention"].idxmax()
+        ref = r.loc[list(REF_NAMES), "retention"].max()
+        v = r.loc[variant]
+        rows.append(
+            {
+                "model": path.parents[1].name,
+                "claim": R.REPAIR_CLAIM,
+                "verdict": "holds" if v["ci_high"] >= ref else "does not hold",
+                "measured": f"{variant} SciQ retention "
+                f"{plots.fmt_ci(v['retention'], v['ci_low'], v['ci_high'])}",
+            }
+        )
+    for path in sorted(RESULTS.glob("*/healing/healing.csv")):
+        h = pd.read_csv(path)
+        a = h[(h["config"] == "avss-count") & (h["task"] == "sciq_mc") & (h["metric"] == "acc")]
+        a = a.iloc[0]
+        rows.append(
+            {
+                "model": path.parents[1].name,
+                "claim": R.HEAL_CLAIM,
+                "verdict": "holds"
+                if a["ci_low_after"] > 0.9
+                else "does not hold"
+                if a["ci_high_after"] < 0.9
+                else "not testable here",
+                "measured": "SciQ retention after healing "
+                f"{plots.fmt_ci(a['retention_after'], a['ci_low_after'], a['ci_high_after'])}",
             }
         )
     return rows

@@ -1,0 +1,156 @@
+"""avsslib.beyond on small synthetic result folders whose answers are known by hand."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avsslib import beyond as B
+
+
+def _metrics(ids, before, after):
+    block = lambda v: {"ids": ids, "metrics": {"acc": {"kind": "mean", "per_example": v}}}  # noqa: E731
+    return {"before": {"tasks": {"t": block(before)}}, "after": {"tasks": {"t": block(after)}}}
+
+
+def _write(folder: Path, name: str, data: dict) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "metrics.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def folds_root(tmp_path):
+    """Two folds of two questions; random adds 0.1 to every question, eavss 0.3 (seed 0) and
+    0.5 (seed 1), so eavss minus random is 0.3 on every question; probe misses fold 1."""
+    folder = tmp_path / "m" / "mitigation-2fold" / "ds"
+    ids = {0: ["a", "b"], 1: ["c", "d"]}
+    before = {0: [0.0, 1.0], 1: [0.5, 0.5]}
+    for fold in (0, 1):
+        b = before[fold]
+        _write(folder, f"random-seed0-fold{fold}", _metrics(ids[fold], b, [x + 0.1 for x in b]))
+        for seed, add in ((0, 0.3), (1, 0.5)):
+            _write(
+                folder, f"eavss-seed{seed}-fold{fold}", _metrics(ids[fold], b, [x + add for x in b])
+            )
+    _write(folder, "probe-seed0-fold0", _metrics(ids[0], before[0], before[0]))
+    return tmp_path
+
+
+def test_fold_comparison_known_answer(folds_root):
+    table = B.fold_comparison(folds_root, n_boot=200).set_index("mode")
+    assert set(table.index) == {"random", "eavss"}  # probe has an unfinished fold set
+    e, r = table.loc["eavss"], table.loc["random"]
+    assert (e.n, e.seeds, e.folds, r.seeds) == (4, 2, 2, 1)
+    assert e.before == pytest.approx(0.5) and e.after == pytest.approx(0.9)
+    assert e.change == pytest.approx(0.4) and r.change == pytest.approx(0.1)
+    # every question differs by the same amount: the paired interval collapses onto it
+    assert (e.vs_random, e.vs_random_ci_low, e.vs_random_ci_high) == pytest.approx((0.3,) * 3)
+    assert (r.vs_random, r.vs_random_ci_low) == (0.0, 0.0)
+
+
+def test_fold_runs_refuses_a_question_in_two_folds(folds_root):
+    folder = folds_root / "m" / "mitigation-2fold" / "ds"
+    _write(folder, "full-seed0-fold0", _metrics(["a", "b"], [0, 1], [0, 1]))
+    _write(folder, "full-seed0-fold1", _metrics(["a", "d"], [0, 1], [0, 1]))
+    with pytest.raises(Exception, match="folds"):
+        B.fold_runs(folder, 2)
+
+
+def _retention_rows(scores: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+    rows = [
+        dict(
+            config="original",
+            score=np.nan,
+            rule=np.nan,
+            fraction=0,
+            task="sciq_mc",
+            metric="acc",
+            retention=1,
+            ci_low=1,
+            ci_high=1,
+            n=10,
+            n_pruned=0,
+        )
+    ]
+    for s, (r, lo, hi) in scores.items():
+        rows.append(
+            dict(
+                config=f"{s}-count",
+                score=s,
+                rule="count",
+                fraction=0.25,
+                task="sciq_mc",
+                metric="acc",
+                retention=r,
+                ci_low=lo,
+                ci_high=hi,
+                n=10,
+                n_pruned=2,
+            )
+        )
+    rows.append(
+        dict(
+            config="sweep-avss-count-0.25",
+            score="avss",
+            rule="count",
+            fraction=0.25,
+            task="sciq_mc",
+            metric="acc",
+            retention=0.99,
+            ci_low=0.9,
+            ci_high=1,
+            n=10,
+            n_pruned=2,
+        )
+    )
+    return pd.DataFrame(rows)
+
+
+def test_best_repair_picks_the_best_variant_and_compares_with_the_better_reference(tmp_path):
+    folder = tmp_path / "m" / "scale_scores"
+    folder.mkdir(parents=True)
+    _retention_rows(
+        {
+            "avss": (0.3, 0.2, 0.4),
+            "block_influence": (0.8, 0.7, 0.9),
+            "angular": (0.9, 0.85, 0.95),
+            "random": (0.5, 0.4, 0.6),
+            "var_ratio": (0.35, 0.3, 0.4),
+            "update_avss_0.01": (0.86, 0.8, 0.91),
+        }
+    ).to_csv(folder / "retention.csv", index=False)
+    pd.DataFrame(
+        [
+            dict(kind="scores", a="update_avss_0.01", b="angular", spearman=0.7),
+            dict(kind="scores", a="block_influence", b="update_avss_0.01", spearman=0.6),
+        ]
+    ).to_csv(folder / "agreement.csv", index=False)
+    r = B.best_repair(tmp_path).iloc[0]
+    assert (r.score, r.reference, r.avss, r.random) == ("update_avss_0.01", "angular", 0.3, 0.5)
+    assert r.reaches  # 0.91 >= 0.90
+    assert (r.spearman_angular, r.spearman_block_influence) == (0.7, 0.6)
+    table = B.scale_scores(tmp_path)
+    assert set(table["kind"]) == {"baseline", "scale-aware"}
+    assert (table["retention"] < 0.99).all()  # the sweep row is not part of the main table
+
+
+def test_best_repair_below_the_reference(tmp_path):
+    folder = tmp_path / "m" / "scale_scores"
+    folder.mkdir(parents=True)
+    _retention_rows(
+        {
+            "angular": (0.9, 0.85, 0.95),
+            "block_influence": (0.8, 0.7, 0.9),
+            "var_ratio": (0.3, 0.2, 0.4),
+        }
+    ).to_csv(folder / "retention.csv", index=False)
+    r = B.best_repair(tmp_path).iloc[0]
+    assert (r.score, bool(r.reaches)) == ("var_ratio", False)
+    assert np.isnan(r.spearman_angular)  # no agreement file
+
+
+def test_nothing_committed_gives_empty_frames(tmp_path):
+    assert B.fold_comparison(tmp_path).empty and B.best_repair(tmp_path).empty
+    assert B.healing(tmp_path).empty and B.scale_scores(tmp_path).empty
