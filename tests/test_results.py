@@ -504,7 +504,13 @@ CELL = re.compile(r"```\{code-cell\}[^\n]*\n((?::tags:[^\n]*\n)?)([\s\S]*?)```")
 
 @pytest.mark.parametrize(
     "stem",
-    ["05_hallucination_prone_layers", "06_mitigation", "07_paper_scale", "08_reproduce_yourself"],
+    [
+        "05_hallucination_prone_layers",
+        "06_mitigation",
+        "07_paper_scale",
+        "08_reproduce_yourself",
+        "10_why_avss_fails",
+    ],
 )
 def test_result_chapters_are_thin(stem):
     text = (REPO / "notebooks" / f"{stem}.md").read_text(encoding="utf-8")
