@@ -269,8 +269,8 @@ class StatsAccumulator:
     def _check_fitted(self) -> None:
         if not self._records:
             raise AvssError(
-                "LayerStats has no data yet: call fit(model, batches) or update(model, batch) "
-                "first (or load_state_dict)."
+                f"{type(self).__name__} has no data yet: call fit(model, batches) or "
+                "update(model, batch) first (or add_batch, merge, load_state_dict)."
             )
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray | None]:

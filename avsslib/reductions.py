@@ -1,12 +1,13 @@
-"""The per-batch reductions of block outputs: tensor in, record out; no hooks, no state.
+"""The per-batch reductions of block outputs (tensor in, record out) and what a record means.
 
 ``reduce_block_output`` does all the work on a block's hidden states ``h`` (a few reductions
 over the hidden dimension, float32, on ``h``'s device, no host synchronisation) and
 ``batch_record`` turns the stacked reductions of every layer into one batch's *record*: one
 float64 row of plain sums per layer, columns named by ``record_columns``. Every column except
 ``rport_var`` is a sum over the batch's counted samples or tokens, so the record of a union of
-batches is the sum of their records (``avsslib.accumulator`` adds them up and derives every
-statistic from them; ``avsslib.tap`` collects the block outputs in forward hooks). Writes no
+batches is the sum of their records; ``derive`` reads a statistic (a variance, a fraction, a
+mean) off records or their sums. Pure functions: no hooks, no state (``avsslib.tap`` collects
+the block outputs in forward hooks, ``avsslib.accumulator`` adds the records up). Writes no
 file.
 """
 
