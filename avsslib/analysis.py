@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avsslib.accumulator import StatsAccumulator
 from avsslib.arch import blocks
 from avsslib.errors import ConfigError
 from avsslib.scores import SparsityClampWarning, avss_values
-from avsslib.stats import LayerStats
 
 __all__ = [
     "bootstrap_statistics",
@@ -88,11 +88,12 @@ def kendall_tau(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
     return float(kendalltau(x, y).statistic)
 
 
-def subset_statistics(stats: LayerStats, batches: Sequence[int] | np.ndarray) -> pd.DataFrame:
+def subset_statistics(stats: StatsAccumulator, batches: Sequence[int] | np.ndarray) -> pd.DataFrame:
     """Variance, sparsity and AVSS per layer from a multiset of the fitted batches.
 
     Args:
-        stats: a fitted ``LayerStats``; its ``variance_mode``, ``aggregate`` and ``eps`` apply.
+        stats: a fitted ``LayerStats`` (or ``StatsAccumulator``); its ``variance_mode``,
+            ``aggregate`` and ``eps`` apply.
         batches: indices into the batches it was fitted on (repeats allowed: a bootstrap).
 
     Returns a DataFrame indexed by ``layer`` with columns ``variance``, ``sparsity`` and
@@ -100,35 +101,11 @@ def subset_statistics(stats: LayerStats, batches: Sequence[int] | np.ndarray) ->
     with no near-zero value). With all batches once, the values equal ``stats.variance_`` and
     ``stats.sparsity_``. ``aggregate="batch"`` averages the chosen per-batch values; pooled
     statistics add the chosen batches' sums, which works for the ``code`` and ``flat``
-    variances but not for the pooled ``r_port`` variance (``ConfigError``).
+    variances but not for the pooled ``r_port`` variance (``ConfigError`` unless the indices
+    are every batch once). The subset is ``stats.subset(batches)``.
     """
-    idx = np.asarray(batches, dtype=np.int64)
-    if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= stats.n_batches_:
-        raise ConfigError(
-            f"batches must be a non-empty list of indices in 0..{stats.n_batches_ - 1}, got "
-            f"{idx.tolist()}."
-        )
-    if stats.aggregate == "batch":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layer -> NaN
-            variance = np.nanmean(stats.batch_variances_[idx], axis=0)
-            sparsity = np.nanmean(stats.batch_sparsities_[idx], axis=0)
-    else:
-        total = stats.records_[idx].sum(0)  # (L, K)
-        col = {name: total[:, i] for i, name in enumerate(stats.columns)}
-        d = stats.element_counts_ / stats.n_tokens_  # hidden size, per layer
-        elements = col["tokens"] * d
-        if stats.variance_mode == "code":
-            variance = col["sample_var"] / col["samples"]
-        elif stats.variance_mode == "flat":
-            variance = col["sum_sq"] / elements - (col["sum"] / elements) ** 2
-        else:
-            raise ConfigError(
-                "the pooled r_port variance needs the per-unit sums of the chosen batches, "
-                "which LayerStats keeps only for all batches together; use "
-                "variance_mode='code' or 'flat', or aggregate='batch'."
-            )
-        sparsity = col[f"near_{stats.eps:g}"] / elements
+    chosen = stats.subset(batches)  # ConfigError for bad indices
+    variance, sparsity = chosen.variance_, chosen.sparsity_  # ConfigError: pooled r_port
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SparsityClampWarning)
         avss = avss_values(variance, sparsity)
@@ -137,7 +114,7 @@ def subset_statistics(stats: LayerStats, batches: Sequence[int] | np.ndarray) ->
     return frame
 
 
-def split_halves(stats: LayerStats, seed: int = 0) -> pd.DataFrame:
+def split_halves(stats: StatsAccumulator, seed: int = 0) -> pd.DataFrame:
     """Variance, sparsity and AVSS per layer on two disjoint random halves of the batches.
 
     The batches are shuffled with ``numpy.random.default_rng(seed)`` and cut in two (the first
@@ -166,7 +143,7 @@ def half_agreement(halves: pd.DataFrame) -> pd.Series:
     )
 
 
-def bootstrap_agreement(stats: LayerStats, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+def bootstrap_agreement(stats: StatsAccumulator, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Kendall tau between each bootstrap resample's layer ranking and the full data's.
 
     Each replicate draws ``n_batches_`` batches with replacement
@@ -260,7 +237,7 @@ def block_outputs(
 
 
 def bootstrap_statistics(
-    stats: LayerStats, rng: np.random.Generator
+    stats: StatsAccumulator, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Variance and sparsity per layer (each shape ``(n_layers,)``) of ``stats`` on one bootstrap
     resample of the batches it was fitted on (:func:`subset_statistics`)."""

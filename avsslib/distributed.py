@@ -34,9 +34,10 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from avsslib.accumulator import STATE_FORMAT
 from avsslib.errors import AvssError, ConfigError
 from avsslib.scores import REGISTRY, compute_scores
-from avsslib.stats import _STATE_FORMAT, LayerStats
+from avsslib.stats import LayerStats
 
 __all__ = [
     "STATS_SCORES",
@@ -232,7 +233,7 @@ def all_reduce_stats(stats: LayerStats, group: Any = None) -> LayerStats:
     dist.all_reduce(all_units, group=group)
 
     state = {
-        "format": _STATE_FORMAT,
+        "format": STATE_FORMAT,
         "params": stats.accumulation_params(),
         "records": all_records,
         "unit_sums": all_units,

@@ -94,7 +94,8 @@ def _as_index_set(value: Any, name: str) -> set[int]:
 def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps: float) -> None:
     """Exercise "variance and sparsity by hand": ``V`` and ``S`` of one block's output ``h``
     (shape ``(B, T, d)``) with token mask ``mask`` (``(B, T)``), in the fixed mode."""
-    from avsslib.stats import LayerStats, batch_record, reduce_block_output
+    from avsslib.accumulator import StatsAccumulator
+    from avsslib.reductions import batch_record, reduce_block_output
 
     _require(V=V, S=S)
     hb, wb = (
@@ -102,17 +103,11 @@ def check_variance_sparsity(V: Any, S: Any, h: np.ndarray, mask: np.ndarray, eps
         torch.from_numpy(np.asarray(mask, dtype=np.float32)),
     )
     tok, pooled = reduce_block_output(hb[None], wb, eps_grid=(eps,))
-    record, _ = batch_record(tok, pooled, wb, n_near=1)
-    sums = dict(
-        zip(
-            LayerStats(eps=eps, eps_grid=(eps,), similarity=False).columns,
-            record[0].tolist(),
-            strict=False,
-        )
-    )  # the record holds extra columns
-    d = h.shape[-1]
-    v_ref = sums["sample_var"] / sums["samples"]
-    s_ref = sums[f"near_{eps:g}"] / (sums["tokens"] * d)
+    reference = StatsAccumulator(
+        eps=eps, eps_grid=(eps,), similarity=False, rel_grid=(), aggregate="pooled"
+    ).add_batch(*batch_record(tok, pooled, wb, n_near=1))
+    v_ref = float(reference.get_variance("code")[0])
+    s_ref = float(reference.sparsity_[0])
     if not _close(V, v_ref, rtol=1e-5):
         # diagnose the two usual mistakes by recomputing them here
         h64 = np.asarray(h, dtype=np.float64)

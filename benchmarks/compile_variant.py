@@ -1,6 +1,6 @@
 """``bench_stats.py`` with another ``torch.compile`` setting of the statistics reductions.
 
-An experiment, not a library option: ``avsslib.stats`` compiles ``reduce_block_output`` with
+An experiment, not a library option: ``avsslib.tap`` compiles ``reduce_block_output`` with
 ``dynamic=True`` (one kernel set for every batch shape). This script swaps in ``dynamic=False``
 (``static``: kernels specialised to the shape) or the default ``dynamic=None`` (``auto``:
 static first, dynamic after a shape change) and then runs ``benchmarks/bench_stats.py`` with
@@ -21,7 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import avsslib.stats as st  # noqa: E402
+import avsslib.tap as tap  # noqa: E402
+from avsslib.reductions import reduce_block_output  # noqa: E402
 
 VARIANTS = {"static": False, "auto": None}
 
@@ -29,7 +30,7 @@ if len(sys.argv) < 2 or sys.argv[1] not in (*VARIANTS, "dynamic"):
     sys.exit(f"usage: {sys.argv[0]} {{static,auto,dynamic}} [bench_stats.py arguments]")
 variant = sys.argv.pop(1)
 if variant in VARIANTS:
-    st._COMPILED = torch.compile(st.reduce_block_output, dynamic=VARIANTS[variant])
+    tap._COMPILED = torch.compile(reduce_block_output, dynamic=VARIANTS[variant])
 print(f"compile variant: {variant}", flush=True)
 sys.argv[0] = str(ROOT / "benchmarks" / "bench_stats.py")
 try:

@@ -449,7 +449,7 @@ def test_compiled_reduction_matches_eager(tables, batches):
     compiled = LayerStats(compile=True, stash_bytes=2**20).fit(
         TableModel(tables), batches, progress=False
     )
-    assert not compiled._compile_failed
+    assert not compiled.tap.compile_failed
     np.testing.assert_array_equal(compiled.near_zero_grid_, eager.near_zero_grid_)
     np.testing.assert_allclose(
         compiled.to_frame().to_numpy(), eager.to_frame().to_numpy(), rtol=1e-5, atol=1e-9
