@@ -123,7 +123,7 @@ def _cut_answer(
 ) -> tuple[list[int], bool]:
     """The generated ``tokens`` before the first end-of-sequence or newline token, and whether
     there was none (generation stopped at ``max_new_tokens``)."""
-    answer_ids = []
+    answer_ids: list[int] = []
     for tok in tokens:
         if tok in stops or (tok < newline.numel() and bool(newline[tok])):
             return answer_ids, False
