@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avsslib.errors import ConfigError
-from avsslib.hallucination_controls import fold_parts
+from avsslib.hallucination_controls import Family, fold_parts
 from avsslib.hallucination_steps import (
     Findings,
     dataset_step,
@@ -245,6 +245,7 @@ def run_hallucination(
 
 __all__ = [
     "DATASETS",
+    "Family",
     "HallucinationConfig",
     "HallucinationResult",
     "label_answers",
