@@ -47,6 +47,9 @@ Gemma 2/3, where a window measured in padded columns would be wrong), and archit
 sampling, extra generation arguments, ``think_end_token``, and models whose
 ``generation_config`` would change greedy decoding (repetition penalty, banned words, ...).
 
+The cache helpers (:func:`cache_reuse_support`, :func:`select_rows`, :func:`common_prefix`)
+live in :mod:`avsslib.kv_cache` and are importable from here too. Writes no files.
+
 Memory: one forward pass holds at most ``max_batch_tokens`` token positions (rows x (cached +
 new) columns; default ``512 * batch_size``) and computes logits at no more than an eighth of
 that; a single request longer than that runs alone.
@@ -56,34 +59,21 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-REUSE_ARCHITECTURES = frozenset(
-    {
-        "llama",
-        "qwen2",
-        "qwen3",
-        "gpt2",
-        "gpt_neox",
-        "phi3",
-        "olmo",
-        "olmo2",
-        "granite",
-        "smollm3",
-        "stablelm",
-        "gemma",
-        "phi",
-        "gptj",
-    }
+from avsslib.kv_cache import (
+    REUSE_ARCHITECTURES,
+    cache_reuse_support,
+    common_prefix,
+    context_batches,
+    pad_ids,
+    select_rows,
 )
-"""``config.model_type`` values whose cache reuse the parity tests check (tiny random models;
-``llama`` also the embedded SmolLM2). Other architectures run the plain harness methods."""
 
 _GREEDY_DEFAULTS: dict[str, Any] = {
     "repetition_penalty": 1.0,
@@ -101,73 +91,6 @@ _GREEDY_DEFAULTS: dict[str, Any] = {
     "exponential_decay_length_penalty": None,
 }
 """``generation_config`` fields that change what greedy decoding picks, at their neutral values."""
-
-
-def cache_reuse_support(model: torch.nn.Module) -> tuple[bool, str]:
-    """Whether :class:`CachedLM` may reuse KV caches on ``model``: ``(ok, reason)``."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    config: Any = cast(Any, model).config
-    if getattr(config, "is_encoder_decoder", False):
-        return False, "encoder-decoder model"
-    if config.model_type not in REUSE_ARCHITECTURES:
-        return (
-            False,
-            f"model type {config.model_type!r} is not among the architectures the parity tests cover",
-        )
-    impl = getattr(config, "_attn_implementation", None)
-    if impl not in ("eager", "sdpa"):
-        return False, f"attention implementation {impl!r} (only eager and sdpa are covered)"
-    params = inspect.signature(model.forward).parameters
-    missing = [p for p in ("attention_mask", "position_ids") if p not in params]
-    if "cache" not in params and "past_key_values" not in params:
-        missing.append("cache (or past_key_values)")
-    if missing:
-        return False, f"forward() takes no {', '.join(missing)}"
-    layers = DynamicCache(config=config).layers
-    if any(type(layer) is not DynamicLayer for layer in layers):
-        return False, "sliding-window or hybrid cache layers"
-    return True, "shared contexts encoded once, KV cache reused"
-
-
-def select_rows(cache: Any, index: torch.Tensor) -> Any:
-    """A new ``DynamicCache`` holding rows ``index`` (shape (rows,), repeats allowed) of
-    ``cache``; ``cache`` itself is left unchanged (later updates of either do not touch the
-    other)."""
-    from transformers import DynamicCache
-
-    return DynamicCache(
-        ddp_cache_data=[
-            (layer.keys.index_select(0, index), layer.values.index_select(0, index))
-            for layer in cache.layers
-        ]
-    )
-
-
-def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """The longest token prefix shared by all ``sequences`` (empty for none)."""
-    if not sequences:
-        return ()
-    tuples = [tuple(s) for s in sequences]
-    first, last = min(tuples), max(tuples)  # lexicographic extremes bound every prefix
-    n = 0
-    while n < min(len(first), len(last)) and first[n] == last[n]:
-        n += 1
-    return tuple(first[:n])
-
-
-def _pad(
-    rows: Sequence[Sequence[int]], width: int, value: int, *, left: bool = False
-) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            if left:
-                out[i, width - len(r) :] = torch.tensor(r)
-            else:
-                out[i, : len(r)] = torch.tensor(r)
-    return out
 
 
 class CachedLM(HFLM):
@@ -280,40 +203,13 @@ class CachedLM(HFLM):
             disable=disable_tqdm or self.rank != 0,
             desc="log-likelihood (cached contexts)",
         )
-        for batch in self._context_batches(contexts, len(shared)):
+        for batch in context_batches(contexts, len(shared), self.max_batch_tokens):
             self._score_contexts(batch, groups, prepared, len(shared), prefix_cache, results, bar)
         bar.close()
         for (key, _, _), answer in zip(requests, results, strict=True):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
         return results  # type: ignore[return-value]
-
-    def _context_batches(
-        self, contexts: list[tuple[int, ...]], shared: int
-    ) -> list[list[tuple[int, ...]]]:
-        """Consecutive contexts (sorted longest first) whose stage-2 pass fits the budget and pads
-        no row by more than about a quarter of the batch's width. Without
-        a shared prefix, contexts with nothing to encode before their last token get batches
-        of their own (an all-padding row would attend to nothing)."""
-        batches: list[list[tuple[int, ...]]] = []
-        for c in contexts:
-            own = len(c) - 1 - shared
-            if batches:
-                head = batches[-1]
-                width = len(head[0]) - 1 - shared  # the batch's widest part (sorted longest first)
-                same_kind = shared > 0 or (own > 0) == (width > 0)
-                little_padding = (
-                    4 * (width - own) <= width + 16
-                )  # at most ~a quarter of the row padded
-                if (
-                    same_kind
-                    and little_padding
-                    and (len(head) + 1) * (shared + max(width, 1)) <= self.max_batch_tokens
-                ):
-                    head.append(c)
-                    continue
-            batches.append([c])
-        return batches
 
     def _score_contexts(
         self,
@@ -344,7 +240,7 @@ class CachedLM(HFLM):
                 select_rows(prefix_cache, index) if prefix_cache is not None else self._new_cache()
             )
             self._forward(
-                input_ids=_pad(parts, width, self._pad_id).to(device),
+                input_ids=pad_ids(parts, width, self._pad_id).to(device),
                 attention_mask=context_mask,
                 position_ids=(shared + torch.arange(width, device=device)).expand(
                     len(batch), width
@@ -400,7 +296,7 @@ class CachedLM(HFLM):
         keep = torch.unique(last)  # the columns whose logits are needed
         extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
         logits = self._forward(
-            input_ids=_pad(parts, width, self._pad_id).to(device),
+            input_ids=pad_ids(parts, width, self._pad_id).to(device),
             attention_mask=mask,
             position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
             cache=cache,
@@ -440,7 +336,7 @@ class CachedLM(HFLM):
         position_ids = starts[:, None] + torch.arange(width, device=device)[None]
         past = select_rows(cache, rows) if cache is not None else None
         logits = self._forward(
-            input_ids=_pad(inputs, width, self._pad_id).to(device),
+            input_ids=pad_ids(inputs, width, self._pad_id).to(device),
             attention_mask=mask,
             position_ids=position_ids,
             cache=past,
@@ -540,11 +436,11 @@ class CachedLM(HFLM):
         an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens."""
         device = self.device
         width = max(len(p) for p in prompts)
-        mask = _pad([[1] * len(p) for p in prompts], width, 0, left=True).to(device)
+        mask = pad_ids([[1] * len(p) for p in prompts], width, 0, left=True).to(device)
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         cache = self._new_cache()
         logits = self._forward(
-            input_ids=_pad(prompts, width, self._pad_id, left=True).to(device),
+            input_ids=pad_ids(prompts, width, self._pad_id, left=True).to(device),
             attention_mask=mask,
             position_ids=position_ids,
             cache=cache,

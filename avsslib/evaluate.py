@@ -12,11 +12,15 @@ and points ``dataset_path: json`` at those files, and a ``TaskManager(include_pa
 registers it. Nothing is downloaded (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` are set while
 evaluating).
 
-``wikitext2_ppl`` is our own token-level perplexity (:func:`perplexity`), protocol-explicit.
+``wikitext2_ppl`` is our own token-level perplexity (:func:`perplexity`, in
+:mod:`avsslib.perplexity`), protocol-explicit.
 
 Every task returns its metric values as the harness aggregates them **and** one score per
-example (from the logged samples), so :func:`bootstrap_ci` gives confidence intervals and
-:func:`retention` a paired bootstrap between an original and a pruned model.
+example (from the logged samples; :mod:`avsslib.eval_results`), so :func:`bootstrap_ci` gives
+confidence intervals and :func:`retention` (:mod:`avsslib.retention`) a paired bootstrap
+between an original and a pruned model. Those names are re-exported here, so
+``from avsslib.evaluate import ...`` keeps working for all of them. The task files are
+written into a temporary folder that is removed after the run; nothing else is written.
 """
 
 from __future__ import annotations
@@ -25,29 +29,24 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 from tqdm.auto import tqdm
 
-from avsslib.bootstrap import (
-    bootstrap_ci,
-    check_bootstrap,
-    paired_replicates,
-    percentile_interval,
-    resample_indices,
-)
+from avsslib.bootstrap import bootstrap_ci
 from avsslib.errors import ConfigError
+from avsslib.eval_results import EvalResult, Kind, MetricScores, TaskResult, statistic
+from avsslib.perplexity import Perplexity, perplexity, prefix_token_id
+from avsslib.retention import retention
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 """The task templates (harness-style YAML) and their ``utils.py``."""
@@ -58,8 +57,6 @@ FEWSHOT_POOL = 256
 BACKENDS = ("avsslib", "harness")
 """Model backends of :func:`evaluate`: ours (:class:`avsslib.eval_backend.CachedLM`, the
 default) and the harness's ``HFLM`` (for comparison)."""
-
-Kind = Literal["mean", "perplexity", "bits_per_byte"]
 
 
 @dataclass(frozen=True)
@@ -100,351 +97,6 @@ _RATIO_KINDS: dict[str, Kind] = {
     "bits_per_byte": "bits_per_byte",
     "token_perplexity": "perplexity",
 }
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def statistic(kind: Kind) -> Callable[[np.ndarray], float]:
-    """The aggregate of per-example values of one kind.
-
-    * ``"mean"``: values shape (n,), the mean.
-    * ``"perplexity"``: values shape (n, 2) = (NLL in nats, count of tokens/words/bytes),
-      ``exp(sum NLL / sum count)`` (the harness's ``weighted_perplexity``).
-    * ``"bits_per_byte"``: shape (n, 2), ``sum NLL / sum bytes / ln 2``.
-    """
-    if kind == "mean":
-        return lambda v: float(np.mean(v))
-    if kind == "perplexity":
-        return lambda v: float(np.exp(v[:, 0].sum() / v[:, 1].sum()))
-    if kind == "bits_per_byte":
-        return lambda v: float(v[:, 0].sum() / v[:, 1].sum() / math.log(2))
-    raise ConfigError(
-        f"unknown metric kind {kind!r}; expected 'mean', 'perplexity' or 'bits_per_byte'."
-    )
-
-
-# ---------------------------------------------------------------- results
-
-
-@dataclass
-class MetricScores:
-    """One metric of one task.
-
-    ``value``: the aggregate (as the harness reports it). ``per_example``: shape (n,) for
-    ``kind="mean"``, (n, 2) = (NLL nats, count) for the ratio kinds; row i belongs to the
-    task's ``ids[i]``. ``statistic(kind)(per_example)`` equals ``value``.
-    """
-
-    value: float
-    kind: Kind
-    higher_is_better: bool
-    per_example: np.ndarray
-
-    def ci(self, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-        """Bootstrap interval over examples (:func:`bootstrap_ci`)."""
-        return bootstrap_ci(
-            self.per_example, statistic(self.kind), n_boot=n_boot, seed=seed, alpha=alpha
-        )
-
-
-@dataclass
-class TaskResult:
-    """A task's metrics, the ids of its examples (in row order) and its protocol."""
-
-    task: str
-    ids: tuple[str, ...]
-    metrics: dict[str, MetricScores]
-    protocol: dict[str, Any]
-    wall_s: float
-
-
-@dataclass
-class EvalResult:
-    """Results of :func:`evaluate`, one :class:`TaskResult` per task (in the order asked)."""
-
-    tasks: dict[str, TaskResult]
-
-    def table(self, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-        """One row per task and metric: value, bootstrap CI (``ci_low``, ``ci_high``), ``n``
-        examples, ``higher_is_better``."""
-        rows = []
-        for name, t in self.tasks.items():
-            for metric, m in t.metrics.items():
-                low, high = m.ci(n_boot=n_boot, seed=seed, alpha=alpha)
-                rows.append(
-                    dict(
-                        task=name,
-                        metric=metric,
-                        value=m.value,
-                        ci_low=low,
-                        ci_high=high,
-                        n=len(t.ids),
-                        higher_is_better=m.higher_is_better,
-                    )
-                )
-        return pd.DataFrame(
-            rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better"]
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able: per task its protocol, ids and metrics with per-example scores; the wall
-        times under ``"timing"``."""
-        return {
-            "tasks": {
-                name: {
-                    "protocol": t.protocol,
-                    "ids": list(t.ids),
-                    "metrics": {
-                        k: {
-                            "value": m.value,
-                            "kind": m.kind,
-                            "higher_is_better": m.higher_is_better,
-                            "per_example": m.per_example.tolist(),
-                        }
-                        for k, m in t.metrics.items()
-                    },
-                }
-                for name, t in self.tasks.items()
-            },
-            "timing": {name: t.wall_s for name, t in self.tasks.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
-        """Inverse of :meth:`to_dict` (e.g. read back from a ``metrics.json``)."""
-        timing = data.get("timing", {})
-        return cls(
-            {
-                name: TaskResult(
-                    task=name,
-                    ids=tuple(t["ids"]),
-                    metrics={
-                        k: MetricScores(
-                            float(m["value"]) if m["value"] is not None else math.nan,
-                            m["kind"],
-                            bool(m["higher_is_better"]),
-                            np.asarray(m["per_example"], dtype=np.float64),
-                        )
-                        for k, m in t["metrics"].items()
-                    },
-                    protocol=dict(t["protocol"]),
-                    wall_s=float(timing.get(name, math.nan)),
-                )
-                for name, t in data["tasks"].items()
-            }
-        )
-
-
-# ---------------------------------------------------------------- retention
-
-
-def retention(
-    original: EvalResult,
-    pruned: EvalResult,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Retention per task and metric, with a paired bootstrap interval.
-
-    Retention is ``pruned / original`` for metrics where higher is better and
-    ``original / pruned`` where lower is better (perplexity: ``PPL_orig / PPL_pruned``), so 1.0
-    means no loss and higher is better. Both runs must have scored the same examples (same
-    ``n`` and ``seed``); each bootstrap resample draws one set of example indices and applies it
-    to both runs. Tasks present in only one result are skipped.
-
-    A ratio with a zero denominator is ``inf`` (``nan`` for 0/0); intervals follow the NaN
-    policy of :mod:`avsslib.bootstrap` (``nan`` when some resample gives 0/0).
-
-    Returns columns task, metric, original, pruned, retention, ci_low, ci_high, n, inverted.
-    """
-    common = [t for t in original.tasks if t in pruned.tasks]
-    if not common:
-        raise ConfigError(
-            f"no task in common: original has {sorted(original.tasks)}, pruned has {sorted(pruned.tasks)}; "
-            "evaluate both models on the same tasks."
-        )
-    rows = []
-    for name in common:
-        o, p = original.tasks[name], pruned.tasks[name]
-        if set(o.ids) != set(p.ids) or len(o.ids) != len(p.ids):
-            raise ConfigError(
-                f"task {name}: the two runs scored different examples ({len(o.ids)} vs {len(p.ids)}); "
-                "run both with the same n, seed and tokenizer so the bootstrap can pair them."
-            )
-        position = {i: k for k, i in enumerate(p.ids)}
-        order = np.array([position[i] for i in o.ids])
-        check_bootstrap(len(o.ids), n_boot, alpha)
-        idx = resample_indices(len(o.ids), n_boot, seed)
-        for metric, mo in o.metrics.items():
-            if metric not in p.metrics:
-                continue
-            mp = p.metrics[metric]
-            stat = statistic(mo.kind)
-            a, b = mo.per_example, mp.per_example[order]
-            inverted = not mo.higher_is_better
-
-            def ratio(x: float, y: float, inverted: bool = inverted) -> float:
-                num, den = (x, y) if inverted else (y, x)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    return float(np.float64(num) / np.float64(den))
-
-            pairs = paired_replicates(a, b, stat, idx)
-            boot = np.array([ratio(x, y) for x, y in pairs])
-            low, high = percentile_interval(boot, alpha)
-            rows.append(
-                dict(
-                    task=name,
-                    metric=metric,
-                    original=mo.value,
-                    pruned=mp.value,
-                    retention=ratio(mo.value, mp.value),
-                    ci_low=low,
-                    ci_high=high,
-                    n=len(o.ids),
-                    inverted=inverted,
-                )
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "task",
-            "metric",
-            "original",
-            "pruned",
-            "retention",
-            "ci_low",
-            "ci_high",
-            "n",
-            "inverted",
-        ],
-    )
-
-
-# ---------------------------------------------------------------- perplexity
-
-
-def prefix_token_id(tokenizer: Any) -> int | None:
-    """The token lm-evaluation-harness puts before a text it scores: BOS, else EOS."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-@dataclass
-class Perplexity:
-    """Token-level perplexity of one text, with its window-by-window NLL.
-
-    ``nll``: shape (n_windows,), summed negative log-likelihood (nats) of the tokens each window
-    scores; ``tokens``: shape (n_windows,), how many it scores. ``value = exp(sum nll / sum
-    tokens)``. ``protocol`` states how (see :func:`perplexity`).
-    """
-
-    value: float
-    nll: np.ndarray
-    tokens: np.ndarray
-    protocol: dict[str, Any]
-
-
-@torch.inference_mode()
-def perplexity(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    text: str,
-    *,
-    window: int = 512,
-    stride: int = 512,
-    max_tokens: int | None = None,
-    prefix: bool = True,
-    batch_size: int = 8,
-) -> Perplexity:
-    """Token-level perplexity of ``text`` in sliding windows.
-
-    Protocol: ``text`` is tokenized without special tokens and cut to its first ``max_tokens``
-    tokens; with ``prefix=True`` the harness's prefix token (BOS, else EOS) is put once before
-    the first token, so every text token is scored. The model reads windows of ``window``
-    positions starting every ``stride`` positions (``1 <= stride <= window``), except that the
-    last window is moved back to end at the last token (a full window, as the harness does);
-    each window scores only the next-token predictions no earlier window made, so every token
-    is scored exactly once, with at least ``window - stride`` tokens of context (fewer only in
-    the first window). ``stride == window`` gives the rolling windows of lm-evaluation-harness's
-    ``loglikelihood_rolling`` with ``max_length = window`` (same scores, tested).
-    Log-probabilities are computed in float32 from the model's logits; NLL sums in float64.
-    Puts the model in eval mode.
-
-    Returns a :class:`Perplexity` with per-window NLL sums (for bootstrap intervals).
-    """
-    if window < 2 or not 1 <= stride <= window:
-        raise ConfigError(
-            f"window = {window}, stride = {stride}: need window >= 2 and 1 <= stride <= window."
-        )
-    if max_tokens is not None and max_tokens < 2:
-        raise ConfigError(f"max_tokens = {max_tokens}: need at least 2 tokens (or None for all).")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    first = prefix_token_id(tokenizer) if prefix else None
-    if prefix and first is None:
-        raise ConfigError(
-            "prefix=True but the tokenizer has neither a BOS nor an EOS token; use prefix=False."
-        )
-    stream = ([first] if prefix else []) + list(ids)
-    if len(stream) < 2:
-        raise ConfigError(f"the text has {len(ids)} token(s): nothing to score.")
-    x = torch.tensor(stream[:-1])
-    y = torch.tensor(stream[1:])
-    length = len(x)
-    spans = []  # (start, end, first scored position)
-    start, done = 0, 0
-    while done < length:
-        start = min(start, max(0, length - window))  # the last window ends at the last token
-        end = min(start + window, length)
-        spans.append((start, end, done))
-        done, start = end, start + stride
-    model.eval()
-    device = next(model.parameters()).device
-    nll = np.zeros(len(spans))
-    tokens = np.zeros(len(spans), dtype=np.int64)
-
-    def width(k: int) -> int:
-        return spans[k][1] - spans[k][0]
-
-    batches: list[list[int]] = []  # consecutive windows of equal width
-    for k in range(len(spans)):
-        if batches and len(batches[-1]) < batch_size and width(batches[-1][0]) == width(k):
-            batches[-1].append(k)
-        else:
-            batches.append([k])
-    for batch in tqdm(
-        batches, desc="perplexity", unit="batch", leave=False, disable=len(batches) < 4
-    ):
-        inputs = torch.stack([x[spans[k][0] : spans[k][1]] for k in batch]).to(device)
-        logits = model(input_ids=inputs).logits  # (batch, width, vocab)
-        for row, k in enumerate(batch):
-            s, e, d = spans[k]
-            logp = torch.log_softmax(logits[row, d - s :].float(), dim=-1)  # scored positions only
-            picked = logp.gather(-1, y[d:e].to(device)[:, None])[:, 0]
-            nll[k] = -picked.double().sum().item()
-            tokens[k] = e - d
-    value = float(np.exp(nll.sum() / tokens.sum()))
-    protocol = {
-        "unit": "token",
-        "window": window,
-        "stride": stride,
-        "prefix_token": tokenizer.convert_ids_to_tokens(first) if prefix else None,
-        "prefix": "once, before the first token"
-        if prefix
-        else "none (the first token is not scored)",
-        "add_special_tokens": False,
-        "text_tokens": len(ids),
-        "max_tokens": max_tokens,
-        "scored_tokens": int(tokens.sum()),
-        "windows": len(spans),
-        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "logprob_dtype": "float32",
-        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-    }
-    return Perplexity(value, nll, tokens, protocol)
 
 
 # ---------------------------------------------------------------- harness plumbing
@@ -687,6 +339,39 @@ def _backend_protocol(lm: Any, backend: str) -> dict[str, Any]:
     return out
 
 
+def _check_arguments(
+    tasks: Sequence[str], n: int | None, num_fewshot: int | None, backend: str
+) -> None:
+    """Refuse, before any work, what :func:`evaluate` cannot run (a ``ConfigError`` that says
+    what to pass instead)."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(
+            f"unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
+        )
+    if num_fewshot is not None:
+        if num_fewshot < 0:
+            raise ConfigError(
+                f"num_fewshot = {num_fewshot}: must be >= 0 (or None for task defaults)."
+            )
+        no_pool = [t for t in tasks if num_fewshot > 0 and TASKS[t].fewshot is None]
+        if no_pool:
+            with_pool = [t for t, s in TASKS.items() if s.fewshot is not None]
+            raise ConfigError(
+                f"num_fewshot = {num_fewshot} but {', '.join(no_pool)} ha(s) no few-shot pool (only "
+                f"{', '.join(with_pool)} do); run those tasks with num_fewshot=None or 0."
+            )
+    if n is not None and n <= 0:
+        raise ConfigError(
+            f"n = {n}: the number of examples per task must be positive (or None for all)."
+        )
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
+            "('avsslib' is ours and the default, 'harness' the harness's HFLM)."
+        )
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -736,32 +421,7 @@ def evaluate(
     Returns an :class:`EvalResult`: per task, the metrics, one score per example and the
     protocol (data, sample, prompt, few-shot, decoding, versions of what produced the numbers).
     """
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ConfigError(
-            f"unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
-        )
-    if num_fewshot is not None:
-        if num_fewshot < 0:
-            raise ConfigError(
-                f"num_fewshot = {num_fewshot}: must be >= 0 (or None for task defaults)."
-            )
-        no_pool = [t for t in tasks if num_fewshot > 0 and TASKS[t].fewshot is None]
-        if no_pool:
-            with_pool = [t for t, s in TASKS.items() if s.fewshot is not None]
-            raise ConfigError(
-                f"num_fewshot = {num_fewshot} but {', '.join(no_pool)} ha(s) no few-shot pool (only "
-                f"{', '.join(with_pool)} do); run those tasks with num_fewshot=None or 0."
-            )
-    if n is not None and n <= 0:
-        raise ConfigError(
-            f"n = {n}: the number of examples per task must be positive (or None for all)."
-        )
-    if backend not in BACKENDS:
-        raise ConfigError(
-            f"backend = {backend!r}: expected one of {', '.join(map(repr, BACKENDS))} "
-            "('avsslib' is ours and the default, 'harness' the harness's HFLM)."
-        )
+    _check_arguments(tasks, n, num_fewshot, backend)
     import lm_eval
 
     results: dict[str, TaskResult] = {}

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -43,16 +42,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avsslib.errors import ConfigError
+from avsslib.mitigation_inputs import (
+    DEFAULT_EVAL_TASKS,
+    layers_from_file,
+    read_own_negatives,
+    training_questions,
+)
+from avsslib.mitigation_steps import (
+    before_key,
+    card_rows,
+    choose_layers,
+    evaluator,
+    measure_side_effects,
+    refuse_earlier_run,
+    train_config,
+    training_summary,
+    write_data_file,
+)
 from avsslib.models import ModelOptions, default_device, load_seeded
-
-DEFAULT_EVAL_TASKS: dict[str, tuple[str, ...]] = {
-    "truthfulqa": ("truthfulqa_mc1", "truthfulqa_mc2"),
-    "sciq_mc": ("sciq_mc",),
-    "wikiqa": ("wikiqa",),
-    "nq_open": ("nq_open_em",),
-    "triviaqa": ("triviaqa_em",),
-}
-"""The evaluation tasks of each training dataset (``eval_tasks`` left empty)."""
 
 
 @dataclass
@@ -157,289 +164,28 @@ class MitigationResult:
     record: Any
 
 
-def layers_from_file(
-    path: Path, dataset: str, family: str | None = None, fold: int | None = None
-) -> tuple[list[int] | None, list[float] | None, str | None]:
-    """(layers, per-layer scores, score kind) from a JSON list, an object with
-    ``prone_layers``/``layers``, the ``prone_layers.json`` of ``avss hallucination``
-    (``prone[dataset][family]["layers"]``; with ``fold``, ``folds.prone[dataset][family][fold]``),
-    its ``probe_layers.json`` (probe accuracies, kind ``probe``; with ``fold``, the fold's) or a
-    layer_stats.csv (AVSS scores, kind ``avss``)."""
-    if not path.is_file():
-        raise ConfigError(f"--layers-from {path}: no such file.")
-    if path.suffix == ".csv":
-        from avsslib.study import read_layer_table
-
-        table = read_layer_table(path)
-        if "avss" not in table:
-            raise ConfigError(f"--layers-from {path}: the table has no 'avss' column.")
-        return None, table.sort_index()["avss"].tolist(), "avss"
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
-        raise ConfigError(f"--layers-from {path}: not readable JSON ({exc}).") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("probe"), dict):
-        entry = obj["probe"].get(dataset)
-        if not isinstance(entry, dict):
-            raise ConfigError(
-                f"--layers-from {path}: no probe for dataset {dataset!r} (it has "
-                f"{', '.join(obj['probe']) or 'none'})."
-            )
-        if fold is not None:
-            folds = entry.get("folds") or []
-            if fold >= len(folds):
-                raise ConfigError(
-                    f"--layers-from {path}: no probe of fold {fold} for {dataset!r} "
-                    f"({len(folds)} folds); run `avss hallucination --probe --folds`."
-                )
-            entry = folds[fold]
-        return None, [float(x) for x in entry["accuracy"]], "probe"
-    if isinstance(obj, dict) and isinstance(obj.get("prone"), dict):
-        source = obj["prone"]
-        if fold is not None:
-            source = (obj.get("folds") or {}).get("prone")
-            if not isinstance(source, dict):
-                raise ConfigError(
-                    f"--layers-from {path}: no per-fold prone layers; run `avss "
-                    "hallucination --folds` or drop --fold."
-                )
-        per_family = source.get(dataset)
-        if not isinstance(per_family, dict) or not per_family:
-            raise ConfigError(
-                f"--layers-from {path}: no prone layers for dataset {dataset!r} "
-                f"(it has {', '.join(source) or 'none'})."
-            )
-        if family is None and len(per_family) > 1:
-            raise ConfigError(
-                f"--layers-from {path}: pick a family with --prone-family "
-                f"({', '.join(per_family)})."
-            )
-        entry = per_family.get(family) if family is not None else next(iter(per_family.values()))
-        if entry is None:
-            raise ConfigError(
-                f"--layers-from {path}: no family {family!r} for {dataset!r} "
-                f"({', '.join(per_family)})."
-            )
-        if fold is not None:
-            if fold >= len(entry):
-                raise ConfigError(f"--layers-from {path}: no fold {fold} ({len(entry)} folds).")
-            entry = entry[fold]
-        obj = entry
-    if isinstance(obj, dict):
-        key = next((k for k in ("prone_layers", "layers") if k in obj), None)
-        if key is None:
-            raise ConfigError(
-                f"--layers-from {path}: the object has no 'prone_layers' or 'layers' key."
-            )
-        obj = obj[key]
-    if not isinstance(obj, list) or not all(
-        isinstance(x, int) and not isinstance(x, bool) for x in obj
-    ):
-        raise ConfigError(f"--layers-from {path}: expected a list of layer indices (integers).")
-    return obj, None, None
-
-
-def read_own_negatives(path: Path | None) -> list[tuple[str, str]] | None:
-    if path is None:
-        return None
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
-        raise ConfigError(f"--own-negatives {path}: not readable JSON ({exc}).") from exc
-    out = []
-    for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
-        pair = (
-            (row.get("question"), row.get("answer"))
-            if isinstance(row, dict)
-            else tuple(row)
-            if isinstance(row, list)
-            else (None, None)
-        )
-        if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
-            raise ConfigError(
-                f"--own-negatives {path}: entry {i} is not a [question, answer] pair "
-                "of strings nor an object with 'question' and 'answer'."
-            )
-        out.append((pair[0], pair[1]))
-    return out
-
-
-def _card_rows(change: Any, before: Any, after: Any, n_boot: int) -> list[dict[str, Any]]:
-    rows = []
-    for which, result in (("before", before), ("after", after)):
-        for r in result.table(n_boot=n_boot).to_dict("records"):
-            rows.append({**r, "metric": f"{r['metric']} {which}"})
-    for r in change.to_dict("records"):
-        for kind in ("abs", "rel"):
-            rows.append(
-                dict(
-                    task=r["task"],
-                    metric=f"{r['metric']} change {kind}",
-                    value=r[f"delta_{kind}"],
-                    ci_low=r[f"{kind}_ci_low"],
-                    ci_high=r[f"{kind}_ci_high"],
-                    n=r["n"],
-                )
-            )
-    return rows
-
-
-def training_questions(cfg_run: MitigationConfig) -> tuple[list[str], str, set[str], list[Any]]:
-    """``(tasks, split, eval_ids, triples)``: the evaluation tasks, the training split, the
-    held-out evaluation question ids (a seeded sample, or one fold of every question) and the
-    contrastive triples built from the other questions of the split; nothing loads a model.
-    ``ConfigError`` says what to change when no question is left to train on."""
-    from avsslib.data import get_spec
-    from avsslib.evaluate import TASKS
-    from avsslib.folds import check_fold, mitigation_questions
-    from avsslib.mitigate import build_triples
-
-    tasks = list(cfg_run.eval_tasks or DEFAULT_EVAL_TASKS.get(cfg_run.dataset, ()))
-    unknown = [t for t in tasks if t not in TASKS]
-    if not tasks or unknown:
-        raise ConfigError(
-            f"--eval-tasks: unknown or missing task(s) {unknown}; known: {', '.join(TASKS)}."
-        )
-    if cfg_run.n_eval < 1 or (cfg_run.n_train is not None and cfg_run.n_train < 1):
-        raise ConfigError("--n-eval and --n-train must be positive.")
-    split = get_spec(cfg_run.dataset).split_name(cfg_run.split)
-    check_fold(cfg_run.folds, cfg_run.fold)
-    # evaluation questions first (a sample, or one fold of every question), training questions
-    # from the rest (before the model loads)
-    eval_ids, every, records = mitigation_questions(
-        cfg_run.dataset,
-        split,
-        tasks,
-        n_eval=cfg_run.n_eval,
-        eval_seed=cfg_run.eval_seed,
-        n_train=cfg_run.n_train,
-        seed=cfg_run.seed,
-        folds=cfg_run.folds,
-        fold=cfg_run.fold,
-        fold_seed=cfg_run.fold_seed,
-    )
-    rest = [r for r in every if r.id not in eval_ids]
-    if not records:
-        data_spec = get_spec(cfg_run.dataset)
-        eval_splits = {
-            data_spec.split_name(TASKS[t].split)
-            for t in tasks
-            if TASKS[t].dataset == cfg_run.dataset
-        }
-        other = [s for s in data_spec.splits if s != split and s not in eval_splits]
-        hint = " or ".join(
-            ([f"train on another split (--split {other[0]})"] if other else [])
-            + (["lower --n-eval"] if len(rest) < len(every) else [])
-        )
-        raise ConfigError(
-            f"no training examples in {cfg_run.dataset}:{split}: of its {len(every)} records, "
-            f"{len(every) - len(rest)} are held out for evaluation (--n-eval {cfg_run.n_eval}) and none "
-            f"of the other {len(rest)} has a correct answer to train on"
-            + (f"; {hint}." if hint else ".")
-        )
-    triples = build_triples(
-        cfg_run.dataset,
-        records,
-        own_negatives=read_own_negatives(cfg_run.own_negatives),
-        max_negatives=cfg_run.max_negatives,
-        dataset_negatives=not cfg_run.no_dataset_negatives,
-    )
-    return tasks, split, eval_ids, triples
-
-
-def measure_side_effects(
-    base: Any, model: Any, tokenizer: Any, cfg_run: MitigationConfig, data_files: dict[str, str]
-) -> dict[str, Any]:
-    """What training did besides its aim: KL(base || tuned) per token on ``kl_texts`` WikiText-2
-    test texts and the perplexity of both models on ``ppl_windows`` windows of 512 tokens, each
-    with a bootstrap interval (``n_boot`` resamples, ``eval_seed``). Adds the data files read
-    to ``data_files``."""
-    import numpy as np
-
-    from avsslib.bootstrap import bootstrap_ci
-    from avsslib.data import calibration_texts, data_file_hashes, load_dataset
-    from avsslib.evaluate import perplexity
-    from avsslib.mitigate import kl_to_base
-
-    effects: dict[str, Any] = {}
-    if cfg_run.kl_texts > 0:
-        texts = calibration_texts(
-            "wikitext2", "test", n=cfg_run.kl_texts, min_chars=100, seed=cfg_run.eval_seed
-        )
-        kl = kl_to_base(base, model, tokenizer, texts)
-        low, high = bootstrap_ci(
-            kl.per_text,
-            lambda v: float(v[:, 0].sum() / v[:, 1].sum()),
-            n_boot=cfg_run.n_boot,
-            seed=cfg_run.eval_seed,
-        )
-        effects["kl_to_base"] = {"value": kl.value, "ci_low": low, "ci_high": high, **kl.protocol}
-        data_files.update(data_file_hashes("wikitext2", "test"))
-    if cfg_run.ppl_windows > 0:
-        text = "".join(doc.text for doc in load_dataset("wikitext2", "test"))
-        ppl = {}
-        for name, m in (("base", base), ("tuned", model)):
-            p = perplexity(m, tokenizer, text, max_tokens=512 * cfg_run.ppl_windows)
-            values = np.stack([p.nll, p.tokens.astype(np.float64)], axis=1)
-            low, high = bootstrap_ci(
-                values,
-                lambda v: float(np.exp(v[:, 0].sum() / v[:, 1].sum())),
-                n_boot=cfg_run.n_boot,
-                seed=cfg_run.eval_seed,
-            )
-            ppl[name] = {"value": p.value, "ci_low": low, "ci_high": high}
-        effects["perplexity"] = {
-            **ppl,
-            "ratio_tuned_to_base": ppl["tuned"]["value"] / ppl["base"]["value"],
-            "protocol": p.protocol,
-        }
-        data_files.update(data_file_hashes("wikitext2", "test"))
-    return effects
-
-
 def run_mitigation(config: MitigationConfig) -> MitigationResult:
     """One mitigation run of ``config``: evaluation questions first, training questions from the
     rest, training (:func:`avsslib.mitigate.train`), evaluation before and after, KL and
     perplexity against the base model; writes the files of the module docstring into
     ``config.out`` (``metrics.json`` last: it marks the run as finished) and returns them.
 
-    The steps share the run record and the timings, so they stay in one function; each is a
-    call into :mod:`avsslib.mitigate`, :mod:`avsslib.evaluate` or :mod:`avsslib.folds`."""
-    import torch
+    It stays longer than most functions because its steps share the model, the run record and
+    the timings, in an order the files depend on; each step is one call into
+    :mod:`avsslib.mitigation_inputs`, :mod:`avsslib.mitigation_steps`, :mod:`avsslib.mitigate`
+    or :mod:`avsslib.evaluate`."""
 
     from avsslib.arch import blocks
     from avsslib.data import data_file_hashes
-    from avsslib.evaluate import (
-        EvalResult,
-        evaluate,
-        task_data_files,
-    )
+    from avsslib.evaluate import EvalResult, task_data_files
     from avsslib.fs import cached, write_csv_atomic, write_json_atomic
-    from avsslib.mitigate import (
-        CHECKPOINT,
-        TRAINED_META,
-        TrainConfig,
-        ablation_layers,
-        encode_triples,
-        paired_change,
-        train,
-    )
+    from avsslib.mitigate import encode_triples, paired_change, train
     from avsslib.report import RunRecord, save_record
 
     cfg_run = config
     cfg_run.validate()
     out = Path(cfg_run.out)
-    if (out / TRAINED_META).exists() and not cfg_run.resume:
-        raise ConfigError(
-            f"--out {out} already holds a finished run; pass --resume to re-evaluate "
-            "it or choose another directory."
-        )
-    if (out / CHECKPOINT).exists() and not cfg_run.resume:
-        raise ConfigError(
-            f"--out {out} holds {CHECKPOINT} of an interrupted run; pass --resume to "
-            f"continue it, or choose another directory (or delete {CHECKPOINT} to "
-            "start over)."
-        )
+    refuse_earlier_run(out, cfg_run.resume)
     tasks, split, eval_ids, triples = training_questions(cfg_run)
 
     device = default_device(cfg_run.device)
@@ -452,43 +198,12 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
         causal_for="avss mitigate",
     )
     n_layers = len(blocks(model))
-
-    given, scores = (list(cfg_run.layers) or None) if cfg_run.layers else None, None
-    if cfg_run.layers_from is not None:
-        given, scores, kind = layers_from_file(
-            cfg_run.layers_from, cfg_run.dataset, cfg_run.prone_family, cfg_run.fold
-        )
-        if scores is not None and kind is not None and kind != cfg_run.mode:
-            raise ConfigError(
-                f"--layers-from {cfg_run.layers_from} gives {kind.upper()} scores: use it "
-                f"with --mode {kind} and --k."
-            )
-    layers = ablation_layers(
-        cfg_run.mode, n_layers, layers=given, k=cfg_run.k, scores=scores, seed=cfg_run.seed
-    )
+    layers = choose_layers(cfg_run, n_layers)
 
     encoded = encode_triples(triples, tokenizer)
     train_ids = [t.id for t in triples]
     assert not set(train_ids) & eval_ids
-    cfg = TrainConfig(
-        layers=tuple(layers),
-        full_model=cfg_run.mode == "full",
-        lora=cfg_run.lora,
-        lora_r=cfg_run.lora_r,
-        lora_alpha=cfg_run.lora_alpha,
-        lr=cfg_run.lr,
-        epochs=cfg_run.epochs,
-        batch_size=cfg_run.batch_size,
-        grad_accum=cfg_run.grad_accum,
-        lam=cfg_run.lam,
-        tau=cfg_run.tau,
-        loss=cfg_run.loss,
-        in_batch_negatives=not cfg_run.no_in_batch,
-        projection=cfg_run.projection,
-        bf16=cfg_run.bf16,
-        seed=cfg_run.seed,
-        checkpoint_every=cfg_run.checkpoint_every,
-    )
+    cfg = train_config(cfg_run, layers)
     cfg.validate(n_layers)
 
     config_dict = cfg_run.record_config()
@@ -501,51 +216,12 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
         model=model,
         data_files=data_files,
     )
-    write_json_atomic(
-        out / "data.json",
-        {
-            "dataset": cfg_run.dataset,
-            "split": split,
-            "train_ids": train_ids,
-            "eval_ids": sorted(eval_ids),
-            "disjoint": True,
-            "folds": None
-            if cfg_run.folds is None
-            else {"folds": cfg_run.folds, "fold": cfg_run.fold, "seed": cfg_run.fold_seed},
-            "train_sources": [t.source for t in triples],
-            "negatives_per_question": [len(t.negatives) for t in triples],
-        },
-    )
+    write_data_file(out, cfg_run, split, triples, eval_ids)
 
-    def run_eval(m: torch.nn.Module) -> EvalResult:
-        if cfg_run.folds is not None:  # exactly the fold's questions
-            return evaluate(
-                m,
-                tokenizer,
-                tasks,
-                ids=eval_ids,
-                seed=cfg_run.eval_seed,
-                batch_size=cfg_run.eval_batch_size,
-            )
-        return evaluate(
-            m,
-            tokenizer,
-            tasks,
-            n=cfg_run.n_eval,
-            seed=cfg_run.eval_seed,
-            batch_size=cfg_run.eval_batch_size,
-        )
+    run_eval = evaluator(cfg_run, tokenizer, tasks, eval_ids)
 
     timings: dict[str, float] = {"load_model_s": load_s}
-    key = {
-        "model_sha256": record.model["state_sha256"],
-        "tasks": tasks,
-        "n_eval": cfg_run.n_eval,
-        "eval_seed": cfg_run.eval_seed,
-        "batch_size": cfg_run.eval_batch_size,
-    }
-    if cfg_run.folds is not None:  # the n_eval sample does not apply; the fold does
-        key.update(n_eval=None, folds=[cfg_run.folds, cfg_run.fold, cfg_run.fold_seed])
+    key = before_key(record.model["state_sha256"], cfg_run, tasks)
     t0 = time.perf_counter()
     before, _ = cached(
         out / "before.json",
@@ -576,17 +252,7 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
     timings["side_effects_s"] = time.perf_counter() - t0
     record.data_files = data_files
 
-    training = {
-        "steps": len(result.history),
-        "resumed_from": result.resumed_from,
-        "steps_run": result.steps_run,
-        "s_per_step": result.s_per_step,
-        "history": result.history,
-        "layers": layers,
-        "kind": result.meta["kind"],
-        "trainable_tensors": len(result.state),
-        "trainable_parameters": sum(t.numel() for t in result.state.values()),
-    }
+    training = training_summary(result, layers)
     metrics = {
         "before": before.to_dict(),
         "after": after.to_dict(),
@@ -597,7 +263,7 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
     write_csv_atomic(out / "changes.csv", change)
     record.finish(
         {
-            "table": _card_rows(change, before, after, cfg_run.n_boot),
+            "table": card_rows(change, before, after, cfg_run.n_boot),
             "side_effects": effects,
             "training": {k: v for k, v in training.items() if k != "history"},
             "loss_first": result.history[0]["loss"],

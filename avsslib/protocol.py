@@ -1,10 +1,10 @@
 """Names every stage of the pipeline shares, defined once: the answer prompt and the
 mitigation modes. Nothing here imports torch, so readers of committed results can use it.
 
-* :data:`ANSWER_PROMPT` is the prompt the model answers in :mod:`avsslib.labels` (the default
-  generation template) and the anchor text of every contrastive triple in
+* :data:`ANSWER_PROMPT` is the prompt the model answers in :mod:`avsslib.label_generation`
+  (the default generation template) and the anchor text of every contrastive triple in
   :mod:`avsslib.mitigate` (``avsslib.labels.DEFAULT_TEMPLATE`` and ``avsslib.mitigate.PROMPT``
-  are this string).
+  are this string, not copies of it).
 * :func:`sweep_config` names the pruning study's fraction-sweep configurations and
   :func:`config_kind` / :func:`is_sweep` read the kind back (``original``, ``sweep`` or
   ``main``): the one place that knows how a configuration name encodes its kind.

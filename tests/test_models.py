@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from avsslib import models
+from avsslib import models, zoo
 from avsslib.arch import ARCHITECTURES, Architecture, blocks, layer_count_field
 from avsslib.errors import ModelError
 from avsslib.models import MANIFEST, load_model
@@ -177,27 +177,27 @@ def fake_cache(tmp_path: Path) -> Path:
         {"w": torch.arange(64.0).reshape(8, 8), "b": torch.ones(8)}, tmp_path / "model.safetensors"
     )
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    models._write_manifest(tmp_path, name="fake")
+    zoo._write_manifest(tmp_path, name="fake")
     return tmp_path
 
 
 def test_verify_cache_good(fake_cache: Path) -> None:
-    assert models._verify_cache(fake_cache, full=False) is None
-    assert models._verify_cache(fake_cache, full=True) is None
+    assert zoo._verify_cache(fake_cache, full=False) is None
+    assert zoo._verify_cache(fake_cache, full=True) is None
 
 
 def test_verify_cache_truncated_or_missing(fake_cache: Path) -> None:
     weights = fake_cache / "model.safetensors"
     os.truncate(weights, weights.stat().st_size - 4)
-    assert "model.safetensors has" in models._verify_cache(fake_cache, full=False)
+    assert "model.safetensors has" in zoo._verify_cache(fake_cache, full=False)
     weights.unlink()
-    assert "missing" in models._verify_cache(fake_cache, full=False)
+    assert "missing" in zoo._verify_cache(fake_cache, full=False)
     (fake_cache / MANIFEST).unlink()
-    assert "partial" in models._verify_cache(fake_cache, full=False)
+    assert "partial" in zoo._verify_cache(fake_cache, full=False)
     (fake_cache / MANIFEST).write_text('{"files": {}}')
-    assert "does not list" in models._verify_cache(fake_cache, full=False)
+    assert "does not list" in zoo._verify_cache(fake_cache, full=False)
     (fake_cache / MANIFEST).write_text('{"files": ')
-    assert "unreadable" in models._verify_cache(fake_cache, full=False)
+    assert "unreadable" in zoo._verify_cache(fake_cache, full=False)
 
 
 def test_verify_cache_same_size_corruption(fake_cache: Path) -> None:
@@ -207,17 +207,17 @@ def test_verify_cache_same_size_corruption(fake_cache: Path) -> None:
     data[-1] ^= 0xFF  # flip bits inside the last tensor: same size, header intact
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert models._verify_cache(fake_cache, full=False) is None  # size + mtime unchanged ...
-    assert "SHA-256" in models._verify_cache(fake_cache, full=True)  # ... only verify finds it
+    assert zoo._verify_cache(fake_cache, full=False) is None  # size + mtime unchanged ...
+    assert "SHA-256" in zoo._verify_cache(fake_cache, full=True)  # ... only verify finds it
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert "SHA-256" in models._verify_cache(fake_cache, full=False)  # new mtime: re-hashed
+    assert "SHA-256" in zoo._verify_cache(fake_cache, full=False)  # new mtime: re-hashed
 
 
 def test_verify_cache_copied_without_times(fake_cache: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(fake_cache, copy, copy_function=shutil.copyfile)  # new mtimes
     os.utime(copy / "config.json", ns=(0, 10**9))
-    assert models._verify_cache(copy, full=False) is None
+    assert zoo._verify_cache(copy, full=False) is None
     recorded = json.loads((copy / MANIFEST).read_text())["files"]["config.json"]["mtime_ns"]
     assert recorded == 10**9  # re-recorded after a successful re-hash
 
@@ -226,7 +226,7 @@ def test_safetensors_header_garbage(tmp_path: Path) -> None:
     bad = tmp_path / "model.safetensors"
     bad.write_bytes((10**9).to_bytes(8, "little") + b"{}")
     with pytest.raises(ModelError, match="header length"):
-        models._check_safetensors(bad)
+        zoo._check_safetensors(bad)
 
 
 def test_missing_zoo_wheel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_smol_truncated_cache_is_rebuilt(
     ):
         model, _ = load_model("smollm2-135m")
     assert any("dequantizing" in r.getMessage() for r in caplog.records)
-    assert models._verify_cache(copy, full=True) is None
+    assert zoo._verify_cache(copy, full=True) is None
     assert (copy / "model.safetensors").stat().st_size == (
         source / "model.safetensors"
     ).stat().st_size
@@ -312,11 +312,11 @@ def test_gguf_dir_overrides_the_wheels(tmp_path: Path, monkeypatch: pytest.Monke
     """On a node without pip the assembled GGUF file can be given through AVSS_GGUF_DIR."""
     entry = models.ZOO["qwen2.5-coder-1.5b"]
     monkeypatch.setenv("AVSS_GGUF_DIR", str(tmp_path))
-    monkeypatch.setattr(models, "_installed_part", lambda dist, rel: None)
+    monkeypatch.setattr(zoo, "_installed_part", lambda dist, rel: None)
     with pytest.raises(ModelError, match="needs the wheel"):  # not there: the wheels' error
-        models._zoo_parts(entry)
+        zoo._zoo_parts(entry)
     (tmp_path / entry.gguf_name).write_bytes(b"GGUF")
-    assert models._zoo_parts(entry) == [tmp_path / entry.gguf_name]
+    assert zoo._zoo_parts(entry) == [tmp_path / entry.gguf_name]
 
 
 @pytest.mark.parametrize(
