@@ -63,11 +63,11 @@ from avsslib.study_config import (
     FAST_SCORES,
     STUDY_FORMAT,
     StudyConfig,
-    StudyResult,
     config_from_keywords,
 )
 from avsslib.study_eval import PrunedConfig, configurations, evaluate_configs
 from avsslib.study_report import (
+    StudyResult,
     agreement_table,
     calib_label,
     finish_record,

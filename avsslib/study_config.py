@@ -1,5 +1,5 @@
 """What shapes a pruning study, and what it returns: :class:`StudyConfig` (one field per option
-of ``avss study``, same names, same defaults) and :class:`StudyResult`; the study's default
+of ``avss study``, same names, same defaults) (the result, :class:`avsslib.study_report.StudyResult`); the study's default
 scores, calibration set, tasks and the ``--quick`` preset. Writes no file.
 
 ``StudyConfig(out=DIR, model="smollm2-135m", n_eval=100)`` is ``avss study --out DIR --n-eval
@@ -12,14 +12,12 @@ fills them in, :meth:`StudyConfig.validate` refuses an impossible value with a
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from avsslib.errors import ConfigError
 from avsslib.models import ModelOptions
-from avsslib.protocol import ConfigKind
 
 STUDY_FORMAT = "avsslib.study/1"
 """Version of the study's file layout and hashing; part of every cache key."""
@@ -222,59 +220,6 @@ class StudyConfig(ModelOptions):
         return command_line("study", self.resolved())
 
 
-@dataclass
-class StudyResult:
-    """What :func:`avsslib.study.pruning_study` found (everything is also in the files under
-    ``out``).
-
-    ``layer_stats`` and ``layer_stats_faithful``: per-layer tables (indexed by ``layer``);
-    ``selections``: ``{"fixed": {"<score>/<rule>": layers}, "faithful": ...}``; ``configs``:
-    configuration name -> pruned layers; ``kinds``: configuration name -> ``original``,
-    ``main`` or ``sweep``; ``retention``, ``sweep``, ``agreement``: the tables of the CSV files;
-    ``status``: name -> ``evaluated``, ``cached``, ``reused`` or ``missing``; ``timing``;
-    ``record``: the run record as a dict."""
-
-    out: Path
-    fraction: float
-    layer_stats: Any
-    layer_stats_faithful: Any
-    selections: dict[str, dict[str, list[int]]]
-    configs: dict[str, list[int]]
-    kinds: dict[str, ConfigKind]
-    retention: Any
-    sweep: Any
-    agreement: Any
-    status: dict[str, str]
-    timing: dict[str, Any]
-    record: dict[str, Any]
-
-    def main_retention(self) -> Any:
-        """The retention rows of the main comparison: the unpruned model and every selection at
-        the study's fraction (sweep points left out), each task's primary metric only."""
-        from avsslib.study_tables import primary_metric_rows
-
-        kinds = self.retention["config"].map(self.kinds)
-        return primary_metric_rows(self.retention[kinds.isin(["original", "main"])])
-
-    def missing(self) -> list[str]:
-        """The configurations not evaluated yet (``no_new_evals``)."""
-        return sorted(k for k, v in self.status.items() if v == "missing")
-
-    def __getitem__(self, key: str) -> Any:
-        """The dict interface ``pruning_study`` returned before (deprecated)."""
-        warnings.warn(
-            f"pruning_study(...)[{key!r}] is deprecated: pruning_study returns a StudyResult; "
-            f"use its attribute .{'out' if key == 'out_dir' else key}.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if key == "out_dir":
-            return self.out
-        if key in {f.name for f in dataclasses.fields(self)}:
-            return getattr(self, key)
-        raise KeyError(key)
-
-
 def config_from_keywords(model_name: str | None = None, **kwargs: Any) -> StudyConfig:
     """The :class:`StudyConfig` of the former keyword arguments of :func:`pruning_study`
     (``out_dir``, ``tasks``, ``calib`` as a dict, ``evaluate_faithful``, ``progress``, ...),
@@ -336,6 +281,5 @@ __all__ = [
     "PRESETS",
     "STUDY_FORMAT",
     "StudyConfig",
-    "StudyResult",
     "config_from_keywords",
 ]

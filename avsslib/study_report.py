@@ -4,21 +4,27 @@ the study's folder, ``retention.csv``, ``sweep.csv`` and ``agreement.csv``
 ``figures/sweep.png`` (:func:`write_figures`), and ``record.json`` / ``record.md`` (or
 ``record.partial.json`` while configurations are missing; :func:`finish_record`).
 
+:class:`StudyResult` is what :func:`~avsslib.study.pruning_study` returns.
+
 Which rows belong to the main comparison and which to the sweep is read from each
 configuration's kind (:class:`avsslib.study_eval.PrunedConfig`), not from its name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from avsslib.protocol import ConfigKind
 from avsslib.study_eval import PrunedConfig
 from avsslib.study_tables import primary_metric_rows, retention_table, score_agreement, score_names
 
@@ -165,7 +171,59 @@ def finish_record(
             (out / stale).unlink(missing_ok=True)
 
 
+@dataclass
+class StudyResult:
+    """What :func:`avsslib.study.pruning_study` found (everything is also in the files under
+    ``out``).
+
+    ``layer_stats`` and ``layer_stats_faithful``: per-layer tables (indexed by ``layer``);
+    ``selections``: ``{"fixed": {"<score>/<rule>": layers}, "faithful": ...}``; ``configs``:
+    configuration name -> pruned layers; ``kinds``: configuration name -> ``original``,
+    ``main`` or ``sweep``; ``retention``, ``sweep``, ``agreement``: the tables of the CSV files;
+    ``status``: name -> ``evaluated``, ``cached``, ``reused`` or ``missing``; ``timing``;
+    ``record``: the run record as a dict."""
+
+    out: Path
+    fraction: float
+    layer_stats: Any
+    layer_stats_faithful: Any
+    selections: dict[str, dict[str, list[int]]]
+    configs: dict[str, list[int]]
+    kinds: dict[str, ConfigKind]
+    retention: Any
+    sweep: Any
+    agreement: Any
+    status: dict[str, str]
+    timing: dict[str, Any]
+    record: dict[str, Any]
+
+    def main_retention(self) -> Any:
+        """The retention rows of the main comparison: the unpruned model and every selection at
+        the study's fraction (sweep points left out), each task's primary metric only."""
+        kinds = self.retention["config"].map(self.kinds)
+        return primary_metric_rows(self.retention[kinds.isin(["original", "main"])])
+
+    def missing(self) -> list[str]:
+        """The configurations not evaluated yet (``no_new_evals``)."""
+        return sorted(k for k, v in self.status.items() if v == "missing")
+
+    def __getitem__(self, key: str) -> Any:
+        """The dict interface ``pruning_study`` returned before (deprecated)."""
+        warnings.warn(
+            f"pruning_study(...)[{key!r}] is deprecated: pruning_study returns a StudyResult; "
+            f"use its attribute .{'out' if key == 'out_dir' else key}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if key == "out_dir":
+            return self.out
+        if key in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+
 __all__ = [
+    "StudyResult",
     "agreement_table",
     "calib_label",
     "finish_record",
