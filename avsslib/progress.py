@@ -26,12 +26,12 @@ def no_progress_bars(active: bool = True) -> Iterator[None]:
         original(self, *args, **kwargs)
 
     saved = os.environ.get("TQDM_DISABLE")
-    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    std.tqdm.__init__ = quiet_init
     os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
-        std.tqdm.__init__ = original  # type: ignore[method-assign]
+        std.tqdm.__init__ = original
         if saved is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:

@@ -93,6 +93,7 @@ def execute(stage: Stage) -> None:
     from avsslib.fs import results_lock
     from avsslib.hallucination import HallucinationConfig, run_hallucination
     from avsslib.mitigation import MitigationConfig, run_mitigation
+    from avsslib.models import ModelOptions
     from avsslib.progress import no_progress_bars
     from avsslib.study import pruning_study
     from avsslib.study_config import StudyConfig
@@ -105,6 +106,7 @@ def execute(stage: Stage) -> None:
     ]
     for kind, pipeline in pipelines:
         if isinstance(config, kind):
+            assert isinstance(config, ModelOptions)
             with no_progress_bars(config.quiet), results_lock(config.out):
                 pipeline(config)
             return
