@@ -41,7 +41,6 @@ size) for the full protocol.
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -129,17 +128,11 @@ class HallucinationConfig(ModelOptions):
         return datasets, families
 
     def describe(self) -> str:
-        """An ``avss hallucination`` command line with these settings (for the run record)."""
-        argv = ["avss", "hallucination"]
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "command" or value is None or value is False:
-                continue
-            if isinstance(value, tuple):
-                value = ",".join(map(str, value))
-            flag = f"--{f.name.replace('_', '-')}"
-            argv += [flag] if value is True else [flag, str(value)]
-        return shlex.join(argv)
+        """An ``avss hallucination`` command line with these settings, every option explicit in the
+        order the command records it (for the run record; :func:`avsslib.options.command_line`)."""
+        from avsslib.options import command_line
+
+        return command_line("hallucination", self)
 
 
 @dataclass

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,14 +134,11 @@ class MitigationConfig(ModelOptions):
         return out
 
     def describe(self) -> str:
-        """An ``avss mitigate`` command line with these settings (for the run record)."""
-        argv = ["avss", "mitigate"]
-        for name, value in self.record_config().items():
-            if value is None or value is False:
-                continue
-            flag = f"--{name.replace('_', '-')}"
-            argv += [flag] if value is True else [flag, str(value)]
-        return shlex.join(argv)
+        """An ``avss mitigate`` command line with these settings, every option explicit in the
+        order the command records it (for the run record; :func:`avsslib.options.command_line`)."""
+        from avsslib.options import command_line
+
+        return command_line("mitigate", self)
 
 
 @dataclass

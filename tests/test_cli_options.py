@@ -110,15 +110,16 @@ def test_quiet_disables_every_progress_bar_for_the_command_only(monkeypatch):
 
 
 def test_study_quick_keeps_explicit_calibration_sizes():
-    from avsslib.cli.study import _option
+    from avsslib.cli.study import config_from_args
 
-    parser = build_parser()
-    quick = parser.parse_args(["study", "--out", "x", "--quick"])
-    assert _option(quick, "n") == 16 and _option(quick, "seq_len") == 64
-    explicit = parser.parse_args(["study", "--out", "x", "--quick", "--n", "64"])
-    assert _option(explicit, "n") == 64 and _option(explicit, "seq_len") == 64
-    full = parser.parse_args(["study", "--out", "x"])
-    assert _option(full, "n") == 64 and _option(full, "seq_len") == 128
+    def sizes(*extra):
+        config = config_from_args(build_parser().parse_args(["study", "--out", "x", *extra]))
+        resolved = config.resolved()
+        return resolved.n, resolved.seq_len
+
+    assert sizes("--quick") == (16, 64)
+    assert sizes("--quick", "--n", "64") == (64, 64)
+    assert sizes() == (64, 128)
 
 
 def test_score_default_is_one_statistics_pass():

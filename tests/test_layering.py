@@ -13,10 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "avsslib"
 
-#: modules allowed to import ``avsslib.cli``: the ``python -m avsslib`` entry point, and (an
-#: explicit exception until its stages call library pipelines instead of ``avss`` argument
-#: lists) the reproduction driver
-CLI_IMPORTERS_ALLOWED = {"avsslib.__main__", "avsslib.reproduce"}
+#: modules allowed to import ``avsslib.cli``: the ``python -m avsslib`` entry point only
+CLI_IMPORTERS_ALLOWED = {"avsslib.__main__"}
 
 #: the ground floor (DESIGN.md): imports nothing of avsslib but these
 GROUND_FLOOR = {"avsslib.errors": set(), "avsslib.paths": set(), "avsslib.fs": {"avsslib.errors"}}

@@ -1,4 +1,4 @@
-"""The library pipelines behind ``avss hallucination`` and ``avss mitigate``: their
+"""The library pipelines behind ``avss study``, ``avss hallucination`` and ``avss mitigate``: their
 configurations carry exactly the command's options, and the command only maps arguments to a
 configuration (the runs themselves are compared with the committed digest in
 test_reproduce_digest.py)."""
@@ -14,6 +14,7 @@ import pytest
 from avsslib.errors import ConfigError
 from avsslib.hallucination import HallucinationConfig
 from avsslib.mitigation import MitigationConfig
+from avsslib.study_config import StudyConfig
 
 
 def _dests(module) -> set[str]:
@@ -23,7 +24,12 @@ def _dests(module) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("command", "config"), [("hallucination", HallucinationConfig), ("mitigate", MitigationConfig)]
+    ("command", "config"),
+    [
+        ("hallucination", HallucinationConfig),
+        ("mitigate", MitigationConfig),
+        ("study", StudyConfig),
+    ],
 )
 def test_config_fields_are_the_command_options(command, config):
     import importlib
@@ -38,6 +44,29 @@ def test_config_fields_are_the_command_options(command, config):
     defaults = config(out=Path("runs/x"))
     assert dataclasses.replace(built, command=None) == dataclasses.replace(defaults, command=None)
     assert built.command.startswith(f"avss {command} ")
+    # the library spells a configuration as the command records it: same options, same order
+    assert built.describe() == built.command
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["study", "--quick", "--n", "32", "--sweep-fractions", "0.25", "--no-faithful-eval"],
+        ["study", "--device", "cpu", "--tasks", "sciq_mc", "--ppl-stride", "64", "--seed", "42"],
+        ["hallucination", "--datasets", "truthfulqa", "--probe", "--folds", "2", "--k", "3"],
+        ["mitigate", "--layers", "3,7", "--mode", "avss", "--full-params", "--lr", "0.001"],
+    ],
+)
+def test_library_command_line_is_the_commands(argv):
+    """A run started from the library records the command line ``avss`` would record."""
+    import importlib
+
+    from avsslib.cli import build_parser
+
+    args = build_parser().parse_args([*argv, "--out", "runs/x"])
+    module = importlib.import_module(f"avsslib.cli.{argv[0]}")
+    config = module.config_from_args(args)
+    assert dataclasses.replace(config, command=None).describe() == config.command
 
 
 def test_config_validation_names_the_option():

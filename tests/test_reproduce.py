@@ -1,8 +1,10 @@
 """The reproduction driver: stage planning, resume (skip finished stages), summaries.
 
-The stages themselves are the ``avss`` commands tested elsewhere; here ``avsslib.cli.main`` is
-replaced by a recorder that writes each stage's finished marker, so the driver's own logic is
-tested in milliseconds.
+The stages themselves are the library pipelines tested elsewhere; here the driver's one step that
+runs them, ``avsslib.reproduce.execute``, is replaced by a recorder that sees each stage's
+recorded ``avss`` command line and writes its finished marker, so the driver's own logic is
+tested in milliseconds. Each stage's configuration is held to the one ``avss`` would build from
+that command line.
 """
 
 from __future__ import annotations
@@ -14,7 +16,24 @@ import pandas as pd
 import pytest
 
 from avsslib import reproduce as rp
+from avsslib import reproduce_plan
 from avsslib.errors import ConfigError
+
+
+def _executor(main):
+    """An ``execute(stage)`` that hands the stage's argv to ``main`` (an ``avss``-like callable
+    returning an exit status) and raises for a nonzero one, as a failing pipeline would."""
+
+    def execute(stage):
+        code = main(stage.argv)
+        if code:
+            raise ConfigError(f"exit status {code}")
+
+    return execute
+
+
+def _use(monkeypatch, main):
+    monkeypatch.setattr(rp, "execute", _executor(main))
 
 
 def _eavss_dir(root: Path) -> None:
@@ -32,7 +51,7 @@ def _eavss_dir(root: Path) -> None:
 
 
 class Recorder:
-    """Stands in for ``avsslib.cli.main``: records argv, writes the stage's finished marker."""
+    """Stands in for the pipelines: records argv, writes the stage's finished marker."""
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.calls: list[list[str]] = []
@@ -92,7 +111,7 @@ def _label_reader(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
     _label_reader(monkeypatch)
     rec = Recorder()
-    monkeypatch.setattr("avsslib.cli.main", rec)
+    _use(monkeypatch, rec)
     scale = rp.SCALES["ci"]
     log = rp.reproduce(
         "smollm2-135m",
@@ -135,7 +154,7 @@ def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
 
     # a second run finds everything finished and runs nothing
     rec2 = Recorder()
-    monkeypatch.setattr("avsslib.cli.main", rec2)
+    _use(monkeypatch, rec2)
     rp.reproduce(
         "smollm2-135m",
         tmp_path,
@@ -150,13 +169,13 @@ def test_full_pipeline_order_resume_and_summary(tmp_path, monkeypatch):
 def test_interrupted_run_resumes_the_missing_stages(tmp_path, monkeypatch):
     _label_reader(monkeypatch)
     rec = Recorder(fail_on="random")
-    monkeypatch.setattr("avsslib.cli.main", rec)
+    _use(monkeypatch, rec)
     with pytest.raises(ConfigError, match="mitigate truthfulqa random seed 0"):
         rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False)
     log = json.loads((tmp_path / "m" / "reproduce.json").read_text())
     assert log["stages"]["mitigate truthfulqa random seed 0"]["status"].startswith("failed")
     rec2 = Recorder()
-    monkeypatch.setattr("avsslib.cli.main", rec2)
+    _use(monkeypatch, rec2)
     rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False)
     assert [(c[0], c[c.index("--mode") + 1] if "--mode" in c else None) for c in rec2.calls] == [
         ("mitigate", "random")
@@ -176,7 +195,7 @@ def test_drop_weights_and_checkpoint_resume_flag(tmp_path, monkeypatch):
             (Path(argv[argv.index("--out") + 1]) / "trained_layers.safetensors").write_bytes(b"w")
         return code
 
-    monkeypatch.setattr("avsslib.cli.main", main)
+    _use(monkeypatch, main)
     rp.reproduce(
         "m", tmp_path, "ci", device="cpu", progress=False, overrides={"keep_weights": False}
     )
@@ -196,7 +215,7 @@ def test_missing_prone_layers_and_bad_scale_are_clear(tmp_path):
     (tmp_path / "eavss").mkdir()
     (tmp_path / "eavss" / "prone_layers.json").write_text(json.dumps({"prone": {"sciq": {}}}))
     with pytest.raises(ConfigError, match="no prone layers for dataset 'truthfulqa'"):
-        rp._prone_layers(tmp_path / "eavss", "truthfulqa", "P", None)
+        reproduce_plan._prone_layers(tmp_path / "eavss", "truthfulqa", "P", None)
 
 
 def test_wikiqa_mitigation_trains_on_its_train_split(tmp_path, monkeypatch):
@@ -227,14 +246,14 @@ def test_model_slug():
 
 def test_finished_stage_with_other_settings_is_refused(tmp_path, monkeypatch):
     _label_reader(monkeypatch)
-    monkeypatch.setattr("avsslib.cli.main", Recorder())
+    _use(monkeypatch, Recorder())
     rp.reproduce("m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
     assert (
         json.loads((tmp_path / "m" / "avss" / rp.STAGE_SETTINGS).read_text())["argv"][0] == "study"
     )
     # the same settings on another device: still finished, nothing runs
     rec = Recorder()
-    monkeypatch.setattr("avsslib.cli.main", rec)
+    _use(monkeypatch, rec)
     rp.reproduce("m", tmp_path, "ci", device="cuda", progress=False, stages=("study",))
     assert rec.calls == []
     with pytest.raises(ConfigError, match=r"other settings .*--sweep-fractions"):
@@ -245,7 +264,7 @@ def test_finished_stage_with_other_settings_is_refused(tmp_path, monkeypatch):
             device="cpu",
             progress=False,
             stages=("study",),
-            overrides={"study": ("--quick", "--sweep-fractions", "0.5")},
+            overrides={"study": {"quick": True, "sweep_fractions": (0.5,)}},
         )
     with pytest.raises(ConfigError, match="-> other/m"):  # a second model, same folder
         rp.reproduce("other/m", tmp_path, "ci", device="cpu", progress=False, stages=("study",))
@@ -340,7 +359,7 @@ class FoldRecorder(Recorder):
 def test_fold_protocol_stages_and_pooled_comparison(tmp_path, monkeypatch, data_dir):
     _label_reader(monkeypatch)
     rec = FoldRecorder()
-    monkeypatch.setattr("avsslib.cli.main", rec)
+    _use(monkeypatch, rec)
     scale = rp.replace(rp.SCALES["ci"], folds=2, modes=("eavss", "probe", "random"), seeds=(0, 1))
     rp.reproduce("smollm2-135m", tmp_path, scale, device="cpu", progress=False)
     names = [c[0] for c in rec.calls]
@@ -376,3 +395,80 @@ def test_fold_protocol_stages_and_pooled_comparison(tmp_path, monkeypatch, data_
             device="cpu",
             dtype="float32",
         )
+
+
+def _cli_config(argv):
+    """The configuration ``avss`` builds from a stage's argv, its command line aside."""
+    import dataclasses
+    import importlib
+
+    from avsslib.cli import build_parser
+
+    module = importlib.import_module(f"avsslib.cli.{argv[0]}")
+    config = module.config_from_args(build_parser().parse_args(argv))
+    return dataclasses.replace(config, command=None), config.command
+
+
+@pytest.mark.parametrize("name", ["ci", "book", "full", "folds"])
+def test_each_stage_runs_the_configuration_of_its_recorded_command_line(
+    tmp_path, monkeypatch, data_dir, name
+):
+    """What runs (the stage's configuration) is what ``reproduce.json`` says ran: the config
+    ``avss`` builds from the recorded argv, and the run record's command line the same."""
+    _label_reader(monkeypatch)
+    if name == "folds":
+        scale = rp.replace(rp.SCALES["ci"], folds=2, modes=("eavss", "probe", "random", "avss"))
+        rec = FoldRecorder()
+    else:
+        scale = rp.replace(rp.SCALES[name], modes=rp.MODES, mitigation_datasets=("truthfulqa",))
+        rec = Recorder()
+    for device in ("cpu", None):
+        results = tmp_path / str(device)
+        stages = rp.plan("smollm2-135m", results, scale, device=device, dtype="bfloat16")
+        for stage in stages:  # writes what the mitigation planning reads
+            if stage.name in ("hallucination", "hallucination folds"):
+                rec(stage.argv)
+        stages += rp.mitigation_stages(
+            "smollm2-135m", results, scale, device=device, dtype="bfloat16"
+        )
+        assert {s.command for s in stages} == {"study", "hallucination", "mitigate"}
+        for stage in stages:
+            config, command = _cli_config(stage.argv)
+            assert stage.config == config, stage.name
+            assert stage.config.describe() == command, stage.name
+
+
+def test_study_args_become_study_options():
+    from avsslib.cli.reproduce import study_options
+
+    assert study_options("--n-eval 300 --quick --sweep-fractions 0.1,0.5") == {
+        "n_eval": 300,
+        "quick": True,
+        "sweep_fractions": (0.1, 0.5),
+    }
+    with pytest.raises(ConfigError, match="--out"):
+        study_options("--out elsewhere")
+    with pytest.raises(ConfigError, match="--bogus"):
+        study_options("--bogus 1")
+    scale = rp.replace(rp.SCALES["full"], study={**rp.SCALES["full"].study, "n_eval": 300})
+    assert scale.study_argv() == ["--n-eval", "300"]
+
+
+def test_execute_runs_the_library_pipeline_under_the_results_lock(tmp_path, monkeypatch):
+    import avsslib.study as study
+    from avsslib.fs import results_lock
+
+    seen = []
+
+    def fake(config):
+        seen.append(config)
+        with pytest.raises(ConfigError):  # the stage's folder is locked while it runs
+            with results_lock(config.out):
+                pass
+
+    monkeypatch.setattr(study, "pruning_study", fake)
+    stage = rp.plan("m", tmp_path, rp.SCALES["ci"], device="cpu", dtype="float32")[0]
+    rp.execute(stage)
+    assert seen == [stage.config] and seen[0].out == tmp_path / "m" / "avss"
+    with pytest.raises(TypeError, match="no pipeline"):
+        rp.execute(rp.Stage("odd", ["odd"], tmp_path / "x", config=rp.replace(rp.SCALES["ci"])))

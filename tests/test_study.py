@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -12,11 +13,13 @@ import torch
 
 from avsslib.calibration import calibration_batches, calibration_set
 from avsslib.errors import ConfigError
+from avsslib.prune import pruned_view
 from avsslib.study import (
+    StudyConfig,
+    StudyResult,
     layer_scores,
     load_study,
     primary_metric_rows,
-    pruned_view,
     pruning_study,
     rank_layers,
     score_agreement,
@@ -254,33 +257,57 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(ev, "evaluate", counting)
-    kwargs = dict(
-        out_dir=tmp_path,
+    config = StudyConfig(
+        out=tmp_path,
+        model="smollm2-135m",
+        seed=42,
+        quiet=True,
         tasks=("sciq_mc", "wikitext2_ppl"),
         n_eval=4,
-        calib=dict(n=8, seq_len=32),
+        n=8,
+        seq_len=32,
         scores=("avss", "tail"),
-        evaluate_faithful=False,
+        no_faithful_eval=True,
         sweep_fractions=(0.25, 0.5),
         sweep_scores=("avss",),
         ppl_window=32,
         ppl_stride=32,
         n_boot=50,
-        progress=False,
-        loaded=smol,
     )
+    model, tokenizer = smol
     try:
-        first = pruning_study("smollm2-135m", **kwargs)
+        first = pruning_study(config, model=model, tokenizer=tokenizer)
         n_calls = len(calls)
         mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()}
-        second = pruning_study("smollm2-135m", **kwargs)
+        # the former keyword form: the same study, read back, with a DeprecationWarning
+        with pytest.warns(DeprecationWarning, match="StudyConfig"):
+            second = pruning_study(
+                "smollm2-135m",
+                out_dir=tmp_path,
+                tasks=("sciq_mc", "wikitext2_ppl"),
+                n_eval=4,
+                calib=dict(n=8, seq_len=32),
+                scores=("avss", "tail"),
+                evaluate_faithful=False,
+                sweep_fractions=(0.25, 0.5),
+                sweep_scores=("avss",),
+                ppl_window=32,
+                ppl_stride=32,
+                n_boot=50,
+                progress=False,
+                loaded=smol,
+            )
+        with pytest.warns(DeprecationWarning, match=r"\.status"):
+            assert second["status"] == second.status
         # tables of a partial run: a new sweep point is not evaluated, only reported missing
         partial_dir = tmp_path / "partial"
         shutil.copytree(tmp_path, partial_dir, ignore=shutil.ignore_patterns("record.*"))
         third = pruning_study(
-            "smollm2-135m",
-            **{**kwargs, "out_dir": partial_dir, "sweep_fractions": (0.25, 0.5, 0.1)},
-            evaluate_missing=False,
+            dataclasses.replace(
+                config, out=partial_dir, sweep_fractions=(0.25, 0.5, 0.1), no_new_evals=True
+            ),
+            model=model,
+            tokenizer=tokenizer,
         )
     finally:  # set_seed's deterministic-kernels switch is process-wide
         torch.use_deterministic_algorithms(False)
@@ -301,22 +328,22 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         "figures/sweep.png",
     ):
         assert (tmp_path / name).is_file(), name
-    configs = first["configs"]
+    configs = first.configs
     assert set(mtimes) == {f"{c}.json" for c in configs}
     assert configs["avss-count"] == configs["sweep-avss-0.25"] and len(configs["avss-count"]) == 8
     assert len(configs["sweep-avss-0.5"]) == 15 and configs["tail-count"] == list(range(22, 30))
     # one evaluation per distinct set of pruned layers, the unpruned model first
     distinct = {tuple(v) for v in configs.values()}
     assert n_calls == len(distinct) and calls[0] == 30
-    assert first["status"]["sweep-avss-0.25"] == "reused"
+    assert first.status["sweep-avss-0.25"] == "reused"
     # the second call evaluates nothing and rewrites no evaluation file
-    assert len(calls) == n_calls and set(second["status"].values()) == {"cached"}
-    assert second["timing"]["stats"] == "cached"
+    assert len(calls) == n_calls and set(second.status.values()) == {"cached"}
+    assert second.timing["stats"] == "cached"
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()} == mtimes
-    pd.testing.assert_frame_equal(first["retention"], second["retention"])
+    pd.testing.assert_frame_equal(first.retention, second.retention)
 
-    assert len(calls) == n_calls and third["status"]["sweep-avss-0.1"] == "missing"
-    assert "sweep-avss-0.1" not in set(third["retention"]["config"])
+    assert len(calls) == n_calls and third.status["sweep-avss-0.1"] == "missing"
+    assert "sweep-avss-0.1" not in set(third.retention["config"])
     assert (partial_dir / "record.partial.json").is_file() and not (
         partial_dir / "record.json"
     ).exists()
@@ -331,7 +358,7 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
     assert ppl["n"] == 4 and ppl["n_pruned"] == 8
     assert set(study["sweep"]["fraction"]) == {0.25, 0.5}
     assert set(study["agreement"]["kind"]) == {"scores", "mode", "seed", "calibration"}
-    assert study["layer_stats"]["rank_avss"].tolist() == first["layer_stats"]["rank_avss"].tolist()
+    assert study["layer_stats"]["rank_avss"].tolist() == first.layer_stats["rank_avss"].tolist()
     rows = study["selections"].set_index(["stats", "score", "rule"])
     assert rows.loc[("fixed", "avss", "count"), "layers"] == configs["avss-count"]
     assert rows.loc[("faithful", "tail", "count"), "n_pruned"] == 8
@@ -348,3 +375,80 @@ def test_pruning_study_end_to_end_and_resumes(smol, data_dir, tmp_path, monkeypa
         record["model"]["num_layers"] == 30
         and "sciq/llm-adapters_sciq_test_mc4.json" in record["data_files"]
     )
+
+
+# ---------------------------------------------------------------- the study's configuration
+
+
+@pytest.mark.parametrize(
+    ("changes", "option", "fix"),
+    [
+        ({"tasks": ("nope",)}, "--tasks", "choose among"),
+        ({"tasks": ()}, "--tasks", "none given"),
+        ({"dtype": "int8"}, "--dtype", "choose one of"),
+        ({"scores": ("avss", "nope")}, "--scores", "registered scores"),
+        ({"sweep_scores": ("angular",), "scores": ("avss",)}, "--sweep-scores", "add them"),
+        ({"fraction": 1.0}, "--fraction", "strictly between 0 and 1"),
+        ({"sweep_fractions": (0.25, 0.0)}, "--sweep-fractions", "strictly between 0 and 1"),
+        ({"agreement_calibs": ("sst2",)}, "--agreement-calibs", "NAME:SPLIT"),
+        ({"eps": 0.0}, "--eps", "positive number"),
+        ({"n": 0}, "--n", "positive integer"),
+        ({"n_eval": 0}, "--n-eval", "positive integer"),
+        ({"ppl_stride": 0}, "--ppl-stride", "positive integer"),
+        ({"seed": -1}, "--seed", "from 0 to 2\\*\\*32 - 1"),
+        ({"agreement_seeds": (0, 2**32)}, "--agreement-seeds", "from 0 to 2\\*\\*32 - 1"),
+    ],
+)
+def test_study_config_validate_names_the_option_and_the_fix(tmp_path, changes, option, fix):
+    config = StudyConfig(out=tmp_path, **changes)
+    with pytest.raises(ConfigError, match=f"^{option}[ :].*{fix}"):
+        config.validate()
+
+
+def test_study_config_presets_and_command_line(tmp_path):
+    full = StudyConfig(out=tmp_path).validate()
+    assert full.n == 64 and full.seq_len == 128 and "ppl_removal" in full.scores
+    quick = StudyConfig(out=tmp_path, quick=True, n=32).validate()
+    assert quick.n == 32 and quick.seq_len == 16 * 4 and quick.n_eval == 20
+    assert "ppl_removal" not in quick.scores and quick.ppl_stride is None
+    assert quick.calib_spec() == {
+        "name": "wikitext2",
+        "split": "validation",
+        "n": 32,
+        "seq_len": 64,
+        "batch_size": 8,
+        "seed": 0,
+    }
+    line = StudyConfig(out=tmp_path, quick=True, no_faithful_eval=True).describe()
+    assert line.startswith(f"avss study --model smollm2-135m --out {tmp_path} --dtype float32")
+    assert " --quick --tasks sciq_mc,wikitext2_ppl --n-eval 20 " in line
+    assert "--no-faithful-eval" in line and "--ppl-stride" not in line
+
+
+def test_study_result_kinds_pick_the_main_rows(tmp_path):
+    retention = pd.DataFrame(
+        {
+            "config": ["original", "avss-count", "sweep-avss-0.25"],
+            "task": ["sciq_mc"] * 3,
+            "metric": ["acc"] * 3,
+        }
+    )
+    result = StudyResult(
+        out=tmp_path,
+        fraction=0.25,
+        layer_stats=None,
+        layer_stats_faithful=None,
+        selections={},
+        configs={},
+        kinds={"original": "original", "avss-count": "main", "sweep-avss-0.25": "sweep"},
+        retention=retention,
+        sweep=None,
+        agreement=None,
+        status={"original": "cached", "avss-count": "missing"},
+        timing={},
+        record={},
+    )
+    assert result.main_retention()["config"].tolist() == ["original", "avss-count"]
+    assert result.missing() == ["avss-count"]
+    with pytest.warns(DeprecationWarning), pytest.raises(KeyError):
+        result["nope"]

@@ -21,13 +21,13 @@ import os
 import platform
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from avsslib import __version__
 from avsslib.errors import AvssError
+from avsslib.progress import no_progress_bars as _no_progress_bars
 
 COMMANDS: tuple[str, ...] = (
     "models",
@@ -58,31 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _lock_out=getattr(module, "LOCK_OUT", False))
     return parser
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """Within the block every tqdm bar is disabled, whoever creates it (ours, the harness's,
-    transformers'), and child processes inherit ``TQDM_DISABLE=1``."""
-    from tqdm import std
-
-    original = std.tqdm.__init__
-
-    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
-        original(self, *args, **kwargs)
-
-    saved = os.environ.get("TQDM_DISABLE")
-    std.tqdm.__init__ = quiet_init
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        std.tqdm.__init__ = original
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
 
 
 def _environment() -> list[str]:

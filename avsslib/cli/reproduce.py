@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from avsslib.cli.common import DTYPES, parse_list, resolve_device
 
@@ -83,6 +84,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no stage progress lines")
 
 
+def study_options(text: str) -> dict[str, Any]:
+    """``--study-args`` (``avss study`` options) as :class:`~avsslib.study_config.StudyConfig`
+    field values: ``"--n-eval 300 --quick"`` -> ``{"n_eval": 300, "quick": True}``."""
+    import shlex
+
+    from avsslib.cli import study
+    from avsslib.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog="avss study", add_help=False)
+    study.add_arguments(parser)
+    tokens = shlex.split(text)
+    given = []
+    for token in tokens:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=")[0])
+            if action is None or action.dest in ("out", "model", "device", "dtype"):
+                raise ConfigError(
+                    f"--study-args: {token!r} is not an option of avss study that a stage "
+                    "may set (--model, --out, --device and --dtype are the driver's)."
+                )
+            given.append(action.dest)
+    try:
+        args = parser.parse_args(["--out", "unused", *tokens])
+    except SystemExit:
+        raise ConfigError(f"--study-args {text!r}: not valid avss study options.") from None
+    config = study.config_from_args(args)
+    return {dest: getattr(config, dest) for dest in dict.fromkeys(given)}
+
+
 def run(args: argparse.Namespace) -> int:
     from avsslib.errors import ConfigError
     from avsslib.reproduce import MODES, reproduce
@@ -103,11 +133,9 @@ def run(args: argparse.Namespace) -> int:
             parse_list(args.mitigation_datasets, "--mitigation-datasets")
         )
     if args.study_args:
-        import shlex
-
         from avsslib.reproduce import SCALES
 
-        overrides["study"] = (*SCALES[args.scale].study, *shlex.split(args.study_args))
+        overrides["study"] = {**SCALES[args.scale].study, **study_options(args.study_args)}
     for name in ("hallucination_n", "n_train", "n_eval"):
         value = getattr(args, name)
         if value is not None:

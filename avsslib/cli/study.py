@@ -12,12 +12,15 @@ configurations already evaluated are read back, not recomputed.
 ``--quick`` is a smoke run in minutes on a CPU: 20 examples of ``sciq_mc`` and
 ``wikitext2_ppl`` (128-token windows), 16 calibration texts of 64 tokens, no ``ppl_removal``
 score, sweep at 0.25 and 0.5. Options given explicitly override it.
+
+The command maps its arguments to a :class:`avsslib.study_config.StudyConfig` (the fields are
+its options), calls :func:`avsslib.study.pruning_study` and prints the main retention table.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from avsslib.cli.common import (
     CALIBRATION_DEFAULTS,
@@ -27,24 +30,22 @@ from avsslib.cli.common import (
     command_line,
     given,
     parse_list,
-    resolve_device,
 )
-from avsslib.study import DEFAULT_AGREEMENT_CALIBS, DEFAULT_SCORES
+from avsslib.study_config import DEFAULT_AGREEMENT_CALIBS, PRESETS
+
+if TYPE_CHECKING:
+    from avsslib.study_config import StudyConfig
 
 HELP = "run the AVSS pruning study: scores, selections, evaluation, retention, figures, record"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
-# Defaults of the options left as None by the parser: (full study, --quick).
-_DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "tasks": ("wikitext2_ppl,sst2,sciq_mc,triviaqa_em", "sciq_mc,wikitext2_ppl"),
-    "n_eval": (200, 20),
-    "n": (CALIBRATION_DEFAULTS["n"], 16),
-    "seq_len": (CALIBRATION_DEFAULTS["seq_len"], 64),
-    "scores": (",".join(DEFAULT_SCORES), ",".join(s for s in DEFAULT_SCORES if s != "ppl_removal")),
-    "sweep_fractions": ("0.1,0.2,0.25,0.3,0.4,0.5", "0.25,0.5"),
-    "ppl_window": (512, 128),
-    "n_boot": (1000, 200),
-}
+#: the options whose default is the preset's (:data:`avsslib.study_config.PRESETS`)
+PRESET_SIZES = tuple(PRESETS["full"])
+
+
+def _preset(name: str) -> str:
+    value = PRESETS["full"][name]
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,17 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small smoke-run sizes (see module help)"
     )
-    parser.add_argument("--tasks", help=f"comma-separated tasks (default {_DEFAULTS['tasks'][0]})")
+    parser.add_argument("--tasks", help=f"comma-separated tasks (default {_preset('tasks')})")
     parser.add_argument(
         "--n-eval", type=int, help="examples per task (default 200; windows for wikitext2_ppl)"
     )
     parser.add_argument(
         "--fraction", type=float, default=0.25, help="main pruned share (default 0.25)"
     )
-    parser.add_argument(
-        "--scores", help=f"comma-separated scores (default {_DEFAULTS['scores'][0]})"
-    )
-    parser.add_argument("--sweep-fractions", help=f"default {_DEFAULTS['sweep_fractions'][0]}")
+    parser.add_argument("--scores", help=f"comma-separated scores (default {_preset('scores')})")
+    parser.add_argument("--sweep-fractions", help=f"default {_preset('sweep_fractions')}")
     parser.add_argument(
         "--sweep-scores",
         default="avss,block_influence,random",
@@ -105,72 +104,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default 1000)")
 
 
-def _option(args: argparse.Namespace, name: str) -> Any:
-    value = getattr(args, name)
-    if name in CALIBRATION_DEFAULTS:  # the parser filled in the full-study default
-        return _DEFAULTS[name][1] if args.quick and not given(args, name) else value
-    return value if value is not None else _DEFAULTS[name][1 if args.quick else 0]
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The :class:`~avsslib.study_config.StudyConfig` of these options: an option left alone
+    stays ``None`` where the preset (full or ``--quick``) decides its value; the record keeps
+    the command line with the preset's values filled in."""
+    import dataclasses
 
+    from avsslib.study_config import StudyConfig
 
-def _agreement_calibs(value: str) -> list[dict[str, str]]:
-    from avsslib.errors import ConfigError
-
-    out = []
-    for item in parse_list(value, "--agreement-calibs"):
-        name, sep, split = item.partition(":")
-        if not sep or not name or not split:
-            raise ConfigError(
-                f"--agreement-calibs item {item!r}: write NAME:SPLIT, e.g. sst2:validation."
-            )
-        out.append({"name": name, "split": split})
-    return out
+    check_numbers(args)
+    lists = {
+        "tasks": ("--tasks", str),
+        "scores": ("--scores", str),
+        "sweep_fractions": ("--sweep-fractions", float),
+        "sweep_scores": ("--sweep-scores", str),
+        "agreement_calibs": ("--agreement-calibs", str),
+        "agreement_seeds": ("--agreement-seeds", int),
+    }
+    values = {}
+    for f in dataclasses.fields(StudyConfig):
+        if f.name == "command":
+            continue
+        value = getattr(args, f.name)
+        if f.name in lists and value is not None:
+            value = tuple(parse_list(value, *lists[f.name]))
+        if f.name in CALIBRATION_DEFAULTS and f.name in PRESET_SIZES and not given(args, f.name):
+            value = None  # the parser's full-study default: the preset decides
+        values[f.name] = value
+    config = StudyConfig(**values)
+    resolved = config.resolved()
+    for name in PRESET_SIZES:  # record the values actually used
+        if values[name] is not None:
+            continue
+        value = getattr(resolved, name)
+        setattr(args, name, ",".join(map(str, value)) if isinstance(value, tuple) else value)
+    return dataclasses.replace(config, command=command_line("study", args))
 
 
 def run(args: argparse.Namespace) -> int:
-    from avsslib.protocol import is_sweep
-    from avsslib.study import primary_metric_rows, pruning_study
+    from avsslib.study import pruning_study
 
-    for name in _DEFAULTS:  # record the values actually used
-        setattr(args, name, _option(args, name))
-    check_numbers(args)
-    window = int(args.ppl_window)
-    result = pruning_study(
-        args.model,
-        out_dir=args.out,
-        tasks=parse_list(args.tasks, "--tasks"),
-        n_eval=args.n_eval,
-        calib={
-            "name": args.calib,
-            "split": args.calib_split,
-            "n": args.n,
-            "seq_len": args.seq_len,
-            "seed": args.calib_seed,
-        },
-        fraction=args.fraction,
-        scores=parse_list(args.scores, "--scores"),
-        sweep_fractions=parse_list(args.sweep_fractions, "--sweep-fractions", float),
-        sweep_scores=parse_list(args.sweep_scores, "--sweep-scores"),
-        agreement_calibs=_agreement_calibs(args.agreement_calibs),
-        agreement_seeds=parse_list(args.agreement_seeds, "--agreement-seeds", int),
-        evaluate_faithful=not args.no_faithful_eval,
-        evaluate_missing=not args.no_new_evals,
-        seed=args.seed,
-        eps=args.eps,
-        device=resolve_device(args.device),
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        ppl_window=window,
-        ppl_stride=args.ppl_stride if args.ppl_stride is not None else window,
-        num_fewshot=args.num_fewshot,
-        n_boot=args.n_boot,
-        progress=not args.quiet,
-        command=command_line("study", args),
-        trust_remote_code=getattr(args, "trust_remote_code", False),
-    )
-    main = result["retention"]
-    main = main[(main["fraction"] == args.fraction) | (main["config"] == "original")]
-    main = primary_metric_rows(main[~is_sweep(main["config"])])
+    result = pruning_study(config_from_args(args))
     columns = [
         "config",
         "n_pruned",
@@ -182,10 +156,11 @@ def run(args: argparse.Namespace) -> int:
         "ci_low",
         "ci_high",
     ]
+    main = result.main_retention()
     print(main[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    timing = result["timing"]
+    timing = result.timing
     counts = {
-        s: list(result["status"].values()).count(s)
+        s: list(result.status.values()).count(s)
         for s in ("evaluated", "reused", "cached", "missing")
     }
     print(
