@@ -837,3 +837,57 @@ def stage_cost_bars(costs: pandas.DataFrame) -> Figure:  # noqa: F821
     ax.grid(axis="y", visible=False)
     fig.legend(loc="outside lower center", ncols=min(3, len(devices)), title="device")
     return fig
+
+
+def mode_differences(rows: pandas.DataFrame, *, baseline: str = "random layers") -> Figure:  # noqa: F821
+    """Dot-and-interval plot of each mode minus ``baseline``, one panel per task and metric.
+
+    ``rows``: one row per mode and task with columns ``label`` (the task and metric in words, one
+    panel each), ``name`` (the mode in words, one row of dots each, top to bottom in the frame's
+    order), ``mode`` (``full`` is drawn in a second colour and marker: it trains every layer, so
+    it is no layer choice), ``vs_random``, ``vs_random_ci_low``, ``vs_random_ci_high`` (fractions;
+    drawn in percentage points) and ``n`` (questions, in the title); as
+    :func:`avsslib.results.layer_choices` returns them. A vertical line marks zero (no
+    difference)."""
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(rows["label"]))
+    names = list(dict.fromkeys(rows["name"]))
+    fig, axes = plt.subplots(
+        1,
+        len(labels),
+        figsize=(3.6 * len(labels) + 1.6, 0.55 * len(names) + 1.6),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    choice, other = colors(2)
+    for ax, label in zip(axes[0], labels, strict=True):
+        part = rows[rows["label"] == label]
+        for r in part.itertuples():
+            y = names.index(r.name)
+            value, low, high = (
+                100 * float(v) for v in (r.vs_random, r.vs_random_ci_low, r.vs_random_ci_high)
+            )
+            full = r.mode == "full"
+            ax.errorbar(
+                value,
+                y,
+                xerr=[[max(value - low, 0)], [max(high - value, 0)]],
+                fmt="s" if full else "o",
+                color=other if full else choice,
+                capsize=4,
+            )
+        ax.axvline(0, color="0.3", linewidth=1)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", visible=False)
+    fig.supxlabel(f"mode − {baseline} (percentage points)", fontsize=11)
+    axes[0][0].set_yticks(range(len(names)), names)
+    axes[0][0].set_ylim(len(names) - 0.5, -0.5)
+    n = sorted({int(v) for v in rows["n"]})
+    paired = f", paired over {n[0]:,} questions" if len(n) == 1 else ", paired over questions"
+    fig.suptitle(
+        f"Score of each mode minus {baseline}{paired} (dot: mean; bar: 95% interval)",
+        fontsize=11,
+    )
+    return fig

@@ -618,6 +618,137 @@ def prone_minus_random(
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------- k-fold layer-choice controls
+
+
+def _fold_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Every k-fold run file under ``root`` with its modification time and size: a change of
+    any of them changes the key of the cached comparison."""
+    files = sorted(root.glob("*/mitigation-*fold/*/*-seed*-fold*/metrics.json"))
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+
+
+@lru_cache(maxsize=8)
+def _fold_table(root: str, signature: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
+    from avsslib.beyond import fold_comparison
+
+    return fold_comparison(root)
+
+
+def fold_table(root: str | Path) -> pd.DataFrame:
+    """:func:`avsslib.beyond.fold_comparison` of ``root`` (its default resamples and seed),
+    computed once per results root and set of run files (keyed by resolved path, modification
+    times and sizes) and returned as a copy: the verdicts, findings and chapters read it many
+    times and its bootstrap takes most of a second."""
+    root = Path(root).resolve()
+    return _fold_table(str(root), _fold_signature(root)).copy()
+
+
+def layer_choices(root: str | Path, model: str) -> pd.DataFrame:
+    """Every mode of ``model``'s k-fold mitigation runs against random layers on each task's
+    primary metric (:data:`PRIMARY`): the rows of :func:`fold_table` without ``random`` itself,
+    layer choices (:data:`avsslib.beyond.LAYER_CHOICES`) first, then full fine-tuning, with
+    ``name`` (the mode in words), ``label`` (task and metric in words) and ``why`` (the base
+    score is uninformative, else ``None``) added."""
+    from avsslib.beyond import LAYER_CHOICES
+
+    table = fold_table(root)
+    if table.empty:
+        return table
+    order = {m: i for i, m in enumerate((*LAYER_CHOICES, "full"))}
+    table = table[(table["model"] == model) & (table["mode"] != "random") & primary_mask(table)]
+    table = table.assign(
+        name=[MODE_NAMES.get(m, m) for m in table["mode"]],
+        label=[task_name(t, m) for t, m in zip(table["task"], table["metric"], strict=True)],
+        why=[
+            uninformative(t, m, b)
+            for t, m, b in zip(table["task"], table["metric"], table["before"], strict=True)
+        ],
+        _order=[order.get(m, len(order)) for m in table["mode"]],
+    )
+    return (
+        table.sort_values(["dataset", "task", "metric", "_order"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def layer_choice_table(root: str | Path, model: str) -> pd.DataFrame:
+    """:func:`layer_choices` for the page: one row per mode (in words, with its seeds), one
+    column per task and metric with the difference from random layers and its paired 95%
+    interval in percentage points."""
+    from avsslib.plots import fmt_ci
+
+    rows = layer_choices(root, model)
+    if rows.empty:
+        return pd.DataFrame(columns=["mode", "seeds"])
+    rows = rows.assign(
+        cell=[
+            fmt_ci(r.vs_random, r.vs_random_ci_low, r.vs_random_ci_high, kind="pp")
+            for r in rows.itertuples()
+        ],
+        column=[f"{label} − random [95% CI]" for label in rows["label"]],
+    )
+    wide = rows.pivot_table(
+        index=["name", "seeds"], columns="column", values="cell", aggfunc="first", sort=False
+    )
+    return wide.reset_index().rename(columns={"name": "mode"}).rename_axis(columns=None)
+
+
+def layer_choice_sentence(root: str | Path, model: str) -> str:
+    """What ``model``'s k-fold runs say about choosing layers, in sentences: how many
+    comparisons of a layer choice with random layers have a paired 95% interval above zero,
+    below zero or across it (each named with its value), and what full fine-tuning of every
+    layer gains over random layers. Every number comes from :func:`layer_choices`."""
+    from avsslib.beyond import LAYER_CHOICES
+    from avsslib.plots import fmt_ci, plural, words
+
+    rows = layer_choices(root, model)
+    if rows.empty:
+        return f"No finished k-fold mitigation run of {model} under {root}."
+    rows = rows[rows["why"].isna()]
+    seeds = sorted(set(rows["seeds"]))
+
+    def named(part: pd.DataFrame) -> str:
+        return words(
+            f"{r.name.split(' (')[0]} on {r.label} "
+            f"({fmt_ci(r.vs_random, r.vs_random_ci_low, r.vs_random_ci_high, kind='pp')})"
+            for r in part.itertuples()
+        )
+
+    choices = rows[rows["mode"].isin(LAYER_CHOICES)]
+    above = choices[choices["vs_random_ci_low"] > 0]
+    below = choices[choices["vs_random_ci_high"] < 0]
+    across = choices.drop(index=[*above.index, *below.index])
+    first = rows.iloc[0]
+    text = (
+        f"Evaluated on all {first.n:,} questions ({first.folds}-fold, "
+        f"{plural(seeds[0], 'seed') if len(seeds) == 1 else 'seeds ' + words(seeds)} per mode), "
+        f"{len(above)} of {plural(len(choices), 'comparison')} of a layer choice with random "
+        f"layers {'has' if len(above) == 1 else 'have'} a paired 95% interval above zero"
+        + (f": {named(above)}" if len(above) else "")
+        + f". {len(below)} {'lies' if len(below) == 1 else 'lie'} below zero (worse than random "
+        "layers)"
+        + (f": {named(below)}" if len(below) else "")
+        + f"; {len(across)} {'straddles' if len(across) == 1 else 'straddle'} zero"
+        + (f": {named(across)}" if len(across) else "")
+        + "."
+    )
+    full = rows[rows["mode"] == "full"]
+    if len(full):
+        text += (
+            " Full fine-tuning of every layer (language-model loss only) differs from random "
+            "layers by "
+            + words(
+                f"{fmt_ci(r.vs_random, r.vs_random_ci_low, r.vs_random_ci_high, kind='pp')} on "
+                f"{r.label}"
+                for r in full.itertuples()
+            )
+            + "."
+        )
+    return text
+
+
 # ------------------------------------------------------------------------------------ verdicts
 
 
@@ -966,10 +1097,10 @@ def _heal_verdicts(root: Path) -> list[Verdict]:
 
 
 def _layer_choice_verdicts(root: Path) -> list[Verdict]:
-    from avsslib.beyond import LAYER_CHOICES, fold_comparison
+    from avsslib.beyond import LAYER_CHOICES
     from avsslib.plots import fmt_ci
 
-    table = fold_comparison(root)
+    table = fold_table(root)
     out: list[Verdict] = []
     if table.empty:
         return out

@@ -154,3 +154,89 @@ def test_best_repair_below_the_reference(tmp_path):
 def test_nothing_committed_gives_empty_frames(tmp_path):
     assert B.fold_comparison(tmp_path).empty and B.best_repair(tmp_path).empty
     assert B.healing(tmp_path).empty and B.scale_scores(tmp_path).empty
+
+
+# ------------------------------------------------- layer choices against random layers (chapter 6)
+
+
+@pytest.fixture
+def choices_root(folds_root):
+    """``folds_root`` with probe finished (no change: probe − random = −0.1 on every question)
+    and full fine-tuning (+0.2: full − random = +0.1)."""
+    folder = folds_root / "m" / "mitigation-2fold" / "ds"
+    _write(folder, "probe-seed0-fold1", _metrics(["c", "d"], [0.5, 0.5], [0.5, 0.5]))
+    for fold, ids, b in ((0, ["a", "b"], [0.0, 1.0]), (1, ["c", "d"], [0.5, 0.5])):
+        _write(folder, f"full-seed0-fold{fold}", _metrics(ids, b, [x + 0.2 for x in b]))
+    return folds_root
+
+
+def test_layer_choices_known_answer(choices_root):
+    from avsslib import results as R
+
+    rows = R.layer_choices(choices_root, "m")
+    assert list(rows["mode"]) == ["eavss", "probe", "full"]  # choices first, random left out
+    assert rows["vs_random"].to_numpy() == pytest.approx([0.3, -0.1, 0.1])
+    assert rows["vs_random_ci_low"].to_numpy() == pytest.approx([0.3, -0.1, 0.1])
+    assert set(rows["label"]) == {"t accuracy"} and rows["why"].isna().all()
+    assert R.layer_choices(choices_root, "other").empty
+    table = R.layer_choice_table(choices_root, "m")
+    assert list(table["mode"]) == [R.MODE_NAMES[m] for m in ("eavss", "probe", "full")]
+    assert list(table["t accuracy − random [95% CI]"]) == [
+        "+30 pp [30, 30]",
+        "-10 pp [-10, -10]",
+        "+10 pp [10, 10]",
+    ]
+
+
+def test_layer_choice_sentence_known_answer(choices_root, tmp_path_factory):
+    from avsslib import results as R
+
+    text = R.layer_choice_sentence(choices_root, "m")
+    assert text.startswith("Evaluated on all 4 questions (2-fold, seeds 1 and 2 per mode)")
+    assert "1 of 2 comparisons of a layer choice with random layers has a paired" in text
+    assert "above zero: prone layers on t accuracy (+30 pp [30, 30])" in text
+    assert "1 lies below zero (worse than random layers): probe-selected layers" in text
+    assert "0 straddle zero." in text
+    assert text.endswith("differs from random layers by +10 pp [10, 10] on t accuracy.")
+    empty = tmp_path_factory.mktemp("empty")
+    assert R.layer_choice_sentence(empty, "m").startswith("No finished k-fold")
+
+
+def test_fold_table_is_computed_once_per_set_of_files(choices_root, monkeypatch):
+    import os
+
+    from avsslib import results as R
+
+    calls = []
+    real = B.fold_comparison
+    monkeypatch.setattr(B, "fold_comparison", lambda root: calls.append(root) or real(root))
+    first = R.fold_table(choices_root)
+    first.loc[:, "change"] = 99.0  # a copy: the cache is not changed through it
+    assert (R.fold_table(choices_root)["change"] < 1).all() and len(calls) == 1
+    run = choices_root / "m" / "mitigation-2fold" / "ds" / "full-seed0-fold0" / "metrics.json"
+    stat = run.stat()
+    os.utime(run, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    R.fold_table(choices_root)
+    assert len(calls) == 2  # a changed run file is read again
+
+
+def test_mode_differences_draws_every_mode_around_zero(choices_root):
+    import matplotlib.pyplot as plt
+
+    from avsslib import plots
+    from avsslib import results as R
+
+    rows = R.layer_choices(choices_root, "m")
+    rows = pd.concat([rows, rows.assign(label="t again")], ignore_index=True)
+    fig = plots.mode_differences(rows)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["t accuracy", "t again"]
+    assert "minus random layers, paired over 4 questions" in fig.get_suptitle()
+    assert fig.get_supxlabel() == "mode − random layers (percentage points)"
+    for ax in axes:
+        dots = [line for line in ax.lines if line.get_marker() in ("o", "s")]
+        assert sorted(float(d.get_xdata()[0]) for d in dots) == pytest.approx([-10, 10, 30])
+        zero = [line for line in ax.lines if list(line.get_xdata()) == [0, 0]]
+        assert zero, "no zero line"
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == list(rows["name"][:3])
+    plt.close(fig)
