@@ -781,8 +781,27 @@ VERDICT_COLUMNS = [
 ]
 
 
-def _avss_verdicts(root: Path) -> list[Verdict]:
+def _ci(row: Any, value: str = "retention", *, prefix: str = "", suffix: str = "") -> str:
+    """``"81% [76, 86]"``: ``row``'s ``value`` with its interval in the columns
+    ``<prefix>ci_low<suffix>`` and ``<prefix>ci_high<suffix>`` (retention-like fractions);
+    ``"–"`` for no row."""
     from avsslib.plots import fmt_ci
+
+    if row is None:
+        return "–"
+    low, high = (getattr(row, f"{prefix}ci_{b}{suffix}") for b in ("low", "high"))
+    return fmt_ci(getattr(row, value), low, high)
+
+
+def _best_config(best: Any, value: str = "retention", suffix: str = "") -> str:
+    """``"angular distance 91% [87, 96]"``: the configuration named by ``best``'s index label
+    (score only) with :func:`_ci` of its ``value``; ``"–"`` for no row."""
+    if best is None:
+        return "–"
+    return f"{config_name(str(best.name)).split(' (')[0]} {_ci(best, value, suffix=suffix)}"
+
+
+def _avss_verdicts(root: Path) -> list[Verdict]:
 
     ret = retention(root, FRACTION)
     out: list[Any] = []
@@ -850,12 +869,9 @@ def _avss_verdicts(root: Path) -> list[Verdict]:
                 m,
                 verdict,
                 f"{n} per task",
-                f"{task_name(task)} retention {fmt_ci(h.retention, h.ci_low, h.ci_high)}",
-                "–" if rand is None else fmt_ci(rand.retention, rand.ci_low, rand.ci_high),
-                "–"
-                if best is None
-                else f"{config_name(str(best.name)).split(' (')[0]} "
-                f"{fmt_ci(best.retention, best.ci_low, best.ci_high)}",
+                f"{task_name(task)} retention {_ci(h)}",
+                _ci(rand),
+                _best_config(best),
                 reason,
                 "07_paper_scale",
             )
@@ -1013,7 +1029,6 @@ def _gain_verdict(root: Path) -> list[Verdict]:
 
 def _repair_verdicts(root: Path) -> list[Verdict]:
     from avsslib.beyond import best_repair
-    from avsslib.plots import fmt_ci
 
     out = []
     for r in best_repair(root, fraction=FRACTION).itertuples():
@@ -1024,10 +1039,10 @@ def _repair_verdicts(root: Path) -> list[Verdict]:
                 str(r.model),
                 "holds" if r.reaches else "does not hold",
                 f"{r.n} per task",
-                f"{r.score} {task_name(r.task)} retention {fmt_ci(r.retention, r.ci_low, r.ci_high)}",
-                fmt_ci(r.random, r.random_ci_low, r.random_ci_high),
+                f"{r.score} {task_name(r.task)} retention {_ci(r)}",
+                _ci(r, "random", prefix="random_"),
                 f"{SCORE_NAMES.get(r.reference, r.reference)} "
-                f"{fmt_ci(r.reference_retention, r.reference_ci_low, r.reference_ci_high)}",
+                f"{_ci(r, 'reference_retention', prefix='reference_')}",
                 f"its interval {'reaches' if r.reaches else 'stays below'} "
                 f"{SCORE_NAMES.get(r.reference, r.reference)}'s retention (AVSS: {r.avss:.0%}); "
                 f"rank agreement with block influence {r.spearman_block_influence:.2f}, "
@@ -1040,7 +1055,6 @@ def _repair_verdicts(root: Path) -> list[Verdict]:
 
 def _heal_verdicts(root: Path) -> list[Verdict]:
     from avsslib.beyond import healing
-    from avsslib.plots import fmt_ci
 
     table = healing(root)
     out: list[Verdict] = []
@@ -1063,8 +1077,8 @@ def _heal_verdicts(root: Path) -> list[Verdict]:
         best = others.loc[others["retention_after"].idxmax()] if len(others) else None
         ppl = g[(g["task"] == "wikitext2_ppl") & (g["config"] == "avss-count")]
         reason = (
-            f"before healing {fmt_ci(a.retention_before, a.ci_low_before, a.ci_high_before)}; "
-            f"healing recovers {fmt_ci(a.recovered, a.recovered_ci_low, a.recovered_ci_high)} "
+            f"before healing {_ci(a, 'retention_before', suffix='_before')}; "
+            f"healing recovers {_ci(a, 'recovered', prefix='recovered_')} "
             "of the lost accuracy"
         )
         if len(ppl):
@@ -1080,15 +1094,9 @@ def _heal_verdicts(root: Path) -> list[Verdict]:
                 str(model),
                 verdict,
                 f"{int(a.n)} per task",
-                f"SciQ retention after healing "
-                f"{fmt_ci(a.retention_after, a.ci_low_after, a.ci_high_after)}",
-                "–"
-                if rand is None
-                else fmt_ci(rand.retention_after, rand.ci_low_after, rand.ci_high_after),
-                "–"
-                if best is None
-                else f"{config_name(str(best.name)).split(' (')[0]} "
-                f"{fmt_ci(best.retention_after, best.ci_low_after, best.ci_high_after)}",
+                f"SciQ retention after healing {_ci(a, 'retention_after', suffix='_after')}",
+                _ci(rand, "retention_after", suffix="_after"),
+                _best_config(best, "retention_after", suffix="_after"),
                 reason,
                 "10_why_avss_fails",
             )

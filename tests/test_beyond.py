@@ -58,60 +58,42 @@ def test_fold_runs_refuses_a_question_in_two_folds(folds_root):
         B.fold_runs(folder, 2)
 
 
-def _retention_rows(scores: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
-    rows = [
-        dict(
-            config="original",
-            score=np.nan,
-            rule=np.nan,
-            fraction=0,
-            task="sciq_mc",
-            metric="acc",
-            retention=1,
-            ci_low=1,
-            ci_high=1,
-            n=10,
-            n_pruned=0,
-        )
-    ]
-    for s, (r, lo, hi) in scores.items():
-        rows.append(
-            dict(
-                config=f"{s}-count",
-                score=s,
-                rule="count",
-                fraction=0.25,
-                task="sciq_mc",
-                metric="acc",
-                retention=r,
-                ci_low=lo,
-                ci_high=hi,
-                n=10,
-                n_pruned=2,
-            )
-        )
-    rows.append(
-        dict(
-            config="sweep-avss-count-0.25",
-            score="avss",
-            rule="count",
-            fraction=0.25,
-            task="sciq_mc",
-            metric="acc",
-            retention=0.99,
-            ci_low=0.9,
-            ci_high=1,
-            n=10,
-            n_pruned=2,
-        )
-    )
-    return pd.DataFrame(rows)
+def _row(config: str, retention: float, ci_low: float, ci_high: float, **keys) -> dict:
+    """One SciQ accuracy row of ``retention.csv`` (ten questions, two layers pruned at 25%)."""
+    score, _, rule = config.removeprefix("sweep-").rpartition("-")
+    row = dict(config=config, score=score, rule=rule, fraction=0.25, task="sciq_mc")
+    row.update(metric="acc", retention=retention, ci_low=ci_low, ci_high=ci_high, n=10)
+    return row | dict(n_pruned=2) | keys
 
 
-def test_best_repair_picks_the_best_variant_and_compares_with_the_better_reference(tmp_path):
-    folder = tmp_path / "m" / "scale_scores"
-    folder.mkdir(parents=True)
-    _retention_rows(
+@pytest.fixture
+def scale_scores_root(tmp_path):
+    """Writes ``<tmp>/m/scale_scores/retention.csv`` for ``{score: (retention, low, high)}`` (the
+    original model and a sweep row of AVSS at 0.99 added) and, when given, ``agreement.csv``
+    from ``{(a, b): spearman}``; returns the results root."""
+
+    def write(scores: dict, agreement: dict | None = None) -> Path:
+        folder = tmp_path / "m" / "scale_scores"
+        folder.mkdir(parents=True)
+        rows = [
+            _row("original", 1, 1, 1, score=np.nan, rule=np.nan, fraction=0, n_pruned=0),
+            *(_row(f"{s}-count", *v) for s, v in scores.items()),
+            _row("sweep-avss-count-0.25", 0.99, 0.9, 1, score="avss", rule="count"),
+        ]
+        pd.DataFrame(rows).to_csv(folder / "retention.csv", index=False)
+        if agreement is not None:
+            pd.DataFrame(
+                [dict(kind="scores", a=a, b=b, spearman=v) for (a, b), v in agreement.items()]
+            ).to_csv(folder / "agreement.csv", index=False)
+        return tmp_path
+
+    return write
+
+
+def test_best_repair_picks_the_best_variant_and_compares_with_the_better_reference(
+    scale_scores_root,
+):
+    root = scale_scores_root(
         {
             "avss": (0.3, 0.2, 0.4),
             "block_influence": (0.8, 0.7, 0.9),
@@ -119,34 +101,27 @@ def test_best_repair_picks_the_best_variant_and_compares_with_the_better_referen
             "random": (0.5, 0.4, 0.6),
             "var_ratio": (0.35, 0.3, 0.4),
             "update_avss_0.01": (0.86, 0.8, 0.91),
-        }
-    ).to_csv(folder / "retention.csv", index=False)
-    pd.DataFrame(
-        [
-            dict(kind="scores", a="update_avss_0.01", b="angular", spearman=0.7),
-            dict(kind="scores", a="block_influence", b="update_avss_0.01", spearman=0.6),
-        ]
-    ).to_csv(folder / "agreement.csv", index=False)
-    r = B.best_repair(tmp_path).iloc[0]
+        },
+        {("update_avss_0.01", "angular"): 0.7, ("block_influence", "update_avss_0.01"): 0.6},
+    )
+    r = B.best_repair(root).iloc[0]
     assert (r.score, r.reference, r.avss, r.random) == ("update_avss_0.01", "angular", 0.3, 0.5)
     assert r.reaches  # 0.91 >= 0.90
     assert (r.spearman_angular, r.spearman_block_influence) == (0.7, 0.6)
-    table = B.scale_scores(tmp_path)
+    table = B.scale_scores(root)
     assert set(table["kind"]) == {"baseline", "scale-aware"}
     assert (table["retention"] < 0.99).all()  # the sweep row is not part of the main table
 
 
-def test_best_repair_below_the_reference(tmp_path):
-    folder = tmp_path / "m" / "scale_scores"
-    folder.mkdir(parents=True)
-    _retention_rows(
+def test_best_repair_below_the_reference(scale_scores_root):
+    root = scale_scores_root(
         {
             "angular": (0.9, 0.85, 0.95),
             "block_influence": (0.8, 0.7, 0.9),
             "var_ratio": (0.3, 0.2, 0.4),
         }
-    ).to_csv(folder / "retention.csv", index=False)
-    r = B.best_repair(tmp_path).iloc[0]
+    )
+    r = B.best_repair(root).iloc[0]
     assert (r.score, bool(r.reaches)) == ("var_ratio", False)
     assert np.isnan(r.spearman_angular)  # no agreement file
 
