@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from avsslib.bootstrap import percentile_interval, resample_indices
 from avsslib.folds import compare_modes, pool_runs
 from avsslib.study import primary_metric_rows
 
@@ -152,10 +153,46 @@ def fold_runs(folder: Path, folds: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _changes(pooled: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per task, metric and mode of :func:`fold_runs` frames: the mode's score after minus the
+    base model's before, each question's ``after`` averaged over the mode's seeds, with a
+    percentile bootstrap interval over questions (the resampling of
+    :func:`avsslib.folds.compare_modes`). Columns task, metric, mode, seeds, n, score,
+    baseline_score (before), diff, ci_low, ci_high."""
+    rows = []
+    for (task, metric), part in pooled.groupby(["task", "metric"], sort=True):
+        per_mode = part.groupby(["mode", "id"])["after"].mean().unstack("mode")
+        before = part.drop_duplicates("id").set_index("id")["before"]
+        seeds = part.groupby("mode")["seed"].nunique()
+        for mode in per_mode.columns:
+            after = per_mode[mode].dropna()
+            diff = (after - before.loc[after.index]).to_numpy()
+            low, high = (math.nan, math.nan)
+            if len(diff) >= 2:
+                boot = diff[resample_indices(len(diff), n_boot, seed)].mean(1)
+                low, high = percentile_interval(boot, 0.05)
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "mode": mode,
+                    "seeds": int(seeds[mode]),
+                    "n": len(diff),
+                    "score": float(after.mean()),
+                    "baseline_score": float(before.loc[after.index].mean()),
+                    "diff": float(diff.mean()) if len(diff) else math.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def fold_comparison(root: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per model, dataset, task and metric of every ``mitigation-<K>fold`` folder: each mode's
-    change (after minus before) and its difference from random layers, both averaged over seeds
-    per question and paired over all questions (:func:`avsslib.folds.compare_modes`). Columns:
+    change (after minus before) and its difference from random layers
+    (:func:`avsslib.folds.compare_modes`), both averaged over seeds per question and paired over
+    all questions. Columns:
     model, dataset, folds, task, metric, mode, seeds, n, before, after, change, change_ci_low,
     change_ci_high, vs_random, vs_random_ci_low, vs_random_ci_high, per_seed_vs_random."""
     root = Path(root)
@@ -169,17 +206,7 @@ def fold_comparison(root: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.D
         if pooled.empty or "random" not in set(pooled["mode"]):
             continue
         vs_random = compare_modes(pooled, n_boot=n_boot, seed=seed)
-        base = pooled.drop_duplicates(["task", "metric", "id"]).assign(
-            mode="before", seed=0, after=lambda d: d["before"]
-        )
-        change = compare_modes(
-            pd.concat([pooled, base], ignore_index=True),
-            baseline="before",
-            n_boot=n_boot,
-            seed=seed,
-        )
-        change = change[~change["mode"].isin(["base", "before"])]
-        merged = change.merge(
+        merged = _changes(pooled, n_boot, seed).merge(
             vs_random[vs_random["mode"] != "base"],
             on=["task", "metric", "mode"],
             how="left",
@@ -204,7 +231,7 @@ def fold_comparison(root: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.D
                     "vs_random": 0.0 if r.mode == "random" else r.diff_r,
                     "vs_random_ci_low": 0.0 if r.mode == "random" else r.ci_low_r,
                     "vs_random_ci_high": 0.0 if r.mode == "random" else r.ci_high_r,
-                    "per_seed_vs_random": "" if r.mode == "random" else r.per_seed_diff_r,
+                    "per_seed_vs_random": "" if r.mode == "random" else r.per_seed_diff,
                 }
             )
     return pd.DataFrame(rows)

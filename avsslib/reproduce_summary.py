@@ -23,27 +23,19 @@ RELATIVE_BASE_FLOOR = 0.05
 
 def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFrame | None:
     """For each dataset of ``mitigation-<folds>fold``: pool the folds of every mode and seed
-    whose ``folds`` runs all finished (:func:`avsslib.folds.pool_runs`), write
+    whose ``folds`` runs all finished (:func:`avsslib.beyond.fold_runs`), write
     ``pooled_scores.csv`` (mean before/after per mode, seed, task, metric over all questions)
     and ``modes_vs_random.csv`` (:func:`avsslib.folds.compare_modes`); returns the last
     comparison (``None`` when nothing is complete)."""
-    from avsslib.folds import compare_modes, pool_runs
+    from avsslib.beyond import fold_runs
+    from avsslib.folds import compare_modes
     from avsslib.fs import write_csv_atomic
 
     result = None
     for folder in sorted((root / f"mitigation-{folds}fold").glob("*/")):
-        runs: dict[tuple[str, int], dict[int, Path]] = {}
-        for metrics in folder.glob("*-seed*-fold*/metrics.json"):
-            match = re.fullmatch(r"(.+)-seed(\d+)-fold(\d+)", metrics.parent.name)
-            if match:
-                runs.setdefault((match[1], int(match[2])), {})[int(match[3])] = metrics.parent
-        frames = []
-        for (mode, seed), by_fold in sorted(runs.items()):
-            if sorted(by_fold) == list(range(folds)):
-                frames.append(pool_runs(by_fold).assign(mode=mode, seed=seed))
-        if not frames:
+        pooled = fold_runs(folder, folds)
+        if pooled.empty:
             continue
-        pooled = pd.concat(frames, ignore_index=True)
         means = (
             pooled.groupby(["mode", "seed", "task", "metric"])
             .agg(n=("id", "size"), before=("before", "mean"), after=("after", "mean"))

@@ -1,0 +1,164 @@
+"""Run records, costs and benchmarks of the committed runs: every ``record.json`` under a results
+root (command, device, versions, wall time), wall time per model and stage, and the benchmark
+files under ``results/bench/``. Writes nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from avsslib.results.base import (
+    STAGES,
+    _read_json,
+)
+
+# ------------------------------------------------------------------------- records and costs
+
+
+def _stage_of(path: Path, root: Path) -> tuple[str, str]:
+    parts = path.relative_to(root).parts
+    model, stage = parts[0], parts[1] if len(parts) > 1 else ""
+    if stage == "mitigation" and len(parts) > 3:
+        return model, f"mitigation {parts[2]}"
+    return model, STAGES.get(stage, stage)
+
+
+def run_records(root: str | Path) -> pd.DataFrame:
+    """One row per run record (``record.json``) under ``root``: folder, model, stage, command,
+    the device it ran on, start time, wall time (s), library versions (``avsslib`` version and
+    git commit where recorded)."""
+    root = Path(root)
+    rows = []
+    for path in sorted(root.rglob("record.json")) if root.is_dir() else []:
+        r = _read_json(path)
+        if not isinstance(r, dict) or "command" not in r:
+            continue
+        versions, timing = r.get("versions", {}), r.get("timing", {})
+        model, stage = _stage_of(path.parent, root)
+        avsslib = versions.get("avsslib")
+        rows.append(
+            {
+                "folder": str(path.parent.relative_to(root)),
+                "model": model,
+                "stage": stage,
+                "command": r["command"],
+                "device": _device(r.get("device")),
+                "start (UTC)": str(timing.get("start", ""))[:16].replace("T", " "),
+                "wall_s": timing.get("wall_s", math.nan),
+                "avsslib": avsslib if avsslib not in (None, "absent") else "not recorded",
+                "git commit": versions.get("avsslib_commit", "not recorded"),
+                "torch": versions.get("torch"),
+                "transformers": versions.get("transformers"),
+                "lm_eval": versions.get("lm_eval"),
+                "data files": len(r.get("data_files", {})),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _device(text: Any) -> str:
+    """``"cuda: NVIDIA H200"`` -> ``"NVIDIA H200"``; ``"cpu"`` stays."""
+    text = str(text or "unknown")
+    return text.split(": ", 1)[1] if text.startswith("cuda: ") else text
+
+
+def stage_costs(root: str | Path) -> pd.DataFrame:
+    """Wall time per model, stage and device, summed over runs: the study from its evaluation
+    files (``eval_s``, device from the evaluation's protocol) and every other stage from its run
+    records. Columns model, stage, device, runs, minutes."""
+    root = Path(root)
+    rows = []
+    for path in sorted(root.glob("*/avss/eval/*.json")):
+        e = _read_json(path)
+        seconds = (e.get("timing") or {}).get("eval_s")
+        if seconds:
+            device = e.get("protocol", {}).get("model", {}).get("device", "unknown")
+            record = path.parents[1] / "record.json"
+            if record.is_file():  # "cuda" -> the GPU's name
+                device = _device(_read_json(record).get("device", device))
+            rows.append(
+                {
+                    "model": path.parents[2].name,
+                    "stage": "AVSS study (evaluations)",
+                    "device": device,
+                    "seconds": float(seconds),
+                }
+            )
+    records = run_records(root)
+    for r in records.itertuples():
+        if r.stage == STAGES["avss"]:
+            continue  # counted through its evaluations
+        rows.append(
+            {"model": r.model, "stage": r.stage, "device": r.device, "seconds": float(r.wall_s)}
+        )
+    if not rows:
+        return pd.DataFrame(columns=["model", "stage", "device", "runs", "minutes"])
+    frame = pd.DataFrame(rows)
+    out = (
+        frame.groupby(["model", "stage", "device"], sort=True)
+        .agg(runs=("seconds", "size"), seconds=("seconds", "sum"))
+        .reset_index()
+    )
+    return out.assign(minutes=out["seconds"] / 60).drop(columns="seconds")
+
+
+# ----------------------------------------------------------------------------------- benchmarks
+
+
+def bench_stats(root: str | Path) -> pd.DataFrame:
+    """``bench/bench_stats_*.json``: device, model, dtype, batch shape, tokens/s of (a) a bare
+    forward pass, (b) ``LayerStats``, (c) the official recipe, and the ratios (b)/(a), (c)/(b)."""
+    rows = []
+    for path in sorted((Path(root) / "bench").glob("bench_stats_*.json")):
+        data = _read_json(path)
+        env, settings, ratios = data["environment"], data["settings"], data.get("ratios", {})
+        row = {
+            "file": path.name,
+            "device": env.get("device_name"),
+            "model": data["model"]["id"],
+            "dtype": settings["dtype"],
+            "batch": f"{settings['batch_size']} x {settings['seq_len']}",
+        }
+        for mode, entry in data["modes"].items():
+            row[f"({mode}) tokens/s"] = entry["tokens_per_s"]
+        row["(b)/(a)"] = ratios.get("b_over_a", math.nan)
+        row["(c)/(b)"] = ratios.get("c_over_b", math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bench_distributed(root: str | Path) -> pd.DataFrame:
+    """``bench/bench_distributed_*.json``: one GPU against several in the same run."""
+    rows = []
+    for path in sorted((Path(root) / "bench").glob("bench_distributed_*.json")):
+        data = _read_json(path)
+        env = data["environment"]
+        rows.append(
+            {
+                "file": path.name,
+                "devices": f"{env['world_size']} x {env['device_name']}",
+                "model": data["model"]["id"],
+                "dtype": data["settings"]["dtype"],
+                "tokens": data["tokens"],
+                "1 GPU tokens/s": data["single"]["tokens_per_s"],
+                "all GPUs tokens/s": data["parallel"]["tokens_per_s"],
+                "speed-up": data["speedup"],
+                "ideal": data["ideal_speedup"],
+                "same statistics": bool(data["check"]["ok"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def bench_sweep(root: str | Path) -> tuple[pd.DataFrame, str | None]:
+    """The first ``bench/sweep_*.csv`` (rows with status ok) and its file name."""
+    files = sorted((Path(root) / "bench").glob("sweep_*.csv"))
+    if not files:
+        return pd.DataFrame(), None
+    sweep = pd.read_csv(files[0])
+    if "status" in sweep:
+        sweep = sweep[sweep["status"] == "ok"]
+    return sweep, files[0].name

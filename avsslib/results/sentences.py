@@ -1,0 +1,213 @@
+"""The committed runs in words: the verdict table as Markdown and as the book's HTML table, the
+README's findings and the mitigation chapter's summary sentence, every number formatted from
+the result files through :mod:`avsslib.plots`. Writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from avsslib.results.base import (
+    CHAPTER_TITLES,
+    FRACTION,
+    HEAL_CLAIM,
+    LAYER_CLAIM,
+    MODE_NAMES,
+    PAPER_MAX_GAIN,
+    PRONE_CLAIM,
+    REPAIR_CLAIM,
+    model_name,
+    task_name,
+)
+from avsslib.results.claims import VERDICT_COLUMNS, verdicts
+from avsslib.results.mitigation import mitigation_changes, prone_minus_random
+from avsslib.results.pruning import avss_against_random
+
+
+def verdict_markdown(
+    frame: pd.DataFrame, *, link: str = "{chapter}.md", columns: Iterable[str] = VERDICT_COLUMNS
+) -> str:
+    """The verdict table as Markdown; ``link`` formats the evidence column (``{chapter}``)."""
+    columns = list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            value = str(row[c])
+            if c == "evidence":
+                value = (
+                    f"[{CHAPTER_TITLES.get(row['chapter'], row['chapter'])}]"
+                    f"({link.format(chapter=row['chapter'])})"
+                )
+            if c == "verdict":
+                value = f"**{value}**"
+            cells.append(value.replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"):
+    """The verdict table for the book's first page (:func:`avsslib.plots.table`): claim; model
+    and sample size; the verdict with its reason; the measured value, the random-layer baseline
+    and the best other score, each with its 95% interval; a link to the chapter with the
+    evidence (``link`` formats ``{chapter}``, relative to the page that shows it)."""
+    import html
+
+    from avsslib.plots import table
+
+    frame = verdicts(root)
+    esc = html.escape
+    shown = pd.DataFrame(
+        {
+            "claim": frame["claim"].map(esc),
+            "model (n)": [
+                f"{esc(m)}<br><small>{esc(n)}</small>"
+                for m, n in zip(frame["model"], frame["n"], strict=True)
+            ],
+            "verdict": [
+                f"<strong>{esc(v)}</strong><br><small>{esc(w)}</small>"
+                for v, w in zip(frame["verdict"], frame["why"], strict=True)
+            ],
+            "measured [95% CI]": frame["measured [95% CI]"].map(esc),
+            "random layers": frame["random layers"].map(esc),
+            "best other": frame["best other"].map(esc),
+            "evidence": [
+                f'<a href="{link.format(chapter=c)}">chapter {int(c[:2])}</a>'
+                for c in frame["chapter"]
+            ],
+        }
+    )
+    return table(
+        shown,
+        index=False,
+        escape=False,
+        name="verdicts",
+        note="Intervals: 95% bootstrap over evaluation examples (paired where two models "
+        "or modes are compared); pp: percentage points.",
+    )
+
+
+def findings(root: str | Path) -> list[str]:
+    """The findings in sentences, each generated from the verdict rows and result files."""
+    from avsslib.plots import fmt_ci, plural, words
+
+    root = Path(root)
+    v = verdicts(root)
+    out = []
+    avss = v[v["paper"] == "AVSS"]
+    if len(avss):
+        fails = avss[avss["verdict"] == "does not hold"]
+        out.append(
+            f'AVSS\'s "over 90% retained at 25% pruned" does not hold on '
+            f"{len(fails)} of {plural(len(avss), 'model')} "
+            f"({words(fails['model'])}): "
+            + "; ".join(
+                f"{r.model} keeps {r['measured [95% CI]'].replace(' retention', '')}, random "
+                f"layers {r['random layers']}, {r['best other']}"
+                for _, r in avss.iterrows()
+            )
+            + "."
+        )
+    worse = avss_against_random(root)
+    worse = worse[worse["ci_high"] < 0]
+    if len(worse):
+        out.append(
+            "AVSS prunes worse than random layers of the same count on "
+            + words(
+                f"{model_name(r.model)} {task_name(r.task)} (retention "
+                f"{fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')} against random)"
+                for r in worse.itertuples()
+            )
+            + "."
+        )
+    mit = v[v["claim"] == PRONE_CLAIM]
+    tested = mit[mit["verdict"] != "not testable here"]
+    if len(tested):
+        wins = tested[tested["verdict"] == "holds"]
+        out.append(
+            f"Prone layers chosen by EAVSS train better than random layers in "
+            f"{len(wins)} of {plural(len(tested), 'informative comparison')} "
+            f"(paired 95% intervals of prone minus random); "
+            f"{plural(len(mit) - len(tested), 'comparison')} with a base score at chance "
+            "or near zero cannot tell."
+        )
+    changes = mitigation_changes(root)
+    if len(changes):
+        ok = changes[changes["why"].isna()]
+        best = ok.loc[ok["delta_abs"].idxmax()] if len(ok) else None
+        if best is not None:
+            out.append(
+                f"The largest gain comes from {MODE_NAMES[best['mode']]}: "
+                f"{model_name(best.model)} {task_name(best.task, best.metric)} "
+                f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')} "
+                f"({fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} relative)."
+            )
+    beyond = v[v["paper"] == "beyond"]
+    for _, r in beyond[beyond["claim"] == REPAIR_CLAIM].iterrows():
+        out.append(
+            f"{'A' if r['verdict'] == 'holds' else 'No'} scale-aware repair of AVSS reaches the "
+            f"scores that compare a block's input with its output on {r['model']}: "
+            f"{r['measured [95% CI]']} at {FRACTION:.0%} pruned, against {r['best other']} "
+            f"and random layers {r['random layers']}."
+        )
+    for _, r in beyond[beyond["claim"] == HEAL_CLAIM].iterrows():
+        out.append(
+            f"LoRA healing {'rescues' if r['verdict'] == 'holds' else 'does not rescue'} AVSS "
+            f"pruning on {r['model']}: {r['measured [95% CI]']} ({r['why'].split(';')[0]}); "
+            f"random layers heal to {r['random layers']}, {r['best other']}."
+        )
+    layer = beyond[beyond["claim"] == LAYER_CLAIM]
+    if len(layer):
+        wins = layer[layer["verdict"] == "holds"]
+        out.append(
+            f"Evaluated on every question ({layer['n'].iloc[0]}), the best layer choice trains "
+            f"better than random layers in {len(wins)} of {plural(len(layer), 'comparison')}: "
+            + "; ".join(
+                f"{r['model']} {r['measured [95% CI]'].replace(': ', ', ', 1)} ({r['best other']})"
+                for _, r in layer.iterrows()
+            )
+            + "."
+        )
+    return out
+
+
+def mitigation_sentence(root: str | Path, model: str) -> str:
+    """What the committed mitigation runs of ``model`` show, in sentences: the largest relative
+    change among informative metrics (any mode) and with the prone layers, each with its 95%
+    interval, against the EAVSS abstract's 12%; prone minus random layers per metric (paired);
+    and which metrics are left out as uninformative."""
+    from avsslib.plots import fmt_ci, plural
+
+    changes = mitigation_changes(root)
+    changes = changes[changes["model"] == model] if len(changes) else changes
+    diff = prone_minus_random(root)
+    diff = diff[(diff["model"] == model) & diff["why"].isna()] if len(diff) else diff
+    ok = changes[changes["why"].isna() & changes["delta_rel"].notna()] if len(changes) else changes
+    prone = ok[ok["mode"] == "eavss"] if len(ok) else ok
+    if not len(prone):
+        return f"No committed mitigation run of {model} with an informative metric under {root}."
+    best, top = ok.loc[ok["delta_rel"].idxmax()], prone.loc[prone["delta_rel"].idxmax()]
+    text = (
+        f"On {model_name(model)}, the largest relative change among informative metrics is "
+        f"{fmt_ci(best.delta_rel, best.rel_ci_low, best.rel_ci_high, kind='rel')} "
+        f"({MODE_NAMES[best['mode']]}, {task_name(best.task, best.metric)}, "
+        f"{plural(best.seeds, 'seed')}); with the prone layers it is at most "
+        f"{fmt_ci(top.delta_rel, top.rel_ci_low, top.rel_ci_high, kind='rel')} "
+        f"({task_name(top.task, top.metric)}). The EAVSS abstract reports up to "
+        f"{PAPER_MAX_GAIN:.0%}. Prone minus random layers, paired over the same questions: "
+        + "; ".join(
+            f"{task_name(r.task, r.metric)} {fmt_ci(r.difference, r.ci_low, r.ci_high, kind='pp')}"
+            for r in diff.itertuples()
+        )
+        + "."
+    )
+    left_out = changes[changes["why"].notna()].drop_duplicates(["task", "metric"])
+    if len(left_out):
+        text += (
+            " Not counted (base score at chance or near zero): "
+            + "; ".join(f"{task_name(r.task, r.metric)} ({r.why})" for r in left_out.itertuples())
+            + "."
+        )
+    return text
