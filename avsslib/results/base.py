@@ -96,7 +96,11 @@ SCORE_NAMES = {
     "random": "random layers",
     "tail": "last layers",
 }
-MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B"}
+MODEL_NAMES = {
+    "smollm2-135m": "SmolLM2-135M",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B",
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B",
+}
 
 AVSS_CLAIM = "Pruning the 25% lowest-AVSS layers keeps over 90%"
 PRONE_CLAIM = "Training the prone layers beats training random ones"

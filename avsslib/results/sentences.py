@@ -156,7 +156,12 @@ def findings(root: str | Path) -> list[str]:
         out.append(
             f"LoRA healing {'rescues' if r['verdict'] == 'holds' else 'does not rescue'} AVSS "
             f"pruning on {r['model']}: {r['measured [95% CI]']} ({r['why'].split(';')[0]}); "
-            f"random layers heal to {r['random layers']}, {r['best other']}."
+            f"random layers heal to {r['random layers']}"
+            + (
+                " (the best of the pruned models)."
+                if str(r["best other"]).startswith("random layers")
+                else f", {r['best other']}."
+            )
         )
     layer = beyond[beyond["claim"] == LAYER_CLAIM]
     if len(layer):
