@@ -22,6 +22,7 @@ import pandas as pd
 
 from avsslib.bootstrap import percentile_interval, resample_indices
 from avsslib.folds import compare_modes, pool_runs
+from avsslib.protocol import is_sweep
 from avsslib.study import primary_metric_rows
 
 BASELINE_SCORES = ("avss", "block_influence", "angular", "random", "tail")
@@ -51,11 +52,14 @@ def scale_scores(root: str | Path, fraction: float = 0.25) -> pd.DataFrame:
     rows = []
     for folder in _model_dirs(Path(root), "scale_scores/retention.csv"):
         r = pd.read_csv(folder / "scale_scores" / "retention.csv")
+        if "stats" not in r:  # written before the faithful mode existed: all fixed
+            r = r.assign(stats="fixed")
         r = r[
             (r["fraction"] == fraction)
             & r["score"].notna()
-            & ~r["config"].str.startswith("sweep-")
+            & ~is_sweep(r["config"])
             & (r["rule"].fillna("count") == "count")
+            & (r["stats"].fillna("fixed") == "fixed")
         ]
         r = primary_metric_rows(r)
         kind = ["baseline" if s in BASELINE_SCORES else "scale-aware" for s in r["score"]]

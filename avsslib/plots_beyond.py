@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from avsslib.plots import colors, fmt_int, fmt_num, placeholder, retention_bars, retention_sweep
+from avsslib.plots import colors, fmt_int, fmt_num, placeholder, retention_bars
 
 DEPTH_COLUMNS = {
     "variance": "variance",
@@ -106,13 +106,6 @@ def scale_score_bars(rows: pd.DataFrame) -> Figure:
     return retention_bars(rows, label="label")
 
 
-def scale_sweep(sweep: pd.DataFrame) -> Figure:
-    """Retention against the pruned fraction (:func:`avsslib.why_avss.scale_sweep`)."""
-    if sweep.empty:
-        return placeholder("no sweep of the scale-aware scores yet")
-    return retention_sweep(sweep)
-
-
 def healing_bars(rows: pd.DataFrame) -> Figure:
     """Retention before and after healing per selection and task
     (:func:`avsslib.why_avss.healing_rows`)."""
@@ -131,6 +124,20 @@ SIZE_MARKERS = {
 }
 
 
+def _wrap_name(name: str, width: int = 13) -> str:
+    """A model name broken after a hyphen into lines of at most about ``width`` characters, so
+    that the tick labels of neighbouring models on the log axis do not run into each other."""
+    lines = [""]
+    for part in str(name).split("-"):
+        piece = part if not lines[-1] else f"-{part}"
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines[-1] += "-"
+            lines.append(part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
 def retention_by_size(frame: pd.DataFrame, *, threshold: float | None = 0.9) -> Figure:
     """Retention against the model's parameter count (log axis, ticks named after the models),
     one series per score with its 95% interval, plus the best scale-aware repair where a model
@@ -144,7 +151,7 @@ def retention_by_size(frame: pd.DataFrame, *, threshold: float | None = 0.9) -> 
         return placeholder("no pruning study with a parameter count under results/<model>/avss")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
     series = [s for s in SIZE_MARKERS if s != "best repair"]
     keys = frame["score"].where(frame["kind"] == "baseline", "best repair")
     palette = dict(zip(SIZE_MARKERS, colors(len(SIZE_MARKERS)), strict=True))
@@ -176,9 +183,10 @@ def retention_by_size(frame: pd.DataFrame, *, threshold: float | None = 0.9) -> 
     ax.set_xscale("log")
     models = frame.drop_duplicates("model").sort_values("parameters")
     ticks = [
-        f"{n}\n({fmt_params(p)})" for n, p in zip(models["name"], models["parameters"], strict=True)
+        f"{_wrap_name(n)}\n({fmt_params(p)})"
+        for n, p in zip(models["name"], models["parameters"], strict=True)
     ]
-    ax.set_xticks(models["parameters"].to_numpy(dtype=float), ticks)
+    ax.set_xticks(models["parameters"].to_numpy(dtype=float), ticks, fontsize=8)
     ax.minorticks_off()
     lo, hi = models["parameters"].min(), models["parameters"].max()
     ax.set_xlim(lo / 10**0.35, hi * 10**0.35)

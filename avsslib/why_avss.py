@@ -32,7 +32,6 @@ from avsslib import results as R
 from avsslib.errors import DataError
 from avsslib.plots import fmt_ci, fmt_int, fmt_num, fmt_pct, plural, words
 from avsslib.plots_beyond import fmt_params
-from avsslib.study import primary_metric_rows
 
 MODES = ("fixed", "faithful")
 """Statistics modes of a diagnosis: our streaming statistics and the official code's."""
@@ -233,23 +232,6 @@ def scale_score_sentences(root: str | Path, fraction: float = 0.25) -> str:
         "No study of the scale-aware scores yet: run `avss study --scores ... --out "
         "results/<model>/scale_scores` (see the run records)."
     )
-
-
-def scale_sweep(root: str | Path) -> pd.DataFrame:
-    """The sweep rows (``sweep-*`` configurations, every fraction) of every ``scale_scores``
-    study, each task's primary metric, ``score`` prefixed by the model when there are several."""
-    parts = []
-    for folder in _model_dirs(root, "scale_scores/retention.csv"):
-        r = pd.read_csv(folder / "scale_scores" / "retention.csv")
-        sweep = r[r["config"].str.startswith("sweep-")]
-        if len(sweep):
-            parts.append(primary_metric_rows(sweep).assign(model=folder.name))
-    if not parts:
-        return pd.DataFrame()
-    out = pd.concat(parts, ignore_index=True)
-    if out["model"].nunique() > 1:
-        out["score"] = out["model"] + ": " + out["score"]
-    return out
 
 
 def agreement_sentences(root: str | Path, fraction: float = 0.25) -> str:

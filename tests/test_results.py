@@ -21,6 +21,7 @@ import pytest
 from avsslib import plots
 from avsslib import results as R
 from avsslib.errors import DataError
+from avsslib.protocol import is_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -407,7 +408,7 @@ def _expected_beyond_rows() -> list[dict]:
     for path in sorted(RESULTS.glob("*/scale_scores/retention.csv")):
         r = pd.read_csv(path)
         r = r[(r["fraction"] == 0.25) & (r["task"] == "sciq_mc") & (r["metric"] == "acc")]
-        r = r[r["score"].notna() & ~r["config"].str.startswith("sweep-")]
+        r = r[r["score"].notna() & ~is_sweep(r["config"])]
         r = r[r["rule"].fillna("count") == "count"].set_index("score")
         variant = r[~r.index.isin(BASELINES)]["retention"].idxmax()
         ref = r.loc[list(REF_NAMES), "retention"].max()

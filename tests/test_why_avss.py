@@ -224,13 +224,12 @@ def test_nothing_committed_says_what_to_run(tmp_path):
     assert "avss study --scores" in W.scale_score_sentences(tmp_path)
     assert "avss heal" in W.healing_sentences(tmp_path)
     assert "avss study" in W.size_sentence(W.retention_by_size(tmp_path))
-    assert W.diagnosis_table(tmp_path).empty and W.scale_sweep(tmp_path).empty
+    assert W.diagnosis_table(tmp_path).empty
     assert W.healing_rows(tmp_path).empty and W.size_table(W.retention_by_size(tmp_path)).empty
     for fig in (
         PB.depth_trend({}),
         PB.near_zero_counts({}),
         PB.scale_score_bars(W.scale_score_rows(tmp_path)),
-        PB.scale_sweep(W.scale_sweep(tmp_path)),
         PB.healing_bars(W.healing_rows(tmp_path)),
         PB.retention_by_size(W.retention_by_size(tmp_path)),
     ):
@@ -272,3 +271,11 @@ def test_committed_retention_by_size_matches_the_files():
         assert ((f["model"] == model) & (f["kind"] == "best repair")).any() == has_repair
     text = W.size_sentence(f)
     assert f"on {len(studies)} model" in text and text.endswith(".")
+
+
+def test_size_tick_labels_wrap_long_model_names():
+    from avsslib.plots_beyond import _wrap_name
+
+    assert _wrap_name("SmolLM2-135M") == "SmolLM2-135M"
+    assert _wrap_name("Qwen2.5-Coder-0.5B") == "Qwen2.5-Coder-\n0.5B"
+    assert _wrap_name("a-b-c", width=3) == "a-b-\nc"
