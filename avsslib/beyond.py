@@ -192,11 +192,14 @@ def _changes(pooled: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_comparison(root: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def fold_comparison(
+    root: str | Path, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
     """Per model, dataset, task and metric of every ``mitigation-<K>fold`` folder: each mode's
     change (after minus before) and its difference from random layers
     (:func:`avsslib.folds.compare_modes`), both averaged over seeds per question and paired over
-    all questions. Columns:
+    all questions; the differences from random with ``1 - alpha`` intervals (the changes always
+    95%). Columns:
     model, dataset, folds, task, metric, mode, seeds, n, before, after, change, change_ci_low,
     change_ci_high, vs_random, vs_random_ci_low, vs_random_ci_high, per_seed_vs_random."""
     root = Path(root)
@@ -209,7 +212,7 @@ def fold_comparison(root: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.D
         pooled = fold_runs(folder, folds)
         if pooled.empty or "random" not in set(pooled["mode"]):
             continue
-        vs_random = compare_modes(pooled, n_boot=n_boot, seed=seed)
+        vs_random = compare_modes(pooled, n_boot=n_boot, seed=seed, alpha=alpha)
         merged = _changes(pooled, n_boot, seed).merge(
             vs_random[vs_random["mode"] != "base"],
             on=["task", "metric", "mode"],

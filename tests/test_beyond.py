@@ -172,6 +172,8 @@ def test_layer_choice_sentence_known_answer(choices_root, tmp_path_factory):
     assert "above zero: prone layers on t accuracy (+30 pp [30, 30])" in text
     assert "1 lies below zero (worse than random layers): probe-selected layers" in text
     assert "0 straddle zero." in text
+    # a constant difference keeps its interval at any level: still above zero after Bonferroni
+    assert "(Bonferroni, 98.3%), it stays above zero." in text
     assert text.endswith("differs from random layers by +10 pp [10, 10] on t accuracy.")
     empty = tmp_path_factory.mktemp("empty")
     assert R.layer_choice_sentence(empty, "m").startswith("No finished k-fold")
@@ -184,7 +186,9 @@ def test_fold_table_is_computed_once_per_set_of_files(choices_root, monkeypatch)
 
     calls = []
     real = B.fold_comparison
-    monkeypatch.setattr(B, "fold_comparison", lambda root: calls.append(root) or real(root))
+    monkeypatch.setattr(
+        B, "fold_comparison", lambda root, **kw: calls.append(root) or real(root, **kw)
+    )
     first = R.fold_table(choices_root)
     first.loc[:, "change"] = 99.0  # a copy: the cache is not changed through it
     assert (R.fold_table(choices_root)["change"] < 1).all() and len(calls) == 1
@@ -193,6 +197,8 @@ def test_fold_table_is_computed_once_per_set_of_files(choices_root, monkeypatch)
     os.utime(run, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     R.fold_table(choices_root)
     assert len(calls) == 2  # a changed run file is read again
+    R.fold_table(choices_root, alpha=0.01)
+    assert len(calls) == 3  # another interval level is another table
 
 
 def test_mode_differences_draws_every_mode_around_zero(choices_root):

@@ -257,19 +257,22 @@ def _fold_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 @lru_cache(maxsize=8)
-def _fold_table(root: str, signature: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
+def _fold_table(
+    root: str, signature: tuple[tuple[str, int, int], ...], alpha: float
+) -> pd.DataFrame:
     from avsslib.beyond import fold_comparison
 
-    return fold_comparison(root)
+    return fold_comparison(root, alpha=alpha)
 
 
-def fold_table(root: str | Path) -> pd.DataFrame:
-    """:func:`avsslib.beyond.fold_comparison` of ``root`` (its default resamples and seed),
-    computed once per results root and set of run files (keyed by resolved path, modification
-    times and sizes) and returned as a copy: the verdicts, findings and chapters read it many
-    times and its bootstrap takes most of a second."""
+def fold_table(root: str | Path, alpha: float = 0.05) -> pd.DataFrame:
+    """:func:`avsslib.beyond.fold_comparison` of ``root`` (its default resamples and seed; the
+    differences from random with ``1 - alpha`` intervals), computed once per results root, set
+    of run files (keyed by resolved path, modification times and sizes) and ``alpha``, and
+    returned as a copy: the verdicts, findings and chapters read it many times and its
+    bootstrap takes most of a second."""
     root = Path(root).resolve()
-    return _fold_table(str(root), _fold_signature(root)).copy()
+    return _fold_table(str(root), _fold_signature(root), alpha).copy()
 
 
 def layer_choices(root: str | Path, model: str) -> pd.DataFrame:
@@ -362,6 +365,22 @@ def layer_choice_sentence(root: str | Path, model: str) -> str:
         + (f": {named(across)}" if len(across) else "")
         + "."
     )
+    if len(above):
+        alpha = 0.05 / len(LAYER_CHOICES)
+        adjusted = fold_table(root, alpha=alpha).set_index(["model", "task", "metric", "mode"])
+        kept = sum(
+            adjusted.loc[(model, r.task, r.metric, r.mode), "vs_random_ci_low"] > 0
+            for r in above.itertuples()
+        )
+        text += (
+            f" With the interval widened for the {len(LAYER_CHOICES)} layer choices (Bonferroni, "
+            f"{1 - alpha:.1%}), "
+            + (
+                f"it {'stays' if kept else 'no longer lies'} above zero."
+                if len(above) == 1
+                else f"{kept} of them {'stays' if kept == 1 else 'stay'} above zero."
+            )
+        )
     full = rows[rows["mode"] == "full"]
     if len(full):
         text += (
