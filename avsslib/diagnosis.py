@@ -253,6 +253,16 @@ def run_diagnosis(
         write_csv_atomic(out / f"{name}.csv", frame[["mode", *[c for c in frame if c != "mode"]]])
     summaries = {mode: r["summary"] for mode, r in results.items()}
     write_json_atomic(out / "summary.json", {"format": DIAGNOSIS_FORMAT, **summaries})
+    record.finish(
+        {"table": _record_rows(summaries), "summary": summaries}, total_s=time.perf_counter() - t0
+    )
+    save_record(record, out / "record.json")
+    return results
+
+
+def _record_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The run record's table: per mode the depth correlations, the R^2 of log V and the
+    counting-noise summary, one row per metric."""
     table = []
     for mode, s in summaries.items():
         for key in (
@@ -274,9 +284,7 @@ def run_diagnosis(
                     task=mode, metric=key, value=st[key], ci_low=None, ci_high=None, n=st["n_draws"]
                 )
             )
-    record.finish({"table": table, "summary": summaries}, total_s=time.perf_counter() - t0)
-    save_record(record, out / "record.json")
-    return results
+    return table
 
 
 def summary_frame(summary: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:

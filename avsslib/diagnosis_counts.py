@@ -215,8 +215,6 @@ def poisson_rank_stability(
     (Kendall tau of replicate AVSS with the observed AVSS), ``mean_jaccard`` (of the pruned
     sets), ``seed``.
     """
-    from scipy.stats import kendalltau
-
     _check_table(table)
     if n_draws < 1:
         raise ConfigError(f"n_draws {n_draws}: need at least one draw.")
@@ -230,6 +228,50 @@ def poisson_rank_stability(
     rng = np.random.default_rng(seed)
     rates = rng.gamma(k_counts + 0.5, 1.0, size=(n_draws, m))
     counts = rng.poisson(rates).astype(np.float64)
+    tally = _tally_draws(v, n, counts, observed, k, clamp)
+    per_layer = pd.DataFrame(
+        {
+            "layer": table.index.to_numpy(),
+            "count": k_counts.astype(np.int64),
+            "p_zero": tally["zero_hits"] / n_draws,
+            "p_pruned": tally["pruned_hits"] / n_draws,
+            "pruned_observed": [i in observed_set for i in range(m)],
+        }
+    )
+    t = np.asarray(tally["taus"])
+    summary = {
+        "n_draws": n_draws,
+        "k": k,
+        "n_layers": m,
+        "seed": seed,
+        "p_any_clamped": tally["any_clamped"] / n_draws,
+        "mean_clamped": tally["n_clamped"] / n_draws,
+        "p_set_observed": tally["same_set"] / n_draws,
+        "p_clamp_decides": tally["decides_set"] / n_draws,
+        "p_clamp_decides_rank": tally["decides_rank"] / n_draws,
+        "kendall_median": float(np.median(t)),
+        "kendall_q05": float(np.quantile(t, 0.05)),
+        "mean_jaccard": float(np.mean(tally["jaccards"])),
+    }
+    return per_layer, summary
+
+
+def _tally_draws(
+    v: np.ndarray,
+    n: np.ndarray,
+    counts: np.ndarray,
+    observed: np.ndarray,
+    k: int,
+    clamp: float,
+) -> dict[str, Any]:
+    """The tallies of :func:`poisson_rank_stability` over the replicate ``counts`` (one row per
+    draw): per layer how often it is clamped (``zero_hits``) and pruned (``pruned_hits``); over
+    draws ``any_clamped``, ``n_clamped``, ``same_set``, ``decides_set``, ``decides_rank`` and
+    the per-draw ``taus`` and ``jaccards``."""
+    from scipy.stats import kendalltau
+
+    m = len(v)
+    observed_set = _lowest(observed, k)
     zero_hits = np.zeros(m)
     pruned_hits = np.zeros(m)
     any_clamped = decides_set = decides_rank = same_set = 0
@@ -253,28 +295,14 @@ def poisson_rank_stability(
             b = _avss_quiet(v, raised / n, clamp)
             decides_set += _lowest(b, k) != chosen
             decides_rank += bool((_ranks(b) != _ranks(a)).any())
-    per_layer = pd.DataFrame(
-        {
-            "layer": table.index.to_numpy(),
-            "count": k_counts.astype(np.int64),
-            "p_zero": zero_hits / n_draws,
-            "p_pruned": pruned_hits / n_draws,
-            "pruned_observed": [i in observed_set for i in range(m)],
-        }
-    )
-    t = np.asarray(taus)
-    summary = {
-        "n_draws": n_draws,
-        "k": k,
-        "n_layers": m,
-        "seed": seed,
-        "p_any_clamped": any_clamped / n_draws,
-        "mean_clamped": n_clamped / n_draws,
-        "p_set_observed": same_set / n_draws,
-        "p_clamp_decides": decides_set / n_draws,
-        "p_clamp_decides_rank": decides_rank / n_draws,
-        "kendall_median": float(np.median(t)),
-        "kendall_q05": float(np.quantile(t, 0.05)),
-        "mean_jaccard": float(np.mean(jaccards)),
+    return {
+        "zero_hits": zero_hits,
+        "pruned_hits": pruned_hits,
+        "any_clamped": any_clamped,
+        "n_clamped": n_clamped,
+        "same_set": same_set,
+        "decides_set": decides_set,
+        "decides_rank": decides_rank,
+        "taus": taus,
+        "jaccards": jaccards,
     }
-    return per_layer, summary
