@@ -199,20 +199,16 @@ def derive(rec: np.ndarray, columns: tuple[str, ...], name: str, d: int) -> np.n
             return np.where(c["tokens"] > 0, c["rport_var"], np.nan)
         if name.startswith(("near_", "relnear_", "updnear_")):
             return c[name] / elements
-        if name == "upd_mean_square":
-            return c["upd_sum_sq"] / elements
-        if name == "upd_flat_var":  # population variance of all update elements
-            return c["upd_sum_sq"] / elements - (c["upd_sum"] / elements) ** 2
-        if name == "upd_token_var":  # unbiased variance over d, mean over tokens
-            return (c["upd_sum_sq"] - c["upd_token_sum_sq"] / d) / (d - 1) / tokens
         if name == "mean_elem":
             return c["sum"] / elements
-        if name == "mean_square":
-            return c["sum_sq"] / elements
-        if name == "flat_var":  # population variance of all elements
-            return c["sum_sq"] / elements - (c["sum"] / elements) ** 2
-        if name == "token_var":  # unbiased variance over d, mean over tokens
-            return (c["sum_sq"] - c["token_sum_sq"] / d) / (d - 1) / tokens
+        # the same moments of h (columns sum, ...) and of the block update (upd_sum, ...)
+        p, moment = ("upd_", name[4:]) if name.startswith("upd_") else ("", name)
+        if moment == "mean_square":
+            return c[p + "sum_sq"] / elements
+        if moment == "flat_var":  # population variance of all elements
+            return c[p + "sum_sq"] / elements - (c[p + "sum"] / elements) ** 2
+        if moment == "token_var":  # unbiased variance over d, mean over tokens
+            return (c[p + "sum_sq"] - c[p + "token_sum_sq"] / d) / (d - 1) / tokens
         if name == "cos_dist_mean":
             return c["cos_dist"] / tokens
         if name == "angle_mean":

@@ -78,7 +78,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -87,9 +87,8 @@ from avsslib.accumulator import (
     DEFAULT_EPS_GRID,
     DEFAULT_REL_GRID,
     VARIANCE_MODES,
-    Aggregate,
+    AccumulatorOptions,
     StatsAccumulator,
-    VarianceMode,
 )
 from avsslib.arch import context_length
 from avsslib.errors import ConfigError
@@ -151,27 +150,11 @@ class LayerStats(StatsAccumulator):
         eps: float = 1e-5,
         eps_grid: Iterable[float] = DEFAULT_EPS_GRID,
         *,
-        faithful: bool = False,
-        variance_mode: VarianceMode = "code",
-        aggregate: Aggregate | None = None,
-        mask_pad: bool | None = None,
-        pass_mask: bool | None = None,
-        similarity: bool = True,
         stash_bytes: int | None = None,
         compile: bool | None = None,
-        rel_grid: Iterable[float] = DEFAULT_REL_GRID,
+        **options: Unpack[AccumulatorOptions],
     ) -> None:
-        super().__init__(
-            eps,
-            eps_grid,
-            faithful=faithful,
-            variance_mode=variance_mode,
-            aggregate=aggregate,
-            mask_pad=mask_pad,
-            pass_mask=pass_mask,
-            similarity=similarity,
-            rel_grid=rel_grid,
-        )
+        super().__init__(eps, eps_grid, **options)
         self.tap = BlockTap(
             self.eps_grid,
             self.rel_grid,

@@ -41,19 +41,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from avsslib.errors import ConfigError
-from avsslib.fs import content_hash, read_cached
-from avsslib.scores import avss_values
 from avsslib.selection import select_layers
-from avsslib.stats import LayerStats
 from avsslib.study_config import (
     DEFAULT_AGREEMENT_CALIBS,
     DEFAULT_CALIB,
@@ -69,11 +64,11 @@ from avsslib.study_eval import PrunedConfig, configurations, evaluate_configs
 from avsslib.study_report import (
     StudyResult,
     agreement_table,
-    calib_label,
     finish_record,
     write_figures,
     write_tables,
 )
+from avsslib.study_steps import StudyRun, calibration_and_record, statistics
 from avsslib.study_tables import (
     PRIMARY_METRICS,
     batch_table,
@@ -115,56 +110,6 @@ __all__ = [
 ]
 
 
-def _keyed(description: Mapping[str, Any]) -> dict[str, Any]:
-    """A calibration description without machine-specific fields (the tokenizer's path)."""
-    return {k: v for k, v in description.items() if k != "tokenizer"}
-
-
-@dataclass
-class _Run:
-    """What the steps of one study share: the resolved configuration, the output folder, the
-    model, the calibration set (``spec``) and its batches, and the run record."""
-
-    cfg: StudyConfig
-    out: Path
-    model: Any
-    tokenizer: Any
-    spec: dict[str, Any]
-    agreement: list[dict[str, Any]]
-    n_layers: int
-    load_s: float
-    record: Any = None
-    calib_desc: Any = None
-    faithful_desc: Any = None
-    batches: Any = None
-    faithful_batches: Any = None
-
-    @property
-    def progress(self) -> bool:
-        return not self.cfg.quiet
-
-    @property
-    def scores(self) -> list[str]:
-        assert self.cfg.scores is not None
-        return list(dict.fromkeys(self.cfg.scores))
-
-    @property
-    def faithful_scores(self) -> list[str]:
-        return [s for s in self.scores if s != "ppl_removal"]
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "id": self.record.model.get("id"),
-            "state_sha256": self.record.model.get("state_sha256"),
-            "dtype": self.record.model.get("dtype"),
-            "device": next(self.model.parameters()).device.type,
-        }
-
-    def versions(self) -> dict[str, Any]:
-        keys = ("torch", "transformers", "lm_eval", "avsslib")
-        return {k: self.record.versions.get(k) for k in keys}
-
-
 # ---------------------------------------------------------------------- the study
 def pruning_study(
     config: StudyConfig | str | None = None,
@@ -201,7 +146,7 @@ def pruning_study(
         )
     t_start = time.perf_counter()
     run = _start(config.validate(), model, tokenizer)
-    fixed, faithful, stability, stats_status, stats_s = _statistics(run)
+    fixed, faithful, stability, stats_status, stats_s = statistics(run)
     chosen, configs = _selections(run, fixed, faithful)
     results, status, eval_s = _evaluate(run, configs)
     if run.cfg.no_new_evals:  # tables of what a partial (e.g. interrupted) run evaluated
@@ -240,7 +185,7 @@ def pruning_study(
     )
 
 
-def _start(cfg: StudyConfig, model: Any, tokenizer: Any) -> _Run:
+def _start(cfg: StudyConfig, model: Any, tokenizer: Any) -> StudyRun:
     """Seed, load the model (unless given), check the fractions against its depth, build the
     calibration batches (fixed and faithful) and start the run record."""
     from avsslib.arch import blocks, require_causal_lm
@@ -266,7 +211,7 @@ def _start(cfg: StudyConfig, model: Any, tokenizer: Any) -> _Run:
                 f"fraction {f} of {n_layers} layers prunes every layer; use a smaller one."
             )
     spec = cfg.calib_spec()
-    run = _Run(
+    run = StudyRun(
         cfg=cfg,
         out=Path(cfg.out),
         model=model,
@@ -276,165 +221,12 @@ def _start(cfg: StudyConfig, model: Any, tokenizer: Any) -> _Run:
         n_layers=n_layers,
         load_s=load_s,
     )
-    _calibration_and_record(run)
+    calibration_and_record(run)
     return run
 
 
-def _calibration_and_record(run: _Run) -> None:
-    """The calibration batches of both modes, the data files the run reads, and the run record
-    with the study's configuration."""
-    import avsslib.evaluate as ev
-    from avsslib.calibration import calibration_set
-    from avsslib.data import data_file_hashes
-    from avsslib.models import default_device
-    from avsslib.report import RunRecord
-
-    cfg, spec = run.cfg, run.spec
-    assert cfg.tasks is not None and cfg.sweep_fractions is not None
-    run.batches, run.calib_desc = calibration_set(run.tokenizer, **spec)
-    run.faithful_batches, run.faithful_desc = calibration_set(
-        run.tokenizer, **spec, pad_to_max_length=True
-    )
-    data_files = dict(run.calib_desc["data_files"])
-    for c in run.agreement:
-        data_files.update(data_file_hashes(c["name"], c["split"]))
-    data_files.update(ev.task_data_files(list(cfg.tasks)))
-    config = {
-        "model": cfg.model,
-        "tasks": list(cfg.tasks),
-        "n_eval": cfg.n_eval,
-        "calib": spec,
-        "fraction": cfg.fraction,
-        "scores": run.scores,
-        "sweep_fractions": list(cfg.sweep_fractions),
-        "sweep_scores": list(cfg.sweep_scores),
-        "agreement_calibs": cfg.agreement_specs(),
-        "agreement_seeds": list(cfg.agreement_seeds),
-        "evaluate_faithful": not cfg.no_faithful_eval,
-        "seed": cfg.seed,
-        "eps": cfg.eps,
-        "device": default_device(cfg.device),
-        "dtype": cfg.dtype,
-        "batch_size": cfg.batch_size,
-        "max_length": cfg.max_length,
-        "ppl_window": cfg.ppl_window,
-        "ppl_stride": cfg.ppl_stride if cfg.ppl_stride is not None else cfg.ppl_window,
-        "num_fewshot": cfg.num_fewshot,
-        "n_boot": cfg.n_boot,
-    }
-    command = cfg.command or cfg.describe()
-    run.record = RunRecord.start(command, config, cfg.seed, model=run.model, data_files=data_files)
-
-
-def _statistics(
-    run: _Run,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray], str, float]:
-    """Fixed and faithful layer tables and the AVSS stability vectors: read back when
-    ``layer_stats.json`` holds this run's key, else computed and written. Returns ``(fixed,
-    faithful, stability, "cached" | "computed", seconds)``."""
-    t0 = time.perf_counter()
-    cfg, out = run.cfg, run.out
-    stats_key = content_hash(
-        {
-            "format": STUDY_FORMAT,
-            "model": run.identity(),
-            "versions": run.versions(),
-            "scores": run.scores,
-            "eps": cfg.eps,
-            "seed": cfg.seed,
-            "calibration": _keyed(run.calib_desc),
-            "faithful_calibration": _keyed(run.faithful_desc),
-            "agreement": run.agreement,
-            "agreement_seeds": list(cfg.agreement_seeds),
-        }
-    )
-    files = [out / n for n in ("layer_stats.csv", "layer_stats_faithful.csv", "batch_stats.csv")]
-    meta = read_cached(out / "layer_stats.json", stats_key, requires=files)
-    if meta is not None:
-        stability = {k: np.asarray(v, dtype=np.float64) for k, v in meta["stability"].items()}
-        fixed, faithful = read_layer_table(files[0]), read_layer_table(files[1])
-        return fixed, faithful, stability, "cached", time.perf_counter() - t0
-    fixed, faithful, stability = _compute_statistics(run, files, stats_key)
-    return fixed, faithful, stability, "computed", time.perf_counter() - t0
-
-
-def _compute_statistics(
-    run: _Run, files: list[Path], stats_key: str
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
-    """Fit both modes and the stability grid, write the three tables and ``layer_stats.json``."""
-    from avsslib.fs import write_csv_atomic, write_json_atomic
-    from avsslib.seeding import set_seed
-
-    cfg, progress = run.cfg, run.progress
-    set_seed(cfg.seed)
-    fixed_stats, fixed = layer_scores(
-        run.model, run.batches, scores=run.scores, seed=cfg.seed, eps=cfg.eps, progress=progress
-    )
-    set_seed(cfg.seed)
-    faithful_stats, faithful = layer_scores(
-        run.model,
-        run.faithful_batches,
-        scores=run.faithful_scores,
-        faithful=True,
-        seed=cfg.seed,
-        eps=cfg.eps,
-        progress=progress,
-    )
-    known = {calib_label(run.spec): fixed["avss"].to_numpy()} if "avss" in run.scores else {}
-    stability = _stability(run, known)
-    fixed = save_layer_table(files[0], fixed)
-    faithful = save_layer_table(files[1], faithful)
-    write_csv_atomic(
-        files[2],
-        pd.concat([batch_table(fixed_stats, "fixed"), batch_table(faithful_stats, "faithful")]),
-    )
-    write_json_atomic(
-        run.out / "layer_stats.json",
-        {
-            "format": STUDY_FORMAT,
-            "key": stats_key,
-            "model": run.identity(),
-            "calibration": run.calib_desc,
-            "faithful_calibration": run.faithful_desc,
-            "scores": run.scores,
-            "faithful_scores": run.faithful_scores,
-            "eps": cfg.eps,
-            "seed": cfg.seed,
-            "clamped_layers": {
-                "fixed": fixed.index[fixed["clamped"]].tolist(),
-                "faithful": faithful.index[faithful["clamped"]].tolist(),
-            },
-            "stability": stability,
-        },
-    )
-    return fixed, faithful, stability
-
-
-def _stability(run: _Run, known: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """AVSS (fixed mode) on every agreement calibration set x sample seed; label -> (n_layers,)."""
-    from tqdm.auto import tqdm
-
-    from avsslib.calibration import calibration_set
-
-    out: dict[str, np.ndarray] = {}
-    grid = [{**c, "seed": s} for c in run.agreement for s in run.cfg.agreement_seeds]
-    for c in tqdm(grid, desc="AVSS stability", disable=not run.progress or not grid):
-        label = calib_label(c)
-        if label in known and all(c[k] == run.spec[k] for k in run.spec):
-            out[label] = np.asarray(known[label])
-            continue
-        batches, _ = calibration_set(run.tokenizer, **c)
-        stats = LayerStats(eps=run.cfg.eps, similarity=False).fit(
-            run.model, batches, progress=False
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # clamping is logged in layer_stats.json
-            out[label] = avss_values(stats.variance_, stats.sparsity_)
-    return out
-
-
 def _selections(
-    run: _Run, fixed: pd.DataFrame, faithful: pd.DataFrame
+    run: StudyRun, fixed: pd.DataFrame, faithful: pd.DataFrame
 ) -> tuple[dict[str, dict[str, list[int]]], dict[str, PrunedConfig]]:
     """Every rule's layers in both modes and at every sweep fraction (``selections.json``),
     and the configurations to evaluate."""
@@ -465,7 +257,7 @@ def _selections(
 
 
 def _evaluate(
-    run: _Run, configs: Mapping[str, PrunedConfig]
+    run: StudyRun, configs: Mapping[str, PrunedConfig]
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     """Evaluate every configuration resumably (:func:`avsslib.study_eval.evaluate_configs`)."""
     cfg = run.cfg

@@ -7,7 +7,7 @@
 ``qs`` holds 100 NQ-open questions drawn with seed 0, in file order.
 
 The registry :data:`DATASETS` lists each dataset's splits, files, expected counts, hub id and
-licence (``avss data`` prints it). Records are defined in :mod:`avsslib.data.records`, the
+licence (``avss data`` prints it; :mod:`avsslib.data.specs`). Records are defined in :mod:`avsslib.data.records`, the
 parsers in :mod:`avsslib.data.loaders`.
 """
 
@@ -21,17 +21,14 @@ from avsslib.data.records import (
     WikiQAQuestion,
 )
 from avsslib.data.registry import (
-    DATASETS,
-    DatasetSpec,
     DataSource,
-    SplitSpec,
     calibration_texts,
     data_file_hashes,
-    get_spec,
     load_dataset,
     resolve_source,
     subsample,
 )
+from avsslib.data.specs import DATASETS, DatasetSpec, SplitSpec, get_spec
 
 __all__ = [
     "DATASETS",
