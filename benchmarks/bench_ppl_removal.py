@@ -1,4 +1,4 @@
-"""``ppl_removal`` the cached way (``avsslib.scores.removal_losses``) against the plain way
+"""``ppl_removal`` the cached way (``avsslib.removal.removal_losses``) against the plain way
 (``removal_losses_plain``: the whole model once per skipped block), in one run, on the same
 calibration batches.
 
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from avsslib.calibration import calibration_set
     from avsslib.fs import write_json_atomic
     from avsslib.models import load_model
+    from avsslib.removal import removal_losses, removal_losses_plain
     from avsslib.report import device_name, library_versions
-    from avsslib.scores import removal_losses, removal_losses_plain
 
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     batches, calib = calibration_set(

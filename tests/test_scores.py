@@ -120,7 +120,7 @@ def test_removal_losses_cached_equal_the_plain_way(model_type):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from avsslib.arch import blocks
-    from avsslib.scores import removal_losses, removal_losses_plain
+    from avsslib.removal import removal_losses, removal_losses_plain
 
     cfg = dict(
         vocab_size=64,
@@ -157,7 +157,8 @@ def test_removal_losses_cached_equal_the_plain_way(model_type):
 
 
 def test_ppl_removal_score_is_the_loss_increase(tiny_llama):
-    from avsslib.scores import compute_scores, removal_losses_plain
+    from avsslib.removal import removal_losses_plain
+    from avsslib.scores import compute_scores
 
     torch.manual_seed(1)
     batches = [{"input_ids": torch.randint(3, 128, (2, 10))}]
