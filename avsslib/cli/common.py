@@ -149,30 +149,25 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
         help=f"its split (default {d['calib_split']})",
     )
     group.add_argument("--split", dest="calib_split", action=_Given, help=argparse.SUPPRESS)
-    group.add_argument(
-        "--n", type=int, default=d["n"], action=_Given, help=f"calibration texts (default {d['n']})"
-    )
-    group.add_argument(
-        "--seq-len",
-        type=int,
-        default=d["seq_len"],
-        action=_Given,
-        help=f"tokens per text (default {d['seq_len']})",
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=d["batch_size"],
-        action=_Given,
-        help=f"texts per batch (default {d['batch_size']})",
-    )
-    group.add_argument(
-        "--calib-seed",
-        type=int,
-        default=d["calib_seed"],
-        action=_Given,
-        help=f"seed of the text sample (default {d['calib_seed']})",
-    )
+    for key, what in (
+        ("n", "calibration texts"),
+        ("seq_len", "tokens per text"),
+        ("batch_size", "texts per batch"),
+        ("calib_seed", "seed of the text sample"),
+    ):
+        group.add_argument(
+            "--" + key.replace("_", "-"),
+            type=int,
+            default=d[key],
+            action=_Given,
+            help=f"{what} (default {d[key]})",
+        )
+
+
+def add_eps_option(parser: argparse.ArgumentParser, what: str = "near-zero threshold") -> None:
+    """``--eps``, the near-zero threshold of the sparsity statistics (default 1e-5, the official
+    code's); ``what`` opens its help."""
+    parser.add_argument("--eps", type=float, default=1e-5, help=f"{what} (default 1e-5)")
 
 
 def load_cli_model(
