@@ -291,16 +291,8 @@ def load_seeded(
     return model, tokenizer, time.perf_counter() - t0
 
 
-#: names that moved to :mod:`avsslib.arch`
-_MOVED_TO_ARCH = (
-    "ARCHITECTURES",
-    "Architecture",
-    "blocks",
-    "context_length",
-    "is_causal_lm_architecture",
-    "layer_count_field",
-    "require_causal_lm",
-)
+#: names that moved to :mod:`avsslib.arch`: every public name of it came from here
+_MOVED_TO_ARCH = frozenset(arch.__all__)
 
 
 def __getattr__(name: str) -> Any:
