@@ -55,7 +55,8 @@ CALIBRATION_OPTIONS = (
 
 
 class _Given(argparse.Action):
-    """``store`` that also records the destination in ``namespace._given``."""
+    """``store`` that also records the destination in ``namespace._given`` (with ``nargs=0``:
+    stores ``const``)."""
 
     def __call__(
         self,
@@ -64,26 +65,16 @@ class _Given(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         given = set(getattr(namespace, "_given", set()))
         namespace._given = given | {self.dest}
 
 
-class _GivenFlag(argparse.Action):
+class _GivenFlag(_Given):
     """``store_true`` that also records the destination in ``namespace._given``."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, True)
-        namespace._given = set(getattr(namespace, "_given", set())) | {self.dest}
+        super().__init__(option_strings, dest, nargs=0, const=True, default=False, **kwargs)
 
 
 def given(args: argparse.Namespace, dest: str) -> bool:
