@@ -262,6 +262,20 @@ class ModelOptions:
     quiet: bool = False
     trust_remote_code: bool = False
 
+    def load(
+        self, device: str, *, causal_for: str | None = None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float]:
+        """:func:`load_seeded` of ``model`` in ``dtype`` on ``device``, seeded with ``seed``,
+        honouring ``trust_remote_code``; returns ``(model, tokenizer, load seconds)``."""
+        return load_seeded(
+            self.model,
+            dtype=self.dtype,
+            device=device,
+            seed=self.seed,
+            trust_remote_code=self.trust_remote_code,
+            causal_for=causal_for,
+        )
+
 
 def load_seeded(
     name_or_path: str,
