@@ -4,23 +4,30 @@
 what :func:`avsslib.evaluate.evaluate` returns and what a run's ``metrics.json`` holds
 (:meth:`EvalResult.to_dict` / :meth:`EvalResult.from_dict`); :func:`statistic` aggregates the
 per-example values of a metric kind, so that bootstrap intervals (:func:`bootstrap_ci`) and the
-paired retention (:func:`avsslib.retention.retention`) resample examples. Writes no files.
+paired retention (:func:`avsslib.retention.retention`) resample examples;
+:func:`paired_metrics` pairs the metrics of two runs' task for such paired bootstraps. Writes no
+files.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from avsslib.bootstrap import bootstrap_ci
+from avsslib.bootstrap import (
+    bootstrap_ci,
+    check_bootstrap,
+    paired_replicates,
+    resample_indices,
+)
 from avsslib.errors import ConfigError
 
-__all__ = ["EvalResult", "Kind", "MetricScores", "TaskResult", "statistic"]
+__all__ = ["EvalResult", "Kind", "MetricScores", "TaskResult", "paired_metrics", "statistic"]
 
 Kind = Literal["mean", "perplexity", "bits_per_byte"]
 
@@ -154,3 +161,27 @@ class EvalResult:
                 for name, t in data["tasks"].items()
             }
         )
+
+
+def paired_metrics(
+    first: TaskResult, second: TaskResult, *, n_boot: int, seed: int, alpha: float
+) -> Iterator[tuple[str, MetricScores, MetricScores, np.ndarray, np.ndarray, np.ndarray]]:
+    """The metrics two runs of one task share, paired example by example for a paired bootstrap.
+
+    Both runs must have scored the same examples (the caller checks, with its own message).
+    Checks the bootstrap settings, draws one set of ``n_boot`` example-index resamples with
+    ``seed`` for the task, then yields, per metric of ``first`` that ``second`` also has,
+    ``(metric, first's scores, second's scores, x, y, pairs)``: ``x`` first's per-example
+    values, ``y`` second's in first's example order, ``pairs`` shape (n_boot, 2) the statistic
+    of both runs on each resample (:func:`avsslib.bootstrap.paired_replicates`).
+    """
+    position = {i: k for k, i in enumerate(second.ids)}
+    order = np.array([position[i] for i in first.ids])
+    check_bootstrap(len(first.ids), n_boot, alpha)
+    idx = resample_indices(len(first.ids), n_boot, seed)
+    for metric, mf in first.metrics.items():
+        if metric not in second.metrics:
+            continue
+        ms = second.metrics[metric]
+        x, y = mf.per_example, ms.per_example[order]
+        yield metric, mf, ms, x, y, paired_replicates(x, y, statistic(mf.kind), idx)

@@ -60,6 +60,32 @@ def _require(**answers: Any) -> None:
         _fail(f"set {' and '.join(blank)} first (still None)")
 
 
+def _check_rule_prediction(
+    pruned: Any,
+    importance: Sequence[float],
+    fraction: float,
+    *,
+    name: str,
+    rule: str,
+    other_rule: str,
+    other_hint: str,
+    wrong_hint: str,
+    exercise: str,
+) -> None:
+    """The answer ``name`` (``pruned``) must be the layers ``rule`` prunes: ``other_hint`` when
+    it is what ``other_rule`` prunes instead, else ``"<answer> <wrong_hint>"``."""
+    from avsslib.selection import select_layers
+
+    _require(**{name: pruned})
+    expected = set(select_layers(importance, fraction, rule))
+    got = _as_index_set(pruned, name)
+    if got == set(select_layers(importance, fraction, other_rule)) and got != expected:
+        _fail(other_hint)
+    if got != expected:
+        _fail(f"{sorted(got)} {wrong_hint}")
+    _correct(exercise)
+
+
 def _call(fn: Callable[..., Any], name: str, *args: Any) -> Any:
     """Call the student's function; a blank (NotImplementedError) or a crash becomes a hint."""
     if not callable(fn):
@@ -353,18 +379,18 @@ def check_avss(avss: Callable[..., Any], seed: int = 0) -> None:
 
 def check_code_bug_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> None:
     """Chapter 2: the layers the official code's cumulative-sum rule prunes."""
-    from avsslib.selection import select_layers
-
-    _require(pruned_code_bug=pruned)
-    expected = set(select_layers(importance, fraction, "code_bug"))
-    got = _as_index_set(pruned, "pruned_code_bug")
-    if got == set(select_layers(importance, fraction, "mass")) and got != expected:
-        _fail(
-            "that is the mass rule (sorted before summing); the official code sums in layer order"
-        )
-    if got != expected:
-        _fail(f"{sorted(got)} is not what the cumulative sum in layer order selects")
-    _correct("exercise: the official selection")
+    _check_rule_prediction(
+        pruned,
+        importance,
+        fraction,
+        name="pruned_code_bug",
+        rule="code_bug",
+        other_rule="mass",
+        other_hint="that is the mass rule (sorted before summing); the official code sums in "
+        "layer order",
+        wrong_hint="is not what the cumulative sum in layer order selects",
+        exercise="exercise: the official selection",
+    )
 
 
 def check_kendall_tau(tau: Any, a: Sequence[float], b: Sequence[float]) -> None:
@@ -440,22 +466,19 @@ def check_relative_gain(gain_pp: Any, gain_rel: Any, before: float, after: float
 
 def check_mass_prediction(pruned: Any, importance: Sequence[float], fraction: float) -> None:
     """Chapter 7: the layers the mass rule prunes on a heavy-tailed score."""
-    from avsslib.selection import select_layers
-
-    _require(pruned_mass=pruned)
-    expected = set(select_layers(importance, fraction, "mass"))
-    got = _as_index_set(pruned, "pruned_mass")
-    if got == set(select_layers(importance, fraction, "count")) and got != expected:
-        _fail(
-            "that is the count rule; the mass rule keeps adding layers while their "
-            "normalised mass stays within the fraction"
-        )
-    if got != expected:
-        _fail(
-            f"{sorted(got)} is not what the mass rule prunes: sort ascending, accumulate the "
-            "normalised scores, prune while the sum is <= fraction"
-        )
-    _correct("exercise: the mass rule")
+    _check_rule_prediction(
+        pruned,
+        importance,
+        fraction,
+        name="pruned_mass",
+        rule="mass",
+        other_rule="count",
+        other_hint="that is the count rule; the mass rule keeps adding layers while their "
+        "normalised mass stays within the fraction",
+        wrong_hint="is not what the mass rule prunes: sort ascending, accumulate the "
+        "normalised scores, prune while the sum is <= fraction",
+        exercise="exercise: the mass rule",
+    )
 
 
 def check_layer_counts(counts: Any, n_layers: Sequence[int], fraction: float) -> None:

@@ -55,7 +55,7 @@ from avsslib.hallucination_steps import (
     run_table,
     write_summary_files,
 )
-from avsslib.models import ModelOptions, default_device, load_seeded
+from avsslib.models import ModelOptions, default_device
 from avsslib.protocol import ANSWER_PROMPT
 
 DATASETS: tuple[str, ...] = ("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa")
@@ -176,14 +176,7 @@ def run_hallucination(
     out = Path(cfg.out)
     device = default_device(cfg.device)
     if model is None or tokenizer is None:
-        model, tokenizer, load_s = load_seeded(
-            cfg.model,
-            dtype=cfg.dtype,
-            device=device,
-            seed=cfg.seed,
-            trust_remote_code=cfg.trust_remote_code,
-            causal_for="avss hallucination",
-        )
+        model, tokenizer, load_s = cfg.load(device, causal_for="avss hallucination")
     splits = {d: get_spec(d).split_name(None) for d in datasets}
     hashes = {k: v for d in datasets for k, v in data_file_hashes(d, splits[d]).items()}
     config_dict = {

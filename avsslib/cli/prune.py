@@ -27,6 +27,7 @@ from pathlib import Path
 
 from avsslib.cli.common import (
     add_calibration_options,
+    add_eps_option,
     add_model_options,
     calibration_from_args,
     check_numbers,
@@ -63,9 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score with official-script statistics (when scoring now)",
     )
-    parser.add_argument(
-        "--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)"
-    )
+    add_eps_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 

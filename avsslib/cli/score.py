@@ -27,6 +27,7 @@ from pathlib import Path
 
 from avsslib.cli.common import (
     add_calibration_options,
+    add_eps_option,
     add_model_options,
     calibration_from_args,
     check_numbers,
@@ -56,9 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated scores (default {','.join(FAST_SCORES)}: one "
         "statistics pass; ppl_removal runs the model once more per layer)",
     )
-    parser.add_argument(
-        "--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)"
-    )
+    add_eps_option(parser)
     parser.add_argument(
         "--fraction",
         type=float,

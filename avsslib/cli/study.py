@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from avsslib.cli.common import (
     CALIBRATION_DEFAULTS,
     add_calibration_options,
+    add_eps_option,
     add_model_options,
     check_numbers,
     command_line,
@@ -88,9 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not evaluate the faithful-mode AVSS selections",
     )
-    parser.add_argument(
-        "--eps", type=float, default=1e-5, help="near-zero threshold (default 1e-5)"
-    )
+    add_eps_option(parser)
     parser.add_argument(
         "--max-length", type=int, default=2048, help="harness context length (default 2048)"
     )

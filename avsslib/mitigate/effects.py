@@ -13,14 +13,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from avsslib.bootstrap import (
-    check_bootstrap,
-    paired_replicates,
-    percentile_interval,
-    resample_indices,
-)
+from avsslib.bootstrap import percentile_interval
 from avsslib.data import TruthfulQAExample
 from avsslib.errors import ConfigError
+from avsslib.eval_results import paired_metrics, statistic
 from avsslib.mitigate.data import prompt
 
 # ---------------------------------------------------------------- side effects and changes
@@ -112,8 +108,6 @@ def paired_change(
     statistics when some are ``inf``. Columns: task, metric, before, after, delta_abs,
     abs_ci_low, abs_ci_high, delta_rel, rel_ci_low, rel_ci_high, n, higher_is_better.
     """
-    from avsslib.evaluate import statistic
-
     rows = []
     for name, b in before.tasks.items():
         if name not in after.tasks:
@@ -124,17 +118,11 @@ def paired_change(
                 f"task {name}: before and after scored different examples; evaluate "
                 "both with the same n and seed."
             )
-        position = {i: k for k, i in enumerate(a.ids)}
-        order = np.array([position[i] for i in b.ids])
-        check_bootstrap(len(b.ids), n_boot, alpha)
-        idx = resample_indices(len(b.ids), n_boot, seed)
-        for metric, mb in b.metrics.items():
-            if metric not in a.metrics:
-                continue
+        for metric, mb, _, x, y, pairs in paired_metrics(
+            b, a, n_boot=n_boot, seed=seed, alpha=alpha
+        ):
             stat = statistic(mb.kind)
-            x, y = mb.per_example, a.metrics[metric].per_example[order]
             x0, y0 = np.float64(stat(x)), np.float64(stat(y))
-            pairs = paired_replicates(x, y, stat, idx)
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = (pairs[:, 1] - pairs[:, 0]) / pairs[:, 0]
                 delta_rel = (y0 - x0) / x0

@@ -269,43 +269,26 @@ def eavss_layer_profile(
     by = table.attrs.get("by", "delta" if family == "P" else "eavss")
     prone = [int(i) for i in table.index[table["prone"].astype(bool)]]
     fig, axes = plt.subplots(3, 1, figsize=(7.0, 7.2), sharex=True)
-    if family == "P":
-        layer_profile(
-            axes[0],
-            table["hsav"],
-            label="HSAV = V_H (hallucinated)",
-            xlabel="",
-            ylabel="variance (a.u.²)",
-            logy=True,
+    if family == "P":  # each panel: the hallucinated set, then the truthful set dashed
+        panels = (
+            (axes[0], "HSAV = V_H", "hsav", "V_T", "v_t", "variance (a.u.²)", None),
+            (axes[1], "HSS = S_H", "hss", "S_T", "s_t", "sparsity (fraction)", 1e-12),
         )
-        layer_profile(
-            axes[0],
-            table["v_t"],
-            label="V_T (truthful)",
-            xlabel="",
-            ylabel="variance (a.u.²)",
-            logy=True,
-            marker="s",
-            linestyle="--",
-        )
-        layer_profile(
-            axes[1],
-            table["hss"].clip(lower=1e-12),
-            xlabel="",
-            label="HSS = S_H (hallucinated)",
-            ylabel="sparsity (fraction)",
-            logy=True,
-        )
-        layer_profile(
-            axes[1],
-            table["s_t"].clip(lower=1e-12),
-            label="S_T (truthful)",
-            xlabel="",
-            ylabel="sparsity (fraction)",
-            logy=True,
-            marker="s",
-            linestyle="--",
-        )
+        for ax, h_label, h_col, t_label, t_col, ylabel, floor in panels:
+            hallucinated, truthful = table[h_col].clip(lower=floor), table[t_col].clip(lower=floor)
+            layer_profile(
+                ax, hallucinated, f"{h_label} (hallucinated)", ylabel, xlabel="", logy=True
+            )
+            layer_profile(
+                ax,
+                truthful,
+                f"{t_label} (truthful)",
+                ylabel,
+                xlabel="",
+                logy=True,
+                marker="s",
+                linestyle="--",
+            )
     else:
         layer_profile(axes[0], table["hsav"], xlabel="", ylabel="HSAV = V_H / V_T", logy=True)
         layer_profile(axes[1], table["hss"], xlabel="", ylabel="HSS = S_H / S_T", logy=True)
