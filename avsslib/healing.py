@@ -220,6 +220,8 @@ def recovered_share(
     the NaN policy of :mod:`avsslib.bootstrap`, the interval is NaN as soon as one resample lost
     nothing (an infinite recovery has no meaning to order).
     Columns: task, metric, retention_before, retention_after, recovered, ci_low, ci_high, n.
+
+    A little over 80 lines: the pairing of three runs and the bootstrap are one computation.
     """
     from avsslib.bootstrap import percentile_interval, resample_indices
     from avsslib.evaluate import statistic
@@ -321,6 +323,10 @@ def healing_study(
     ``record.json`` / ``record.md``. A selection whose ``-after.json`` holds the same hash
     (model, layers, budget, tasks, n, seed) is read back, not run again.
     Returns ``{"table": healing.csv as a DataFrame, "status": name -> "run" | "cached"}``.
+
+    It stays long (about 180 lines) because every selection runs the same resumable sequence
+    (prune a copy, evaluate, heal, evaluate, write) on one loaded model and one run record; the
+    steps are calls into :mod:`avsslib.prune`, :mod:`avsslib.evaluate` and :func:`heal`.
     """
     import avsslib.evaluate as ev
     from avsslib.arch import blocks

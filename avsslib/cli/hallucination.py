@@ -29,6 +29,8 @@ _DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``avss hallucination``, one ``add_argument`` call each: long because the list of
+    options is, not the logic."""
     from avsslib.labels import DEFAULT_TEMPLATE
 
     add_model_options(parser)

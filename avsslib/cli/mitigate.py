@@ -24,6 +24,8 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``avss mitigate``, one ``add_argument`` call each: long because the list of
+    options is, not the logic."""
     from avsslib.mitigate import DEFAULT_MAX_NEGATIVES
     from avsslib.protocol import MODES
 

@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from avsslib.cli.common import (
     add_calibration_options,
@@ -68,27 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-def _run(args: argparse.Namespace) -> int:
-
-    from avsslib.arch import blocks
-    from avsslib.fs import file_sha256, replace_directory, write_json_atomic
-    from avsslib.prune import prune_layers_
-    from avsslib.report import RunRecord, save_record
+def _choose_layers(
+    args: argparse.Namespace, model: Any, tokenizer: Any, n_layers: int
+) -> tuple[list[int], dict, dict[str, str]]:
+    """The layers to prune: given by ``--layers``, or selected by ``--score`` from a scores
+    table (``--from-scores``) or from statistics of a calibration set; with where they came
+    from (for ``selection.json``) and the hashes of the data files read."""
+    from avsslib.fs import file_sha256
     from avsslib.selection import select_layers
     from avsslib.study import layer_scores, read_layer_table
 
-    check_numbers(args)
-    out: Path = args.out
-    if out.exists() and not args.overwrite:
-        raise ConfigError(
-            f"--out {out} already exists; pass --overwrite to replace it or choose "
-            "another directory."
-        )
-    device = resolve_device(args.device)
-    model, tokenizer, load_s = load_cli_model(args, device)
-    n_layers = len(blocks(model))
     data_files: dict[str, str] = {}
-    t0 = time.perf_counter()
     if args.layers is not None:
         layers = sorted(parse_list(args.layers, "--layers", int))
         source: dict = {"layers": "given on the command line"}
@@ -128,6 +119,28 @@ def _run(args: argparse.Namespace) -> int:
         layers = select_layers(
             table[args.score].to_numpy(), args.fraction, args.rule, score=args.score
         )
+    return layers, source, data_files
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    from avsslib.arch import blocks
+    from avsslib.fs import replace_directory, write_json_atomic
+    from avsslib.prune import prune_layers_
+    from avsslib.report import RunRecord, save_record
+
+    check_numbers(args)
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise ConfigError(
+            f"--out {out} already exists; pass --overwrite to replace it or choose "
+            "another directory."
+        )
+    device = resolve_device(args.device)
+    model, tokenizer, load_s = load_cli_model(args, device)
+    n_layers = len(blocks(model))
+    t0 = time.perf_counter()
+    layers, source, data_files = _choose_layers(args, model, tokenizer, n_layers)
     select_s = time.perf_counter() - t0
     config = {
         k: (str(v) if isinstance(v, Path) else v)

@@ -274,6 +274,11 @@ def train(
     ``ConfigError``) and ends with the same weights as an uninterrupted run. ``callback`` gets
     each step's history row after the step (and its checkpoint). Seeded by ``config.seed``
     (:func:`avsslib.seeding.set_seed`): two runs give the same weights on CPU.
+
+    It stays long (about 200 lines) on purpose: the optimizer, scheduler, RNG streams and
+    checkpoint are advanced together in one loop, in the order the resume test holds
+    bit-identical; the loss and batch steps are calls into :mod:`avsslib.mitigate.losses` and
+    :mod:`avsslib.mitigate.data`.
     """
     from avsslib.seeding import set_seed
 

@@ -90,7 +90,10 @@ def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"
 
 
 def findings(root: str | Path) -> list[str]:
-    """The findings in sentences, each generated from the verdict rows and result files."""
+    """The findings in sentences, each generated from the verdict rows and result files.
+
+    A little over 80 lines: one short block per claim, in the order of the README.
+    """
     from avsslib.plots import fmt_ci, plural, words
 
     root = Path(root)
