@@ -436,3 +436,49 @@ def size_sentence(frame: pd.DataFrame, task: str = SIZE_TASK, fraction: float = 
     if len(unplaced):
         text += f" ({words(unplaced['name'])}: no parameter count in the run record)"
     return text + "."
+
+
+def in_short(root: str | Path, fraction: float = 0.25, task: str = SIZE_TASK) -> str:
+    """The chapter's answer in three sentences, for its first screen: the range of AVSS's
+    retention over the models with a pruning study (and on how many its 95% interval lies
+    wholly below random layers'), the best scale-aware repair against the better of block
+    influence and angular distance, and AVSS's retention before and after LoRA healing."""
+    size = retention_by_size(root, fraction=fraction)
+    base = size[size["kind"] == "baseline"] if len(size) else size
+    if base.empty:
+        return "No pruning study under results/ yet: run `avss study --out results/<model>/avss`."
+    avss = base[base["score"] == "avss"]
+    both = avss.merge(base[base["score"] == "random"], on="model", suffixes=("", "_random"))
+    below = int((both["ci_high"] < both["ci_low_random"]).sum())
+    metric = R.task_name(task, R.PRIMARY.get(task))
+    text = (
+        f"In short: on {plural(len(avss), 'model')} with a pruning study, AVSS keeps "
+        f"{fmt_pct(avss['retention'].min())} to {fmt_pct(avss['retention'].max())} of {metric} "
+        f"at {fmt_pct(fraction)} pruned, and its 95% interval lies wholly below that of random "
+        f"layers on {below} of them."
+    )
+    repair = beyond.best_repair(root, task=task, fraction=fraction)
+    if len(repair):
+        text += " The same statistics computed on each block's update instead of the residual "
+        text += (
+            "stream repair it: "
+            + words(
+                f"`{r.score}` keeps {fmt_pct(r.retention)} on {R.model_name(r.model)} (the better of "
+                f"block influence and angular distance {fmt_pct(r.reference_retention)})"
+                for r in repair.itertuples()
+            )
+            + "."
+        )
+    heal = beyond.healing(root)
+    if len(heal):
+        heal = heal[(heal["config"] == "avss-count") & (heal["task"] == task)]
+        text += (
+            " After LoRA healing, AVSS-pruned models keep "
+            + words(
+                f"{fmt_pct(r.retention_after)} (before healing {fmt_pct(r.retention_before)}) on "
+                f"{R.model_name(r.model)}"
+                for r in heal.itertuples()
+            )
+            + "."
+        )
+    return text

@@ -279,3 +279,12 @@ def test_size_tick_labels_wrap_long_model_names():
     assert _wrap_name("SmolLM2-135M") == "SmolLM2-135M"
     assert _wrap_name("Qwen2.5-Coder-0.5B") == "Qwen2.5-Coder-\n0.5B"
     assert _wrap_name("a-b-c", width=3) == "a-b-\nc"
+
+
+def test_in_short_states_the_range_and_the_count_below_random(sizes, tmp_path_factory):
+    text = W.in_short(sizes)
+    # AVSS keeps 30%, 50% and 30% (see the sizes fixture); small and nameless lie below random
+    assert text.startswith("In short: on 3 models with a pruning study, AVSS keeps 30% to 50%")
+    assert "wholly below that of random layers on 2 of them." in text
+    empty = tmp_path_factory.mktemp("empty")
+    assert "avss study" in W.in_short(empty)
