@@ -35,6 +35,9 @@ REFERENCE_SCORES = ("block_influence", "angular")
 LAYER_CHOICES = ("eavss", "probe", "avss")
 """Mitigation modes that choose which layers to train (``random`` is their control, ``full``
 trains everything)."""
+LAYER_CHOICE_ALPHA = 0.05 / len(LAYER_CHOICES)
+"""The level of each layer choice's comparison with random layers when the claim is "some
+layer choice beats random layers" (Bonferroni over :data:`LAYER_CHOICES`)."""
 
 _RUN = re.compile(r"(.+)-seed(\d+)-fold(\d+)")
 

@@ -400,6 +400,15 @@ def _per_model(frame: pd.DataFrame, *, score: bool = False) -> str:
     )
 
 
+def _avss_below_random(base: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """AVSS's rows of :func:`retention_by_size` (baseline rows) joined with random layers' of the
+    same model (``*_random`` columns), and on how many models AVSS's 95% interval lies wholly
+    below that of random layers."""
+    avss, rand = base[base["score"] == "avss"], base[base["score"] == "random"]
+    both = avss.merge(rand, on="model", suffixes=("", "_random"))
+    return both, int((both["ci_high"] < both["ci_low_random"]).sum())
+
+
 def size_sentence(frame: pd.DataFrame, task: str = SIZE_TASK, fraction: float = 0.25) -> str:
     """What :func:`retention_by_size` shows, in one sentence: AVSS, random layers and the better
     reference score per model, from the smallest to the largest, on how many models AVSS's
@@ -410,8 +419,7 @@ def size_sentence(frame: pd.DataFrame, task: str = SIZE_TASK, fraction: float = 
     avss, rand = base[base["score"] == "avss"], base[base["score"] == "random"]
     refs = base[base["score"].isin(beyond.REFERENCE_SCORES)]
     refs = refs.loc[refs.groupby("model", sort=False)["retention"].idxmax()] if len(refs) else refs
-    both = avss.merge(rand, on="model", suffixes=("", "_random"))
-    below = int((both["ci_high"] < both["ci_low_random"]).sum())
+    both, below = _avss_below_random(base)
     sizes = frame.drop_duplicates("model")
     known = sizes["parameters"].dropna()
     span = (
@@ -448,8 +456,7 @@ def in_short(root: str | Path, fraction: float = 0.25, task: str = SIZE_TASK) ->
     if base.empty:
         return "No pruning study under results/ yet: run `avss study --out results/<model>/avss`."
     avss = base[base["score"] == "avss"]
-    both = avss.merge(base[base["score"] == "random"], on="model", suffixes=("", "_random"))
-    below = int((both["ci_high"] < both["ci_low_random"]).sum())
+    _, below = _avss_below_random(base)
     metric = R.task_name(task, R.PRIMARY.get(task))
     text = (
         f"In short: on {plural(len(avss), 'model')} with a pruning study, AVSS keeps "

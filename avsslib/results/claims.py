@@ -398,7 +398,7 @@ def _heal_verdicts(root: Path) -> list[Verdict]:
 
 
 def _layer_choice_verdicts(root: Path) -> list[Verdict]:
-    from avsslib.beyond import LAYER_CHOICES
+    from avsslib.beyond import LAYER_CHOICE_ALPHA, LAYER_CHOICES
     from avsslib.plots import fmt_ci
 
     table = fold_table(root)
@@ -410,7 +410,7 @@ def _layer_choice_verdicts(root: Path) -> list[Verdict]:
     ]
     # "some layer choice" is the best of several: each is tested at alpha / (number of choices)
     # (Bonferroni), so that the claim's error rate stays at 5% over the family
-    alpha = 0.05 / len(LAYER_CHOICES)
+    alpha = LAYER_CHOICE_ALPHA
     adjusted = fold_table(root, alpha=alpha).set_index(
         ["model", "dataset", "task", "metric", "mode"]
     )

@@ -331,7 +331,7 @@ def layer_choice_sentence(root: str | Path, model: str) -> str:
     comparisons of a layer choice with random layers have a paired 95% interval above zero,
     below zero or across it (each named with its value), and what full fine-tuning of every
     layer gains over random layers. Every number comes from :func:`layer_choices`."""
-    from avsslib.beyond import LAYER_CHOICES
+    from avsslib.beyond import LAYER_CHOICE_ALPHA, LAYER_CHOICES
     from avsslib.plots import fmt_ci, plural, words
 
     rows = layer_choices(root, model)
@@ -366,7 +366,7 @@ def layer_choice_sentence(root: str | Path, model: str) -> str:
         + "."
     )
     if len(above):
-        alpha = 0.05 / len(LAYER_CHOICES)
+        alpha = LAYER_CHOICE_ALPHA
         adjusted = fold_table(root, alpha=alpha).set_index(["model", "task", "metric", "mode"])
         kept = sum(
             adjusted.loc[(model, r.task, r.metric, r.mode), "vs_random_ci_low"] > 0
