@@ -163,6 +163,31 @@ class CachedLM(HFLM):
         pad = self.tokenizer.pad_token_id
         return int(pad) if pad is not None else 0
 
+    def _encode_after_prefix(
+        self, parts: list[tuple[int, ...]], shared: int, prefix_cache: Any, **extra: Any
+    ) -> tuple[Any, torch.Tensor]:
+        """One forward pass over ``parts`` (token rows, right padded) placed after the ``shared``
+        positions of ``prefix_cache`` (each row on its own copy; a new cache when ``None``):
+        ``(cache, logits)``. No attention mask is passed: with right padding and causal
+        attention a real position never sees a padded one, so the logits and the cached keys and
+        values at real positions are those of the unpadded rows (a later pass that reads this
+        cache must mask the padded columns). Without a mask the attention kernels run their
+        plain causal path."""
+        width = max(len(p) for p in parts)
+        device = self.device
+        cache = (
+            select_rows(prefix_cache, torch.zeros(len(parts), dtype=torch.long, device=device))
+            if prefix_cache is not None
+            else self._new_cache()
+        )
+        out = self._forward(
+            input_ids=pad_ids(parts, width, self._pad_id).to(device),
+            position_ids=(shared + torch.arange(width, device=device)).expand(len(parts), width),
+            cache=cache,
+            **extra,
+        )
+        return cache, out.logits
+
     # ------------------------------------------------------------ log-likelihood
 
     def _loglikelihood_tokens(
@@ -225,31 +250,17 @@ class CachedLM(HFLM):
             self._score_next_tokens(batch, groups, prepared, shared, prefix_cache, results)
             bar.update(sum(len(groups[c]) for c in batch))
             return
-        device = self.device
         parts = [c[shared:-1] for c in batch]
         width = max(len(p) for p in parts)
         if width > 0:  # stage 2: each context after the shared prefix, but its last token
-            own = torch.tensor(
-                [[j < len(p) for j in range(width)] for p in parts], dtype=torch.long
-            )
-            context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(
-                device
-            )
-            index = torch.zeros(len(batch), dtype=torch.long, device=device)
-            cache = (
-                select_rows(prefix_cache, index) if prefix_cache is not None else self._new_cache()
-            )
-            self._forward(
-                input_ids=pad_ids(parts, width, self._pad_id).to(device),
-                attention_mask=context_mask,
-                position_ids=(shared + torch.arange(width, device=device)).expand(
-                    len(batch), width
-                ),
-                cache=cache,
-                **self._keep_last,
-            )
+            cache, _ = self._encode_after_prefix(parts, shared, prefix_cache, **self._keep_last)
+            own = (
+                torch.arange(width)[None] < torch.tensor([len(p) for p in parts])[:, None]
+            ).long()
+            context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1)
+            context_mask = context_mask.to(self.device)
         else:
-            context_mask = torch.ones(1, shared, dtype=torch.long, device=device)
+            context_mask = torch.ones(1, shared, dtype=torch.long, device=self.device)
             cache = prefix_cache
         cached = shared + width
         rows = sorted(
@@ -283,35 +294,22 @@ class CachedLM(HFLM):
         (``HFLM`` shares one-token continuations the same way)."""
         device = self.device
         parts = [c[shared:] for c in batch]
-        width = max(len(p) for p in parts)
-        lengths = torch.tensor([len(p) for p in parts])
-        own = (torch.arange(width)[None] < lengths[:, None]).long()
-        mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1).to(device)
-        cache = (
-            select_rows(prefix_cache, torch.zeros(len(batch), dtype=torch.long, device=device))
-            if prefix_cache is not None
-            else self._new_cache()
-        )
-        last = lengths - 1
+        last = torch.tensor([len(p) - 1 for p in parts])
         keep = torch.unique(last)  # the columns whose logits are needed
         extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
-        logits = self._forward(
-            input_ids=pad_ids(parts, width, self._pad_id).to(device),
-            attention_mask=mask,
-            position_ids=(shared + torch.arange(width, device=device)).expand(len(batch), width),
-            cache=cache,
-            **extra,
-        ).logits
+        _, logits = self._encode_after_prefix(parts, shared, prefix_cache, **extra)
         column = torch.searchsorted(keep, last) if extra else last
         rows = logits[
             torch.arange(len(batch), device=device), column.to(device)
         ]  # (contexts, vocab)
         logp = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
-        best = logp.argmax(-1)
-        for g, c in enumerate(batch):
-            for i in groups[c]:
-                target = prepared[i][1][0]
-                results[i] = (float(logp[g, target]), bool(best[g] == target))
+        pairs = [(g, i) for g, c in enumerate(batch) for i in groups[c]]
+        row = torch.tensor([g for g, _ in pairs], device=device)
+        target = torch.tensor([prepared[i][1][0] for _, i in pairs], device=device)
+        scores = logp[row, target].tolist()  # one transfer for the whole batch
+        hits = (logp.argmax(-1)[row] == target).tolist()
+        for (_, i), score, hit in zip(pairs, scores, hits, strict=True):
+            results[i] = (float(score), bool(hit))
 
     def _score_continuations(
         self,
@@ -346,13 +344,12 @@ class CachedLM(HFLM):
         targets = torch.tensor([t for _, i in chunk for t in prepared[i][1]], device=device)
         picked = logp.gather(-1, targets[:, None])[:, 0]
         greedy = logp.argmax(-1) == targets
-        offset = 0
-        for (_, i), n in zip(chunk, lengths.tolist(), strict=True):
-            results[i] = (
-                float(picked[offset : offset + n].sum()),
-                bool(greedy[offset : offset + n].all()),
-            )
-            offset += n
+        sizes = lengths.tolist()
+        # per-row sums and flags on the device, read back in one transfer (not one sync a row)
+        sums = torch.stack([part.sum() for part in picked.split(sizes)]).tolist()
+        flags = torch.stack([part.all() for part in greedy.split(sizes)]).tolist()
+        for (_, i), total, flag in zip(chunk, sums, flags, strict=True):
+            results[i] = (float(total), bool(flag))
 
     # ------------------------------------------------------------ generation
 

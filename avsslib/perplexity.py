@@ -126,12 +126,14 @@ def perplexity(
     ):
         inputs = torch.stack([x[spans[k][0] : spans[k][1]] for k in batch]).to(device)
         logits = model(input_ids=inputs).logits  # (batch, width, vocab)
+        sums = []
         for row, k in enumerate(batch):
             s, e, d = spans[k]
             logp = torch.log_softmax(logits[row, d - s :].float(), dim=-1)  # scored positions only
             picked = logp.gather(-1, y[d:e].to(device)[:, None])[:, 0]
-            nll[k] = -picked.double().sum().item()
+            sums.append(-picked.double().sum())
             tokens[k] = e - d
+        nll[batch] = torch.stack(sums).tolist()  # one transfer a batch, not one sync a window
     value = float(np.exp(nll.sum() / tokens.sum()))
     protocol = {
         "unit": "token",
