@@ -1,5 +1,6 @@
 """Architectures: where each model family keeps its decoder blocks (one table), block access,
-the layer-count field and the context length. Free of loading: nothing here reads a file.
+the layer-count field, the context length, and :func:`eval_mode` (a pass in ``eval()`` mode
+with the training flag restored afterwards). Free of loading: nothing here reads a file.
 
 ``blocks(model)`` returns the ``torch.nn.ModuleList`` of transformer blocks of any model whose
 ``config.model_type`` is in :data:`ARCHITECTURES`. To support a new architecture, add one line to
@@ -11,6 +12,8 @@ path is tried with and without its first component (the attribute the wrapper ad
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -164,11 +167,24 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in ``eval()`` mode inside the ``with`` block; afterwards (also on an error) its
+    training flag is what it was before, set on every submodule (``model.train(flag)``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "blocks",
     "context_length",
+    "eval_mode",
     "is_causal_lm_architecture",
     "layer_count_field",
     "require_causal_lm",

@@ -45,7 +45,7 @@ import torch
 
 from avsslib.errors import AvssError, ConfigError
 from avsslib.labels import LabelledExample, encode_prompt
-from avsslib.scores import SPARSITY_CLAMP, SparsityClampWarning
+from avsslib.scores import SPARSITY_CLAMP, clamp_sparsity
 from avsslib.stats import LayerStats
 
 __all__ = [
@@ -215,19 +215,6 @@ def _norm(values: np.ndarray) -> np.ndarray:
     return values / values.sum()
 
 
-def _clamped(s: np.ndarray, name: str, clamp: float) -> np.ndarray:
-    low = np.flatnonzero(s < clamp)
-    if low.size:
-        warnings.warn(
-            f"{name} is below {clamp:g} (no near-zero activation) at layers "
-            f"{low.tolist()}: clamped to {clamp:g}, so ratios there "
-            "are huge; consider a larger eps or more data.",
-            SparsityClampWarning,
-            stacklevel=3,
-        )
-    return np.maximum(s, clamp)
-
-
 def _array(values: Any, name: str) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.ndim != 1 or a.size < 2:
@@ -280,7 +267,7 @@ def eavss_profile(
                 f"{name} is not positive at layers {np.flatnonzero(v <= 0).tolist()}; "
                 "variances must be > 0 to be normalised and divided."
             )
-    sh, st = _clamped(s_h, "S_H", clamp), _clamped(s_t, "S_T", clamp)
+    sh, st = clamp_sparsity(s_h, clamp, "S_H"), clamp_sparsity(s_t, clamp, "S_T")
     if family == "P":
         hsav, hss = v_h, sh
     else:

@@ -9,6 +9,7 @@ folds also ``probe/<dataset>_fold<k>.csv``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -48,26 +49,22 @@ def prone_table(hs: Any, family: str, cfg: HallucinationConfig) -> Any:
 
 
 def _features(
-    model: Any,
-    tokenizer: Any,
+    path: Path,
     labelled: list[Any],
-    out: Path,
-    dataset: str,
-    record: Any,
-    cfg: HallucinationConfig,
-    progress: bool,
+    model_sha256: str | None,
+    compute: Callable[[], tuple[list[str], Any]],
 ) -> tuple[list[str], Any, list[str]]:
-    """The answers' probe features, from ``features/<dataset>.safetensors`` when it holds the
-    same answers of the same model, else computed and written there."""
+    """The answers' probe features, ids and labels: read from ``path`` when it holds the same
+    answers of the same model (``model_sha256``), else ``compute()`` and written there (with
+    the two hashes and the dataset, the file's stem, as metadata)."""
     from avsslib.errors import DataError
-    from avsslib.probe import answer_features, read_features, write_features
+    from avsslib.probe import read_features, write_features
 
-    path = out / "features" / f"{dataset}.safetensors"
     want = [e.id for e in labelled if e.answer_ids]
     labels = {e.id: e.label for e in labelled}
     answers = {e.id: list(e.answer_ids) for e in labelled}
     key = {
-        "model_sha256": record.model.get("state_sha256"),
+        "model_sha256": model_sha256,
         "answers_sha256": _sha([(i, answers[i]) for i in want]),
     }
     if path.exists():
@@ -77,10 +74,8 @@ def _features(
                 return ids, feats, [labels[i] for i in ids]
         except DataError:
             pass
-    ids, feats = answer_features(
-        model, tokenizer, labelled, batch_size=cfg.batch_size, progress=progress
-    )
-    write_features(path, ids, feats, [labels[i] for i in ids], {**key, "dataset": dataset})
+    ids, feats = compute()
+    write_features(path, ids, feats, [labels[i] for i in ids], {**key, "dataset": path.stem})
     return ids, feats, [labels[i] for i in ids]
 
 
@@ -120,9 +115,16 @@ def probe_dataset(
     import numpy as np
 
     from avsslib.fs import write_csv_atomic
-    from avsslib.probe import probe_layers
+    from avsslib.probe import answer_features, probe_layers
 
-    ids, feats, labels = _features(model, tokenizer, labelled, out, dataset, record, cfg, progress)
+    ids, feats, labels = _features(
+        out / "features" / f"{dataset}.safetensors",
+        labelled,
+        record.model.get("state_sha256"),
+        lambda: answer_features(
+            model, tokenizer, labelled, batch_size=cfg.batch_size, progress=progress
+        ),
+    )
     table = probe_layers(feats, labels, ids, seed=cfg.seed, progress=progress)
     write_csv_atomic(out / "probe" / f"{dataset}.csv", table.reset_index())
     entry = _probe_entry(table)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from avsslib.arch import blocks
+from avsslib.arch import blocks, eval_mode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,12 +65,10 @@ def residual_rms(model: torch.nn.Module, input_ids: torch.Tensor) -> np.ndarray:
         return record
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    was_training = model.training
     try:
-        model.eval()
-        model(input_ids=input_ids.to(cast(Any, model).device))
+        with eval_mode(model):
+            model(input_ids=input_ids.to(cast(Any, model).device))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return torch.stack(cast(list[torch.Tensor], per_layer)).numpy()

@@ -24,6 +24,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
+from avsslib.arch import eval_mode
 from avsslib.errors import ConfigError
 from avsslib.label_records import LabelledExample
 from avsslib.label_rules import label_answer, label_wikiqa, rule_name
@@ -179,9 +180,7 @@ def generate_answers(
     criteria = StoppingCriteriaList([_StopAtNewline(newline)])
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in tqdm(
             range(0, len(order), batch_size), desc="generate answers", disable=not progress
         ):
@@ -210,8 +209,6 @@ def generate_answers(
                 answer_ids, truncated = _cut_answer(generated[r], stops, newline)
                 text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
                 out[i] = Generation(prompts[i], text, tuple(answer_ids), truncated, chat)
-    finally:
-        model.train(was_training)
     return out  # type: ignore[return-value]
 
 
@@ -233,9 +230,7 @@ def continuation_logprobs(
     device, pad = _device(model), _pad_id(tokenizer)
     p = list(prompt_ids)
     out = np.empty(len(continuations))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(continuations), batch_size):
             conts = continuations[start : start + batch_size]
             seqs = [p + list(c) for c in conts]
@@ -251,8 +246,6 @@ def continuation_logprobs(
             for r, c in enumerate(conts):
                 pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
                 out[start + r] = logp[r, pos, torch.tensor(list(c))].mean().item()
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -74,7 +74,7 @@ def answer_features(
     without an attention mask, exact for a causal decoder)."""
     from tqdm.auto import tqdm
 
-    from avsslib.arch import blocks
+    from avsslib.arch import blocks, eval_mode
     from avsslib.eavss import teacher_forcing_batches
 
     kept = [e for e in examples if e.answer_ids]
@@ -99,27 +99,25 @@ def answer_features(
         for layer, m in enumerate(mods)
     ]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     try:
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="answer features", disable=not progress
-        ):
-            rows = order[start : start + batch_size]
-            (batch,) = teacher_forcing_batches(
-                tokenizer, [kept[i] for i in rows], positions="answer", batch_size=len(rows)
-            )
-            store.clear()
-            model(input_ids=batch["input_ids"].to(device), use_cache=False)
-            mask = batch["attention_mask"].to(device=device, dtype=torch.float32).unsqueeze(-1)
-            count = mask.sum(1)  # (B, 1)
-            for layer in range(len(mods)):
-                mean = (store[layer].float() * mask).sum(1) / count  # (B, D)
-                out[rows, layer] = mean.cpu().numpy().astype(np.float16)
+        with eval_mode(model):
+            for start in tqdm(
+                range(0, len(order), batch_size), desc="answer features", disable=not progress
+            ):
+                rows = order[start : start + batch_size]
+                (batch,) = teacher_forcing_batches(
+                    tokenizer, [kept[i] for i in rows], positions="answer", batch_size=len(rows)
+                )
+                store.clear()
+                model(input_ids=batch["input_ids"].to(device), use_cache=False)
+                mask = batch["attention_mask"].to(device=device, dtype=torch.float32).unsqueeze(-1)
+                count = mask.sum(1)  # (B, 1)
+                for layer in range(len(mods)):
+                    mean = (store[layer].float() * mask).sum(1) / count  # (B, D)
+                    out[rows, layer] = mean.cpu().numpy().astype(np.float16)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if not np.isfinite(out).all():
         warnings.warn(
             "some answer features overflow float16 (|value| > 65504); those entries are "

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avsslib.arch import eval_mode
 from avsslib.errors import AvssError
 
 __all__ = ["mean_token_loss", "removal_losses", "removal_losses_plain"]
@@ -60,43 +61,36 @@ def removal_losses(
             flush=True,
         )
     started = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in tqdm(
-                batches,
-                desc=f"ppl_removal: skip each of {n} blocks",
-                unit="batch",
-                disable=not progress,
-            ):
-                ids, mask = _ids_and_mask(batch, device)
-                first_input, outputs, handles = _keep_block_io(block_list)
-                try:
-                    loss, tokens = _batch_loss(model, ids, mask)
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                base_total += loss
-                count += tokens
-                for layer in range(n):
-                    entering = first_input[0] if layer == 0 else _hidden(outputs[layer - 1])
-                    replay = {j: _Replay(block_list[j], outputs[j]) for j in range(layer)}
-                    replay[layer] = _Replay(
-                        block_list[layer], _with_hidden(outputs[layer], entering)
-                    )
-                    with _replaced(block_list, replay):
-                        totals[layer] += _batch_loss(model, ids, mask)[0]
-                if progress and batch is batches[0] and len(batches) > 1:
-                    took = time.perf_counter() - started
-                    print(
-                        f"ppl_removal: the first batch took {took:.1f} s; estimated "
-                        f"{took * len(batches):.0f} s for all {len(batches)}.",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in tqdm(
+            batches,
+            desc=f"ppl_removal: skip each of {n} blocks",
+            unit="batch",
+            disable=not progress,
+        ):
+            ids, mask = _ids_and_mask(batch, device)
+            first_input, outputs, handles = _keep_block_io(block_list)
+            try:
+                loss, tokens = _batch_loss(model, ids, mask)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            base_total += loss
+            count += tokens
+            for layer in range(n):
+                entering = first_input[0] if layer == 0 else _hidden(outputs[layer - 1])
+                replay = {j: _Replay(block_list[j], outputs[j]) for j in range(layer)}
+                replay[layer] = _Replay(block_list[layer], _with_hidden(outputs[layer], entering))
+                with _replaced(block_list, replay):
+                    totals[layer] += _batch_loss(model, ids, mask)[0]
+            if progress and batch is batches[0] and len(batches) > 1:
+                took = time.perf_counter() - started
+                print(
+                    f"ppl_removal: the first batch took {took:.1f} s; estimated "
+                    f"{took * len(batches):.0f} s for all {len(batches)}.",
+                    file=sys.stderr,
+                    flush=True,
+                )
     if count == 0:
         raise AvssError("removal_losses: the batches hold no target token (all padding?).")
     return base_total / count, totals / count
@@ -227,16 +221,11 @@ def mean_token_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, torch
     """
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                loss, tokens = _batch_loss(model, *_ids_and_mask(batch, device))
-                total += loss
-                count += tokens
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            loss, tokens = _batch_loss(model, *_ids_and_mask(batch, device))
+            total += loss
+            count += tokens
     if count == 0:
         raise AvssError("mean_token_loss: the batches hold no target token (all padding?).")
     return total / count

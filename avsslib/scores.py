@@ -56,6 +56,7 @@ __all__ = [
     "Score",
     "SparsityClampWarning",
     "avss_values",
+    "clamp_sparsity",
     "compute_scores",
     "cumulative",
     "navss",
@@ -69,6 +70,22 @@ SPARSITY_CLAMP = 1e-12
 
 class SparsityClampWarning(UserWarning):
     """Some layer had no near-zero activation at all: its sparsity was clamped."""
+
+
+def clamp_sparsity(s: np.ndarray, clamp: float, name: str, *, stacklevel: int = 2) -> np.ndarray:
+    """``s`` raised to ``clamp`` where it is below; a :class:`SparsityClampWarning` names those
+    layers (``name``: what ``s`` is called in the message; ``stacklevel`` as seen from the caller,
+    2 = the caller's caller)."""
+    low = np.flatnonzero(s < clamp)
+    if low.size:
+        warnings.warn(
+            f"{name} is below {clamp:g} (no near-zero activation) at layers {low.tolist()}: "
+            f"clamped to {clamp:g}, so the ratios there are huge; consider a larger eps or "
+            "more data.",
+            SparsityClampWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return np.maximum(s, clamp)
 
 
 ScoreFn = Callable[..., np.ndarray]
@@ -165,16 +182,7 @@ def avss_values(
             f"variance {v.tolist()} and sparsity {s.tolist()}: these are not activation "
             "statistics (constant activations?). Check the statistics passed in."
         )
-    zero = np.flatnonzero(s < clamp)
-    if zero.size:
-        warnings.warn(
-            f"layers {zero.tolist()} have no near-zero activation (sparsity 0): sparsity "
-            f"clamped to {clamp:g}, so their AVSS is huge. Consider a "
-            "larger eps or more data.",
-            SparsityClampWarning,
-            stacklevel=2,
-        )
-    s = np.maximum(s, clamp)
+    s = clamp_sparsity(s, clamp, "sparsity")
     return (v / v.sum()) / (s / s.sum())
 
 

@@ -47,19 +47,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from avsslib import study_config
 from avsslib.errors import ConfigError
 from avsslib.selection import select_layers
-from avsslib.study_config import (
-    DEFAULT_AGREEMENT_CALIBS,
-    DEFAULT_CALIB,
-    DEFAULT_SCORES,
-    DEFAULT_TASKS,
-    DTYPES,
-    FAST_SCORES,
-    STUDY_FORMAT,
-    StudyConfig,
-    config_from_keywords,
-)
+from avsslib.study_config import *  # noqa: F403 (every name of study_config is importable here)
+from avsslib.study_config import STUDY_FORMAT, StudyConfig, config_from_keywords
 from avsslib.study_eval import PrunedConfig, configurations, evaluate_configs
 from avsslib.study_report import (
     StudyResult,
@@ -85,15 +77,8 @@ from avsslib.study_tables import (
 )
 
 __all__ = [
-    "DEFAULT_AGREEMENT_CALIBS",
-    "DEFAULT_CALIB",
-    "DEFAULT_SCORES",
-    "DEFAULT_TASKS",
-    "DTYPES",
-    "FAST_SCORES",
+    *study_config.__all__,
     "PRIMARY_METRICS",
-    "STUDY_FORMAT",
-    "StudyConfig",
     "StudyResult",
     "batch_table",
     "layer_scores",

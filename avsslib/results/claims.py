@@ -5,6 +5,7 @@ and the best other configuration. Writes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,88 +92,91 @@ def _best_config(best: Any, value: str = "retention", suffix: str = "") -> str:
     return f"{config_name(str(best.name)).split(' (')[0]} {_ci(best, value, suffix=suffix)}"
 
 
-def _avss_verdicts(root: Path) -> list[Verdict]:
+def _per_group(
+    table: pd.DataFrame, by: str | list[str], verdict: Callable[[Any, pd.DataFrame], Verdict | None]
+) -> list[Verdict]:
+    """``verdict(key, rows)`` of each group of ``table`` by ``by`` (sorted), those that are not
+    ``None``; none for an empty table."""
+    if table.empty:
+        return []
+    out = [verdict(key, g) for key, g in table.groupby(by, sort=True)]
+    return [v for v in out if v is not None]
 
-    ret = retention(root, FRACTION)
-    out: list[Any] = []
-    if ret.empty:
-        return out
-    for m, g in ret.groupby("model", sort=True):
-        avss = g[g["config"] == "avss-count"]
-        if avss.empty:
-            continue
-        informative = avss[avss["why"].isna()]
-        skipped = avss[avss["why"].notna()]
-        n = int(avss["n"].max())
-        head = informative[informative["task"] == "sciq_mc"]
-        head = head if len(head) else informative.head(1)
-        if informative.empty:
-            out.append(
-                Verdict(
-                    AVSS_CLAIM,
-                    "AVSS",
-                    m,
-                    "not testable here",
-                    f"{n}",
-                    "–",
-                    "–",
-                    "–",
-                    "every task's original score is at chance or near zero",
-                    "07_paper_scale",
-                )
-            )
-            continue
-        below = informative[informative["ci_high"] < THRESHOLD]
-        above = informative[informative["ci_low"] > THRESHOLD]
-        verdict = (
-            "does not hold"
-            if len(below)
-            else "holds"
-            if len(above) == len(informative)
-            else "not testable here"
+
+def _avss_verdicts(root: Path) -> list[Verdict]:
+    return _per_group(retention(root, FRACTION), "model", _avss_verdict)
+
+
+def _avss_verdict(m: Any, g: pd.DataFrame) -> Verdict | None:
+    """The AVSS claim for model ``m`` from its retention rows ``g``."""
+    avss = g[g["config"] == "avss-count"]
+    if avss.empty:
+        return None
+    informative = avss[avss["why"].isna()]
+    skipped = avss[avss["why"].notna()]
+    n = int(avss["n"].max())
+    head = informative[informative["task"] == "sciq_mc"]
+    head = head if len(head) else informative.head(1)
+    if informative.empty:
+        return Verdict(
+            AVSS_CLAIM,
+            "AVSS",
+            m,
+            "not testable here",
+            f"{n}",
+            "–",
+            "–",
+            "–",
+            "every task's original score is at chance or near zero",
+            "07_paper_scale",
         )
-        h = head.iloc[0]
-        task, metric = h["task"], h["metric"]
-        same = g[(g["task"] == task) & (g["metric"] == metric)].set_index("config")
-        rand = same.loc["random-count"] if "random-count" in same.index else None
-        others = same[
-            same.index.str.endswith("-count")
-            & ~same.index.isin(["avss-count", "random-count", "faithful-avss-count"])
-        ]
-        best = others.loc[others["retention"].idxmax()] if len(others) else None
-        reason = (
-            f"below {THRESHOLD:.0%} on {', '.join(task_name(t) for t in below['task'])}"
-            if len(below)
-            else f"above {THRESHOLD:.0%} on every informative task"
-            if verdict == "holds"
-            else "intervals straddle the 90% line"
+    below = informative[informative["ci_high"] < THRESHOLD]
+    above = informative[informative["ci_low"] > THRESHOLD]
+    verdict = (
+        "does not hold"
+        if len(below)
+        else "holds"
+        if len(above) == len(informative)
+        else "not testable here"
+    )
+    h = head.iloc[0]
+    task, metric = h["task"], h["metric"]
+    same = g[(g["task"] == task) & (g["metric"] == metric)].set_index("config")
+    rand = same.loc["random-count"] if "random-count" in same.index else None
+    others = same[
+        same.index.str.endswith("-count")
+        & ~same.index.isin(["avss-count", "random-count", "faithful-avss-count"])
+    ]
+    best = others.loc[others["retention"].idxmax()] if len(others) else None
+    reason = (
+        f"below {THRESHOLD:.0%} on {', '.join(task_name(t) for t in below['task'])}"
+        if len(below)
+        else f"above {THRESHOLD:.0%} on every informative task"
+        if verdict == "holds"
+        else "intervals straddle the 90% line"
+    )
+    if len(skipped):
+        reason += "; not counted: " + ", ".join(
+            f"{task_name(t)} {'at chance' if 'chance' in w else 'near zero' if 'zero' in w else w}"
+            for t, w in zip(skipped["task"], skipped["why"], strict=True)
         )
-        if len(skipped):
-            reason += "; not counted: " + ", ".join(
-                f"{task_name(t)} {'at chance' if 'chance' in w else 'near zero' if 'zero' in w else w}"
-                for t, w in zip(skipped["task"], skipped["why"], strict=True)
-            )
-        out.append(
-            Verdict(
-                AVSS_CLAIM,
-                "AVSS",
-                m,
-                verdict,
-                f"{n} per task",
-                f"{task_name(task)} retention {_ci(h)}",
-                _ci(rand),
-                _best_config(best),
-                reason,
-                "07_paper_scale",
-            )
-        )
-    return out
+    return Verdict(
+        AVSS_CLAIM,
+        "AVSS",
+        m,
+        verdict,
+        f"{n} per task",
+        f"{task_name(task)} retention {_ci(h)}",
+        _ci(rand),
+        _best_config(best),
+        reason,
+        "07_paper_scale",
+    )
 
 
 def _mitigation_verdicts(root: Path) -> list[Verdict]:
     """The two mitigation claims of the EAVSS paper (prone layers beat random layers; up to 12%
-    relative gain), per model and dataset, from :func:`mitigation_changes`. A little over 80
-    lines: both claims read the same grouped rows, and splitting them would read them twice."""
+    relative gain), per model and dataset, from :func:`mitigation_changes`."""
     from avsslib.plots import fmt_ci
 
     changes = mitigation_changes(root)
@@ -206,53 +210,29 @@ def _mitigation_verdicts(root: Path) -> list[Verdict]:
             else f"{MODE_NAMES[str(best.name)].split(' (')[0]} "
             f"{fmt_ci(best.delta_abs, best.abs_ci_low, best.abs_ci_high, kind='pp')}"
         )
-        if isinstance(e.why, str):
-            out.append(
-                Verdict(
-                    claim,
-                    "EAVSS",
-                    m,
-                    "not testable here",
-                    n,
-                    measured,
-                    rand,
-                    other,
-                    f"{task_name(t)}: {e.why}",
-                    "06_mitigation",
-                )
-            )
-            continue
         row = diffs[
             (diffs["model"] == m)
             & (diffs["dataset"] == d)
             & (diffs["task"] == t)
             & (diffs["metric"] == metric)
         ]
-        if row.empty:
-            out.append(
-                Verdict(
-                    claim,
-                    "EAVSS",
-                    m,
-                    "not testable here",
-                    n,
-                    measured,
-                    rand,
-                    other,
-                    "no random-layer run to compare with",
-                    "06_mitigation",
-                )
+        if isinstance(e.why, str) or row.empty:
+            verdict = "not testable here"
+            reason = (
+                f"{task_name(t)}: {e.why}"
+                if isinstance(e.why, str)
+                else "no random-layer run to compare with"
             )
-            continue
-        dr = row.iloc[0]
-        verdict = "holds" if dr.ci_low > 0 else "does not hold"
-        reason = f"prone − random {fmt_ci(dr.difference, dr.ci_low, dr.ci_high, kind='pp')}" + (
-            ""
-            if verdict == "holds"
-            else ": worse than random layers"
-            if dr.ci_high < 0
-            else ": no better than random layers"
-        )
+        else:
+            dr = row.iloc[0]
+            verdict = "holds" if dr.ci_low > 0 else "does not hold"
+            reason = f"prone − random {fmt_ci(dr.difference, dr.ci_low, dr.ci_high, kind='pp')}" + (
+                ""
+                if verdict == "holds"
+                else ": worse than random layers"
+                if dr.ci_high < 0
+                else ": no better than random layers"
+            )
         out.append(
             Verdict(claim, "EAVSS", m, verdict, n, measured, rand, other, reason, "06_mitigation")
         )
@@ -349,52 +329,49 @@ def _repair_verdicts(root: Path) -> list[Verdict]:
 def _heal_verdicts(root: Path) -> list[Verdict]:
     from avsslib.beyond import healing
 
-    table = healing(root)
-    out: list[Verdict] = []
-    if table.empty:
-        return out
-    for model, g in table.groupby("model", sort=True):
-        sciq = g[g["task"] == "sciq_mc"].set_index("config")
-        if "avss-count" not in sciq.index:
-            continue
-        a = sciq.loc["avss-count"]
-        verdict = (
-            "holds"
-            if a.ci_low_after > THRESHOLD
-            else "does not hold"
-            if a.ci_high_after < THRESHOLD
-            else "not testable here"
+    return _per_group(healing(root), "model", _heal_verdict)
+
+
+def _heal_verdict(model: Any, g: pd.DataFrame) -> Verdict | None:
+    """The healing claim for ``model`` from its healing rows ``g``."""
+    sciq = g[g["task"] == "sciq_mc"].set_index("config")
+    if "avss-count" not in sciq.index:
+        return None
+    a = sciq.loc["avss-count"]
+    verdict = (
+        "holds"
+        if a.ci_low_after > THRESHOLD
+        else "does not hold"
+        if a.ci_high_after < THRESHOLD
+        else "not testable here"
+    )
+    rand = sciq.loc["random-count"] if "random-count" in sciq.index else None
+    others = sciq.drop(index=["avss-count"])
+    best = others.loc[others["retention_after"].idxmax()] if len(others) else None
+    ppl = g[(g["task"] == "wikitext2_ppl") & (g["config"] == "avss-count")]
+    reason = (
+        f"before healing {_ci(a, 'retention_before', suffix='_before')}; "
+        f"healing recovers {_ci(a, 'recovered', prefix='recovered_')} "
+        "of the lost accuracy"
+    )
+    if len(ppl):
+        p = ppl.iloc[0]
+        reason += (
+            f"; WikiText-2 perplexity {p.original:,.0f} unpruned, {p.pruned_before:,.0f} "
+            f"pruned, {p.pruned_after:,.0f} after healing"
         )
-        rand = sciq.loc["random-count"] if "random-count" in sciq.index else None
-        others = sciq.drop(index=["avss-count"])
-        best = others.loc[others["retention_after"].idxmax()] if len(others) else None
-        ppl = g[(g["task"] == "wikitext2_ppl") & (g["config"] == "avss-count")]
-        reason = (
-            f"before healing {_ci(a, 'retention_before', suffix='_before')}; "
-            f"healing recovers {_ci(a, 'recovered', prefix='recovered_')} "
-            "of the lost accuracy"
-        )
-        if len(ppl):
-            p = ppl.iloc[0]
-            reason += (
-                f"; WikiText-2 perplexity {p.original:,.0f} unpruned, {p.pruned_before:,.0f} "
-                f"pruned, {p.pruned_after:,.0f} after healing"
-            )
-        out.append(
-            Verdict(
-                HEAL_CLAIM,
-                "beyond",
-                str(model),
-                verdict,
-                f"{int(a.n)} per task",
-                f"SciQ retention after healing {_ci(a, 'retention_after', suffix='_after')}",
-                _ci(rand, "retention_after", suffix="_after"),
-                _best_config(best, "retention_after", suffix="_after"),
-                reason,
-                "10_why_avss_fails",
-            )
-        )
-    return out
+    return Verdict(
+        HEAL_CLAIM,
+        "beyond",
+        str(model),
+        verdict,
+        f"{int(a.n)} per task",
+        f"SciQ retention after healing {_ci(a, 'retention_after', suffix='_after')}",
+        _ci(rand, "retention_after", suffix="_after"),
+        _best_config(best, "retention_after", suffix="_after"),
+        reason,
+        "10_why_avss_fails",
+    )
 
 
 def _layer_choice_verdicts(root: Path) -> list[Verdict]:
