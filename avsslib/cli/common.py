@@ -255,11 +255,17 @@ def command_line(name: str, args: argparse.Namespace) -> str:
     return shlex.join(["avss", name, *option_argv(run_options(args))])
 
 
-def options_config(cls: type[_Config], args: argparse.Namespace, **values: Any) -> _Config:
-    """The dataclass ``cls`` (a pipeline configuration, one field per option of the command)
-    with each field set to the option of its name, but the fields given in ``values``."""
-    fields = [f.name for f in dataclasses.fields(cls) if f.name not in values]
-    return cls(**{name: getattr(args, name) for name in fields}, **values)
+def options_config(
+    command: str, cls: type[_Config], args: argparse.Namespace, **values: Any
+) -> _Config:
+    """The configuration of ``avss <command>``'s run: the numbers checked
+    (:func:`check_numbers`), then the dataclass ``cls`` (a pipeline configuration, one field per
+    option) with each field set to the option of its name, but the fields given in ``values``,
+    and ``command`` the command line as given."""
+    check_numbers(args)
+    given = {**values, "command": command_line(command, args)}
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    return cls(**{name: getattr(args, name) for name in fields}, **given)
 
 
 def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful: bool):

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 from avsslib.cli.common import (
     add_eps_option,
     add_model_options,
-    check_numbers,
-    command_line,
     options_config,
     parse_list,
 )
@@ -128,13 +126,12 @@ def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
     keeps the command line exactly as given)."""
     from avsslib.hallucination import HallucinationConfig
 
-    check_numbers(args)
     return options_config(
+        "hallucination",
         HallucinationConfig,
         args,
         datasets=tuple(parse_list(args.datasets, "--datasets")),
         family=tuple(parse_list(args.family, "--family")),
-        command=command_line("hallucination", args),
     )
 
 

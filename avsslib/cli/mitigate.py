@@ -14,13 +14,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avsslib.cli.common import (
-    add_model_options,
-    check_numbers,
-    command_line,
-    options_config,
-    parse_list,
-)
+from avsslib.cli.common import add_model_options, options_config, parse_list
 
 if TYPE_CHECKING:
     from avsslib.mitigation import MitigationConfig
@@ -176,13 +170,12 @@ def config_from_args(args: argparse.Namespace) -> MitigationConfig:
     command line exactly as given)."""
     from avsslib.mitigation import MitigationConfig
 
-    check_numbers(args)
     return options_config(
+        "mitigate",
         MitigationConfig,
         args,
         layers=tuple(parse_list(args.layers, "--layers", int)),
         eval_tasks=tuple(parse_list(args.eval_tasks, "--eval-tasks")),
-        command=command_line("mitigate", args),
     )
 
 
