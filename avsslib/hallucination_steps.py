@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from avsslib.hallucination import HallucinationConfig
 
 __all__ = [
+    "LABEL_SETTINGS",
     "Findings",
     "dataset_step",
     "label_answers",
@@ -71,6 +72,11 @@ def _sparsity_note(table: Any, eps: float) -> dict[str, Any]:
     }
 
 
+#: the fields of the configuration passed on to :func:`avsslib.labels.label_dataset` under their
+#: own names; with the model, the split and the chat template, they are the key of the labels
+LABEL_SETTINGS = ("n", "seed", "template", "max_new_tokens", "question_guard", "batch_size")
+
+
 def label_answers(
     model: Any,
     tokenizer: Any,
@@ -88,16 +94,12 @@ def label_answers(
 
     chat: Any = {"auto": "auto", "on": True, "off": False}[cfg.chat_template]
     label_file = Path(cfg.out) / "labels" / f"{dataset}.jsonl"
+    settings = {name: getattr(cfg, name) for name in LABEL_SETTINGS}
     label_key = {
         "model_sha256": model_sha256,
         "split": split,
-        "n": cfg.n,
-        "seed": cfg.seed,
-        "template": cfg.template,
-        "max_new_tokens": cfg.max_new_tokens,
         "chat_template": cfg.chat_template,
-        "question_guard": cfg.question_guard,
-        "batch_size": cfg.batch_size,
+        **settings,
     }
     key_file = label_file.with_suffix(".key.json")
     if cfg.labels_from is not None:
@@ -106,18 +108,7 @@ def label_answers(
         labelled = read_labels(label_file)  # resumed: same model, sample and settings
     else:
         labelled = label_dataset(
-            model,
-            tokenizer,
-            dataset,
-            split,
-            n=cfg.n,
-            seed=cfg.seed,
-            template=cfg.template,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-            chat_template=chat,
-            question_guard=cfg.question_guard,
-            progress=progress,
+            model, tokenizer, dataset, split, **settings, chat_template=chat, progress=progress
         )
     key_file.unlink(missing_ok=True)  # labels and key are never out of step
     write_labels(label_file, labelled)

@@ -11,7 +11,20 @@ from avsslib.bootstrap import percentile_interval
 from avsslib.errors import ConfigError
 from avsslib.eval_results import EvalResult, paired_metrics
 
-__all__ = ["retention"]
+__all__ = ["RETENTION_COLUMNS", "retention"]
+
+#: the columns of :func:`retention`'s table, in order
+RETENTION_COLUMNS = (
+    "task",
+    "metric",
+    "original",
+    "pruned",
+    "retention",
+    "ci_low",
+    "ci_high",
+    "n",
+    "inverted",
+)
 
 
 def _ratio(original: float, pruned: float, inverted: bool) -> float:
@@ -76,17 +89,4 @@ def retention(
                     inverted=inverted,
                 )
             )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "task",
-            "metric",
-            "original",
-            "pruned",
-            "retention",
-            "ci_low",
-            "ci_high",
-            "n",
-            "inverted",
-        ],
-    )
+    return pd.DataFrame(rows, columns=list(RETENTION_COLUMNS))

@@ -8,7 +8,9 @@
   statistics (``score``, ``prune``, ``study``): ``--calib``, ``--calib-split``, ``--n``,
   ``--seq-len``, ``--batch-size``, ``--calib-seed``.
 * helpers: loading the model (:func:`load_cli_model`), parsing lists, checking numbers before
-  anything is loaded, the device, and the command line that repeats a run.
+  anything is loaded, the device, the options a run record keeps (:func:`run_options`) and the
+  command line that repeats a run, a pipeline configuration from the options of its fields
+  (:func:`options_config`), the layer scores of the calibration set (:func:`score_layers`).
 
 Options set on the command line are remembered in ``args._given`` (a set of destinations), so
 that a preset such as ``avss study --quick`` changes only the options the user left alone.
@@ -17,13 +19,19 @@ that a preset such as ``avss study --quick`` changes only the options the user l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from avsslib.errors import ConfigError
 from avsslib.study import DTYPES
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Config = TypeVar("_Config", bound="DataclassInstance")
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_SEED = 0
@@ -230,15 +238,34 @@ def resolve_device(device: str | None) -> str:
     return default_device(device)
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's options as parsed (the dispatcher's own entries left out), paths as text:
+    the configuration a run record keeps."""
+    return {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if not key.startswith("_") and key not in ("command", "debug")
+    }
+
+
 def command_line(name: str, args: argparse.Namespace) -> str:
     """The command line that repeats this run, every option explicit (for run records)."""
-    argv = ["avss", name]
-    for key, value in vars(args).items():
-        if key.startswith("_") or key in ("command", "debug") or value is None or value is False:
-            continue
-        flag = f"--{key.replace('_', '-')}"
-        argv += [flag] if value is True else [flag, str(value)]
-    return shlex.join(argv)
+    from avsslib.options import option_argv
+
+    return shlex.join(["avss", name, *option_argv(run_options(args))])
+
+
+def options_config(
+    command: str, cls: type[_Config], args: argparse.Namespace, **values: Any
+) -> _Config:
+    """The configuration of ``avss <command>``'s run: the numbers checked
+    (:func:`check_numbers`), then the dataclass ``cls`` (a pipeline configuration, one field per
+    option) with each field set to the option of its name, but the fields given in ``values``,
+    and ``command`` the command line as given."""
+    check_numbers(args)
+    given = {**values, "command": command_line(command, args)}
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    return cls(**{name: getattr(args, name) for name in fields}, **given)
 
 
 def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful: bool):
@@ -254,4 +281,21 @@ def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful:
         batch_size=args.batch_size,
         seed=args.calib_seed,
         pad_to_max_length=faithful,
+    )
+
+
+def score_layers(model: Any, batches: Any, args: argparse.Namespace, scores: list[str]) -> Any:
+    """:func:`avsslib.study.layer_scores` of ``scores`` on the calibration ``batches``, in the
+    mode of ``--faithful``, with ``--seed``, ``--eps`` and progress bars unless ``--quiet``;
+    returns ``(stats, table)``."""
+    from avsslib.study import layer_scores
+
+    return layer_scores(
+        model,
+        batches,
+        scores=scores,
+        faithful=args.faithful,
+        seed=args.seed,
+        eps=args.eps,
+        progress=not args.quiet,
     )

@@ -25,6 +25,18 @@ from avsslib.report import RunRecord, save_record
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
+#: the options passed on to :func:`avsslib.evaluate.evaluate` under their own names
+EVALUATE_OPTIONS = (
+    "n",
+    "seed",
+    "batch_size",
+    "num_fewshot",
+    "max_length",
+    "ppl_window",
+    "ppl_stride",
+    "chat_template",
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
@@ -91,17 +103,11 @@ def run(args: argparse.Namespace) -> int:
             f"--tasks: unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
         )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    options = {name: getattr(args, name) for name in EVALUATE_OPTIONS}
     config = {
         "model": args.model,
         "tasks": tasks,
-        "n": args.n,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "num_fewshot": args.num_fewshot,
-        "max_length": args.max_length,
-        "ppl_window": args.ppl_window,
-        "ppl_stride": args.ppl_stride,
-        "chat_template": args.chat_template,
+        **options,
         "eval_backend": args.eval_backend,
         "n_boot": args.n_boot,
         "device": device,
@@ -116,20 +122,7 @@ def run(args: argparse.Namespace) -> int:
         model=model,
         data_files=task_data_files(tasks),
     )
-    result: EvalResult = evaluate(
-        model,
-        tokenizer,
-        tasks,
-        n=args.n,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_fewshot=args.num_fewshot,
-        max_length=args.max_length,
-        ppl_window=args.ppl_window,
-        ppl_stride=args.ppl_stride,
-        chat_template=args.chat_template,
-        backend=args.eval_backend,
-    )
+    result: EvalResult = evaluate(model, tokenizer, tasks, **options, backend=args.eval_backend)
     table = result.table(n_boot=args.n_boot, seed=args.seed)
     out: Path = args.out
     write_json_atomic(out / "metrics.json", result.to_dict())

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from avsslib.cli.common import (
     add_eps_option,
     add_model_options,
-    check_numbers,
-    command_line,
+    options_config,
     parse_list,
 )
 
@@ -127,34 +126,12 @@ def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
     keeps the command line exactly as given)."""
     from avsslib.hallucination import HallucinationConfig
 
-    check_numbers(args)
-    return HallucinationConfig(
-        out=args.out,
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-        quiet=args.quiet,
-        trust_remote_code=args.trust_remote_code,
+    return options_config(
+        "hallucination",
+        HallucinationConfig,
+        args,
         datasets=tuple(parse_list(args.datasets, "--datasets")),
-        n=args.n,
         family=tuple(parse_list(args.family, "--family")),
-        prone_by=args.prone_by,
-        positions=args.positions,
-        k=args.k,
-        calib_fraction=args.calib_fraction,
-        min_per_class=args.min_per_class,
-        template=args.template,
-        chat_template=args.chat_template,
-        question_guard=args.question_guard,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        eps=args.eps,
-        labels_from=args.labels_from,
-        probe=args.probe,
-        folds=args.folds,
-        fold_seed=args.fold_seed,
-        command=command_line("hallucination", args),
     )
 
 

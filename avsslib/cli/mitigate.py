@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avsslib.cli.common import add_model_options, check_numbers, command_line, parse_list
+from avsslib.cli.common import add_model_options, options_config, parse_list
 
 if TYPE_CHECKING:
     from avsslib.mitigation import MitigationConfig
@@ -168,21 +168,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> MitigationConfig:
     """The :class:`~avsslib.mitigation.MitigationConfig` of these options (the record keeps the
     command line exactly as given)."""
-    import dataclasses
-
     from avsslib.mitigation import MitigationConfig
 
-    check_numbers(args)
-    values = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(MitigationConfig)
-        if f.name not in ("layers", "eval_tasks", "command")
-    }
-    return MitigationConfig(
-        **values,
+    return options_config(
+        "mitigate",
+        MitigationConfig,
+        args,
         layers=tuple(parse_list(args.layers, "--layers", int)),
         eval_tasks=tuple(parse_list(args.eval_tasks, "--eval-tasks")),
-        command=command_line("mitigate", args),
     )
 
 

@@ -36,6 +36,8 @@ from avsslib.cli.common import (
     load_cli_model,
     parse_list,
     resolve_device,
+    run_options,
+    score_layers,
 )
 from avsslib.errors import ConfigError
 from avsslib.selection import RULES
@@ -77,7 +79,7 @@ def _choose_layers(
     from (for ``selection.json``) and the hashes of the data files read."""
     from avsslib.fs import file_sha256
     from avsslib.selection import select_layers
-    from avsslib.study import layer_scores, read_layer_table
+    from avsslib.study import read_layer_table
 
     data_files: dict[str, str] = {}
     if args.layers is not None:
@@ -95,15 +97,7 @@ def _choose_layers(
             source = {"from_scores": str(path), "sha256": file_sha256(path)}
         else:
             batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
-            _, table = layer_scores(
-                model,
-                batches,
-                scores=[args.score],
-                faithful=args.faithful,
-                seed=args.seed,
-                eps=args.eps,
-                progress=not args.quiet,
-            )
+            _, table = score_layers(model, batches, args, [args.score])
             source = {"calibration": calib, "faithful": args.faithful, "eps": args.eps}
             data_files = calib["data_files"]
         if args.score not in table:
@@ -142,12 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     layers, source, data_files = _choose_layers(args, model, tokenizer, n_layers)
     select_s = time.perf_counter() - t0
-    config = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if not k.startswith("_") and k not in ("command", "debug")
-    }
-    config["device"] = device
+    config = {**run_options(args), "device": device}
     record = RunRecord.start(
         command_line("prune", args), config, args.seed, model=model, data_files=data_files
     )

@@ -35,6 +35,8 @@ from avsslib.cli.common import (
     load_cli_model,
     parse_list,
     resolve_device,
+    run_options,
+    score_layers,
 )
 from avsslib.study import FAST_SCORES
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from avsslib import plots
     from avsslib.fs import write_csv_atomic, write_json_atomic
     from avsslib.report import RunRecord, save_record
-    from avsslib.study import batch_table, layer_scores, save_layer_table, selections
+    from avsslib.study import batch_table, save_layer_table, selections
 
     check_numbers(args)
     scores = parse_list(args.scores, "--scores")
@@ -80,25 +82,12 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     model, tokenizer, load_s = load_cli_model(args, device)
     batches, calib = calibration_from_args(tokenizer, args, faithful=args.faithful)
-    config = {
-        k: v
-        for k, v in vars(args).items()
-        if not k.startswith("_") and k not in ("command", "debug")
-    }
-    config.update(out=str(out), device=device, scores=scores)
+    config = {**run_options(args), "device": device, "scores": scores}
     record = RunRecord.start(
         command_line("score", args), config, args.seed, model=model, data_files=calib["data_files"]
     )
     t0 = time.perf_counter()
-    stats, table = layer_scores(
-        model,
-        batches,
-        scores=scores,
-        faithful=args.faithful,
-        seed=args.seed,
-        eps=args.eps,
-        progress=not args.quiet,
-    )
+    stats, table = score_layers(model, batches, args, scores)
     stats_s = time.perf_counter() - t0
     table = save_layer_table(out / "layer_stats.csv", table)
     write_csv_atomic(

@@ -141,20 +141,12 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avsslib.retention import RETENTION_COLUMNS
     from avsslib.study import pruning_study
 
     result = pruning_study(config_from_args(args))
-    columns = [
-        "config",
-        "n_pruned",
-        "task",
-        "metric",
-        "original",
-        "pruned",
-        "retention",
-        "ci_low",
-        "ci_high",
-    ]
+    shown = [c for c in RETENTION_COLUMNS if c not in ("n", "inverted")]
+    columns = ["config", "n_pruned", *shown]
     main = result.main_retention()
     print(main[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     timing = result.timing
