@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -91,6 +92,19 @@ _GREEDY_DEFAULTS: dict[str, Any] = {
     "exponential_decay_length_penalty": None,
 }
 """``generation_config`` fields that change what greedy decoding picks, at their neutral values."""
+
+
+@dataclass
+class _Requests:
+    """One ``_loglikelihood_tokens`` call: each request's ``(context, continuation)`` after left
+    truncation, the request indices of each distinct context, the length of the prefix shared
+    by all contexts and its cache (``None`` when empty), and the answers as they are filled."""
+
+    prepared: list[tuple[tuple[int, ...], tuple[int, ...]]]
+    groups: dict[tuple[int, ...], list[int]]
+    shared: int
+    prefix_cache: Any
+    results: list[tuple[float, bool] | None]
 
 
 class CachedLM(HFLM):
@@ -222,32 +236,29 @@ class CachedLM(HFLM):
                 cache=prefix_cache,
                 **self._keep_last,
             )
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        call = _Requests(prepared, groups, len(shared), prefix_cache, [None] * len(requests))
         bar = tqdm(
             total=len(requests),
             disable=disable_tqdm or self.rank != 0,
             desc="log-likelihood (cached contexts)",
         )
         for batch in context_batches(contexts, len(shared), self.max_batch_tokens):
-            self._score_contexts(batch, groups, prepared, len(shared), prefix_cache, results, bar)
+            self._score_contexts(call, batch, bar)
         bar.close()
-        for (key, _, _), answer in zip(requests, results, strict=True):
+        for (key, _, _), answer in zip(requests, call.results, strict=True):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
-        return results  # type: ignore[return-value]
+        return call.results  # type: ignore[return-value]
 
-    def _score_contexts(
-        self,
-        batch: list[tuple[int, ...]],
-        groups: dict[tuple[int, ...], list[int]],
-        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
-        shared: int,
-        prefix_cache: Any,
-        results: list,
-        bar: Any,
-    ) -> None:
+    def _score_contexts(self, call: _Requests, batch: list[tuple[int, ...]], bar: Any) -> None:
+        groups, prepared, shared, prefix_cache = (
+            call.groups,
+            call.prepared,
+            call.shared,
+            call.prefix_cache,
+        )
         if all(len(prepared[i][1]) == 1 for c in batch for i in groups[c]):
-            self._score_next_tokens(batch, groups, prepared, shared, prefix_cache, results)
+            self._score_next_tokens(call, batch)
             bar.update(sum(len(groups[c]) for c in batch))
             return
         parts = [c[shared:-1] for c in batch]
@@ -276,51 +287,45 @@ class CachedLM(HFLM):
             )
             chunk = rows[start : start + size]
             start += len(chunk)
-            self._score_continuations(chunk, batch, prepared, cache, context_mask, cached, results)
+            self._score_continuations(call, chunk, batch, cache, context_mask, cached)
             bar.update(len(chunk))
 
-    def _score_next_tokens(
-        self,
-        batch: list[tuple[int, ...]],
-        groups: dict[tuple[int, ...], list[int]],
-        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
-        shared: int,
-        prefix_cache: Any,
-        results: list,
-    ) -> None:
+    def _score_next_tokens(self, call: _Requests, batch: list[tuple[int, ...]]) -> None:
         """Stages 2 and 3 in one pass where every continuation of the batch is one token (binary
         and letter-choice tasks): each context after the shared prefix, its last token included,
         right padded; the logits at each row's last real position score all its continuations
         (``HFLM`` shares one-token continuations the same way)."""
-        device = self.device
+        device, shared = self.device, call.shared
         parts = [c[shared:] for c in batch]
         last = torch.tensor([len(p) - 1 for p in parts])
         keep = torch.unique(last)  # the columns whose logits are needed
         extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
-        _, logits = self._encode_after_prefix(parts, shared, prefix_cache, **extra)
+        _, logits = self._encode_after_prefix(parts, shared, call.prefix_cache, **extra)
         column = torch.searchsorted(keep, last) if extra else last
         rows = logits[
             torch.arange(len(batch), device=device), column.to(device)
         ]  # (contexts, vocab)
         logp = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
-        pairs = [(g, i) for g, c in enumerate(batch) for i in groups[c]]
+        pairs = [(g, i) for g, c in enumerate(batch) for i in call.groups[c]]
         row = torch.tensor([g for g, _ in pairs], device=device)
-        target = torch.tensor([prepared[i][1][0] for _, i in pairs], device=device)
+        target = torch.tensor([call.prepared[i][1][0] for _, i in pairs], device=device)
         scores = logp[row, target].tolist()  # one transfer for the whole batch
         hits = (logp.argmax(-1)[row] == target).tolist()
         for (_, i), score, hit in zip(pairs, scores, hits, strict=True):
-            results[i] = (float(score), bool(hit))
+            call.results[i] = (float(score), bool(hit))
 
     def _score_continuations(
         self,
+        call: _Requests,
         chunk: list[tuple[int, int]],
         batch: list[tuple[int, ...]],
-        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]],
         cache: Any,
         context_mask: torch.Tensor,
         cached: int,
-        results: list,
     ) -> None:
+        """Stage 3 for ``chunk`` (pairs of batch row, request index): each continuation after
+        the last context token, right padded, on a copy of its context's cache row."""
+        prepared = call.prepared
         device = self.device
         inputs = [(batch[g][-1], *prepared[i][1][:-1]) for g, i in chunk]
         width = max(len(x) for x in inputs)
@@ -349,7 +354,7 @@ class CachedLM(HFLM):
         sums = torch.stack([part.sum() for part in picked.split(sizes)]).tolist()
         flags = torch.stack([part.all() for part in greedy.split(sizes)]).tolist()
         for (_, i), total, flag in zip(chunk, sums, flags, strict=True):
-            results[i] = (float(total), bool(flag))
+            call.results[i] = (float(total), bool(flag))
 
     # ------------------------------------------------------------ generation
 
