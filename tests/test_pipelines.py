@@ -87,3 +87,17 @@ def test_mitigation_record_keeps_the_option_spelling():
     assert rec["layers"] == "3,7" and rec["eval_tasks"] == "sciq_mc" and rec["out"] == "o"
     assert MitigationConfig(out=Path("o")).record_config()["layers"] is None
     assert "--layers 3,7" in cfg.describe()
+
+
+def test_mitigate_defaults_are_the_training_defaults():
+    """``avss mitigate`` with no training options trains as ``TrainConfig()`` does: the two
+    dataclasses spell the shared defaults (learning rate, lambda, tau, batch, LoRA rank...)
+    separately, so this holds them together. Two differ on purpose: a command run checkpoints
+    (every 50 optimizer steps, so that it can resume) and trains with the run's ``--seed``."""
+    from avsslib.mitigate import TrainConfig
+    from avsslib.mitigation_steps import train_config
+
+    built = train_config(MitigationConfig(out=Path("o")), [3, 7])
+    library = TrainConfig(layers=(3, 7))
+    assert (built.checkpoint_every, library.checkpoint_every) == (50, 0)
+    assert built == dataclasses.replace(library, seed=built.seed, checkpoint_every=50)
