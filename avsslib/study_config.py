@@ -46,7 +46,7 @@ DEFAULT_AGREEMENT_CALIBS: tuple[dict[str, str], ...] = (
     {"name": "wikitext2", "split": "validation"},
     {"name": "sst2", "split": "validation"},  # the official SST2.py calibration set
 )
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
