@@ -17,9 +17,10 @@ machine differed from the machine that wrote the float32 digest in 890 values, t
 among them. Float64 rounds at about 1e-16 relative instead of 1e-7, far finer than the gaps
 between the activations and the threshold; float64 runs with one and with two threads gave the
 same digest. The run starts when the tests are collected, in a one-thread process beside the
-rest of the suite (``tests/conftest.py``: ``DIGEST_ARGV``, ``reproduce_ci_run``). To accept a deliberate change of results,
-regenerate the digest with ``AVSS_UPDATE_DIGEST=1 python -m pytest
-tests/test_reproduce_digest.py`` and commit it with the change that moved them.
+rest of the suite (``tests/conftest.py``: ``DIGEST_ARGV``, ``reproduce_ci_run``).
+
+To accept a deliberate change of results, regenerate the digest with ``AVSS_UPDATE_DIGEST=1
+python -m pytest tests/test_reproduce_digest.py`` and commit it with the change that moved them.
 """
 
 from __future__ import annotations
