@@ -4,81 +4,13 @@ tests marked ``slow`` load the embedded model or run notebooks; ``book`` builds 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
-
-#: the slow test that compares ``avss reproduce --scale ci`` with the committed digest, and the
-#: run it reads (``--results`` is added); see tests/test_reproduce_digest.py
-DIGEST_TEST = "test_reproduce_ci_results_match_the_committed_digest"
-DIGEST_ARGV = (
-    *("reproduce", "--models", "smollm2-135m", "--scale", "ci", "--dtype", "float64"),
-    *("--device", "cpu", "--quiet"),
-)
-_DIGEST_RUN = pytest.StashKey[tuple[subprocess.Popen, Path, IO[bytes]]]()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the digest test's pipeline run as soon as the tests are collected, when that test
-    is among them: a one-thread process beside the rest of the suite (which keeps two cores only
-    about two-thirds busy), so that the test mostly finds it finished. The ``reproduce_ci_run``
-    fixture waits for it; the end of the session stops it and removes its files."""
-    if session.config.option.collectonly or not any(i.name == DIGEST_TEST for i in session.items):
-        return
-    data = Path(os.environ.get("AVSS_DATA_DIR") or SHARED_DATA)
-    if not (data / "MANIFEST.json").exists():
-        return  # the test is skipped by the data_dir fixture
-    work = Path(tempfile.mkdtemp(prefix="avss-reproduce-ci-"))
-    env = os.environ | {
-        "AVSS_DATA_DIR": str(data),
-        "PYTHONHASHSEED": "0",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    log = open(work / "reproduce.log", "wb")  # noqa: SIM115 (closed at the end of the session)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avsslib", *DIGEST_ARGV, "--results", str(work / "results")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    session.config.stash[_DIGEST_RUN] = (proc, work, log)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    run = session.config.stash.get(_DIGEST_RUN, None)
-    if run is None:
-        return
-    proc, work, log = run
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    log.close()
-    shutil.rmtree(work, ignore_errors=True)
-
-
-@pytest.fixture
-def reproduce_ci_run(request: pytest.FixtureRequest, data_dir: Path) -> Path:
-    """The results directory of the run started at collection (:data:`DIGEST_ARGV`), once it has
-    finished; the test fails with the end of its log if the run failed."""
-    run = request.config.stash.get(_DIGEST_RUN, None)
-    if run is None:
-        pytest.fail(f"the run of {DIGEST_TEST} was not started when the tests were collected")
-    proc, work, log = run
-    code = proc.wait()
-    log.flush()
-    assert code == 0, (work / "reproduce.log").read_text(errors="replace")[-4000:]
-    return work / "results"
 
 
 @pytest.fixture(scope="session")

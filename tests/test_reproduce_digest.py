@@ -16,8 +16,7 @@ one, the AVSS order changes, and a different set of layers is pruned: on 2026-12
 machine differed from the machine that wrote the float32 digest in 890 values, the pruned layers
 among them. Float64 rounds at about 1e-16 relative instead of 1e-7, far finer than the gaps
 between the activations and the threshold; float64 runs with one and with two threads gave the
-same digest. The run starts when the tests are collected, in a one-thread process beside the
-rest of the suite (``tests/conftest.py``: ``DIGEST_ARGV``, ``reproduce_ci_run``).
+same digest, so the run uses the machine's threads.
 
 To accept a deliberate change of results, regenerate the digest with ``AVSS_UPDATE_DIGEST=1
 python -m pytest tests/test_reproduce_digest.py`` and commit it with the change that moved them.
@@ -219,8 +218,14 @@ def _differences(want: Any, got: Any, where: str, out: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_reproduce_ci_results_match_the_committed_digest(reproduce_ci_run):
-    got = digest(reproduce_ci_run)
+def test_reproduce_ci_results_match_the_committed_digest(tmp_path, data_dir, monkeypatch):
+    from avsslib.cli import main
+
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    argv = ["reproduce", "--models", "smollm2-135m", "--scale", "ci", "--dtype", "float64"]
+    code = main([*argv, "--results", str(tmp_path / "results"), "--device", "cpu", "--quiet"])
+    assert code == 0
+    got = digest(tmp_path / "results")
     if os.environ.get("AVSS_UPDATE_DIGEST"):
         DIGEST.parent.mkdir(parents=True, exist_ok=True)
         DIGEST.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
