@@ -251,20 +251,17 @@ class CachedLM(HFLM):
         return call.results  # type: ignore[return-value]
 
     def _score_contexts(self, call: _Requests, batch: list[tuple[int, ...]], bar: Any) -> None:
-        groups, prepared, shared, prefix_cache = (
-            call.groups,
-            call.prepared,
-            call.shared,
-            call.prefix_cache,
-        )
-        if all(len(prepared[i][1]) == 1 for c in batch for i in groups[c]):
+        groups, shared = call.groups, call.shared
+        if all(len(call.prepared[i][1]) == 1 for c in batch for i in groups[c]):
             self._score_next_tokens(call, batch)
             bar.update(sum(len(groups[c]) for c in batch))
             return
         parts = [c[shared:-1] for c in batch]
         width = max(len(p) for p in parts)
         if width > 0:  # stage 2: each context after the shared prefix, but its last token
-            cache, _ = self._encode_after_prefix(parts, shared, prefix_cache, **self._keep_last)
+            cache, _ = self._encode_after_prefix(
+                parts, shared, call.prefix_cache, **self._keep_last
+            )
             own = (
                 torch.arange(width)[None] < torch.tensor([len(p) for p in parts])[:, None]
             ).long()
@@ -272,15 +269,15 @@ class CachedLM(HFLM):
             context_mask = context_mask.to(self.device)
         else:
             context_mask = torch.ones(1, shared, dtype=torch.long, device=self.device)
-            cache = prefix_cache
+            cache = call.prefix_cache
         cached = shared + width
         rows = sorted(
             ((g, i) for g, c in enumerate(batch) for i in groups[c]),
-            key=lambda r: -len(prepared[r[1]][1]),
+            key=lambda r: -len(call.prepared[r[1]][1]),
         )
         start = 0
         while start < len(rows):  # stage 3: continuations on copies of their context's row
-            longest = len(prepared[rows[start][1]][1])
+            longest = len(call.prepared[rows[start][1]][1])
             size = max(
                 1,
                 min(self.max_batch_tokens // (cached + longest), self.max_logit_tokens // longest),
