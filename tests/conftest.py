@@ -6,11 +6,46 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+#: test modules run by one xdist worker together: both use the notebooks executed once a session
+NOTEBOOK_MODULES = frozenset({"test_book", "test_notebooks"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), each worker's PyTorch, and the notebook
+    kernels and commands it starts, use the machine's cores divided among the workers, so that
+    two workers on two cores do not run four threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, whole test modules go to a worker (xdist's ``loadscope``), so a
+    module's fixtures (a model, an evaluation, the built book) are built once; the notebook and
+    book tests go together, since the book is built from the notebooks executed once per
+    session. (Not ``--dist loadgroup`` with marks: xdist 3.8 tags the grouped tests by rewriting
+    ``item._nodeid``, which pytest 9 no longer reads, so the groups are lost.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "notebooks" if Path(module).stem in NOTEBOOK_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
