@@ -3,6 +3,7 @@ one by that id (never by a name pattern)."""
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,3 +50,26 @@ def test_start_running_stop(tmp_path):
 def test_running_is_false_when_every_job_ended(tmp_path):
     assert node(tmp_path, "start", "quick", "0", "-c", "pass").returncode == 0
     assert wait_for(lambda: node(tmp_path, "running").returncode == 1)
+
+
+def test_node_wheels_lists_what_the_node_lacks(tmp_path):
+    """tools/node_wheels.py: the evaluation stack's closure less the node's distributions (and
+    their own requirements), transformers always, versions as installed here."""
+    import importlib.metadata as md
+
+    have = tmp_path / "have.txt"
+    have.write_text("torch==2.11.0\ntransformers==5.17.0\nnumpy\nhuggingface_hub\npandas\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "node_wheels.py"), "--have", str(have)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = dict(line.split("==") for line in done.stdout.split())
+    assert listed["lm-eval"] == md.version("lm_eval")
+    assert listed["transformers"] == md.version(
+        "transformers"
+    )  # pinned here, though the node has one
+    assert not {"torch", "numpy", "huggingface-hub", "pandas"} & set(listed)
+    assert "datasets" in listed and "gguf" in listed

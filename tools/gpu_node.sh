@@ -2,6 +2,7 @@
 # Run avsslib on a GPU node that has PyTorch but no network (maintainers' tool; see README,
 # "Running on an offline GPU node"). Model files and missing wheels reach such a node in pieces;
 # this script assembles them and runs the pipeline in the background, detached from the shell.
+# Which wheels: `.venv/bin/python tools/node_wheels.py --have NODE_PACKAGES` (then `pip download`).
 #
 #   tools/gpu_node.sh setup WHEELDIR DATADIR   install the wheels into $NODE/site, copy the data
 #   tools/gpu_node.sh piece FILE NAME          append FILE (a piece of a GGUF file) to NAME.part
