@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avsslib.errors import ConfigError
+from avsslib.mitigate.train import TrainConfig
 from avsslib.mitigation_inputs import (
     DEFAULT_EVAL_TASKS,
     layers_from_file,
@@ -75,23 +76,24 @@ class MitigationConfig(ModelOptions):
     prone_family: str | None = None
     k: int | None = None
     mode: str = "eavss"
-    lora: bool = False
-    full_params: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    epochs: int = 1
-    lr: float | None = None
-    lam: float = 0.5
-    tau: float = 0.07
-    loss: Literal["infonce", "supcon"] = "infonce"
-    no_in_batch: bool = False
-    projection: bool = False
-    batch_size: int = 4
-    grad_accum: int = 4
+    # the training settings default to TrainConfig's (one place for each default)
+    lora: bool = TrainConfig.lora
+    full_params: bool = TrainConfig.full_model
+    lora_r: int = TrainConfig.lora_r
+    lora_alpha: int = TrainConfig.lora_alpha
+    epochs: int = TrainConfig.epochs
+    lr: float | None = TrainConfig.lr
+    lam: float = TrainConfig.lam
+    tau: float = TrainConfig.tau
+    loss: Literal["infonce", "supcon"] = TrainConfig.loss
+    no_in_batch: bool = not TrainConfig.in_batch_negatives
+    projection: bool = TrainConfig.projection
+    batch_size: int = TrainConfig.batch_size
+    grad_accum: int = TrainConfig.grad_accum
     max_negatives: int = 4
     own_negatives: Path | None = None
     no_dataset_negatives: bool = False
-    bf16: bool = False
+    bf16: bool = TrainConfig.bf16
     n_train: int | None = None
     eval_tasks: tuple[str, ...] = ()
     n_eval: int = 100
