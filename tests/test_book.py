@@ -546,8 +546,9 @@ def test_online_edition_has_repository_link_and_launch_buttons(built_book: Path)
 def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
     """``make pdf`` on the test's build: every page in the order of _toc.yml printed by headless
     Chromium into one PDF. Its text holds every chapter title and page numbers, its outline a
-    bookmark per chapter in order, and every chapter whose executed notebook shows a figure has
-    at least one image on its pages. Printing requests nothing beyond 127.0.0.1."""
+    bookmark per chapter in order, every chapter's longest shown code line prints whole (code
+    wraps rather than running off the page), and every chapter whose executed notebook shows a
+    figure has at least one image on its pages. Printing requests nothing beyond 127.0.0.1."""
     from pypdf import PdfReader
 
     _ensure_chromium()
@@ -572,6 +573,18 @@ def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
     for title in titles.values():
         assert squeeze(title) in squeeze(text), f"the PDF's text lacks the chapter title {title!r}"
     assert re.search(r"\b1 of \d+\b", text), "no page numbers in the footer"
+    hidden = {"remove-input", "hide-input", "remove-cell", "hide-cell", "injected-parameters"}
+    flat = squeeze(text)
+    for stem in titles:  # code wraps on paper: each chapter's longest shown code line prints whole
+        cells = json.loads((copy / "notebooks" / f"{stem}.ipynb").read_text(encoding="utf-8"))
+        shown = [
+            line
+            for cell in cells["cells"]
+            if cell["cell_type"] == "code" and not hidden & set(cell["metadata"].get("tags", []))
+            for line in "".join(cell["source"]).splitlines()
+        ]
+        longest = max(shown, key=len, default="")
+        assert squeeze(longest) in flat, f"{stem}: the PDF cuts the code line {longest!r}"
 
     def outline(items, found):
         for item in items:

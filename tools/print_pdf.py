@@ -46,6 +46,7 @@ PRINT_CSS = """
 .bd-main, .bd-content, .bd-article-container, .bd-page-width, .bd-container__inner {
   max-width: 100% !important; width: 100% !important; padding: 0 !important; margin: 0 !important; }
 img { max-width: 100% !important; break-inside: avoid; }
+pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }  /* paper cannot scroll */
 figure, table, .admonition { break-inside: avoid; }
 .bd-main .bd-content .bd-article .avss-print-page h1:first-of-type { display: block !important; }
 .avss-print-page { break-before: page; }
