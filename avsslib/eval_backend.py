@@ -74,6 +74,7 @@ from avsslib.kv_cache import (
     context_batches,
     pad_ids,
     select_rows,
+    shared_prefix,
 )
 
 _GREEDY_DEFAULTS: dict[str, Any] = {
@@ -204,6 +205,16 @@ class CachedLM(HFLM):
 
     # ------------------------------------------------------------ log-likelihood
 
+    def request_tokens(
+        self, context: list[int], continuation: list[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(context, continuation)`` token ids of one request after the harness's left
+        truncation ``(context + continuation)[-(max_length + 1):]``."""
+        assert len(context) > 0 and len(continuation) > 0
+        assert len(continuation) <= self.max_length
+        full = (list(context) + list(continuation))[-(self.max_length + 1) :]
+        return tuple(full[: -len(continuation)]), tuple(continuation)
+
     def _loglikelihood_tokens(
         self,
         requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
@@ -216,17 +227,14 @@ class CachedLM(HFLM):
             return super()._loglikelihood_tokens(
                 requests, disable_tqdm=disable_tqdm, override_bs=override_bs
             )
-        prepared: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-        for _, context, continuation in requests:
-            assert len(context) > 0 and len(continuation) > 0
-            assert len(continuation) <= self.max_length
-            full = (list(context) + list(continuation))[-(self.max_length + 1) :]  # left truncation
-            prepared.append((tuple(full[: -len(continuation)]), tuple(continuation)))
+        prepared = [
+            self.request_tokens(context, continuation) for _, context, continuation in requests
+        ]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (prefix, _) in enumerate(prepared):
             groups.setdefault(prefix, []).append(i)
         contexts = sorted(groups, key=lambda c: (-len(c), c))
-        shared = common_prefix(contexts)[: min(len(c) for c in contexts) - 1]
+        shared = shared_prefix(contexts)
         prefix_cache = self._new_cache() if shared else None
         if shared:
             self._forward(
@@ -404,16 +412,10 @@ class CachedLM(HFLM):
                     results[i] = text
                 bar.update(len(members))
                 continue
-            max_context = self.max_length - max_gen
-            assert max_context > 0, (
+            assert self.max_length - max_gen > 0, (
                 f"max_gen_toks ({max_gen}) must be below max_length ({self.max_length})."
             )
-            encoded = {}
-            for i in members:
-                ids, _ = self.tok_batch_encode(
-                    [requests[i].args[0]], left_truncate_len=max_context, truncation=self.truncation
-                )
-                encoded[i] = ids[0].tolist()
+            encoded = {i: self.prompt_tokens(requests[i].args[0], max_gen) for i in members}
             order = sorted(members, key=lambda i: (-len(encoded[i]), requests[i].args[0]))
             start = 0
             while start < len(order):
@@ -429,6 +431,15 @@ class CachedLM(HFLM):
                 bar.update(len(chunk))
         bar.close()
         return results  # type: ignore[return-value]
+
+    def prompt_tokens(self, text: str, max_gen: int) -> list[int]:
+        """Token ids of one generation prompt: ``HFLM``'s ``tok_batch_encode`` on it alone (so
+        its ``has_bos_prefix`` rule applies to this prompt), left truncated to ``max_length -
+        max_gen``."""
+        ids, _ = self.tok_batch_encode(
+            [text], left_truncate_len=self.max_length - max_gen, truncation=self.truncation
+        )
+        return ids[0].tolist()
 
     def _greedy(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[list[int]]:
         """Greedy tokens after each prompt (left padded batch, ``DynamicCache``); a row stops at

@@ -17,6 +17,7 @@ __all__ = [
     "REUSE_ARCHITECTURES",
     "cache_reuse_support",
     "common_prefix",
+    "shared_prefix",
     "context_batches",
     "pad_ids",
     "select_rows",
@@ -96,6 +97,12 @@ def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
     while n < min(len(first), len(last)) and first[n] == last[n]:
         n += 1
     return tuple(first[:n])
+
+
+def shared_prefix(contexts: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The prefix encoded once for all ``contexts``: their :func:`common_prefix`, cut so that
+    every context keeps at least its last token to encode after it."""
+    return common_prefix(contexts)[: min(len(c) for c in contexts) - 1]
 
 
 def pad_ids(

@@ -75,24 +75,19 @@ def answer(lm: Any, requests: list[Any]) -> tuple[list[Any], float]:
 
 
 def distinct_inputs(lm: Any, requests: list[Any]) -> list[tuple[int, ...]]:
-    """The token rows any backend must encode at least once: each distinct context of the
-    log-likelihood requests (tokenised and left truncated as ``HFLM`` does), or each prompt of the
-    generation requests (left truncated to ``max_length - max_gen_toks``)."""
+    """The token rows any backend must encode at least once, as ``lm`` (a ``CachedLM``)
+    tokenises them: each distinct context of the log-likelihood requests, or each distinct
+    prompt of the generation requests; longest first."""
     if requests[0].request_type == "generate_until":
         from lm_eval.models.utils import normalize_gen_kwargs
 
-        rows = []
+        rows = set()
         for req in requests:
             max_gen = int(normalize_gen_kwargs(req.args[1], lm.max_gen_toks)["max_gen_toks"])
-            ids, _ = lm.tok_batch_encode([req.args[0]], left_truncate_len=lm.max_length - max_gen)
-            rows.append(tuple(ids[0].tolist()))
-        return sorted(set(rows), key=lambda r: (-len(r), r))
-    contexts = set()
-    for req in requests:
-        context, continuation = lm._encode_pair(*req.args)
-        full = (context + continuation)[-(lm.max_length + 1) :]
-        contexts.add(tuple(full[: -len(continuation)]))
-    return sorted(contexts, key=lambda r: (-len(r), r))
+            rows.add(tuple(lm.prompt_tokens(req.args[0], max_gen)))
+    else:
+        rows = {lm.request_tokens(*lm._encode_pair(*req.args))[0] for req in requests}
+    return sorted(rows, key=lambda r: (-len(r), r))
 
 
 @torch.inference_mode()
@@ -101,10 +96,10 @@ def floor_seconds(model: Any, rows: list[tuple[int, ...]], max_batch_tokens: int
     rows share (the prefix once), logits at one position, in the batches ``CachedLM`` forms
     (:func:`avsslib.kv_cache.context_batches`: the token budget, little padding): the compute
     no backend can skip, with continuations, scoring and decoding left out."""
-    from avsslib.kv_cache import common_prefix, context_batches, pad_ids
+    from avsslib.kv_cache import context_batches, pad_ids, shared_prefix
 
     device = next(model.parameters()).device
-    shared = len(common_prefix(rows)[: min(len(r) for r in rows) - 1])
+    shared = len(shared_prefix(rows))
     batches = [[r[shared:] for r in b] for b in context_batches(rows, shared, max_batch_tokens)]
     if torch.cuda.is_available():
         torch.cuda.synchronize()

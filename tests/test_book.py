@@ -569,12 +569,12 @@ def test_pdf_has_every_chapter_with_its_figures(built_book: Path) -> None:
         return "".join(unicodedata.normalize("NFKC", text).split())
 
     text = " ".join((page.extract_text() or "") for page in reader.pages)
+    flat = squeeze(text)
     titles = _chapter_titles()
     for title in titles.values():
-        assert squeeze(title) in squeeze(text), f"the PDF's text lacks the chapter title {title!r}"
+        assert squeeze(title) in flat, f"the PDF's text lacks the chapter title {title!r}"
     assert re.search(r"\b1 of \d+\b", text), "no page numbers in the footer"
     hidden = {"remove-input", "hide-input", "remove-cell", "hide-cell", "injected-parameters"}
-    flat = squeeze(text)
     for stem in titles:  # code wraps on paper: each chapter's longest shown code line prints whole
         cells = json.loads((copy / "notebooks" / f"{stem}.ipynb").read_text(encoding="utf-8"))
         shown = [
