@@ -172,17 +172,9 @@ def training_questions(cfg_run: MitigationConfig) -> tuple[list[str], str, set[s
     check_fold(cfg_run.folds, cfg_run.fold)
     # evaluation questions first (a sample, or one fold of every question), training questions
     # from the rest (before the model loads)
+    sampling = ("n_eval", "eval_seed", "n_train", "seed", "folds", "fold", "fold_seed")
     eval_ids, every, records = mitigation_questions(
-        cfg_run.dataset,
-        split,
-        tasks,
-        n_eval=cfg_run.n_eval,
-        eval_seed=cfg_run.eval_seed,
-        n_train=cfg_run.n_train,
-        seed=cfg_run.seed,
-        folds=cfg_run.folds,
-        fold=cfg_run.fold,
-        fold_seed=cfg_run.fold_seed,
+        cfg_run.dataset, split, tasks, **{name: getattr(cfg_run, name) for name in sampling}
     )
     rest = [r for r in every if r.id not in eval_ids]
     if not records:

@@ -9,6 +9,7 @@ are written by :func:`avsslib.mitigation.run_mitigation`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,26 +146,15 @@ def train_config(cfg_run: MitigationConfig, layers: list[int]) -> Any:
     """The :class:`avsslib.mitigate.TrainConfig` of the run's options and layers."""
     from avsslib.mitigate import TrainConfig
 
-    cfg = TrainConfig(
-        layers=tuple(layers),
-        full_model=cfg_run.mode == "full",
-        lora=cfg_run.lora,
-        lora_r=cfg_run.lora_r,
-        lora_alpha=cfg_run.lora_alpha,
-        lr=cfg_run.lr,
-        epochs=cfg_run.epochs,
-        batch_size=cfg_run.batch_size,
-        grad_accum=cfg_run.grad_accum,
-        lam=cfg_run.lam,
-        tau=cfg_run.tau,
-        loss=cfg_run.loss,
-        in_batch_negatives=not cfg_run.no_in_batch,
-        projection=cfg_run.projection,
-        bf16=cfg_run.bf16,
-        seed=cfg_run.seed,
-        checkpoint_every=cfg_run.checkpoint_every,
-    )
-    return cfg
+    derived = {
+        "layers": tuple(layers),
+        "full_model": cfg_run.mode == "full",
+        "in_batch_negatives": not cfg_run.no_in_batch,
+    }
+    # every other training setting the run shares with TrainConfig by name
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in derived]
+    shared = {name: getattr(cfg_run, name) for name in names if hasattr(cfg_run, name)}
+    return TrainConfig(**shared, **derived)
 
 
 def write_data_file(

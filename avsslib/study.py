@@ -247,15 +247,12 @@ def _evaluate(
     """Evaluate every configuration resumably (:func:`avsslib.study_eval.evaluate_configs`)."""
     cfg = run.cfg
     assert cfg.tasks is not None
-    eval_kwargs = dict(
-        n=cfg.n_eval,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        num_fewshot=cfg.num_fewshot,
-        max_length=cfg.max_length,
-        ppl_window=cfg.ppl_window,
-        ppl_stride=cfg.ppl_stride if cfg.ppl_stride is not None else cfg.ppl_window,
-    )
+    same = ("seed", "batch_size", "num_fewshot", "max_length", "ppl_window")
+    eval_kwargs = {
+        "n": cfg.n_eval,
+        **{name: getattr(cfg, name) for name in same},
+        "ppl_stride": cfg.ppl_stride if cfg.ppl_stride is not None else cfg.ppl_window,
+    }
     protocol = {
         "format": STUDY_FORMAT,
         "model": run.identity(),

@@ -44,6 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: keeps the rest
 
 
+@pytest.hookimpl(optionalhook=True)  # the hook exists only where pytest-xdist is loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist, whole test modules go to a worker (xdist's ``loadscope``), so a
     module's fixtures (a model, an evaluation, the built book) are built once; the notebook and

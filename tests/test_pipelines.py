@@ -101,3 +101,16 @@ def test_mitigate_defaults_are_the_training_defaults():
     library = TrainConfig(layers=(3, 7))
     assert (built.checkpoint_every, library.checkpoint_every) == (50, 0)
     assert built == dataclasses.replace(library, seed=built.seed, checkpoint_every=50)
+
+
+def test_train_config_carries_every_training_option():
+    """Each training option of ``avss mitigate`` reaches the ``TrainConfig`` it trains with."""
+    from avsslib.mitigation_steps import train_config
+
+    changed = dict(lora=True, lora_r=3, lora_alpha=5, epochs=2, lr=0.002, lam=0.25, tau=0.5)
+    changed |= dict(loss="supcon", projection=True, batch_size=3, grad_accum=2, bf16=True)
+    changed |= dict(seed=9, checkpoint_every=7, no_in_batch=True, mode="full")
+    built = train_config(MitigationConfig(out=Path("o"), layers=(1,), **changed), [3, 7])
+    expected = {k: v for k, v in changed.items() if k not in ("no_in_batch", "mode")}
+    assert {k: getattr(built, k) for k in expected} == expected
+    assert (built.layers, built.full_model, built.in_batch_negatives) == ((3, 7), True, False)

@@ -10,7 +10,7 @@
 * helpers: loading the model (:func:`load_cli_model`), parsing lists, checking numbers before
   anything is loaded, the device, the options a run record keeps (:func:`run_options`) and the
   command line that repeats a run, a pipeline configuration from the options of its fields
-  (:func:`options_config`), the layer scores of the calibration set (:func:`score_layers`).
+  (:func:`options_config`) and the options of its fields (:func:`config_options`), the layer scores of the calibration set (:func:`score_layers`).
 
 Options set on the command line are remembered in ``args._given`` (a set of destinations), so
 that a preset such as ``avss study --quick`` changes only the options the user left alone.
@@ -22,8 +22,11 @@ import argparse
 import dataclasses
 import math
 import shlex
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from avsslib.errors import ConfigError
 from avsslib.study import DTYPES
@@ -102,19 +105,7 @@ def add_model_options(
         help=f"zoo name, local directory or hub id (default {DEFAULT_MODEL})",
     )
     group.add_argument("--out", required=True, type=Path, action=_Given, help=out_help)
-    group.add_argument(
-        "--device",
-        default=None,
-        action=_Given,
-        help="torch device (default: cuda if available, else cpu)",
-    )
-    group.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        action=_Given,
-        help="model dtype (default float32; faithful statistics need float32)",
-    )
+    add_device_options(group)
     group.add_argument(
         "--seed",
         type=int,
@@ -122,12 +113,29 @@ def add_model_options(
         action=_Given,
         help=f"global seed: sampling, random layers, training (default {DEFAULT_SEED})",
     )
-    group.add_argument("--quiet", action=_GivenFlag, help="no progress bars")
     group.add_argument(
         "--trust-remote-code",
         action=_GivenFlag,
         help="allow running the Python code of a model that ships its own "
         "(auto_map in config.json); only for models you trust",
+    )
+    group.add_argument("--quiet", action=_GivenFlag, help="no progress bars")
+
+
+def add_device_options(parser: Any) -> None:
+    """``--device`` and ``--dtype`` (of every model command, and of ``avss reproduce``)."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        action=_Given,
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        action=_Given,
+        help="model dtype (default float32; faithful statistics need float32)",
     )
 
 
@@ -200,6 +208,11 @@ def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
         ) from None
 
 
+def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options ``names`` as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}
+
+
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse impossible option values before any model or data is loaded; ``ConfigError``
     names the option. Checks the options this namespace has: ``--fraction`` in (0, 1),
@@ -268,17 +281,55 @@ def options_config(
     return cls(**{name: getattr(args, name) for name in fields}, **given)
 
 
+def config_options(parser: Any, cls: type) -> Callable[..., None]:
+    """The option maker of a pipeline configuration ``cls`` (a dataclass): ``add(flag, help,
+    **kw)`` adds ``flag`` to ``parser`` for the field of the same name (``--n-eval``: ``n_eval``;
+    ``field=`` names another) with the field's default, so that each default is stated once, in
+    the configuration; ``%(default)s`` in ``help`` shows it. The field's type gives the rest: a
+    ``bool`` is a ``store_true`` flag, a ``Literal`` gives ``choices``, a tuple is taken as a
+    comma-separated list (its default comma-joined), ``int``, ``float`` and ``Path`` convert.
+    ``to=`` adds to a group of ``parser`` instead; other keywords go to ``add_argument``."""
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+
+    def add(flag: str, help: str, *, field: str | None = None, to: Any = None, **kw: Any) -> None:
+        name = field or kw.get("dest") or flag.lstrip("-").replace("-", "_")
+        (to or parser).add_argument(
+            flag, help=help, **{**_field_option(hints[name], defaults[name]), **kw}
+        )
+
+    return add
+
+
+def _field_option(hint: Any, default: Any) -> dict[str, Any]:
+    """``add_argument`` keywords of a configuration field of type ``hint`` (``X | None`` as
+    ``X``) and default ``default``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if hint is bool:
+        if default is not False:
+            raise TypeError(f"a flag's field must default to False, not {default!r}")
+        return {"action": "store_true"}
+    if typing.get_origin(hint) is Literal:
+        return {"choices": typing.get_args(hint), "default": default}
+    if typing.get_origin(hint) is tuple:
+        return {"default": ",".join(map(str, default)) or None}
+    if hint in (int, float, Path):
+        return {"type": hint, "default": default}
+    return {"default": default}
+
+
 def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful: bool):
     """``calibration_set`` from the calibration options (padded to ``--seq-len`` when faithful)."""
     from avsslib.calibration import calibration_set
 
+    sizes = options_of(args, "n", "seq_len", "batch_size")
     return calibration_set(
         tokenizer,
         args.calib,
         args.calib_split,
-        n=args.n,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
+        **sizes,
         seed=args.calib_seed,
         pad_to_max_length=faithful,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avsslib.cli.common import command_line
+from avsslib.cli.common import command_line, options_of
 
 HELP = "diagnose an AVSS ranking: depth trend, near-zero counting noise, the sparsity clamp"
 LOCK_OUT = True
@@ -38,14 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from avsslib.diagnosis import run_diagnosis
 
-    results = run_diagnosis(
-        args.study,
-        args.out,
-        fraction=args.fraction,
-        n_draws=args.n_draws,
-        seed=args.seed,
-        command=command_line("diagnose", args),
-    )
+    command = command_line("diagnose", args)
+    draws = options_of(args, "fraction", "n_draws", "seed")
+    results = run_diagnosis(args.study, args.out, **draws, command=command)
     for mode, r in results.items():
         s = r["summary"]
         st = s["stability"]

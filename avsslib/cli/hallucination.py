@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from avsslib.cli.common import (
     add_eps_option,
     add_model_options,
+    config_options,
     options_config,
     parse_list,
 )
@@ -24,101 +25,59 @@ if TYPE_CHECKING:
 HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
 
-_DATASETS = "nq_open,triviaqa,sciq,truthfulqa,wikiqa"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``avss hallucination``, one ``add_argument`` call each: long because the list of
-    options is, not the logic."""
-    from avsslib.labels import DEFAULT_TEMPLATE
+    """The options of ``avss hallucination``: the fields of
+    :class:`~avsslib.hallucination.HallucinationConfig`, whose defaults they take."""
+    from avsslib.hallucination import HallucinationConfig
 
     add_model_options(parser)
-    parser.add_argument(
-        "--datasets", default=_DATASETS, help=f"comma-separated datasets (default {_DATASETS})"
-    )
-    parser.add_argument(
-        "--n", type=int, default=40, help="questions per dataset, seeded sample (default 40)"
-    )
-    parser.add_argument(
-        "--family", default="P,C", help="score families, comma-separated: P, C (default P,C)"
-    )
-    parser.add_argument(
+    add = config_options(parser, HallucinationConfig)
+    add("--datasets", "comma-separated datasets (default %(default)s)")
+    add("--n", "questions per dataset, seeded sample (default %(default)s)")
+    add("--family", "score families, comma-separated: P, C (default %(default)s)")
+    add(
         "--prone-by",
-        choices=("default", "eavss"),
-        default="default",
-        help="rank prone layers by the family's default (P: delta, C: eavss) or "
-        "by EAVSS alone (the literal option)",
+        "rank prone layers by the family's default (P: delta, C: eavss) or by EAVSS alone "
+        "(the literal option)",
     )
-    parser.add_argument(
-        "--positions",
-        choices=("answer", "all"),
-        default="answer",
-        help="tokens counted in the statistics (default answer)",
-    )
-    parser.add_argument(
-        "--k", type=int, default=None, help="number of prone layers (default ceil(0.25 * layers))"
-    )
-    parser.add_argument(
+    add("--positions", "tokens counted in the statistics (default %(default)s)")
+    add("--k", "number of prone layers (default ceil(0.25 * layers))")
+    add(
         "--calib-fraction",
-        type=float,
-        default=0.5,
-        help="share of each dataset's questions in the calibration part "
-        "(default 0.5; the rest is the evaluation part)",
+        "share of each dataset's questions in the calibration part (default %(default)s; the "
+        "rest is the evaluation part)",
     )
-    parser.add_argument(
+    add(
         "--min-per-class",
-        type=int,
-        default=2,
-        help="fewest hallucinated and truthful calibration answers needed to "
-        "score a dataset (default 2)",
+        "fewest hallucinated and truthful calibration answers needed to score a dataset "
+        "(default %(default)s)",
     )
-    parser.add_argument(
-        "--template",
-        default=DEFAULT_TEMPLATE,
-        help="prompt template with {question} (default: avsslib.labels.DEFAULT_TEMPLATE)",
-    )
-    parser.add_argument(
+    add("--template", "prompt template with {question} (default: avsslib.labels.DEFAULT_TEMPLATE)")
+    add(
         "--chat-template",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="wrap the prompt in the tokenizer's chat template (auto: when it has one)",
+        "wrap the prompt in the tokenizer's chat template (auto: when it has one)",
     )
-    parser.add_argument(
+    add(
         "--question-guard",
-        action="store_true",
-        help="NQ/TriviaQA/SciQ: an alias the question contains counts only as an "
-        "exact answer (avsslib.labels)",
+        "NQ/TriviaQA/SciQ: an alias the question contains counts only as an exact answer "
+        "(avsslib.labels)",
     )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default 32)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    add("--max-new-tokens", "answer length limit in tokens (default %(default)s)")
+    add("--batch-size", "batch size (default %(default)s)")
     add_eps_option(parser, "near-zero threshold of the sparsity")
-    parser.add_argument(
-        "--labels-from",
-        type=Path,
-        default=None,
-        help="reuse DIR/labels/<dataset>.jsonl instead of generating answers",
-    )
-    parser.add_argument(
+    add("--labels-from", "reuse DIR/labels/<dataset>.jsonl instead of generating answers")
+    add(
         "--probe",
-        action="store_true",
-        help="store each answer's mean activation per layer and fit one linear "
-        "probe per layer (probe_layers.json; avsslib.probe)",
+        "store each answer's mean activation per layer and fit one linear probe per layer "
+        "(probe_layers.json; avsslib.probe)",
     )
-    parser.add_argument(
+    add(
         "--folds",
-        type=int,
-        default=None,
-        help="also choose layers per fold from the answers outside it (k-fold "
-        "protocol of avss mitigate --folds; avsslib.folds)",
+        "also choose layers per fold from the answers outside it (k-fold protocol of avss "
+        "mitigate --folds; avsslib.folds)",
     )
-    parser.add_argument(
-        "--fold-seed",
-        type=int,
-        default=0,
-        help="seed of the fold split (default 0; as avss mitigate --fold-seed)",
-    )
+    add("--fold-seed", "seed of the fold split (default %(default)s; as avss mitigate's)")
 
 
 def config_from_args(args: argparse.Namespace) -> HallucinationConfig:

@@ -14,7 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-from avsslib.cli.common import add_model_options, command_line, parse_list, resolve_device
+from avsslib.cli.common import (
+    add_model_options,
+    command_line,
+    config_options,
+    parse_list,
+    resolve_device,
+)
 
 HELP = "LoRA healing of pruned models (fixed budget), retention before and after"
 LOCK_OUT = True
@@ -35,15 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tasks", default="sciq_mc,wikitext2_ppl", help="evaluation tasks")
     parser.add_argument("--n-eval", type=int, default=200, help="examples per task (default 200)")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    parser.add_argument(
-        "--heal-batch-size", type=int, default=8, help="chunks per step (default 8)"
-    )
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per chunk (default 256)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
-    parser.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default 16)")
-    parser.add_argument("--warmup", type=int, default=10, help="warm-up steps (default 10)")
+    from avsslib.healing import HealConfig
+
+    add = config_options(parser, HealConfig)
+    add("--steps", "optimizer steps (default %(default)s)")
+    add("--heal-batch-size", "chunks per step (default %(default)s)", field="batch_size")
+    add("--seq-len", "tokens per chunk (default %(default)s)")
+    add("--lr", "peak learning rate (default %(default)s)")
+    add("--rank", "LoRA rank (default %(default)s)")
+    add("--alpha", "LoRA alpha (default %(default)s)")
+    add("--warmup", "warm-up steps (default %(default)s)")
     parser.add_argument(
         "--text",
         default="wikitext2:validation",
@@ -85,17 +92,9 @@ def run(args: argparse.Namespace) -> int:
     name, sep, split = args.text.partition(":")
     if not sep:
         raise ConfigError(f"--text {args.text!r}: write NAME:SPLIT, e.g. wikitext2:validation.")
+    budget = {f: getattr(args, f) for f in ("steps", "seq_len", "lr", "rank", "alpha", "warmup")}
     config = HealConfig(
-        steps=args.steps,
-        batch_size=args.heal_batch_size,
-        seq_len=args.seq_len,
-        lr=args.lr,
-        rank=args.rank,
-        alpha=args.alpha,
-        warmup=args.warmup,
-        text_name=name,
-        text_split=split,
-        seed=args.seed,
+        **budget, batch_size=args.heal_batch_size, text_name=name, text_split=split, seed=args.seed
     )
     config.validate()
     selections = _selections(args.study, parse_list(args.configs, "--configs"))

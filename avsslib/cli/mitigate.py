@@ -11,10 +11,9 @@ evaluated before and after on held-out questions (§9.3).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avsslib.cli.common import add_model_options, options_config, parse_list
+from avsslib.cli.common import add_model_options, config_options, options_config, parse_list
 
 if TYPE_CHECKING:
     from avsslib.mitigation import MitigationConfig
@@ -24,145 +23,73 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``avss mitigate``, one ``add_argument`` call each: long because the list of
-    options is, not the logic."""
-    from avsslib.mitigate import DEFAULT_MAX_NEGATIVES
+    """The options of ``avss mitigate``: the fields of
+    :class:`~avsslib.mitigation.MitigationConfig`, whose defaults they take."""
+    from avsslib.mitigation import MitigationConfig
     from avsslib.protocol import MODES
 
     add_model_options(parser)
-    parser.add_argument(
-        "--dataset",
-        default="truthfulqa",
-        help="training data: truthfulqa, sciq_mc, wikiqa, nq_open, triviaqa, sciq",
-    )
-    parser.add_argument("--split", help="its split (default: the dataset's default split)")
+    add = config_options(parser, MitigationConfig)
+    add("--dataset", "training data: truthfulqa, sciq_mc, wikiqa, nq_open, triviaqa, sciq")
+    add("--split", "its split (default: the dataset's default split)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--layers", help="comma-separated layer indices (e.g. the prone layers)")
-    source.add_argument(
+    add("--layers", "comma-separated layer indices (e.g. the prone layers)", to=source)
+    add(
         "--layers-from",
-        type=Path,
-        help="JSON with the layers (a list, an object with 'prone_layers' or "
-        "'layers', or the prone_layers.json of `avss hallucination`; with "
-        "--fold its fold's layers), the probe_layers.json of `avss "
-        "hallucination --probe` (mode probe: the --k best probes), or a "
-        "layer_stats.csv (mode avss: the --k lowest AVSS)",
+        "JSON with the layers (a list, an object with 'prone_layers' or 'layers', or the "
+        "prone_layers.json of `avss hallucination`; with --fold its fold's layers), the "
+        "probe_layers.json of `avss hallucination --probe` (mode probe: the --k best probes), "
+        "or a layer_stats.csv (mode avss: the --k lowest AVSS)",
+        to=source,
     )
-    parser.add_argument(
-        "--prone-family",
-        help="family in an `avss hallucination` prone_layers.json (if it has several)",
-    )
-    parser.add_argument(
-        "--k",
-        type=int,
-        help="layer count for --mode random, avss from a CSV, probe from a probe_layers.json",
-    )
-    parser.add_argument(
-        "--mode", choices=MODES, default="eavss", help="ablation mode (default eavss)"
-    )
+    add("--prone-family", "family in an `avss hallucination` prone_layers.json (if it has several)")
+    add("--k", "layer count for --mode random, avss from a CSV, probe from a probe_layers.json")
+    add("--mode", "ablation mode (default %(default)s)", choices=MODES)
     params = parser.add_mutually_exclusive_group()
-    params.add_argument("--lora", action="store_true", help="LoRA on the layers' projections")
-    params.add_argument(
-        "--full-params", action="store_true", help="train the layers' full parameters (the default)"
-    )
-    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-    parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
-    parser.add_argument("--lr", type=float, help="learning rate (default 1e-5 full, 1e-4 LoRA)")
-    parser.add_argument(
-        "--lambda",
-        dest="lam",
-        type=float,
-        default=0.5,
-        help="weight of the contrastive loss (default 0.5)",
-    )
-    parser.add_argument("--tau", type=float, default=0.07, help="temperature (default 0.07)")
-    parser.add_argument(
-        "--loss",
-        choices=("infonce", "supcon"),
-        default="infonce",
-        help="contrastive loss (default infonce)",
-    )
-    parser.add_argument(
-        "--no-in-batch",
-        action="store_true",
-        help="do not use other questions' positives as negatives",
-    )
-    parser.add_argument("--projection", action="store_true", help="train through an MLP head g_l")
-    parser.add_argument(
-        "--batch-size", type=int, default=4, help="questions per micro-batch (default 4)"
-    )
-    parser.add_argument(
-        "--grad-accum", type=int, default=4, help="micro-batches per step (default 4)"
-    )
-    parser.add_argument(
-        "--max-negatives",
-        type=int,
-        default=DEFAULT_MAX_NEGATIVES,
-        help=f"negatives per question (default {DEFAULT_MAX_NEGATIVES})",
-    )
-    parser.add_argument(
+    add("--lora", "LoRA on the layers' projections", to=params)
+    add("--full-params", "train the layers' full parameters (the default)", to=params)
+    add("--lora-r", "LoRA rank (default %(default)s)")
+    add("--lora-alpha", "LoRA alpha (default %(default)s)")
+    add("--epochs", "epochs (default %(default)s)")
+    add("--lr", "learning rate (default 1e-5 full, 1e-4 LoRA)")
+    add("--lambda", "weight of the contrastive loss (default %(default)s)", dest="lam")
+    add("--tau", "temperature (default %(default)s)")
+    add("--loss", "contrastive loss (default %(default)s)")
+    add("--no-in-batch", "do not use other questions' positives as negatives")
+    add("--projection", "train through an MLP head g_l")
+    add("--batch-size", "questions per micro-batch (default %(default)s)")
+    add("--grad-accum", "micro-batches per step (default %(default)s)")
+    add("--max-negatives", "negatives per question (default %(default)s)")
+    add(
         "--own-negatives",
-        type=Path,
-        help="JSON list of [question, hallucinated answer] pairs (or objects with "
-        "'question' and 'answer') from the model itself",
+        "JSON list of [question, hallucinated answer] pairs (or objects with 'question' and "
+        "'answer') from the model itself",
     )
-    parser.add_argument(
-        "--no-dataset-negatives",
-        action="store_true",
-        help="use only --own-negatives (and in-batch ones)",
-    )
-    parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
-    parser.add_argument(
-        "--n-train", type=int, help="training questions (default: all not evaluated)"
-    )
-    parser.add_argument("--eval-tasks", help="comma-separated tasks (default: the dataset's own)")
-    parser.add_argument(
-        "--n-eval",
-        type=int,
-        default=100,
-        help="evaluation questions (default 100; ignored with --folds)",
-    )
-    parser.add_argument(
-        "--eval-seed", type=int, default=0, help="evaluation sample seed (default 0)"
-    )
-    parser.add_argument(
+    add("--no-dataset-negatives", "use only --own-negatives (and in-batch ones)")
+    add("--bf16", "autocast the forward pass to bfloat16")
+    add("--n-train", "training questions (default: all not evaluated)")
+    add("--eval-tasks", "comma-separated tasks (default: the dataset's own)")
+    add("--n-eval", "evaluation questions (default %(default)s; ignored with --folds)")
+    add("--eval-seed", "evaluation sample seed (default %(default)s)")
+    add(
         "--folds",
-        type=int,
-        help="k-fold protocol: split every question of the evaluation task into "
-        "this many folds (avsslib.folds); evaluate fold --fold, train on the rest",
+        "k-fold protocol: split every question of the evaluation task into this many folds "
+        "(avsslib.folds); evaluate fold --fold, train on the rest",
     )
-    parser.add_argument("--fold", type=int, help="the evaluated fold, 0..folds-1 (with --folds)")
-    parser.add_argument(
-        "--fold-seed",
-        type=int,
-        default=0,
-        help="seed of the fold split (default 0; the same in avss hallucination --folds)",
-    )
-    parser.add_argument(
-        "--eval-batch-size", type=int, default=8, help="harness batch size (default 8)"
-    )
-    parser.add_argument(
+    add("--fold", "the evaluated fold, 0..folds-1 (with --folds)")
+    add("--fold-seed", "seed of the fold split (default %(default)s; as avss hallucination's)")
+    add("--eval-batch-size", "harness batch size (default %(default)s)")
+    add(
         "--kl-texts",
-        type=int,
-        default=32,
-        help="WikiText-2 test paragraphs for KL to the base model (0 = skip; default 32)",
+        "WikiText-2 test paragraphs for KL to the base (0 = skip; default %(default)s)",
     )
-    parser.add_argument(
+    add(
         "--ppl-windows",
-        type=int,
-        default=8,
-        help="512-token WikiText-2 test windows for perplexity (0 = skip; default 8)",
+        "512-token WikiText-2 windows for perplexity (0 = skip; default %(default)s)",
     )
-    parser.add_argument(
-        "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)"
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=50,
-        help="optimizer steps between checkpoints (0 = none; default 50)",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    add("--n-boot", "bootstrap resamples (default %(default)s)")
+    add("--checkpoint-every", "optimizer steps between checkpoints (0 = none; default %(default)s)")
+    add("--resume", "continue from --out/checkpoint.pt")
 
 
 def config_from_args(args: argparse.Namespace) -> MitigationConfig:

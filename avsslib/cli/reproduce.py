@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from avsslib.cli.common import DTYPES, parse_list, resolve_device
+from avsslib.cli.common import add_device_options, parse_list, resolve_device
 
 HELP = "run (or resume) the whole pipeline of the papers on one or more models at a chosen scale"
 
@@ -69,12 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="k-fold protocol (avsslib.folds): label every question, choose layers "
         "per fold, evaluate every question once (mitigation-<K>fold/)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
-    )
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)"
-    )
+    add_device_options(parser)
     parser.add_argument(
         "--drop-weights",
         action="store_true",
