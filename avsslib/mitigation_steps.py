@@ -146,7 +146,7 @@ def train_config(cfg_run: MitigationConfig, layers: list[int]) -> Any:
     """The :class:`avsslib.mitigate.TrainConfig` of the run's options and layers."""
     from avsslib.mitigate import TrainConfig
 
-    derived = {
+    derived: dict[str, Any] = {
         "layers": tuple(layers),
         "full_model": cfg_run.mode == "full",
         "in_batch_negatives": not cfg_run.no_in_batch,

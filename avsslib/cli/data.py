@@ -121,8 +121,8 @@ def _show(args: argparse.Namespace) -> int:
         raise ConfigError(f"--show {args.show}: the number of records to print must be >= 0.")
     spec = get_spec(args.name)
     src = resolve_source(args.name, args.split, data_dir=args.data_dir)
-    sample = {name: getattr(args, name) for name in ("n", "seed", "data_dir", "answerable_only")}
-    records = load_dataset(args.name, src.split, **sample)
+    chosen = {name: getattr(args, name) for name in ("n", "seed", "data_dir", "answerable_only")}
+    records = load_dataset(args.name, src.split, **chosen)
     expected = spec.splits[src.split].records
     print(f"{spec.name} [{src.split}]: {spec.description}")
     print(f"record type: {spec.record_type.__name__}; licence: {spec.licence}")
