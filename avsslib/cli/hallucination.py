@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from avsslib.cli.common import (
     add_eps_option,
@@ -18,9 +17,7 @@ from avsslib.cli.common import (
     options_config,
     parse_list,
 )
-
-if TYPE_CHECKING:
-    from avsslib.hallucination import HallucinationConfig
+from avsslib.hallucination import HallucinationConfig, run_hallucination
 
 HELP = "label answers as hallucinated/truthful and find hallucination-prone layers (HSAV/HSS/EAVSS)"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
@@ -29,8 +26,6 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``avss hallucination``: the fields of
     :class:`~avsslib.hallucination.HallucinationConfig`, whose defaults they take."""
-    from avsslib.hallucination import HallucinationConfig
-
     add_model_options(parser)
     add = config_options(parser, HallucinationConfig)
     add("--datasets", "comma-separated datasets (default %(default)s)")
@@ -83,8 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
     """The :class:`~avsslib.hallucination.HallucinationConfig` of these options (the record
     keeps the command line exactly as given)."""
-    from avsslib.hallucination import HallucinationConfig
-
     return options_config(
         "hallucination",
         HallucinationConfig,
@@ -95,8 +88,6 @@ def config_from_args(args: argparse.Namespace) -> HallucinationConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avsslib.hallucination import run_hallucination
-
     config = config_from_args(args)
     result = run_hallucination(config)
     out: Path = result.out

@@ -11,12 +11,11 @@ evaluated before and after on held-out questions (§9.3).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from avsslib.cli.common import add_model_options, config_options, options_config, parse_list
-
-if TYPE_CHECKING:
-    from avsslib.mitigation import MitigationConfig
+from avsslib.mitigation import MitigationConfig, run_mitigation
+from avsslib.protocol import MODES
 
 HELP = "contrastive fine-tuning of chosen (prone) layers, evaluated before/after with KL and perplexity"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
@@ -25,9 +24,6 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``avss mitigate``: the fields of
     :class:`~avsslib.mitigation.MitigationConfig`, whose defaults they take."""
-    from avsslib.mitigation import MitigationConfig
-    from avsslib.protocol import MODES
-
     add_model_options(parser)
     add = config_options(parser, MitigationConfig)
     add("--dataset", "training data: truthfulqa, sciq_mc, wikiqa, nq_open, triviaqa, sciq")
@@ -95,8 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> MitigationConfig:
     """The :class:`~avsslib.mitigation.MitigationConfig` of these options (the record keeps the
     command line exactly as given)."""
-    from avsslib.mitigation import MitigationConfig
-
     return options_config(
         "mitigate",
         MitigationConfig,
@@ -107,8 +101,6 @@ def config_from_args(args: argparse.Namespace) -> MitigationConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avsslib.mitigation import run_mitigation
-
     run_result = run_mitigation(config_from_args(args))
     out, layers, change = run_result.out, run_result.layers, run_result.change
     effects, training = run_result.side_effects, run_result.training

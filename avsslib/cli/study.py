@@ -20,7 +20,6 @@ its options), calls :func:`avsslib.study.pruning_study` and prints the main rete
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from avsslib.cli.common import (
     CALIBRATION_DEFAULTS,
@@ -32,10 +31,7 @@ from avsslib.cli.common import (
     given,
     parse_list,
 )
-from avsslib.study_config import DEFAULT_AGREEMENT_CALIBS, PRESETS
-
-if TYPE_CHECKING:
-    from avsslib.study_config import StudyConfig
+from avsslib.study_config import DEFAULT_AGREEMENT_CALIBS, PRESETS, StudyConfig
 
 HELP = "run the AVSS pruning study: scores, selections, evaluation, retention, figures, record"
 LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes there
@@ -108,8 +104,6 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     stays ``None`` where the preset (full or ``--quick``) decides its value; the record keeps
     the command line with the preset's values filled in."""
     import dataclasses
-
-    from avsslib.study_config import StudyConfig
 
     check_numbers(args)
     lists = {
