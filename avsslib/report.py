@@ -201,6 +201,8 @@ class RunRecord:
     data_files: dict[str, str] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=library_versions)
     device: str = "cpu"
+    #: PyTorch's CPU threads: float64 training sums, hence mitigation results, depend on them
+    threads: int = dataclasses.field(default_factory=torch.get_num_threads)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     timing: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -270,7 +272,7 @@ def result_card(record: RunRecord) -> str:
         f"- **Seed:** {record.seed}; **device:** {record.device}",
         "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items())),
         f"- **Started:** {record.timing.get('start', 'n/a')}; **wall time:** "
-        f"{_fmt(record.timing.get('wall_s'))} s",
+        f"{_fmt(record.timing.get('wall_s'))} s; **CPU threads:** {record.threads}",
         f"- **Data files:** {len(record.data_files)} hashed (see the JSON record)",
         "",
         "## Configuration",

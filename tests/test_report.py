@@ -228,6 +228,9 @@ def test_card_and_save_record(tmp_path):
     assert "**Seed:** 7" in card and '"window": 1' in card
     path = save_record(rec, tmp_path / "record.json")
     assert json.loads(path.read_text())["seed"] == 7
+    # the CPU thread count is part of the record: float64 training results depend on it
+    assert json.loads(path.read_text())["threads"] == torch.get_num_threads() >= 1
+    assert f"**CPU threads:** {torch.get_num_threads()}" in card
     assert (tmp_path / "record.md").read_text() == card
 
 

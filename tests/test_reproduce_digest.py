@@ -56,6 +56,7 @@ VOLATILE_KEYS = {
     "end",
     "device",
     "devices",
+    "threads",
     "avsslib_commit",
     "started",
     "finished",
