@@ -113,13 +113,13 @@ def add_model_options(
         action=_Given,
         help=f"global seed: sampling, random layers, training (default {DEFAULT_SEED})",
     )
+    group.add_argument("--quiet", action=_GivenFlag, help="no progress bars")
     group.add_argument(
         "--trust-remote-code",
         action=_GivenFlag,
         help="allow running the Python code of a model that ships its own "
         "(auto_map in config.json); only for models you trust",
     )
-    group.add_argument("--quiet", action=_GivenFlag, help="no progress bars")
 
 
 def add_device_options(parser: Any) -> None:
@@ -288,7 +288,13 @@ def config_options(parser: Any, cls: type) -> Callable[..., None]:
     the configuration; ``%(default)s`` in ``help`` shows it. The field's type gives the rest: a
     ``bool`` is a ``store_true`` flag, a ``Literal`` gives ``choices``, a tuple is taken as a
     comma-separated list (its default comma-joined), ``int``, ``float`` and ``Path`` convert.
-    ``to=`` adds to a group of ``parser`` instead; other keywords go to ``add_argument``."""
+    ``to=`` adds to a group of ``parser`` instead; other keywords go to ``add_argument``.
+    A configuration that extends :class:`~avsslib.models.ModelOptions` has the model options'
+    fields: those options (:func:`add_model_options`) are added first."""
+    from avsslib.models import ModelOptions
+
+    if issubclass(cls, ModelOptions):
+        add_model_options(parser)
     hints = typing.get_type_hints(cls)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from avsslib.cli.common import (
     add_eps_option,
-    add_model_options,
     config_options,
     options_config,
     parse_list,
@@ -26,7 +25,6 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``avss hallucination``: the fields of
     :class:`~avsslib.hallucination.HallucinationConfig`, whose defaults they take."""
-    add_model_options(parser)
     add = config_options(parser, HallucinationConfig)
     add("--datasets", "comma-separated datasets (default %(default)s)")
     add("--n", "questions per dataset, seeded sample (default %(default)s)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from avsslib.cli.common import add_model_options, config_options, options_config, parse_list
+from avsslib.cli.common import config_options, options_config, parse_list
 from avsslib.mitigation import MitigationConfig, run_mitigation
 from avsslib.protocol import MODES
 
@@ -24,7 +24,6 @@ LOCK_OUT = True  # the dispatcher holds the lock of --out while run() writes the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``avss mitigate``: the fields of
     :class:`~avsslib.mitigation.MitigationConfig`, whose defaults they take."""
-    add_model_options(parser)
     add = config_options(parser, MitigationConfig)
     add("--dataset", "training data: truthfulqa, sciq_mc, wikiqa, nq_open, triviaqa, sciq")
     add("--split", "its split (default: the dataset's default split)")
