@@ -5,10 +5,12 @@ meaning and one default, the statistics commands have the calibration options, a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -244,3 +246,38 @@ def test_readme_examples_run(smol, data_dir, tmp_path, monkeypatch):
         assert code == 0, line
         ran.append(argv[0])
     assert {"score", "prune", "eval", "study", "hallucination", "mitigate"} <= set(ran)
+
+
+def test_config_options_take_type_default_and_choices_from_the_field():
+    """``config_options``: a field's default, type and ``Literal`` choices make its option."""
+    from avsslib.cli.common import config_options
+
+    @dataclasses.dataclass
+    class Config:
+        n_eval: int = 7
+        rate: float | None = None
+        kind: Literal["a", "b"] = "b"
+        tags: tuple[str, ...] = ("x", "y")
+        path: Path | None = None
+        flag: bool = False
+        on: bool = True
+
+    parser = argparse.ArgumentParser()
+    add = config_options(parser, Config)
+    for flag in ("--n-eval", "--rate", "--kind", "--tags", "--path", "--flag"):
+        add(flag, "help (default %(default)s)")
+    with pytest.raises(TypeError, match="default to False"):
+        add("--on", "a flag on by default cannot be store_true")
+    assert vars(parser.parse_args([])) == {
+        "n_eval": 7,
+        "rate": None,
+        "kind": "b",
+        "tags": "x,y",
+        "path": None,
+        "flag": False,
+    }
+    args = parser.parse_args(["--n-eval", "3", "--rate", "0.5", "--path", "p", "--flag"])
+    assert (args.n_eval, args.rate, args.path, args.flag) == (3, 0.5, Path("p"), True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "c"])
+    assert "help (default 7)" in parser.format_help()
