@@ -40,6 +40,12 @@ FIRST_MODULES = ("test_reproduce_digest", "test_notebooks", "test_book", "test_e
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The modules of :data:`FIRST_MODULES` first, in that order; the rest as collected."""
+    missing = [stem for stem in FIRST_MODULES if not (REPO / "tests" / f"{stem}.py").is_file()]
+    if missing:
+        raise pytest.UsageError(
+            f"tests/conftest.py: FIRST_MODULES names {missing}, which are not test modules "
+            "(renamed?); update the list."
+        )
     rank = {stem: k for k, stem in enumerate(FIRST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: keeps the rest
 
