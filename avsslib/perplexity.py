@@ -1,9 +1,15 @@
 """Token-level perplexity of a text in sliding windows (our ``wikitext2_ppl`` task), with the
 per-window negative log-likelihood for bootstrap intervals. Writes no files.
+
+A text's token ids are kept per tokenizer object (the last few texts): a pruning study scores
+the same text with one tokenizer for every configuration, and tokenizing all of WikiText-2's
+test split takes about 1.5 s on a 2-core CPU, a tenth of a configuration's evaluation on a GPU.
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +25,28 @@ __all__ = ["Perplexity", "perplexity", "prefix_token_id"]
 def prefix_token_id(tokenizer: Any) -> int | None:
     """The token lm-evaluation-harness puts before a text it scores: BOS, else EOS."""
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+#: tokenizer -> {sha256 of a text: its token ids}, the most recent texts last
+_TOKEN_IDS: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+_TEXTS_KEPT = 4
+
+
+def _token_ids(tokenizer: Any, text: str) -> np.ndarray:
+    """``text``'s token ids without special tokens, computed once per tokenizer object."""
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        kept = _TOKEN_IDS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        kept = {}
+    if key not in kept:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        kept[key] = np.asarray(ids, dtype=np.int64).reshape(-1)
+        while len(kept) > _TEXTS_KEPT:
+            kept.pop(next(iter(kept)))
+    else:
+        kept[key] = kept.pop(key)  # most recent last
+    return kept[key]
 
 
 @dataclass
@@ -101,7 +129,7 @@ def perplexity(
         )
     if max_tokens is not None and max_tokens < 2:
         raise ConfigError(f"max_tokens = {max_tokens}: need at least 2 tokens (or None for all).")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = _token_ids(tokenizer, text)
     if max_tokens is not None:
         ids = ids[:max_tokens]
     first = prefix_token_id(tokenizer) if prefix else None
@@ -109,7 +137,7 @@ def perplexity(
         raise ConfigError(
             "prefix=True but the tokenizer has neither a BOS nor an EOS token; use prefix=False."
         )
-    stream = ([first] if prefix else []) + list(ids)
+    stream = ([first] if prefix else []) + ids.tolist()
     if len(stream) < 2:
         raise ConfigError(f"the text has {len(ids)} token(s): nothing to score.")
     x = torch.tensor(stream[:-1])

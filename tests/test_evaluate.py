@@ -256,6 +256,32 @@ def test_perplexity_rejects_bad_protocol(tiny_llama):
         perplexity(tiny_llama, CharTokenizer(), "a", prefix=False)
 
 
+def test_perplexity_tokenizes_a_text_once_per_tokenizer(tiny_llama):
+    """A study scores one text with one tokenizer for every configuration: the token ids are
+    computed once, and the result is the same as with a fresh tokenizer."""
+
+    class CountingTokenizer(CharTokenizer):
+        calls = 0
+
+        def __call__(self, text, **kwargs):
+            type(self).calls += 1
+            return super().__call__(text, **kwargs)
+
+    tok = CountingTokenizer()
+    first = perplexity(tiny_llama, tok, TEXT, window=8, stride=8)
+    again = perplexity(tiny_llama, tok, TEXT, window=8, stride=8, max_tokens=20)
+    assert CountingTokenizer.calls == 1
+    assert again.tokens.sum() == 20
+    assert (
+        first.nll.tolist()
+        == perplexity(tiny_llama, CharTokenizer(), TEXT, window=8, stride=8).nll.tolist()
+    )
+    for k in range(5):  # a few texts are kept, the oldest dropped first
+        perplexity(tiny_llama, tok, f"{TEXT} {k}", window=8, stride=8)
+    perplexity(tiny_llama, tok, TEXT, window=8, stride=8)
+    assert CountingTokenizer.calls == 7
+
+
 # ---------------------------------------------------------------- task YAMLs (no model)
 
 
