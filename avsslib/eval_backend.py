@@ -1,7 +1,9 @@
 """Our lm-evaluation-harness model backend: shared contexts encoded once, their KV cache reused.
 
-:class:`CachedLM` subclasses the harness's ``HFLM`` and replaces the two methods where the time
-goes, keeping everything else (tokenisation, request plumbing, chat templates, caching hooks):
+:class:`CachedLM` subclasses the harness's ``HFLM`` (through
+:class:`~avsslib.eval_encoding.BatchedEncoding`, which tokenizes a call's requests in batches
+with the harness's own rules) and replaces the two methods where the time goes, keeping
+everything else (tokenisation rules, request plumbing, chat templates, caching hooks):
 
 ``_loglikelihood_tokens`` (``loglikelihood``, multiple choice, rolling perplexity)
     The harness runs every (context, continuation) pair in full. Here requests are grouped by
@@ -64,9 +66,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
+from avsslib.eval_encoding import BatchedEncoding
 from avsslib.kv_cache import (
     REUSE_ARCHITECTURES,
     cache_reuse_support,
@@ -108,8 +110,9 @@ class _Requests:
     results: list[tuple[float, bool] | None]
 
 
-class CachedLM(HFLM):
-    """``HFLM`` with shared-context KV-cache reuse and batched greedy generation (module doc).
+class CachedLM(BatchedEncoding):
+    """``HFLM`` with shared-context KV-cache reuse, batched greedy generation (module doc) and
+    batched request encoding (:class:`~avsslib.eval_encoding.BatchedEncoding`).
 
     Args:
         pretrained, tokenizer: an in-memory causal LM and its tokenizer (as for ``HFLM``).

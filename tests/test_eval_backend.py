@@ -137,6 +137,61 @@ def test_unsupported_models_fall_back_to_hflm(model_type, extra, reason, tok, ti
     assert ours._loglikelihood_tokens(requests) == harness._loglikelihood_tokens(requests)
 
 
+@pytest.mark.parametrize(
+    ("adds_bos", "add_bos_token"), [(False, None), (True, None), (True, False)]
+)
+def test_batched_encoding_is_the_harness_encoding(
+    adds_bos, add_bos_token, tok, tiny_causal_lm, monkeypatch
+):
+    """``CachedLM.loglikelihood`` tokenizes a call's strings in batches: the table equals
+    ``HFLM.tok_encode`` string by string (with a tokenizer that adds a BOS token or not, a string
+    that starts with the prefix token), every string the harness's ``_encode_pair`` asks for is in
+    it, and ``_loglikelihood_tokens`` receives the harness's own token lists."""
+    import copy
+
+    from lm_eval.api.instance import Instance
+
+    from avsslib.eval_encoding import encode_strings, pair_strings
+
+    if adds_bos:
+        tok = copy.deepcopy(tok)
+        tok.add_bos_token = True
+        assert tok("hi")["input_ids"][0] == tok.bos_token_id
+    model = tiny_causal_lm("llama", len(tok))
+    harness, ours = backends(model, tok, batch_size=4, add_bos_token=add_bos_token)
+    bos = tok.decode(harness.prefix_token_id)
+    pairs = [
+        ("Q: what is 2 + 2?\nA:", " 4"),
+        ("Q: what is 2 + 2?\nA:", " four"),
+        ("trailing spaces  ", "go to the continuation"),
+        (bos + "starts with the prefix token", " yes"),
+        ("", "an empty context"),
+        ("\u00e9t\u00e9 \u2014 unicode", " \u00e0 la"),
+    ]
+    strings = pair_strings(pairs)
+    assert len(strings) == 9  # the empty context is left to the harness
+    table = encode_strings(ours, strings)
+    assert {s: table[s] for s in strings} == {s: harness.tok_encode(s) for s in strings}
+
+    seen: dict[str, list] = {}
+    encoded: list[str] = []
+    for name, lm in (("harness", harness), ("ours", ours)):
+        lm._loglikelihood_tokens = lambda reqs, name=name, **kw: (
+            seen.setdefault(name, reqs) and [(0.0, False)] * len(reqs)
+        )
+        if name == "ours":  # what reaches the tokenizer one string at a time
+
+            def one_string(text, _encode=tok.encode, **kw):
+                encoded.append(text)
+                return _encode(text, **kw)
+
+            monkeypatch.setattr(tok, "encode", one_string)
+        lm.loglikelihood([Instance("loglikelihood", {}, pair, k) for k, pair in enumerate(pairs)])
+    assert seen["ours"] == seen["harness"]
+    assert encoded == ["an empty context"]  # encoded by the harness with other special tokens
+    assert ours._encoded == {}  # the table lives for one call
+
+
 # ---------------------------------------------------------------- task parity
 
 
