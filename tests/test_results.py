@@ -553,3 +553,30 @@ def test_mitigation_sentence_names_model_and_intervals(tmp_path):
     assert text.startswith("On tiny,") and "12%" in text and "Prone minus random" in text
     assert re.search(r"\+25% \[\d+, \d+\]", text), text  # 0.4 -> 0.5: +25% relative
     assert "No committed" in R.mitigation_sentence(tmp_path, "other")
+
+
+def test_bench_eval_reads_each_benchmark_file(tmp_path):
+    """One row per ``bench_eval_*.json``: the study set's ratio and its bound from the floor,
+    TruthfulQA's ratio and the largest log-likelihood difference over the tasks."""
+
+    def task(name, ratio, diff):
+        return {"task": name, "ratio": ratio, "max_abs_ll_diff": diff}
+
+    (tmp_path / "bench").mkdir()
+    data = {
+        "date": "2026-12-07T00:37:24+00:00",
+        "device": "cuda: NVIDIA H100 80GB HBM3",
+        "n": 500,
+        "tasks": [task("truthfulqa_mc1", 2.5, 1e-4), task("triviaqa_em", 6.0, None)],
+        "study": {"harness_s": 30.0, "ours_s": 12.0, "ratio": 2.5, "floor_s": 6.0},
+    }
+    (tmp_path / "bench" / "bench_eval_x_h100.json").write_text(json.dumps(data))
+    older = {**data, "device": "cpu", "study": {**data["study"], "floor_s": None}, "tasks": []}
+    (tmp_path / "bench" / "bench_eval_x_cpu.json").write_text(json.dumps(older))
+    table = R.bench_eval(tmp_path).set_index("device")
+    row = table.loc["NVIDIA H100 80GB HBM3"]
+    assert (row["date"], row["questions"], row["TruthfulQA MC1 x"]) == ("2026-12-07", 500, 2.5)
+    assert (row["study x"], row["study: at most x"], row["largest |dLL|"]) == (2.5, 5.0, 1e-4)
+    cpu = table.loc["cpu"]
+    assert math.isnan(cpu["study: at most x"]) and math.isnan(cpu["largest |dLL|"])
+    assert math.isnan(cpu["TruthfulQA MC1 x"])

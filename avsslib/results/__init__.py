@@ -91,6 +91,7 @@ from avsslib.results.pruning import (
 )
 from avsslib.results.records import (
     bench_distributed,
+    bench_eval,
     bench_stats,
     bench_sweep,
     run_records,
@@ -131,6 +132,7 @@ __all__ = [
     "Verdict",
     "avss_against_random",
     "bench_distributed",
+    "bench_eval",
     "bench_stats",
     "bench_sweep",
     "config_name",

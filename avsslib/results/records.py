@@ -153,6 +153,37 @@ def bench_distributed(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bench_eval(root: str | Path) -> pd.DataFrame:
+    """``bench/bench_eval_*.json``: the harness's ``HFLM`` against our ``CachedLM`` on the same
+    requests in one run, one row per file. Columns: date, device, questions per task (each set
+    capped at its size), the TruthfulQA MC1 ratio (harness / ours, ``x``), the study task set's
+    seconds under each backend and their ratio, the most a backend batching as ours could gain
+    there (harness / floor), and the largest absolute log-likelihood difference over all tasks."""
+    rows = []
+    for path in sorted((Path(root) / "bench").glob("bench_eval_*.json")):
+        data = _read_json(path)
+        tasks = {t["task"]: t for t in data["tasks"]}
+        study = data["study"]
+        diffs = [t["max_abs_ll_diff"] for t in data["tasks"] if t["max_abs_ll_diff"] is not None]
+        rows.append(
+            {
+                "file": path.name,
+                "date": str(data["date"])[:10],
+                "device": _device(data["device"]),
+                "questions": data["n"],
+                "TruthfulQA MC1 x": tasks.get("truthfulqa_mc1", {}).get("ratio", math.nan),
+                "study: harness s": study["harness_s"],
+                "study: ours s": study["ours_s"],
+                "study x": study["ratio"],
+                "study: at most x": study["harness_s"] / study["floor_s"]
+                if study.get("floor_s")
+                else math.nan,
+                "largest |dLL|": max(diffs, default=math.nan),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def bench_sweep(root: str | Path) -> tuple[pd.DataFrame, str | None]:
     """The first ``bench/sweep_*.csv`` (rows with status ok) and its file name."""
     files = sorted((Path(root) / "bench").glob("sweep_*.csv"))
