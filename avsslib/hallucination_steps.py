@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avsslib.hallucination_controls import fold_prone, probe_dataset, prone_table, run_stats
+from avsslib.options import named_values
 
 if TYPE_CHECKING:
     from avsslib.hallucination import HallucinationConfig
@@ -94,7 +95,7 @@ def label_answers(
 
     chat: Any = {"auto": "auto", "on": True, "off": False}[cfg.chat_template]
     label_file = Path(cfg.out) / "labels" / f"{dataset}.jsonl"
-    settings = {name: getattr(cfg, name) for name in LABEL_SETTINGS}
+    settings = named_values(cfg, *LABEL_SETTINGS)
     label_key = {
         "model_sha256": model_sha256,
         "split": split,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avsslib.errors import ConfigError
+from avsslib.mitigate.data import DEFAULT_MAX_NEGATIVES
 from avsslib.mitigate.train import TrainConfig
 from avsslib.mitigation_inputs import (
     DEFAULT_EVAL_TASKS,
@@ -90,7 +91,7 @@ class MitigationConfig(ModelOptions):
     projection: bool = TrainConfig.projection
     batch_size: int = TrainConfig.batch_size
     grad_accum: int = TrainConfig.grad_accum
-    max_negatives: int = 4
+    max_negatives: int = DEFAULT_MAX_NEGATIVES
     own_negatives: Path | None = None
     no_dataset_negatives: bool = False
     bf16: bool = TrainConfig.bf16

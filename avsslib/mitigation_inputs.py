@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avsslib.errors import ConfigError
+from avsslib.options import named_values
 
 if TYPE_CHECKING:
     from avsslib.mitigation import MitigationConfig
@@ -174,7 +175,7 @@ def training_questions(cfg_run: MitigationConfig) -> tuple[list[str], str, set[s
     # from the rest (before the model loads)
     sampling = ("n_eval", "eval_seed", "n_train", "seed", "folds", "fold", "fold_seed")
     eval_ids, every, records = mitigation_questions(
-        cfg_run.dataset, split, tasks, **{name: getattr(cfg_run, name) for name in sampling}
+        cfg_run.dataset, split, tasks, **named_values(cfg_run, *sampling)
     )
     rest = [r for r in every if r.id not in eval_ids]
     if not records:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from avsslib.errors import ConfigError
 from avsslib.mitigation_inputs import layers_from_file
+from avsslib.options import named_values
 
 if TYPE_CHECKING:
     from avsslib.mitigation import MitigationConfig
@@ -153,7 +154,7 @@ def train_config(cfg_run: MitigationConfig, layers: list[int]) -> Any:
     }
     # every other training setting the run shares with TrainConfig by name
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in derived]
-    shared = {name: getattr(cfg_run, name) for name in names if hasattr(cfg_run, name)}
+    shared = named_values(cfg_run, *(name for name in names if hasattr(cfg_run, name)))
     return TrainConfig(**shared, **derived)
 
 

@@ -7,6 +7,8 @@ the same command line as one started from ``avss``:
 
 * :func:`option_argv`: ``{"n_eval": 500, "quick": True}`` -> ``["--n-eval", "500", "--quick"]``
   (``None`` and ``False`` are left out, ``True`` is a bare flag, a tuple is comma-joined);
+* :func:`named_values`: some settings of a configuration (or of parsed options) as keyword
+  arguments of the same names;
 * :func:`command_line`: ``avss <command>`` with every option of a configuration explicit, the
   model options first in the order every command's parser declares them (``--model``,
   ``--out``, ``--device``, ...).
@@ -32,6 +34,12 @@ MODEL_OPTION_ORDER: tuple[str, ...] = (
     "quiet",
     "trust_remote_code",
 )
+
+
+def named_values(obj: Any, *names: str) -> dict[str, Any]:
+    """``{name: obj.<name>}`` for ``names``: settings of a configuration or parsed options,
+    passed on as keyword arguments of the same names."""
+    return {name: getattr(obj, name) for name in names}
 
 
 def option_value(value: Any) -> str:

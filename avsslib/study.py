@@ -49,6 +49,7 @@ import torch
 
 from avsslib import study_config
 from avsslib.errors import ConfigError
+from avsslib.options import named_values
 from avsslib.selection import select_layers
 from avsslib.study_config import *  # noqa: F403 (every name of study_config is importable here)
 from avsslib.study_config import STUDY_FORMAT, StudyConfig, config_from_keywords
@@ -250,7 +251,7 @@ def _evaluate(
     same = ("seed", "batch_size", "num_fewshot", "max_length", "ppl_window")
     eval_kwargs = {
         "n": cfg.n_eval,
-        **{name: getattr(cfg, name) for name in same},
+        **named_values(cfg, *same),
         "ppl_stride": cfg.ppl_stride if cfg.ppl_stride is not None else cfg.ppl_window,
     }
     protocol = {

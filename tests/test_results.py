@@ -580,3 +580,7 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     cpu = table.loc["cpu"]
     assert math.isnan(cpu["study: at most x"]) and math.isnan(cpu["largest |dLL|"])
     assert math.isnan(cpu["TruthfulQA MC1 x"])
+    sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
+    assert "an NVIDIA H100 80GB HBM3 (up to 500 questions per task, 2026-12-07)" in sentence
+    assert "study's task set 2.5 times, where at most 5 was possible" in sentence
+    assert sentence.endswith("in any of these runs is 1.0e-04.")

@@ -10,7 +10,8 @@
 * helpers: loading the model (:func:`load_cli_model`), parsing lists, checking numbers before
   anything is loaded, the device, the options a run record keeps (:func:`run_options`) and the
   command line that repeats a run, a pipeline configuration from the options of its fields
-  (:func:`options_config`) and the options of its fields (:func:`config_options`), the layer scores of the calibration set (:func:`score_layers`).
+  (:func:`options_config`) and the options of its fields (:func:`config_options`), the layer
+  scores of the calibration set (:func:`score_layers`).
 
 Options set on the command line are remembered in ``args._given`` (a set of destinations), so
 that a preset such as ``avss study --quick`` changes only the options the user left alone.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from avsslib.errors import ConfigError
+from avsslib.options import named_values
 from avsslib.study import DTYPES
 
 if TYPE_CHECKING:
@@ -208,11 +210,6 @@ def parse_list(value: str | None, option: str, kind: type = str) -> list[Any]:
         ) from None
 
 
-def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    """The options ``names`` as keyword arguments of the same names."""
-    return {name: getattr(args, name) for name in names}
-
-
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse impossible option values before any model or data is loaded; ``ConfigError``
     names the option. Checks the options this namespace has: ``--fraction`` in (0, 1),
@@ -278,7 +275,7 @@ def options_config(
     check_numbers(args)
     given = {**values, "command": command_line(command, args)}
     fields = [f.name for f in dataclasses.fields(cls) if f.name not in given]
-    return cls(**{name: getattr(args, name) for name in fields}, **given)
+    return cls(**named_values(args, *fields), **given)
 
 
 def config_options(parser: Any, cls: type) -> Callable[..., None]:
@@ -330,7 +327,7 @@ def calibration_from_args(tokenizer: Any, args: argparse.Namespace, *, faithful:
     """``calibration_set`` from the calibration options (padded to ``--seq-len`` when faithful)."""
     from avsslib.calibration import calibration_set
 
-    sizes = options_of(args, "n", "seq_len", "batch_size")
+    sizes = named_values(args, "n", "seq_len", "batch_size")
     return calibration_set(
         tokenizer,
         args.calib,

@@ -17,6 +17,7 @@ from typing import Any
 from avsslib import paths
 from avsslib.data import DATASETS, data_file_hashes, get_spec, load_dataset, resolve_source
 from avsslib.errors import ConfigError, DataError
+from avsslib.options import named_values
 
 HELP = "list the datasets (splits, record counts, source, licence) or show records of one"
 _CLIP = 160  # characters shown per string field
@@ -121,7 +122,7 @@ def _show(args: argparse.Namespace) -> int:
         raise ConfigError(f"--show {args.show}: the number of records to print must be >= 0.")
     spec = get_spec(args.name)
     src = resolve_source(args.name, args.split, data_dir=args.data_dir)
-    chosen = {name: getattr(args, name) for name in ("n", "seed", "data_dir", "answerable_only")}
+    chosen = named_values(args, "n", "seed", "data_dir", "answerable_only")
     records = load_dataset(args.name, src.split, **chosen)
     expected = spec.splits[src.split].records
     print(f"{spec.name} [{src.split}]: {spec.description}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avsslib.cli.common import command_line, options_of
+from avsslib.cli.common import command_line
+from avsslib.options import named_values
 
 HELP = "diagnose an AVSS ranking: depth trend, near-zero counting noise, the sparsity clamp"
 LOCK_OUT = True
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from avsslib.diagnosis import run_diagnosis
 
     command = command_line("diagnose", args)
-    draws = options_of(args, "fraction", "n_draws", "seed")
+    draws = named_values(args, "fraction", "n_draws", "seed")
     results = run_diagnosis(args.study, args.out, **draws, command=command)
     for mode, r in results.items():
         s = r["summary"]

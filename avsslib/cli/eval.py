@@ -20,6 +20,7 @@ from avsslib.cli.common import add_model_options, load_cli_model
 from avsslib.errors import ConfigError
 from avsslib.evaluate import BACKENDS, TASKS, EvalResult, evaluate, task_data_files
 from avsslib.fs import write_csv_atomic, write_json_atomic
+from avsslib.options import named_values
 from avsslib.report import RunRecord, save_record
 
 HELP = "evaluate a model on lm-eval tasks and perplexity; write metrics, run record and card"
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             f"--tasks: unknown task(s) {unknown or '(none given)'}; known tasks: {', '.join(TASKS)}."
         )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    options = {name: getattr(args, name) for name in EVALUATE_OPTIONS}
+    options = named_values(args, *EVALUATE_OPTIONS)
     config = {
         "model": args.model,
         "tasks": tasks,

@@ -21,12 +21,15 @@ from avsslib.cli.common import (
     parse_list,
     resolve_device,
 )
+from avsslib.options import named_values
 
 HELP = "LoRA healing of pruned models (fixed budget), retention before and after"
 LOCK_OUT = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avsslib.healing import HealConfig
+
     add_model_options(parser, out_help="output directory (resumed)")
     parser.add_argument(
         "--study",
@@ -41,8 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tasks", default="sciq_mc,wikitext2_ppl", help="evaluation tasks")
     parser.add_argument("--n-eval", type=int, default=200, help="examples per task (default 200)")
-    from avsslib.healing import HealConfig
-
     add = config_options(parser, HealConfig)
     add("--steps", "optimizer steps (default %(default)s)")
     add("--heal-batch-size", "chunks per step (default %(default)s)", field="batch_size")
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     name, sep, split = args.text.partition(":")
     if not sep:
         raise ConfigError(f"--text {args.text!r}: write NAME:SPLIT, e.g. wikitext2:validation.")
-    budget = {f: getattr(args, f) for f in ("steps", "seq_len", "lr", "rank", "alpha", "warmup")}
+    budget = named_values(args, "steps", "seq_len", "lr", "rank", "alpha", "warmup")
     config = HealConfig(
         **budget, batch_size=args.heal_batch_size, text_name=name, text_split=split, seed=args.seed
     )

@@ -18,15 +18,15 @@ HELP = "list the embedded model zoo (installed / cached); verify or prepare cach
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every file of every cached zoo model (rebuilds a corrupt cache)",
+    )
+    parser.add_argument(
         "--prepare",
         metavar="NAME",
         choices=sorted(ZOO),
         help=f"build the cache of one zoo model now ({', '.join(ZOO)})",
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="re-hash every file of every cached zoo model (rebuilds a corrupt cache)",
     )
 
 

@@ -98,6 +98,7 @@ from avsslib.results.records import (
     stage_costs,
 )
 from avsslib.results.sentences import (
+    bench_eval_sentence,
     findings,
     mitigation_sentence,
     verdict_markdown,
@@ -136,6 +137,7 @@ __all__ = [
     "bench_stats",
     "bench_sweep",
     "config_name",
+    "bench_eval_sentence",
     "findings",
     "fold_table",
     "inventory",
