@@ -190,6 +190,26 @@ def test_empty_results_folder(tmp_path):
     assert R.inventory(tmp_path).empty and R.mitigation_changes(tmp_path).empty
 
 
+def test_study_sizes_are_the_original_rows_n(tmp_path):
+    folder = tmp_path / "m" / "avss"
+    folder.mkdir(parents=True)
+    rows = [
+        ("original", "sst2", "acc", 872),
+        ("original", "wikitext2_ppl", "token_perplexity", 596),
+        ("original", "sciq_mc", "acc", 1000),
+        ("original", "sciq_mc", "acc_norm", 1000),
+        ("avss-count", "sciq_mc", "acc", 7),  # pruned rows do not count
+    ]
+    pd.DataFrame(rows, columns=["config", "task", "metric", "n"]).to_csv(
+        folder / "retention.csv", index=False
+    )
+    (tmp_path / "other").mkdir()  # a model folder without a study has no row
+    sizes = R.study_sizes(tmp_path)
+    assert sizes.to_dict("records") == [
+        {"model": "m", "examples per task": "SciQ 1,000, SST-2 872, WikiText-2 596 windows"}
+    ]
+
+
 def test_bad_json_names_the_file(tmp_path):
     folder = tmp_path / "m" / "avss" / "eval"
     folder.mkdir(parents=True)

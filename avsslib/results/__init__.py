@@ -88,6 +88,7 @@ from avsslib.results.pruning import (
     paired_retention_difference,
     retention,
     study_retention,
+    study_sizes,
 )
 from avsslib.results.records import (
     bench_distributed,
@@ -161,6 +162,7 @@ __all__ = [
     "run_records",
     "stage_costs",
     "study_retention",
+    "study_sizes",
     "task_name",
     "uninformative",
     "verdict_markdown",

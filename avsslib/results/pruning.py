@@ -1,7 +1,7 @@
 """Readers of the AVSS pruning study of every model (``results/<model>/avss/``:
 ``retention.csv``, or the finished ``eval/<config>.json`` of a partial study, and
 ``layer_stats.csv``): retention at the claim's fraction, AVSS against random layers paired over
-the same examples, per-layer profiles. Writes nothing."""
+the same examples, per-layer profiles, the examples each study evaluated. Writes nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from avsslib.results.base import (
     _primary,
     _read_json,
     models,
+    task_name,
     uninformative,
 )
 
@@ -132,6 +133,25 @@ def paired_retention_difference(
         "ci_high": high,
         "n": len(orig),
     }
+
+
+def study_sizes(root: str | Path) -> pd.DataFrame:
+    """Per model with a study: the examples its original model was evaluated on, per task, in
+    words (``"SciQ 1,000, SST-2 872, WikiText-2 596 windows"``), from the ``n`` of its retention
+    rows. Columns ``model`` and ``examples per task``."""
+    root = Path(root)
+    rows = []
+    for m in models(root):
+        frame, _ = study_retention(root / m / "avss")
+        if frame is None:
+            continue
+        first = frame[frame["config"] == "original"].drop_duplicates("task")
+        sizes = ", ".join(
+            f"{task_name(t)} {int(n):,}{' windows' if t == 'wikitext2_ppl' else ''}"
+            for t, n in sorted(zip(first["task"], first["n"], strict=True))
+        )
+        rows.append({"model": m, "examples per task": sizes})
+    return pd.DataFrame(rows, columns=["model", "examples per task"])
 
 
 def avss_against_random(root: str | Path, fraction: float = FRACTION) -> pd.DataFrame:
