@@ -155,7 +155,8 @@ def bench_distributed(root: str | Path) -> pd.DataFrame:
 
 def bench_eval(root: str | Path) -> pd.DataFrame:
     """``bench/bench_eval_*.json``: the harness's ``HFLM`` against our ``CachedLM`` on the same
-    requests in one run, one row per file. Columns: date, device, questions per task (each set
+    requests in one run, one row per file, oldest first. Columns: date (UTC, to the minute),
+    device, questions per task (each set
     capped at its size), the TruthfulQA MC1 ratio (harness / ours, ``x``), the study task set's
     seconds under each backend and their ratio, the most a backend batching as ours could gain
     there (harness / floor), and the largest absolute log-likelihood difference over all tasks."""
@@ -168,7 +169,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
         rows.append(
             {
                 "file": path.name,
-                "date": str(data["date"])[:10],
+                "date": str(data["date"])[:16].replace("T", " "),
                 "device": _device(data["device"]),
                 "questions": data["n"],
                 "TruthfulQA MC1 x": tasks.get("truthfulqa_mc1", {}).get("ratio", math.nan),
@@ -181,7 +182,8 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 "largest |dLL|": max(diffs, default=math.nan),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
 
 
 def bench_sweep(root: str | Path) -> tuple[pd.DataFrame, str | None]:
