@@ -10,7 +10,8 @@ our records (:mod:`avsslib.data`, subsampled with ``n``/``seed``), written as JS
 temporary folder; a generated task YAML includes the template in ``avsslib/tasks/<task>.yaml``
 and points ``dataset_path: json`` at those files, and a ``TaskManager(include_path=...)``
 registers it. Nothing is downloaded (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` are set while
-evaluating).
+evaluating). The harness's per-document template compilation and its environment header are
+left out while evaluating (:func:`avsslib.harness_plumbing.lean_harness`).
 
 ``wikitext2_ppl`` is our own token-level perplexity (:func:`perplexity`, in
 :mod:`avsslib.perplexity`), protocol-explicit.
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from avsslib.bootstrap import bootstrap_ci
 from avsslib.errors import ConfigError
 from avsslib.eval_results import EvalResult, Kind, MetricScores, TaskResult, statistic
+from avsslib.harness_plumbing import lean_harness
 from avsslib.perplexity import Perplexity, perplexity, prefix_token_id
 from avsslib.retention import retention
 
@@ -425,7 +427,7 @@ def evaluate(
     import lm_eval
 
     results: dict[str, TaskResult] = {}
-    with _offline(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
+    with _offline(), lean_harness(), tempfile.TemporaryDirectory(prefix="avss-eval-") as tmp:
         lm = None
         wanted_ids = ids  # `ids` is reused below for each task's example ids
         for name in tqdm(tasks, desc="tasks", unit="task"):

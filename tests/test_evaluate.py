@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -21,6 +22,7 @@ from avsslib.evaluate import (
     retention,
     statistic,
 )
+from avsslib.harness_plumbing import lean_harness
 from avsslib.tasks import utils as task_utils
 
 HARNESS_TASKS = [t for t, s in TASKS.items() if s.runner == "harness"]
@@ -383,6 +385,47 @@ def test_every_task_end_to_end(tiny_with_tokenizer, data_dir):
     same = retention(res, res, n_boot=50)
     same = same[same["original"] != 0]
     assert len(same) > 0 and same["retention"].tolist() == pytest.approx([1.0] * len(same))
+
+
+@pytest.mark.slow
+def test_lean_harness_changes_no_number(tiny_with_tokenizer, data_dir, monkeypatch):
+    """Every harness task with and without :func:`lean_harness`: the same ids, per-example
+    scores, metric values and protocols; the harness's own functions are back afterwards."""
+    import lm_eval.evaluator
+    import lm_eval.utils
+
+    def harness_functions():
+        e = lm_eval.evaluator
+        return (lm_eval.utils.apply_template, e.add_env_info, e.get_git_commit_hash)
+
+    originals = harness_functions()
+    model, tok = tiny_with_tokenizer
+
+    def run():
+        out = ev.evaluate(model, tok, HARNESS_TASKS, n=3, seed=1, batch_size=4).to_dict()
+        out.pop("timing")
+        return out
+
+    lean = run()
+    assert harness_functions() == originals
+    monkeypatch.setattr(ev, "lean_harness", contextlib.nullcontext)
+    assert run() == lean
+
+
+def test_lean_harness_compiles_a_template_once(monkeypatch):
+    import lm_eval.utils as utils
+
+    sources = []
+    compile_source = utils.env.from_string
+    monkeypatch.setattr(
+        utils.env, "from_string", lambda source: sources.append(source) or compile_source(source)
+    )
+    docs = [{"q": "a"}, {"q": "b"}, {"q": "a"}]
+    with lean_harness():
+        lean = [utils.apply_template("{{q}}?", d) for d in docs]
+    assert sources == ["{{q}}?"]
+    assert lean == [utils.apply_template("{{q}}?", d) for d in docs] == ["a?", "b?", "a?"]
+    assert len(sources) == 4  # the harness's own function again: one compilation per call
 
 
 @pytest.mark.slow
