@@ -614,3 +614,32 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     )
     assert "study's task set 2.5 times, where at most 5 was possible" in sentence
     assert sentence.endswith("in any of these runs is 1.0e-04.")
+
+
+def test_bench_plumbing_reads_each_measurement(tmp_path):
+    (tmp_path / "bench").mkdir()
+
+    def row(run, n, plain_s, lean_s):
+        return {"run": run, "n": n, "plain_s": plain_s, "lean_s": lean_s, "ratio": plain_s / lean_s}
+
+    data = {
+        "date": "2026-12-07T03:01:25+00:00",
+        "device": "cuda: NVIDIA H100 80GB HBM3",
+        "rows": [row("stub", 1000, 4.0, 1.0), row("model", 100, 50.0, 40.0)],
+        "same_numbers": True,
+    }
+    (tmp_path / "bench" / "bench_plumbing_x_h100.json").write_text(json.dumps(data))
+    older = {**data, "date": "2026-12-06T10:00:00+00:00", "device": "cpu", "same_numbers": False}
+    (tmp_path / "bench" / "bench_plumbing_x_cpu.json").write_text(json.dumps(older))
+    table = R.bench_plumbing(tmp_path)
+    assert list(table["device"]) == ["cpu", "cpu", "NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3"]
+    assert list(table["measured"]) == ["harness only", "with the model"] * 2
+    last = table.iloc[-1]
+    assert (last["date"], last["questions"], last["x"], last["same numbers"]) == (
+        "2026-12-07 03:01",
+        100,
+        1.25,
+        True,
+    )
+    assert not table["same numbers"].iloc[0]
+    assert R.bench_plumbing(tmp_path / "none").empty

@@ -93,6 +93,7 @@ from avsslib.results.pruning import (
 from avsslib.results.records import (
     bench_distributed,
     bench_eval,
+    bench_plumbing,
     bench_stats,
     bench_sweep,
     run_records,
@@ -135,6 +136,7 @@ __all__ = [
     "avss_against_random",
     "bench_distributed",
     "bench_eval",
+    "bench_plumbing",
     "bench_stats",
     "bench_sweep",
     "config_name",

@@ -186,6 +186,33 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
     return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
 
 
+def bench_plumbing(root: str | Path) -> pd.DataFrame:
+    """``bench/bench_plumbing_*.json``: :func:`avsslib.evaluate.evaluate` with and without
+    :func:`avsslib.harness_plumbing.lean_harness` in one run, one row per file and measurement
+    (``stub``: the backend's answers stubbed; ``model``: the model answering), oldest first.
+    Columns: date (UTC, to the minute), device, what was measured, questions per task, seconds
+    without (``plain s``) and with (``lean s``), their ratio and whether both gave the same
+    numbers."""
+    rows = []
+    for path in sorted((Path(root) / "bench").glob("bench_plumbing_*.json")):
+        data = _read_json(path)
+        for r in data["rows"]:
+            rows.append(
+                {
+                    "date": str(data["date"])[:16].replace("T", " "),
+                    "device": _device(data["device"]),
+                    "measured": "harness only" if r["run"] == "stub" else "with the model",
+                    "questions": r["n"],
+                    "plain s": r["plain_s"],
+                    "lean s": r["lean_s"],
+                    "x": r["ratio"],
+                    "same numbers": bool(data["same_numbers"]),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
+
+
 def bench_sweep(root: str | Path) -> tuple[pd.DataFrame, str | None]:
     """The first ``bench/sweep_*.csv`` (rows with status ok) and its file name."""
     files = sorted((Path(root) / "bench").glob("sweep_*.csv"))
