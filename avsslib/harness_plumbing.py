@@ -28,7 +28,9 @@ from typing import Any
 def lean_harness() -> Iterator[None]:
     """Within the block, ``lm_eval.utils.apply_template`` reuses compiled templates and
     ``simple_evaluate`` skips ``add_env_info`` and ``get_git_commit_hash`` (its results carry no
-    ``pretty_env_info`` and a ``git_hash`` of ``None``); the originals are restored on exit."""
+    ``pretty_env_info`` and a ``git_hash`` of ``None``); the originals are restored on exit.
+    Blocks may nest; they are not thread-safe (the patches are module attributes), and
+    ``avsslib`` evaluates in one thread."""
     import lm_eval.evaluator as evaluator
     import lm_eval.utils as utils
 

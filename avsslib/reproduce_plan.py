@@ -95,8 +95,9 @@ SCALES: dict[str, Scale] = {
         ppl_windows=4,
     ),
     "full": Scale(
-        # 1,000 per task covers each study task's whole evaluation set: SciQ 1,000, SST-2 872,
-        # TriviaQA 1,000 and WikiText-2's test split (about 600 windows of 512 tokens)
+        # 1,000 per task covers each study task's whole evaluation set in the shared/data
+        # copies: SciQ 1,000, SST-2 872, TriviaQA 1,000 (a sample of 1,000 when read from the
+        # hub) and WikiText-2's test split (about 600 windows of 512 tokens)
         study={"n_eval": 1000},
         hallucination_n=400,
         hallucination_datasets=("nq_open", "triviaqa", "sciq", "truthfulqa", "wikiqa"),

@@ -27,7 +27,7 @@ import datetime
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ STUDY_HARNESS_TASKS = ("sst2", "sciq_mc", "triviaqa_em")
 
 
 @contextlib.contextmanager
-def plain() -> Any:
+def plain() -> Iterator[None]:
     """The baseline: :func:`avsslib.evaluate.evaluate` without ``lean_harness``."""
     ev.lean_harness = contextlib.nullcontext  # type: ignore[assignment]
     try:
@@ -51,7 +51,7 @@ def plain() -> Any:
 
 
 @contextlib.contextmanager
-def stub_answers() -> Any:
+def stub_answers() -> Iterator[None]:
     """Constant answers from the backend (what the model would return is left out)."""
     constant: dict[str, Callable[..., list[Any]]] = {
         "loglikelihood": lambda self, requests, disable_tqdm=False: [(-1.0, False)] * len(requests),

@@ -398,6 +398,13 @@ def test_lean_harness_changes_no_number(tiny_with_tokenizer, data_dir, monkeypat
         e = lm_eval.evaluator
         return (lm_eval.utils.apply_template, e.add_env_info, e.get_git_commit_hash)
 
+    headers = []  # the harness's results headers, counted
+    add_env_info = lm_eval.evaluator.add_env_info
+    monkeypatch.setattr(
+        lm_eval.evaluator,
+        "add_env_info",
+        lambda storage: headers.append(1) or add_env_info(storage),
+    )
     originals = harness_functions()
     model, tok = tiny_with_tokenizer
 
@@ -407,9 +414,10 @@ def test_lean_harness_changes_no_number(tiny_with_tokenizer, data_dir, monkeypat
         return out
 
     lean = run()
-    assert harness_functions() == originals
+    assert harness_functions() == originals and headers == []  # evaluate ran lean
     monkeypatch.setattr(ev, "lean_harness", contextlib.nullcontext)
     assert run() == lean
+    assert len(headers) == len(HARNESS_TASKS)  # one header per simple_evaluate when plain
 
 
 def test_lean_harness_compiles_a_template_once(monkeypatch):

@@ -643,3 +643,7 @@ def test_bench_plumbing_reads_each_measurement(tmp_path):
     )
     assert not table["same numbers"].iloc[0]
     assert R.bench_plumbing(tmp_path / "none").empty
+    data["rows"][0]["run"] = "warm"
+    (tmp_path / "bench" / "bench_plumbing_x_h100.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="bench_plumbing_x_h100.json: run 'warm'"):
+        R.bench_plumbing(tmp_path)

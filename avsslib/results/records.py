@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from avsslib.errors import DataError
 from avsslib.results.base import (
     STAGES,
     _read_json,
@@ -186,6 +187,9 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
     return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
 
 
+_PLUMBING_RUNS = {"stub": "harness only", "model": "with the model"}
+
+
 def bench_plumbing(root: str | Path) -> pd.DataFrame:
     """``bench/bench_plumbing_*.json``: :func:`avsslib.evaluate.evaluate` with and without
     :func:`avsslib.harness_plumbing.lean_harness` in one run, one row per file and measurement
@@ -197,11 +201,16 @@ def bench_plumbing(root: str | Path) -> pd.DataFrame:
     for path in sorted((Path(root) / "bench").glob("bench_plumbing_*.json")):
         data = _read_json(path)
         for r in data["rows"]:
+            if r["run"] not in _PLUMBING_RUNS:
+                raise DataError(
+                    f"{path}: run {r['run']!r} is not one of {', '.join(_PLUMBING_RUNS)}; was it "
+                    "written by benchmarks/bench_plumbing.py?"
+                )
             rows.append(
                 {
                     "date": str(data["date"])[:16].replace("T", " "),
                     "device": _device(data["device"]),
-                    "measured": "harness only" if r["run"] == "stub" else "with the model",
+                    "measured": _PLUMBING_RUNS[r["run"]],
                     "questions": r["n"],
                     "plain s": r["plain_s"],
                     "lean s": r["lean_s"],
