@@ -5,6 +5,7 @@ the same examples, per-layer profiles, the examples each study evaluated. Writes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,14 @@ def study_retention(
     return retention_table(results, configs, n_boot, seed), f"{len(evals)} eval files"
 
 
+def _studies(root: Path) -> Iterator[tuple[str, pd.DataFrame, str]]:
+    """``(model, retention frame, source)`` of every model folder with a readable study."""
+    for m in models(root):
+        frame, source = study_retention(root / m / "avss")
+        if frame is not None and source is not None:
+            yield m, frame, source
+
+
 def retention(
     root: str | Path, fraction: float = FRACTION, *, sweep: bool = False, primary: bool = True
 ) -> pd.DataFrame:
@@ -65,10 +74,7 @@ def retention(
     ``model``, ``source`` and ``informative`` (``None``) or ``why`` it is not."""
     root = Path(root)
     parts = []
-    for m in models(root):
-        frame, source = study_retention(root / m / "avss")
-        if frame is None:
-            continue
+    for m, frame, source in _studies(root):
         sweeps = is_sweep(frame["config"])
         part = (
             frame[sweeps]
@@ -141,10 +147,7 @@ def study_sizes(root: str | Path) -> pd.DataFrame:
     rows. Columns ``model`` and ``examples per task``."""
     root = Path(root)
     rows = []
-    for m in models(root):
-        frame, _ = study_retention(root / m / "avss")
-        if frame is None:
-            continue
+    for m, frame, _ in _studies(root):
         first = frame[frame["config"] == "original"].drop_duplicates("task")
         sizes = ", ".join(
             f"{task_name(t)} {int(n):,}{' windows' if t == 'wikitext2_ppl' else ''}"

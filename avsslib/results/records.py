@@ -47,7 +47,7 @@ def run_records(root: str | Path) -> pd.DataFrame:
                 "stage": stage,
                 "command": r["command"],
                 "device": _device(r.get("device")),
-                "start (UTC)": str(timing.get("start", ""))[:16].replace("T", " "),
+                "start (UTC)": _minute(timing.get("start", "")),
                 "wall_s": timing.get("wall_s", math.nan),
                 "avsslib": avsslib if avsslib not in (None, "absent") else "not recorded",
                 "git commit": versions.get("avsslib_commit", "not recorded"),
@@ -58,6 +58,17 @@ def run_records(root: str | Path) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _minute(timestamp: Any) -> str:
+    """``"2026-12-07T02:45:39+00:00"`` -> ``"2026-12-07 02:45"`` (as recorded: UTC)."""
+    return str(timestamp)[:16].replace("T", " ")
+
+
+def _oldest_first(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Benchmark rows sorted by their ``date`` (ties keep file order)."""
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
 
 
 def _device(text: Any) -> str:
@@ -170,7 +181,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
         rows.append(
             {
                 "file": path.name,
-                "date": str(data["date"])[:16].replace("T", " "),
+                "date": _minute(data["date"]),
                 "device": _device(data["device"]),
                 "questions": data["n"],
                 "TruthfulQA MC1 x": tasks.get("truthfulqa_mc1", {}).get("ratio", math.nan),
@@ -183,8 +194,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 "largest |dLL|": max(diffs, default=math.nan),
             }
         )
-    frame = pd.DataFrame(rows)
-    return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
+    return _oldest_first(rows)
 
 
 _PLUMBING_RUNS = {"stub": "harness only", "model": "with the model"}
@@ -208,7 +218,7 @@ def bench_plumbing(root: str | Path) -> pd.DataFrame:
                 )
             rows.append(
                 {
-                    "date": str(data["date"])[:16].replace("T", " "),
+                    "date": _minute(data["date"]),
                     "device": _device(data["device"]),
                     "measured": _PLUMBING_RUNS[r["run"]],
                     "questions": r["n"],
@@ -218,8 +228,7 @@ def bench_plumbing(root: str | Path) -> pd.DataFrame:
                     "same numbers": bool(data["same_numbers"]),
                 }
             )
-    frame = pd.DataFrame(rows)
-    return frame.sort_values("date", kind="stable", ignore_index=True) if rows else frame
+    return _oldest_first(rows)
 
 
 def bench_sweep(root: str | Path) -> tuple[pd.DataFrame, str | None]:
