@@ -101,13 +101,26 @@ _GREEDY_DEFAULTS: dict[str, Any] = {
 class _Requests:
     """One ``_loglikelihood_tokens`` call: each request's ``(context, continuation)`` after left
     truncation, the request indices of each distinct context, the length of the prefix shared
-    by all contexts and its cache (``None`` when empty), and the answers as they are filled."""
+    by all contexts and its cache (``None`` when empty), and the answers as the passes queue
+    them: ``(request indices, log-likelihoods, greedy flags)``, the two tensors still on the
+    device (read back once, when every pass is queued)."""
 
     prepared: list[tuple[tuple[int, ...], tuple[int, ...]]]
     groups: dict[tuple[int, ...], list[int]]
     shared: int
     prefix_cache: Any
-    results: list[tuple[float, bool] | None]
+    pending: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+
+    def answers(self) -> list[tuple[float, bool]]:
+        """Every request's ``(log-likelihood, is_greedy)``, in request order (one transfer)."""
+        order = [i for indices, _, _ in self.pending for i in indices]
+        sums = torch.cat([s for _, s, _ in self.pending]).tolist()
+        flags = torch.cat([f for _, _, f in self.pending]).tolist()
+        out: list[tuple[float, bool] | None] = [None] * len(self.prepared)
+        for i, total, flag in zip(order, sums, flags, strict=True):
+            out[i] = (float(total), bool(flag))
+        assert all(a is not None for a in out), "a request was not scored"
+        return out  # type: ignore[return-value]
 
 
 class CachedLM(BatchedEncoding):
@@ -143,6 +156,9 @@ class CachedLM(BatchedEncoding):
             **kwargs,
         )
         self.max_batch_tokens = int(max_batch_tokens or 512 * int(batch_size))
+        # the most greedy steps between reading the tokens back (``_greedy``): on a CPU every
+        # step, since a finished row's extra steps cost compute there, not just launches
+        self.check_every = 8 if self.device.type == "cuda" else 1
         self.max_logit_tokens = max(1, self.max_batch_tokens // 8)
         self.reuse_cache, self.reuse_reason = (
             cache_reuse_support(self.model)
@@ -176,6 +192,15 @@ class CachedLM(BatchedEncoding):
 
         return DynamicCache(config=self.model.config)
 
+    def _to_device(self, data: Any) -> torch.Tensor:
+        """``data`` (a CPU tensor or a nested list of ints) on the model's device. On CUDA it
+        goes through pinned memory without blocking: a copy from pageable memory would wait for
+        every queued kernel, and the CPU could not prepare the next pass while the GPU runs."""
+        tensor = data if isinstance(data, torch.Tensor) else torch.tensor(data)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     @property
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -199,7 +224,7 @@ class CachedLM(BatchedEncoding):
             else self._new_cache()
         )
         out = self._forward(
-            input_ids=pad_ids(parts, width, self._pad_id).to(device),
+            input_ids=self._to_device(pad_ids(parts, width, self._pad_id)),
             position_ids=(shared + torch.arange(width, device=device)).expand(len(parts), width),
             cache=cache,
             **extra,
@@ -247,7 +272,7 @@ class CachedLM(BatchedEncoding):
                 cache=prefix_cache,
                 **self._keep_last,
             )
-        call = _Requests(prepared, groups, len(shared), prefix_cache, [None] * len(requests))
+        call = _Requests(prepared, groups, len(shared), prefix_cache, [])
         bar = tqdm(
             total=len(requests),
             disable=disable_tqdm or self.rank != 0,
@@ -256,10 +281,11 @@ class CachedLM(BatchedEncoding):
         for batch in context_batches(contexts, len(shared), self.max_batch_tokens):
             self._score_contexts(call, batch, bar)
         bar.close()
-        for (key, _, _), answer in zip(requests, call.results, strict=True):
+        results = call.answers()
+        for (key, _, _), answer in zip(requests, results, strict=True):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
-        return call.results  # type: ignore[return-value]
+        return results
 
     def _score_contexts(self, call: _Requests, batch: list[tuple[int, ...]], bar: Any) -> None:
         groups, shared = call.groups, call.shared
@@ -277,7 +303,7 @@ class CachedLM(BatchedEncoding):
                 torch.arange(width)[None] < torch.tensor([len(p) for p in parts])[:, None]
             ).long()
             context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), own], 1)
-            context_mask = context_mask.to(self.device)
+            context_mask = self._to_device(context_mask)
         else:
             context_mask = torch.ones(1, shared, dtype=torch.long, device=self.device)
             cache = call.prefix_cache
@@ -307,20 +333,18 @@ class CachedLM(BatchedEncoding):
         parts = [c[shared:] for c in batch]
         last = torch.tensor([len(p) - 1 for p in parts])
         keep = torch.unique(last)  # the columns whose logits are needed
-        extra = {"logits_to_keep": keep.to(device)} if self._keep_last else {}
+        extra = {"logits_to_keep": self._to_device(keep)} if self._keep_last else {}
         _, logits = self._encode_after_prefix(parts, shared, call.prefix_cache, **extra)
         column = torch.searchsorted(keep, last) if extra else last
         rows = logits[
-            torch.arange(len(batch), device=device), column.to(device)
+            torch.arange(len(batch), device=device), self._to_device(column)
         ]  # (contexts, vocab)
         logp = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
         pairs = [(g, i) for g, c in enumerate(batch) for i in call.groups[c]]
-        row = torch.tensor([g for g, _ in pairs], device=device)
-        target = torch.tensor([call.prepared[i][1][0] for _, i in pairs], device=device)
-        scores = logp[row, target].tolist()  # one transfer for the whole batch
-        hits = (logp.argmax(-1)[row] == target).tolist()
-        for (_, i), score, hit in zip(pairs, scores, hits, strict=True):
-            call.results[i] = (float(score), bool(hit))
+        row = self._to_device([g for g, _ in pairs])
+        target = self._to_device([call.prepared[i][1][0] for _, i in pairs])
+        hits = logp.argmax(-1)[row] == target
+        call.pending.append(([i for _, i in pairs], logp[row, target], hits))
 
     def _score_continuations(
         self,
@@ -338,31 +362,32 @@ class CachedLM(BatchedEncoding):
         inputs = [(batch[g][-1], *prepared[i][1][:-1]) for g, i in chunk]
         width = max(len(x) for x in inputs)
         lengths = torch.tensor([len(x) for x in inputs])
-        own = (torch.arange(width)[None] < lengths[:, None]).long()
-        rows = torch.tensor(
-            [g if context_mask.shape[0] > 1 else 0 for g, _ in chunk], device=device
-        )
-        mask = torch.cat([context_mask.index_select(0, rows), own.to(device)], 1)
-        starts = torch.tensor([len(batch[g]) - 1 for g, _ in chunk], device=device)
+        own = torch.arange(width)[None] < lengths[:, None]
+        real = torch.arange(len(chunk) * width)[own.flatten()]  # the scored (row, column)s, flat
+        rows = self._to_device([g if context_mask.shape[0] > 1 else 0 for g, _ in chunk])
+        mask = torch.cat([context_mask.index_select(0, rows), self._to_device(own.long())], 1)
+        starts = self._to_device([len(batch[g]) - 1 for g, _ in chunk])
         position_ids = starts[:, None] + torch.arange(width, device=device)[None]
         past = select_rows(cache, rows) if cache is not None else None
         logits = self._forward(
-            input_ids=pad_ids(inputs, width, self._pad_id).to(device),
+            input_ids=self._to_device(pad_ids(inputs, width, self._pad_id)),
             attention_mask=mask,
             position_ids=position_ids,
             cache=past,
         ).logits  # (rows, width, vocab)
-        real = own.bool().to(device)
-        logp = F.log_softmax(logits[real], dim=-1, dtype=self.softmax_dtype)  # (tokens, vocab)
-        targets = torch.tensor([t for _, i in chunk for t in prepared[i][1]], device=device)
+        real = self._to_device(real)
+        logp = F.log_softmax(
+            logits.flatten(0, 1).index_select(0, real), dim=-1, dtype=self.softmax_dtype
+        )  # (tokens, vocab)
+        targets = self._to_device([t for _, i in chunk for t in prepared[i][1]])
         picked = logp.gather(-1, targets[:, None])[:, 0]
         greedy = logp.argmax(-1) == targets
-        sizes = lengths.tolist()
-        # per-row sums and flags on the device, read back in one transfer (not one sync a row)
-        sums = torch.stack([part.sum() for part in picked.split(sizes)]).tolist()
-        flags = torch.stack([part.all() for part in greedy.split(sizes)]).tolist()
-        for (_, i), total, flag in zip(chunk, sums, flags, strict=True):
-            call.results[i] = (float(total), bool(flag))
+        # per-row sums and flags on the device, each row's tokens back in place (zeros and
+        # True at the padding), so that nothing waits for the GPU before the last pass
+        size = len(chunk) * width
+        sums = picked.new_zeros(size).index_copy_(0, real, picked).view(-1, width).sum(1)
+        flags = greedy.new_ones(size).index_copy_(0, real, greedy).view(-1, width).all(1)
+        call.pending.append(([i for _, i in chunk], sums, flags))
 
     # ------------------------------------------------------------ generation
 
@@ -446,14 +471,19 @@ class CachedLM(BatchedEncoding):
 
     def _greedy(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[list[int]]:
         """Greedy tokens after each prompt (left padded batch, ``DynamicCache``); a row stops at
-        an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens."""
-        device = self.device
+        an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens.
+
+        The tokens are read back after blocks of 1, 2, 4, ... steps, at most :attr:`check_every`
+        (8 on CUDA, 1 elsewhere), not at every step, so the CPU queues the next steps while the
+        GPU runs; a row that finished inside a block has run on for the rest of it, and its
+        tokens after its first EOS id are dropped (the harness's batches run finished rows on
+        the same way, and cut the text at the first stop string)."""
         width = max(len(p) for p in prompts)
-        mask = pad_ids([[1] * len(p) for p in prompts], width, 0, left=True).to(device)
+        mask = self._to_device(pad_ids([[1] * len(p) for p in prompts], width, 0, left=True))
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         cache = self._new_cache()
         logits = self._forward(
-            input_ids=pad_ids(prompts, width, self._pad_id, left=True).to(device),
+            input_ids=self._to_device(pad_ids(prompts, width, self._pad_id, left=True)),
             attention_mask=mask,
             position_ids=position_ids,
             cache=cache,
@@ -464,34 +494,44 @@ class CachedLM(BatchedEncoding):
         out: list[list[int]] = [[] for _ in prompts]
         active = list(range(len(prompts)))
         next_pos = mask.sum(-1)
-        for step in range(max_gen):
-            tokens = logits.argmax(-1)
+        step, size = 0, 1
+        while True:
+            block = []
+            for _ in range(min(size, max_gen - step)):
+                tokens = logits.argmax(-1)
+                block.append(tokens)
+                step += 1
+                if step == max_gen:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                logits = self._forward(
+                    input_ids=tokens[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos[:, None],
+                    cache=cache,
+                ).logits[:, -1]
+                next_pos = next_pos + 1
             keep = []
-            for row, (k, t) in enumerate(zip(active, tokens.tolist(), strict=True)):
-                out[k].append(t)
+            for row, (k, new) in enumerate(
+                zip(active, torch.stack(block, 1).tolist(), strict=True)
+            ):
+                ends = [j for j, t in enumerate(new) if t in eos_ids]
+                out[k].extend(new[: ends[0] + 1] if ends else new)
                 done = (
-                    t in eos_ids
-                    or step + 1 == max_gen
+                    bool(ends)
+                    or step == max_gen
                     or any(s in self.tok_decode(out[k]) for s in stops)
                 )
                 if not done:
                     keep.append(row)
             if not keep:
-                break
+                return out
+            size = min(2 * size, self.check_every)
             if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
+                index = self._to_device(keep)
                 cache.batch_select_indices(index)
-                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                mask, next_pos, logits = mask[index], next_pos[index], logits[index]
                 active = [active[r] for r in keep]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            logits = self._forward(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                cache=cache,
-            ).logits[:, -1]
-            next_pos = next_pos + 1
-        return out
 
 
 __all__ = ["REUSE_ARCHITECTURES", "CachedLM", "cache_reuse_support", "common_prefix", "select_rows"]

@@ -213,9 +213,10 @@ def _run(lm, name: str, folder: Path, seed: int = 0) -> list[dict]:
     return sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
-def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
+def assert_task_parity(model, tok, tasks, n: int, max_length: int, check_every: int = 1) -> None:
     harness, ours = backends(model, tok, batch_size=4, max_length=max_length)
     assert ours.reuse_cache, ours.reuse_reason
+    ours.check_every = check_every
     with ev._offline(), tempfile.TemporaryDirectory() as tmp:
         for name in tasks:
             folder = Path(tmp) / name
@@ -263,6 +264,17 @@ def assert_task_parity(model, tok, tasks, n: int, max_length: int) -> None:
 def test_every_task_parity_tiny_models(model_type, tok, data_dir, tiny_causal_lm):
     model = tiny_causal_lm(model_type, len(tok))
     assert_task_parity(model, tok, HARNESS_TASKS, n=2, max_length=128)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_generation_read_back_in_blocks_is_the_harness_generation(
+    model_type, tok, data_dir, tiny_causal_lm
+):
+    """On CUDA the greedy tokens are read back in blocks (``check_every``): rows that finish
+    inside a block run on, and their text must still be the harness's."""
+    generation = ["triviaqa_em", "nq_open_em"]  # the generation tasks of TASKS
+    model = tiny_causal_lm(model_type, len(tok))
+    assert_task_parity(model, tok, generation, n=6, max_length=128, check_every=3)
 
 
 @pytest.mark.slow
