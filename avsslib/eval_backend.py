@@ -28,7 +28,7 @@ everything else (tokenisation rules, request plumbing, chat templates, caching h
     position). Only floating-point rounding differs (the parity tests hold it below 1e-4 in
     float32).
 
-``generate_until`` (greedy generation)
+``generate_until`` (greedy generation; the decoding is :mod:`avsslib.eval_greedy`)
     Requests are sorted longest first (as the harness does), tokenised by ``HFLM``'s
     ``tok_batch_encode`` one at a time (so the ``has_bos_prefix`` rule applies to each prompt,
     not to the first prompt of a harness batch), left truncated to ``max_length -
@@ -53,7 +53,8 @@ The cache helpers (:func:`cache_reuse_support`, :func:`select_rows`, :func:`comm
 live in :mod:`avsslib.kv_cache` and are importable from here too. Writes no files.
 
 Memory: one forward pass holds at most ``max_batch_tokens`` token positions (rows x (cached +
-new) columns; default ``512 * batch_size``) and computes logits at no more than an eighth of
+new) columns; default :func:`~avsslib.kv_cache.default_max_batch_tokens`: ``512 * batch_size``,
+up to four times that on CUDA where memory allows) and computes logits at no more than an eighth of
 that; a single request longer than that runs alone.
 """
 
@@ -69,32 +70,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from avsslib.eval_encoding import BatchedEncoding
+from avsslib.eval_greedy import greedy_ok, greedy_tokens
 from avsslib.kv_cache import (
     REUSE_ARCHITECTURES,
     cache_reuse_support,
     common_prefix,
     context_batches,
+    default_max_batch_tokens,
     pad_ids,
     select_rows,
     shared_prefix,
 )
-
-_GREEDY_DEFAULTS: dict[str, Any] = {
-    "repetition_penalty": 1.0,
-    "encoder_repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "bad_words_ids": None,
-    "min_length": 0,
-    "min_new_tokens": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "forced_bos_token_id": None,
-    "forced_eos_token_id": None,
-    "sequence_bias": None,
-    "num_beams": 1,
-    "exponential_decay_length_penalty": None,
-}
-"""``generation_config`` fields that change what greedy decoding picks, at their neutral values."""
 
 
 @dataclass
@@ -132,7 +118,7 @@ class CachedLM(BatchedEncoding):
         batch_size: the harness batch size; sets the default token budget.
         max_length: the harness context length.
         max_batch_tokens: token positions per forward pass (rows x (cached + new) columns);
-            ``None`` = ``512 * batch_size``.
+            ``None`` = :func:`~avsslib.kv_cache.default_max_batch_tokens`.
         **kwargs: passed to ``HFLM``.
 
     Attributes: ``reuse_cache`` and ``reuse_reason`` (:func:`cache_reuse_support`).
@@ -155,7 +141,9 @@ class CachedLM(BatchedEncoding):
             max_length=max_length,
             **kwargs,
         )
-        self.max_batch_tokens = int(max_batch_tokens or 512 * int(batch_size))
+        self.max_batch_tokens = int(
+            max_batch_tokens or default_max_batch_tokens(self.model, int(batch_size))
+        )
         # the most greedy steps between reading the tokens back (``_greedy``): on a CPU every
         # step, since a finished row's extra steps cost compute there, not just launches
         self.check_every = 8 if self.device.type == "cuda" else 1
@@ -391,25 +379,6 @@ class CachedLM(BatchedEncoding):
 
     # ------------------------------------------------------------ generation
 
-    def _greedy_ok(self, kwargs: dict[str, Any]) -> bool:
-        if not self.reuse_cache or self.think_end_token is not None:
-            return False
-        if kwargs.get("do_sample") or set(kwargs) - {"do_sample", "temperature"}:
-            return False
-        config = getattr(self.model, "generation_config", None)
-        for key, neutral in _GREEDY_DEFAULTS.items():
-            value = getattr(config, key, None)
-            if value not in (None, neutral, [], {}):
-                return False
-        return True
-
-    def _eos_ids(self) -> set[int]:
-        config = getattr(self.model, "generation_config", None)
-        eos = getattr(config, "eos_token_id", None) if config is not None else None
-        if eos is None:
-            eos = self.model.config.eos_token_id
-        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations of ``req.args = (context, gen_kwargs)``, cut at the stop strings."""
         from lm_eval.models.utils import (
@@ -431,7 +400,7 @@ class CachedLM(BatchedEncoding):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_gen = int(kwargs.pop("max_gen_toks"))
-            if not self._greedy_ok(kwargs):
+            if not self.reuse_cache or not greedy_ok(self, kwargs):
                 for i, text in zip(
                     members,
                     super().generate_until([requests[i] for i in members], disable_tqdm),
@@ -451,7 +420,9 @@ class CachedLM(BatchedEncoding):
                 chunk = order[start : start + size]
                 start += len(chunk)
                 for i, tokens in zip(
-                    chunk, self._greedy([encoded[i] for i in chunk], until, max_gen), strict=True
+                    chunk,
+                    greedy_tokens(self, [encoded[i] for i in chunk], until, max_gen),
+                    strict=True,
                 ):
                     text = postprocess_generated_text(self.tok_decode(tokens), until, None)
                     results[i] = text
@@ -468,70 +439,6 @@ class CachedLM(BatchedEncoding):
             [text], left_truncate_len=self.max_length - max_gen, truncation=self.truncation
         )
         return ids[0].tolist()
-
-    def _greedy(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[list[int]]:
-        """Greedy tokens after each prompt (left padded batch, ``DynamicCache``); a row stops at
-        an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens.
-
-        The tokens are read back after blocks of 1, 2, 4, ... steps, at most :attr:`check_every`
-        (8 on CUDA, 1 elsewhere), not at every step, so the CPU queues the next steps while the
-        GPU runs; a row that finished inside a block has run on for the rest of it, and its
-        tokens after its first EOS id are dropped (the harness's batches run finished rows on
-        the same way, and cut the text at the first stop string)."""
-        width = max(len(p) for p in prompts)
-        mask = self._to_device(pad_ids([[1] * len(p) for p in prompts], width, 0, left=True))
-        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = self._new_cache()
-        logits = self._forward(
-            input_ids=self._to_device(pad_ids(prompts, width, self._pad_id, left=True)),
-            attention_mask=mask,
-            position_ids=position_ids,
-            cache=cache,
-            **self._keep_last,
-        ).logits[:, -1]
-        eos_ids = self._eos_ids()
-        stops = [s for s in until if s]
-        out: list[list[int]] = [[] for _ in prompts]
-        active = list(range(len(prompts)))
-        next_pos = mask.sum(-1)
-        step, size = 0, 1
-        while True:
-            block = []
-            for _ in range(min(size, max_gen - step)):
-                tokens = logits.argmax(-1)
-                block.append(tokens)
-                step += 1
-                if step == max_gen:
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-                logits = self._forward(
-                    input_ids=tokens[:, None],
-                    attention_mask=mask,
-                    position_ids=next_pos[:, None],
-                    cache=cache,
-                ).logits[:, -1]
-                next_pos = next_pos + 1
-            keep = []
-            for row, (k, new) in enumerate(
-                zip(active, torch.stack(block, 1).tolist(), strict=True)
-            ):
-                ends = [j for j, t in enumerate(new) if t in eos_ids]
-                out[k].extend(new[: ends[0] + 1] if ends else new)
-                done = (
-                    bool(ends)
-                    or step == max_gen
-                    or any(s in self.tok_decode(out[k]) for s in stops)
-                )
-                if not done:
-                    keep.append(row)
-            if not keep:
-                return out
-            size = min(2 * size, self.check_every)
-            if len(keep) < len(active):
-                index = self._to_device(keep)
-                cache.batch_select_indices(index)
-                mask, next_pos, logits = mask[index], next_pos[index], logits[index]
-                active = [active[r] for r in keep]
 
 
 __all__ = ["REUSE_ARCHITECTURES", "CachedLM", "cache_reuse_support", "common_prefix", "select_rows"]

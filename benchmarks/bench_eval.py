@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import tempfile
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": device_name(model),
                 "cpu": platform.processor() or platform.machine(),
                 "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
                 "model": args.model,
                 "dtype": args.dtype,
                 "n": args.n,

@@ -63,6 +63,22 @@ def test_common_prefix():
     assert common_prefix([]) == ()
 
 
+def test_default_token_budget(tiny_causal_lm, tok):
+    from avsslib.kv_cache import default_max_batch_tokens, position_bytes
+
+    model = tiny_causal_lm("llama", len(tok))
+    c = model.config
+    kv = c.num_hidden_layers * 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    per = 2 * kv * 4 + (4 * c.hidden_size + 2 * c.intermediate_size) * 4 + c.vocab_size
+    assert position_bytes(model) == per
+    assert default_max_batch_tokens(model, 8) == 4096  # a CPU model: 512 a row
+    assert default_max_batch_tokens(model, 8, free_bytes=1) == 4096  # never below that
+    assert default_max_batch_tokens(model, 8, free_bytes=4 * 6000 * per) == 6000
+    assert default_max_batch_tokens(model, 8, free_bytes=10**15) == 4 * 4096  # at most 4x
+    assert CachedLM(model, tok, batch_size=8).max_batch_tokens == 4096
+    assert CachedLM(model, tok, batch_size=8, max_batch_tokens=100).max_batch_tokens == 100
+
+
 def test_select_rows_copies_and_leaves_the_source_alone():
     from transformers import DynamicCache
 
