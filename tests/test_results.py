@@ -594,23 +594,33 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     older = {**data, "device": "cpu", "study": {**data["study"], "floor_s": None}, "tasks": []}
     (tmp_path / "bench" / "bench_eval_x_cpu.json").write_text(json.dumps(older))
     earlier = {**data, "date": "2026-12-06T23:59:00+00:00", "n": 1000}  # same device, older
+    earlier["tokenizers_parallelism"] = "false"
+    (tmp_path / "bench" / "bench_eval_x_h100_threads.json").write_text(
+        json.dumps({**data, "date": "2026-12-07T05:15:00+00:00", "tokenizers_parallelism": None})
+    )
     (tmp_path / "bench" / "bench_eval_x_h100_before.json").write_text(json.dumps(earlier))
     table = R.bench_eval(tmp_path)
-    assert list(table["date"]) == ["2026-12-06 23:59", "2026-12-07 00:37", "2026-12-07 00:37"]
-    table = table.drop_duplicates("device", keep="last").set_index("device")
-    row = table.loc["NVIDIA H100 80GB HBM3"]
+    assert list(table["date"]) == [
+        "2026-12-06 23:59",
+        "2026-12-07 00:37",
+        "2026-12-07 00:37",
+        "2026-12-07 05:15",
+    ]
+    assert list(table["tokenizer threads"]) == ["off", "–", "–", "on"]
+    at = (table["date"] == "2026-12-07 00:37") & (table["device"] == "NVIDIA H100 80GB HBM3")
+    (row,) = (r for _, r in table[at].iterrows())
     assert (row["date"], row["questions"], row["TruthfulQA MC1 x"]) == (
         "2026-12-07 00:37",
         500,
         2.5,
     )
     assert (row["study x"], row["study: at most x"], row["largest |dLL|"]) == (2.5, 5.0, 1e-4)
-    cpu = table.loc["cpu"]
+    cpu = table.set_index("device").loc["cpu"]
     assert math.isnan(cpu["study: at most x"]) and math.isnan(cpu["largest |dLL|"])
     assert math.isnan(cpu["TruthfulQA MC1 x"])
     sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
     assert (
-        "an NVIDIA H100 80GB HBM3 (up to 500 questions per task, 2026-12-07 00:37 UTC)" in sentence
+        "an NVIDIA H100 80GB HBM3 (up to 500 questions per task, 2026-12-07 05:15 UTC)" in sentence
     )
     assert "study's task set 2.5 times, where at most 5 was possible" in sentence
     assert sentence.endswith("in any of these runs is 1.0e-04.")

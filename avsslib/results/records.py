@@ -171,7 +171,8 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
     device, questions per task (each set
     capped at its size), the TruthfulQA MC1 ratio (harness / ours, ``x``), the study task set's
     seconds under each backend and their ratio, the most a backend batching as ours could gain
-    there (harness / floor), and the largest absolute log-likelihood difference over all tasks."""
+    there (harness / floor), the largest absolute log-likelihood difference over all tasks, and
+    whether the tokenizers library could use several threads (``TOKENIZERS_PARALLELISM``)."""
     rows = []
     for path in sorted((Path(root) / "bench").glob("bench_eval_*.json")):
         data = _read_json(path)
@@ -192,9 +193,20 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 if study.get("floor_s")
                 else math.nan,
                 "largest |dLL|": max(diffs, default=math.nan),
+                "tokenizer threads": _tokenizer_threads(data),
             }
         )
     return _oldest_first(rows)
+
+
+def _tokenizer_threads(data: dict) -> str:
+    """Whether the tokenizers library could use several threads in a benchmark run: ``off``
+    when ``TOKENIZERS_PARALLELISM`` was set false, ``on`` otherwise, ``–`` where the file does
+    not record it (files written before 2026-12-07 05:00 UTC)."""
+    if "tokenizers_parallelism" not in data:
+        return "–"
+    value = str(data["tokenizers_parallelism"]).strip().lower()
+    return "off" if value in ("false", "0", "off", "no") else "on"
 
 
 _PLUMBING_RUNS = {"stub": "harness only", "model": "with the model"}
