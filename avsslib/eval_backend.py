@@ -29,9 +29,10 @@ everything else (tokenisation rules, request plumbing, chat templates, caching h
     float32).
 
 ``generate_until`` (greedy generation; the decoding is :mod:`avsslib.eval_greedy`)
-    Requests are sorted longest first (as the harness does), tokenised by ``HFLM``'s
-    ``tok_batch_encode`` one at a time (so the ``has_bos_prefix`` rule applies to each prompt,
-    not to the first prompt of a harness batch), left truncated to ``max_length -
+    Requests are sorted longest first (as the harness does), tokenised as ``HFLM``'s
+    ``tok_batch_encode`` would tokenise each alone (so the ``has_bos_prefix`` rule applies to
+    each prompt, not to the first prompt of a harness batch; one tokenizer call for all,
+    :func:`~avsslib.eval_encoding.encode_prompts`), left truncated to ``max_length -
     max_gen_toks``, left padded, and decoded greedily with a ``DynamicCache``. A sequence leaves
     the batch as soon as it emits one of the model's EOS ids or its decoded text contains a stop
     string, or after ``max_gen_toks`` tokens; its text is decoded and cut at the first stop string
@@ -69,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from avsslib.eval_encoding import BatchedEncoding
+from avsslib.eval_encoding import BatchedEncoding, encode_prompts
 from avsslib.eval_greedy import greedy_ok, greedy_tokens
 from avsslib.kv_cache import (
     REUSE_ARCHITECTURES,
@@ -412,7 +413,10 @@ class CachedLM(BatchedEncoding):
             assert self.max_length - max_gen > 0, (
                 f"max_gen_toks ({max_gen}) must be below max_length ({self.max_length})."
             )
-            encoded = {i: self.prompt_tokens(requests[i].args[0], max_gen) for i in members}
+            prompts = encode_prompts(
+                self, [requests[i].args[0] for i in members], self.max_length - max_gen
+            )
+            encoded = dict(zip(members, prompts, strict=True))
             order = sorted(members, key=lambda i: (-len(encoded[i]), requests[i].args[0]))
             start = 0
             while start < len(order):

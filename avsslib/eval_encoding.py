@@ -8,7 +8,8 @@ those 5,124 calls (cProfile of ``CachedLM``, 2026-12-07), more than in the forwa
 tokenizes them in one tokenizer call per special-token setting, with ``HFLM.tok_encode``'s rule
 for that setting. :class:`BatchedEncoding` (a base of ``CachedLM``) answers ``tok_encode`` from
 that table, so the harness's own ``_encode_pair`` still decides what is encoded; ``tests/test_eval_backend.py`` holds the table
-to ``HFLM.tok_encode``. Writes no files.
+to ``HFLM.tok_encode``. :func:`encode_prompts` does the same for generation prompts, with
+``HFLM.tok_batch_encode``'s rule for a prompt alone. Writes no files.
 """
 
 from __future__ import annotations
@@ -47,6 +48,30 @@ def encode_strings(lm: Any, strings: Iterable[str]) -> dict[str, list[int]]:
     for key, group in groups.items():
         ids = lm.tokenizer(group, **dict(key))["input_ids"]
         out.update(zip(group, ids, strict=True))
+    return out
+
+
+def encode_prompts(lm: Any, prompts: list[str], left_truncate_len: int) -> list[list[int]]:
+    """Each generation prompt's token ids as ``HFLM.tok_batch_encode([prompt], ...)`` gives
+    them for that prompt alone (its special-token rule, ``lm.truncation``, then the last
+    ``left_truncate_len`` tokens), in one tokenizer call per special-token setting."""
+    bos = getattr(lm.tokenizer, "bos_token", None)
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for k, prompt in enumerate(prompts):
+        kwargs: dict[str, Any] = {}
+        if lm.backend == "causal":
+            if has_bos_prefix(prompt, bos):
+                kwargs = {"add_special_tokens": False}
+            elif lm.add_bos_token is not None:
+                kwargs = {"add_special_tokens": lm.add_bos_token}
+        groups.setdefault(tuple(sorted(kwargs.items())), []).append(k)
+    out: list[list[int]] = [[] for _ in prompts]
+    for key, members in groups.items():
+        ids = lm.tokenizer([prompts[k] for k in members], truncation=lm.truncation, **dict(key))[
+            "input_ids"
+        ]
+        for k, row in zip(members, ids, strict=True):
+            out[k] = list(row[-left_truncate_len:]) if left_truncate_len else list(row)
     return out
 
 

@@ -208,6 +208,33 @@ def test_batched_encoding_is_the_harness_encoding(
     assert ours._encoded == {}  # the table lives for one call
 
 
+@pytest.mark.parametrize(
+    ("adds_bos", "add_bos_token"), [(False, None), (True, None), (True, False), (False, True)]
+)
+def test_prompt_encoding_is_the_harness_encoding(adds_bos, add_bos_token, tok, tiny_causal_lm):
+    """Generation prompts tokenized in one call equal ``HFLM.tok_batch_encode`` on each prompt
+    alone (``prompt_tokens``), left truncation included, whatever the tokenizer adds and
+    whether a prompt starts with the BOS token."""
+    import copy
+
+    from avsslib.eval_encoding import encode_prompts
+
+    if adds_bos:
+        tok = copy.deepcopy(tok)
+        tok.add_bos_token = True
+    model = tiny_causal_lm("llama", len(tok))
+    _, ours = backends(model, tok, batch_size=4, max_length=64, add_bos_token=add_bos_token)
+    prompts = [
+        "Question: who wrote Hamlet?\nAnswer:",
+        tok.bos_token + "Question: starts with BOS\nAnswer:",
+        "word " * 80,  # longer than the 64 - 16 kept
+        "\u00e9t\u00e9 \u2014 unicode",
+    ]
+    batched = encode_prompts(ours, prompts, 64 - 16)
+    assert batched == [ours.prompt_tokens(p, 16) for p in prompts]
+    assert len(batched[2]) == 48
+
+
 # ---------------------------------------------------------------- task parity
 
 
