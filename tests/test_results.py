@@ -620,7 +620,8 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     assert math.isnan(cpu["TruthfulQA MC1 x"])
     sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
     assert (
-        "an NVIDIA H100 80GB HBM3 (up to 500 questions per task, 2026-12-07 05:15 UTC)" in sentence
+        "an NVIDIA H100 80GB HBM3 (up to 500 questions per task, tokenizer threads on, "
+        "2026-12-07 05:15 UTC)" in sentence
     )
     assert "study's task set 2.5 times, where at most 5 was possible" in sentence
     assert sentence.endswith("in any of these runs is 1.0e-04.")

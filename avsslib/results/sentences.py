@@ -225,7 +225,8 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
     """The evaluation benchmarks (:func:`avsslib.results.bench_eval`) in words: for the latest
     CPU run and the latest GPU run, how much faster
     TruthfulQA MC1 and the study's task set ran than with ``HFLM`` and the most that was
-    possible; then the largest log-likelihood difference in any run."""
+    possible (with the tokenizer threads where the run recorded them); then the largest
+    log-likelihood difference in any run."""
     from avsslib.plots import fmt_num, plural
 
     if not len(table):
@@ -234,7 +235,13 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
     latest = order.groupby(order["device"] == "cpu").tail(1)
     text = " ".join(
         f"On {'the 2-core CPU' if r.device == 'cpu' else 'an ' + r.device} (up to "
-        f"{plural(int(r.questions), 'question')} per task, {r.date} UTC), TruthfulQA MC1 ran "
+        f"{plural(int(r.questions), 'question')} per task, "
+        + (
+            f"tokenizer threads {r['tokenizer threads']}, "
+            if r.get("tokenizer threads", "–") != "–"
+            else ""
+        )
+        + f"{r.date} UTC), TruthfulQA MC1 ran "
         f"{fmt_num(r['TruthfulQA MC1 x'])} times faster than with `HFLM` and the study's task "
         f"set {fmt_num(r['study x'])} times, where at most {fmt_num(r['study: at most x'])} was "
         "possible."
