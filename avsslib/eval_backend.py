@@ -145,7 +145,7 @@ class CachedLM(BatchedEncoding):
         self.max_batch_tokens = int(
             max_batch_tokens or default_max_batch_tokens(self.model, int(batch_size))
         )
-        # the most greedy steps between reading the tokens back (``_greedy``): on a CPU every
+        # the most greedy steps between reading the tokens back (``eval_greedy``): on a CPU every
         # step, since a finished row's extra steps cost compute there, not just launches
         self.check_every = 8 if self.device.type == "cuda" else 1
         self.max_logit_tokens = max(1, self.max_batch_tokens // 8)
@@ -240,6 +240,8 @@ class CachedLM(BatchedEncoding):
     ) -> list[tuple[float, bool]]:
         """Log-likelihood and greedy flag of each ``(key, context_tokens, continuation_tokens)``,
         in request order (the harness's semantics; module doc)."""
+        if not requests:
+            return []
         if not self.reuse_cache:
             return super()._loglikelihood_tokens(
                 requests, disable_tqdm=disable_tqdm, override_bs=override_bs

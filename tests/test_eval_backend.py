@@ -63,6 +63,11 @@ def test_common_prefix():
     assert common_prefix([]) == ()
 
 
+def test_no_requests_no_answers(tiny_causal_lm, tok):
+    harness, ours = backends(tiny_causal_lm("llama", len(tok)), tok, batch_size=2)
+    assert ours._loglikelihood_tokens([]) == [] == harness._loglikelihood_tokens([])
+
+
 def test_default_token_budget(tiny_causal_lm, tok):
     from avsslib.kv_cache import default_max_batch_tokens, position_bytes
 
