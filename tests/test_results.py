@@ -625,6 +625,15 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     )
     assert "study's task set 2.5 times, where at most 5 was possible" in sentence
     assert sentence.endswith("in any of these runs is 1.0e-04.")
+    assert "The harness itself" not in sentence  # the same harness time in every run
+    slower = {**data, "date": "2026-12-07T06:00:00+00:00", "n": 1000}  # compared at 1000
+    slower["study"] = {**data["study"], "harness_s": 45.0}
+    (tmp_path / "bench" / "bench_eval_x_h100_slower.json").write_text(json.dumps(slower))
+    sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
+    assert (
+        "The harness itself took 45 s on the study's task set in the latest GPU run and 30 s in "
+        "the one before (2026-12-06 23:59 UTC), +50%: each ratio holds within its own run only."
+    ) in sentence
 
 
 def test_bench_plumbing_reads_each_measurement(tmp_path):

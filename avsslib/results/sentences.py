@@ -225,8 +225,9 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
     """The evaluation benchmarks (:func:`avsslib.results.bench_eval`) in words: for the latest
     CPU run and the latest GPU run, how much faster
     TruthfulQA MC1 and the study's task set ran than with ``HFLM`` and the most that was
-    possible (with the tokenizer threads where the run recorded them); then the largest
-    log-likelihood difference in any run."""
+    possible (with the tokenizer threads where the run recorded them); where the harness's own
+    time on the study set moved by more than a fifth between the two latest GPU runs at the
+    largest size, that too; then the largest log-likelihood difference in any run."""
     from avsslib.plots import fmt_num, plural
 
     if not len(table):
@@ -247,6 +248,17 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
         "possible."
         for _, r in latest.iterrows()
     )
+    gpu = order[(order["device"] != "cpu") & (order["questions"] == order["questions"].max())]
+    if len(gpu) >= 2:  # the harness itself between the two latest full GPU runs
+        before, last = gpu.iloc[-2], gpu.iloc[-1]
+        change = last["study: harness s"] / before["study: harness s"] - 1
+        if abs(change) > 0.2:
+            text += (
+                f" The harness itself took {fmt_num(last['study: harness s'], 3)} s on the study's "
+                f"task set in the latest GPU run and {fmt_num(before['study: harness s'], 3)} s in "
+                f"the one before ({before.date} UTC), {change:+.0%}: each ratio holds within its "
+                "own run only."
+            )
     return (
         f"{text} The largest log-likelihood difference between the two backends in any of "
         f"these runs is {table['largest |dLL|'].max():.1e}."
