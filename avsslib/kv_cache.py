@@ -174,11 +174,16 @@ def default_max_batch_tokens(
     times that, as far as a quarter of the free device memory (``free_bytes``, else asked of
     CUDA) holds them (:func:`position_bytes`). On a GPU each pass costs tens of milliseconds of
     kernel launches whatever its size (SmolLM2-135M on an H100 node, 2026-12-07: 25-45 ms), so
-    fewer, larger passes are faster; on a CPU the passes are compute-bound and the budget stays."""
+    fewer, larger passes are faster; on a CPU the passes are compute-bound and the budget stays.
+    A model whose config lacks the size fields :func:`position_bytes` reads keeps the base."""
     base = 512 * int(batch_size)
     if free_bytes is None:
         device = next(model.parameters()).device
         if device.type != "cuda":
             return base
         free_bytes, _ = torch.cuda.mem_get_info(device)
-    return max(base, min(4 * base, int(free_bytes // 4 // position_bytes(model))))
+    try:
+        per_position = position_bytes(model)
+    except (AttributeError, TypeError, ValueError):  # a config without the usual size fields
+        return base
+    return max(base, min(4 * base, int(free_bytes // 4 // per_position)))

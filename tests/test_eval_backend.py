@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,6 +81,8 @@ def test_default_token_budget(tiny_causal_lm, tok):
     assert default_max_batch_tokens(model, 8, free_bytes=1) == 4096  # never below that
     assert default_max_batch_tokens(model, 8, free_bytes=4 * 6000 * per) == 6000
     assert default_max_batch_tokens(model, 8, free_bytes=10**15) == 4 * 4096  # at most 4x
+    odd = SimpleNamespace(config=SimpleNamespace(), parameters=lambda: iter([torch.zeros(1)]))
+    assert default_max_batch_tokens(odd, 8, free_bytes=10**15) == 4096  # sizes unreadable
     assert CachedLM(model, tok, batch_size=8).max_batch_tokens == 4096
     assert CachedLM(model, tok, batch_size=8, max_batch_tokens=100).max_batch_tokens == 100
 
