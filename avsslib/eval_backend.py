@@ -354,7 +354,8 @@ class CachedLM(BatchedEncoding):
         width = max(len(x) for x in inputs)
         lengths = torch.tensor([len(x) for x in inputs])
         own = torch.arange(width)[None] < lengths[:, None]
-        real = torch.arange(len(chunk) * width)[own.flatten()]  # the scored (row, column)s, flat
+        # the scored (row, column)s of the flattened pass
+        real = self._to_device(torch.arange(len(chunk) * width)[own.flatten()])
         rows = self._to_device([g if context_mask.shape[0] > 1 else 0 for g, _ in chunk])
         mask = torch.cat([context_mask.index_select(0, rows), self._to_device(own.long())], 1)
         starts = self._to_device([len(batch[g]) - 1 for g, _ in chunk])
@@ -366,7 +367,6 @@ class CachedLM(BatchedEncoding):
             position_ids=position_ids,
             cache=past,
         ).logits  # (rows, width, vocab)
-        real = self._to_device(real)
         logp = F.log_softmax(
             logits.flatten(0, 1).index_select(0, real), dim=-1, dtype=self.softmax_dtype
         )  # (tokens, vocab)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
-import pstats
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_eval import answer, build_requests  # noqa: E402
+from profile_eval import _print_profile, _sync  # noqa: E402
 
 import avsslib.eval_backend as eb  # noqa: E402
 import avsslib.evaluate as ev  # noqa: E402
@@ -52,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def sync() -> None:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(args.device)
 
     print("eval_backend from", eb.__file__, flush=True)
     model, tok = load_model(args.model, device=args.device, dtype=torch.float32)
@@ -104,10 +102,7 @@ def main() -> None:
                 answer(lms[budgets[0]], requests)
                 sync()
                 profile.disable()
-                for order in ("tottime", "cumulative"):
-                    out = io.StringIO()
-                    pstats.Stats(profile, stream=out).sort_stats(order).print_stats(22)
-                    print(out.getvalue())
+                _print_profile(profile, 22)
     for b in budgets:
         print(
             f"== study harness tasks ({', '.join(STUDY)}) budget {b or 'default'}: {total[b]:.2f} s"

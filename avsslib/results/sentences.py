@@ -237,11 +237,7 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
     text = " ".join(
         f"On {'the 2-core CPU' if r.device == 'cpu' else 'an ' + r.device} (up to "
         f"{plural(int(r.questions), 'question')} per task, "
-        + (
-            f"tokenizer threads {r['tokenizer threads']}, "
-            if r.get("tokenizer threads", "–") != "–"
-            else ""
-        )
+        + (f"tokenizer threads {r['tokenizer threads']}, " if r["tokenizer threads"] != "–" else "")
         + f"{r.date} UTC), TruthfulQA MC1 ran "
         f"{fmt_num(r['TruthfulQA MC1 x'])} times faster than with `HFLM` and the study's task "
         f"set {fmt_num(r['study x'])} times, where at most {fmt_num(r['study: at most x'])} was "
