@@ -631,9 +631,47 @@ def test_bench_eval_reads_each_benchmark_file(tmp_path):
     (tmp_path / "bench" / "bench_eval_x_h100_slower.json").write_text(json.dumps(slower))
     sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
     assert (
-        "The harness itself took 45 s on the study's task set in the latest GPU run and 30 s in "
-        "the one before (2026-12-06 23:59 UTC), +50%: each ratio holds within its own run only."
+        "The harness itself took 45 s on the study's task set in the latest sitting and 30 s in "
+        "the run before (2026-12-06 23:59 UTC), +50%: each ratio holds within its own sitting only."
     ) in sentence
+
+
+def test_bench_eval_sentence_groups_a_sitting_by_tokenizer_threads(tmp_path):
+    """Runs of one model on one device within minutes of each other are one sitting: the
+    sentence gives each thread setting's range; another model gets its own sentence, and the
+    table names the model."""
+    (tmp_path / "bench").mkdir()
+
+    def run(minute, threads, ratio, model="smollm2-135m"):
+        data = {
+            "date": f"2026-12-07T13:{minute:02d}:00+00:00",
+            "device": "cuda: NVIDIA H100 80GB HBM3",
+            "model": model,
+            "n": 1000,
+            "tokenizers_parallelism": threads,
+            "tasks": [{"task": "truthfulqa_mc1", "ratio": ratio + 1, "max_abs_ll_diff": 1e-4}],
+            "study": {"harness_s": 40.0, "ours_s": 40.0 / ratio, "ratio": ratio, "floor_s": 8.0},
+        }
+        name = f"bench_eval_{model}_{minute}.json"
+        (tmp_path / "bench" / name).write_text(json.dumps(data))
+
+    run(1, None, 9.0)  # an older run, outside the sitting
+    run(27, "false", 3.5)
+    run(28, None, 4.5)
+    run(30, "false", 4.0)
+    run(32, None, 3.0, model="qwen2.5-coder-0.5b")
+    table = R.bench_eval(tmp_path)
+    assert list(table["model"]) == ["SmolLM2-135M"] * 4 + ["Qwen2.5-Coder-0.5B"]
+    sentence = R.bench_eval_sentence(table)
+    assert "(SmolLM2-135M, up to 1,000 questions per task, 3 runs one after another" in sentence
+    assert (
+        "with the tokenizer threads off, TruthfulQA MC1 ran 4.5 to 5 times faster than with "
+        "`HFLM` and the study's task set 3.5 to 4 times, where at most 5 was possible; with them "
+        "on, TruthfulQA MC1 ran 5.5 times faster"
+    ) in sentence
+    assert "9 times" not in sentence and "10 times" not in sentence
+    assert "(Qwen2.5-Coder-0.5B, up to 1,000 questions per task, tokenizer threads on," in sentence
+    assert "The harness itself" not in sentence
 
 
 def test_bench_plumbing_reads_each_measurement(tmp_path):

@@ -14,6 +14,7 @@ from avsslib.errors import DataError
 from avsslib.results.base import (
     STAGES,
     _read_json,
+    model_name,
 )
 
 # ------------------------------------------------------------------------- records and costs
@@ -168,7 +169,7 @@ def bench_distributed(root: str | Path) -> pd.DataFrame:
 def bench_eval(root: str | Path) -> pd.DataFrame:
     """``bench/bench_eval_*.json``: the harness's ``HFLM`` against our ``CachedLM`` on the same
     requests in one run, one row per file, oldest first. Columns: date (UTC, to the minute),
-    device, questions per task (each set
+    device, model (``–`` where the file does not name it), questions per task (each set
     capped at its size), the TruthfulQA MC1 ratio (harness / ours, ``x``), the study task set's
     seconds under each backend and their ratio, the most a backend batching as ours could gain
     there (harness / floor), the largest absolute log-likelihood difference over all tasks, and
@@ -184,6 +185,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 "file": path.name,
                 "date": _minute(data["date"]),
                 "device": _device(data["device"]),
+                "model": model_name(data["model"]) if data.get("model") else "–",
                 "questions": data["n"],
                 "TruthfulQA MC1 x": tasks.get("truthfulqa_mc1", {}).get("ratio", math.nan),
                 "study: harness s": study["harness_s"],

@@ -221,41 +221,104 @@ def mitigation_sentence(root: str | Path, model: str) -> str:
     return text
 
 
+#: GPU benchmark runs of one model on one device within this many minutes of its latest run count
+#: as one sitting: runs made one after another in one call, e.g. with the tokenizer threads off,
+#: on and off again, which compare with each other (runs on other days and machines do not).
+SITTING_MINUTES = 15
+
+_THREADS = {
+    "off": "with the tokenizer threads off",
+    "on": "with them on",
+    "–": "threads not recorded",
+}
+
+
 def bench_eval_sentence(table: pd.DataFrame) -> str:
     """The evaluation benchmarks (:func:`avsslib.results.bench_eval`) in words: for the latest
-    CPU run and the latest GPU run, how much faster
-    TruthfulQA MC1 and the study's task set ran than with ``HFLM`` and the most that was
-    possible (with the tokenizer threads where the run recorded them); where the harness's own
-    time on the study set moved by more than a fifth between the two latest GPU runs at the
-    largest size, that too; then the largest log-likelihood difference in any run."""
-    from avsslib.plots import fmt_num, plural
-
+    CPU run, and for each model's latest GPU sitting (its runs on that device within
+    :data:`SITTING_MINUTES` of the latest), how much faster TruthfulQA MC1 and the study's task
+    set ran than with ``HFLM`` and the most that was possible, per tokenizer-thread setting
+    where a sitting has several; where the harness's own time on the study set in the latest
+    sitting of the model benchmarked most often moved by more than a fifth from the run before
+    it at the same size, that too; then the largest log-likelihood difference in any run."""
     if not len(table):
         return "No evaluation benchmark is committed."
     order = table.sort_values("date", kind="stable")
-    latest = order.groupby(order["device"] == "cpu").tail(1)
-    text = " ".join(
-        f"On {'the 2-core CPU' if r.device == 'cpu' else 'an ' + r.device} (up to "
-        f"{plural(int(r.questions), 'question')} per task, "
-        + (f"tokenizer threads {r['tokenizer threads']}, " if r["tokenizer threads"] != "–" else "")
-        + f"{r.date} UTC), TruthfulQA MC1 ran "
-        f"{fmt_num(r['TruthfulQA MC1 x'])} times faster than with `HFLM` and the study's task "
-        f"set {fmt_num(r['study x'])} times, where at most {fmt_num(r['study: at most x'])} was "
-        "possible."
-        for _, r in latest.iterrows()
-    )
-    gpu = order[(order["device"] != "cpu") & (order["questions"] == order["questions"].max())]
-    if len(gpu) >= 2:  # the harness itself between the two latest full GPU runs
-        before, last = gpu.iloc[-2], gpu.iloc[-1]
-        change = last["study: harness s"] / before["study: harness s"] - 1
-        if abs(change) > 0.2:
-            text += (
-                f" The harness itself took {fmt_num(last['study: harness s'], 3)} s on the study's "
-                f"task set in the latest GPU run and {fmt_num(before['study: harness s'], 3)} s in "
-                f"the one before ({before.date} UTC), {change:+.0%}: each ratio holds within its "
-                "own run only."
-            )
+    cpu, gpu = order[order["device"] == "cpu"], order[order["device"] != "cpu"]
+    parts = [_bench_sitting(cpu.tail(1))] if len(cpu) else []
+    sittings = {}
+    for model in dict.fromkeys(gpu["model"]):  # models in the order they were first benchmarked
+        runs = gpu[(gpu["model"] == model)]
+        runs = runs[runs["device"] == runs["device"].iloc[-1]]
+        when = pd.to_datetime(runs["date"])
+        sittings[model] = runs[when >= when.max() - pd.Timedelta(minutes=SITTING_MINUTES)]
+        parts.append(_bench_sitting(sittings[model]))
+    text = " ".join(parts)
+    if sittings:
+        text += _harness_drift(gpu, sittings[gpu["model"].value_counts().index[0]])
     return (
         f"{text} The largest log-likelihood difference between the two backends in any of "
         f"these runs is {table['largest |dLL|'].max():.1e}."
+    )
+
+
+def _span(values: Iterable[float]) -> str:
+    """``"4.41"`` for one value (or equal ones), ``"3.57 to 4.05"`` for several."""
+    from avsslib.plots import fmt_num
+
+    values = sorted(values)
+    low, high = fmt_num(values[0]), fmt_num(values[-1])
+    return low if low == high else f"{low} to {high}"
+
+
+def _bench_sitting(runs: pd.DataFrame) -> str:
+    """One sentence for benchmark rows of one device (and model): what ran, then the ratios."""
+    from avsslib.plots import plural
+
+    first, last = runs.iloc[0], runs.iloc[-1]
+    device = "the 2-core CPU" if last.device == "cpu" else f"an {last.device}"
+    model = "" if last.device == "cpu" or last.model == "–" else f"{last.model}, "
+    if len(runs) == 1:
+        threads = last["tokenizer threads"]
+        when = (f"tokenizer threads {threads}, " if threads != "–" else "") + f"{last.date} UTC"
+    else:
+        when = f"{len(runs)} runs one after another, {first.date} to {last.date[-5:]} UTC"
+    head = f"On {device} ({model}up to {plural(int(last.questions), 'question')} per task, {when}),"
+    groups = list(runs.groupby("tokenizer threads", sort=True)) if len(runs) > 1 else [("", runs)]
+    said = []
+    for setting, rows in groups:
+        said.append(
+            (f"{_THREADS[setting]}, " if setting else "")
+            + f"TruthfulQA MC1 ran {_span(rows['TruthfulQA MC1 x'])} times faster than with "
+            f"`HFLM` and the study's task set {_span(rows['study x'])} times, where at most "
+            f"{_span(rows['study: at most x'])} was possible"
+        )
+    return f"{head} {'; '.join(said)}."
+
+
+def _harness_drift(gpu: pd.DataFrame, sitting: pd.DataFrame) -> str:
+    """Where the harness's median time on the study set in ``sitting`` differs by more than a
+    fifth from the latest GPU run of the same model, device and size before it: a sentence."""
+    from avsslib.plots import fmt_num
+
+    last = sitting.iloc[-1]
+    before = gpu[
+        (gpu["model"] == last.model)
+        & (gpu["device"] == last.device)
+        & (gpu["questions"] == last.questions)
+        & (gpu["date"] < sitting["date"].iloc[0])
+    ]
+    if not len(before):
+        return ""
+    now, then = sitting["study: harness s"].median(), before.iloc[-1]
+    change = now / then["study: harness s"] - 1
+    if abs(change) <= 0.2:
+        return ""
+    which = "the latest sitting" + (
+        f" (median of its {len(sitting)} runs)" if len(sitting) > 1 else ""
+    )
+    return (
+        f" The harness itself took {fmt_num(now, 3)} s on the study's task set in {which} and "
+        f"{fmt_num(then['study: harness s'], 3)} s in the run before ({then.date} UTC), "
+        f"{change:+.0%}: each ratio holds within its own sitting only."
     )
