@@ -8,8 +8,8 @@ passes of 1,000 rows 2.51 s). This separates the candidates. Printed:
 1. TriviaQA's generation with ``CachedLM`` (its default token budget): seconds and forward
    passes, after one untimed warm-up.
 2. The same under ``torch.profiler`` (CPU and, on CUDA, GPU activity): the operators with the
-   most self device time and the most self CPU time, and the sum of device time against the
-   wall time, so a launch- or host-bound run shows as wall time far above device time.
+   most self device time and the most self CPU time, and the kernels' summed time against the
+   wall time, so a launch- or host-bound run shows as wall time far above kernel time.
 3. One decode step alone (one new token per row after a prefill of ``--prompt-len`` tokens, a
    ``DynamicCache`` as ``greedy_tokens`` uses): for each row count of ``--rows``, the median
    wall seconds of a step and, on CUDA, the median GPU seconds between CUDA events around it.
@@ -56,11 +56,11 @@ def step_seconds(
     position = torch.full((rows, 1), prompt_len, device=mask.device)
     wall: list[float] = []
     gpu: list[float] = []
+    cuda = device.startswith("cuda")
     for _ in range(steps):
         tokens = logits.argmax(-1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         _sync(device)
-        cuda = device.startswith("cuda")
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -80,6 +80,7 @@ def step_seconds(
 
 def profile_table(lm: CachedLM, requests: list[Any], device: str, rows: int) -> None:
     """Part 2: the generation under ``torch.profiler``, two operator tables and the totals."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -93,8 +94,9 @@ def profile_table(lm: CachedLM, requests: list[Any], device: str, rows: int) -> 
     if device.startswith("cuda"):
         print(events.table(sort_by="self_cuda_time_total", row_limit=rows), flush=True)
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
-    device_s = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
-    print(f"profiled: wall {wall:.2f} s, device time (sum of self) {device_s:.2f} s", flush=True)
+    # the kernels' own rows only: an operator's row repeats the time of the kernels it launched
+    device_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    print(f"profiled: wall {wall:.2f} s, kernel time {device_s / 1e6:.2f} s", flush=True)
 
 
 def main() -> None:

@@ -248,7 +248,7 @@ def bench_eval_sentence(table: pd.DataFrame) -> str:
     parts = [_bench_sitting(cpu.tail(1))] if len(cpu) else []
     sittings = {}
     for model in dict.fromkeys(gpu["model"]):  # models in the order they were first benchmarked
-        runs = gpu[(gpu["model"] == model)]
+        runs = gpu[gpu["model"] == model]
         runs = runs[runs["device"] == runs["device"].iloc[-1]]
         when = pd.to_datetime(runs["date"])
         sittings[model] = runs[when >= when.max() - pd.Timedelta(minutes=SITTING_MINUTES)]
