@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from avsslib.eval_encoding import BatchedEncoding, encode_prompts
-from avsslib.eval_greedy import greedy_ok, greedy_tokens
+from avsslib.eval_greedy import default_decode, greedy_ok, greedy_tokens
 from avsslib.kv_cache import (
     REUSE_ARCHITECTURES,
     cache_reuse_support,
@@ -122,7 +122,9 @@ class CachedLM(BatchedEncoding):
             ``None`` = :func:`~avsslib.kv_cache.default_max_batch_tokens`.
         **kwargs: passed to ``HFLM``.
 
-    Attributes: ``reuse_cache`` and ``reuse_reason`` (:func:`cache_reuse_support`).
+    Attributes: ``reuse_cache`` and ``reuse_reason`` (:func:`cache_reuse_support`);
+    ``decode``, how greedy steps run (:data:`~avsslib.eval_greedy.DECODE_MODES`, default
+    :func:`~avsslib.eval_greedy.default_decode`); ``check_every``, the steps between read-backs.
     """
 
     def __init__(
@@ -159,6 +161,10 @@ class CachedLM(BatchedEncoding):
         self._cache_arg = (
             "cache" if "cache" in params else "past_key_values"
         )  # transformers 5 renames it
+        # how greedy decoding steps run (``eval_greedy``): a CUDA graph of the step on a GPU
+        self.decode = default_decode(
+            self.model, self.device, self.mixed_precision_dtype is not None
+        )
 
     # ------------------------------------------------------------ plumbing
 

@@ -1,6 +1,18 @@
 """Batched greedy decoding for :class:`avsslib.eval_backend.CachedLM` (its ``generate_until``):
 when the harness's generation arguments allow plain argmax decoding (:func:`greedy_ok`), and
 the decoding itself (:func:`greedy_tokens`), on ``CachedLM``'s pass plumbing. Writes no files.
+
+A decode step runs one of three ways (``CachedLM.decode``):
+
+- ``"dynamic"``: on the prefill's ``DynamicCache``, which grows by a column a step; rows that
+  finished are dropped from the batch. The default off CUDA, where a step's cost is its compute.
+- ``"static"``: on a ``StaticCache`` of fixed width (prompt + ``max_gen`` columns) with an
+  explicit attention mask; the batch keeps its rows to the end. Tested on the CPU against the
+  harness; the shape a CUDA graph needs.
+- ``"graph"``: ``"static"`` with the step captured once as a CUDA graph and replayed. On a GPU
+  a small model's step is bound by the host launching its kernels (SmolLM2-135M on an H100,
+  2026-12-07: ~1,150 launches a step, kernels 0.90 s of TriviaQA's 2.97 s), and a replay
+  launches them all at once. The default on CUDA with ``sdpa`` attention.
 """
 
 from __future__ import annotations
@@ -10,6 +22,8 @@ from typing import Any
 import torch
 
 from avsslib.kv_cache import pad_ids
+
+DECODE_MODES = ("dynamic", "static", "graph")
 
 GREEDY_DEFAULTS: dict[str, Any] = {
     "repetition_penalty": 1.0,
@@ -45,6 +59,26 @@ def greedy_ok(lm: Any, kwargs: dict[str, Any]) -> bool:
     return True
 
 
+def default_decode(model: Any, device: torch.device, mixed_precision: bool) -> str:
+    """``"graph"`` on CUDA for an ``sdpa`` model in its own dtype whose rotary embedding does
+    not rescale with the positions it sees (a ``dynamic`` or ``longrope`` one reads them on the
+    host, which a graph cannot replay); ``"dynamic"`` otherwise."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = (
+        str(rope.get("rope_type", rope.get("type", "default"))) if isinstance(rope, dict) else ""
+    )
+    if (
+        device.type == "cuda"
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+        and not mixed_precision
+        and "dynamic" not in rope_type
+        and "longrope" not in rope_type
+    ):
+        return "graph"
+    return "dynamic"
+
+
 def eos_ids(model: Any) -> set[int]:
     """The token ids that end a generation: ``generation_config``'s EOS, else the config's."""
     config = getattr(model, "generation_config", None)
@@ -54,17 +88,118 @@ def eos_ids(model: Any) -> set[int]:
     return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
+class DynamicSteps:
+    """Decode steps on the prefill's ``DynamicCache`` (``decode="dynamic"``): each step appends
+    a mask column and a cache column; :meth:`keep` drops finished rows."""
+
+    shrinks = True
+
+    def __init__(self, lm: Any, cache: Any, mask: torch.Tensor, next_pos: torch.Tensor) -> None:
+        self.lm, self.cache, self.mask, self.next_pos = lm, cache, mask, next_pos
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The next-token logits after feeding ``tokens`` (shape (rows,))."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
+        logits = self.lm._forward(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_pos[:, None],
+            cache=self.cache,
+        ).logits[:, -1]
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only batch rows ``index``."""
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+
+
+class StaticSteps:
+    """Decode steps on a ``StaticCache`` holding the prefill's keys and values and room for
+    ``max_gen`` more columns (``decode="static"``, or ``"graph"`` to replay the step as a CUDA
+    graph). Every input of a step lives in a buffer of fixed address (token ids, positions, a
+    boolean 4-D attention mask over the cache's columns) that the host updates in place, and
+    the cache advances its own write position on the device, so a captured step can be
+    replayed. The batch keeps all its rows to the end (:attr:`shrinks` is false).
+
+    The first step runs eagerly (on a side stream, as CUDA graph capture wants the model's
+    lazy initialisation done first); the second is captured, then replayed as every later one.
+    The logits a step returns are overwritten by the next replay: read them first."""
+
+    shrinks = False
+
+    def __init__(
+        self,
+        lm: Any,
+        cache: Any,
+        mask: torch.Tensor,
+        next_pos: torch.Tensor,
+        max_gen: int,
+        *,
+        graph: bool,
+    ) -> None:
+        from transformers import StaticCache
+
+        rows, width = mask.shape
+        self.lm, self.graph, self.column = lm, graph, width
+        self.cache = StaticCache(config=lm.model.config, max_cache_len=width + max_gen)
+        for i, layer in enumerate(cache.layers):  # the prefill's columns, written in place
+            self.cache.update(layer.keys, layer.values, i)
+        self.ids = torch.zeros((rows, 1), dtype=torch.long, device=mask.device)
+        self.pos = next_pos[:, None].clone()
+        self.mask = torch.zeros((rows, 1, 1, width + max_gen), dtype=torch.bool, device=mask.device)
+        self.mask[:, 0, 0, :width] = mask.bool()
+        self._graph: Any = None
+        self._logits: torch.Tensor | None = None
+        self._steps = 0
+
+    def _step(self) -> torch.Tensor:
+        return self.lm._forward(
+            input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache
+        ).logits[:, -1]
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The next-token logits after feeding ``tokens`` (shape (rows,))."""
+        self.ids.copy_(tokens[:, None])
+        self.mask[:, 0, 0, self.column] = True
+        if not self.graph:
+            logits = self._step()
+        elif self._steps == 0:
+            side = torch.cuda.Stream(device=self.ids.device)
+            side.wait_stream(torch.cuda.current_stream(self.ids.device))
+            with torch.cuda.stream(side):
+                logits = self._step()
+            torch.cuda.current_stream(self.ids.device).wait_stream(side)
+        else:
+            if self._graph is None:
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._graph):
+                    self._logits = self._step()
+            self._graph.replay()
+            assert self._logits is not None
+            logits = self._logits
+        self.pos.add_(1)
+        self.column += 1
+        self._steps += 1
+        return logits
+
+    def keep(self, index: torch.Tensor) -> None:  # pragma: no cover - never called
+        raise NotImplementedError("a static cache keeps its rows")
+
+
 def greedy_tokens(
     lm: Any, prompts: list[list[int]], until: list[str], max_gen: int
 ) -> list[list[int]]:
-    """Greedy tokens after each prompt (left padded batch, ``DynamicCache``); a row stops at
-    an EOS id (kept), at a stop string in its decoded text, or after ``max_gen`` tokens.
+    """Greedy tokens after each prompt (left padded batch); a row stops at an EOS id (kept), at
+    a stop string in its decoded text, or after ``max_gen`` tokens. The prefill runs on a
+    ``DynamicCache``; the steps after it as ``lm.decode`` says (module doc).
 
     The tokens are read back after blocks of 1, 2, 4, ... steps, at most ``lm.check_every``
     (8 on CUDA, 1 elsewhere), not at every step, so the CPU queues the next steps while the
-    GPU runs; a row that finished inside a block has run on for the rest of it, and its
-    tokens after its first EOS id are dropped (the harness's batches run finished rows on
-    the same way, and cut the text at the first stop string)."""
+    GPU runs; a row that finished inside a block (or, on a static cache, at any time before the
+    last row) has run on, and its tokens after its first EOS id are dropped (the harness's
+    batches run finished rows on the same way, and cut the text at the first stop string)."""
     width = max(len(p) for p in prompts)
     mask = lm._to_device(pad_ids([[1] * len(p) for p in prompts], width, 0, left=True))
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -76,11 +211,18 @@ def greedy_tokens(
         cache=cache,
         **lm._keep_last,
     ).logits[:, -1]
+    decode = getattr(lm, "decode", "dynamic")
+    steps: DynamicSteps | StaticSteps = (
+        DynamicSteps(lm, cache, mask, mask.sum(-1))
+        if decode == "dynamic" or max_gen == 1
+        else StaticSteps(lm, cache, mask, mask.sum(-1), max_gen, graph=decode == "graph")
+    )
+    del cache
     ends_at = eos_ids(lm.model)
     stops = [s for s in until if s]
     out: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))
-    next_pos = mask.sum(-1)
+    rows = list(range(len(prompts)))  # the prompt each batch row decodes
+    finished = [False] * len(prompts)
     step, size = 0, 1
     while True:
         block = []
@@ -90,26 +232,23 @@ def greedy_tokens(
             step += 1
             if step == max_gen:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            logits = lm._forward(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                cache=cache,
-            ).logits[:, -1]
-            next_pos = next_pos + 1
+            logits = steps(tokens)
         keep = []
-        for row, (k, new) in enumerate(zip(active, torch.stack(block, 1).tolist(), strict=True)):
+        for row, (k, new) in enumerate(zip(rows, torch.stack(block, 1).tolist(), strict=True)):
+            if finished[k]:
+                continue
             ends = [j for j, t in enumerate(new) if t in ends_at]
             out[k].extend(new[: ends[0] + 1] if ends else new)
-            done = bool(ends) or step == max_gen or any(s in lm.tok_decode(out[k]) for s in stops)
-            if not done:
+            finished[k] = (
+                bool(ends) or step == max_gen or any(s in lm.tok_decode(out[k]) for s in stops)
+            )
+            if not finished[k]:
                 keep.append(row)
         if not keep:
             return out
         size = min(2 * size, lm.check_every)
-        if len(keep) < len(active):
+        if steps.shrinks and len(keep) < len(rows):
             index = lm._to_device(keep)
-            cache.batch_select_indices(index)
-            mask, next_pos, logits = mask[index], next_pos[index], logits[index]
-            active = [active[r] for r in keep]
+            steps.keep(index)
+            logits = logits[index]
+            rows = [rows[r] for r in keep]

@@ -5,13 +5,15 @@ On a GPU the study's TriviaQA generation takes several times its floor (the prom
 passes), and halving its passes did not halve its time (H100, 2026-12-07: 64 passes 2.15 s, 32
 passes of 1,000 rows 2.51 s). This separates the candidates. Printed:
 
-1. TriviaQA's generation with ``CachedLM`` (its default token budget): seconds and forward
-   passes, after one untimed warm-up.
-2. The same under ``torch.profiler`` (CPU and, on CUDA, GPU activity): the operators with the
+1. TriviaQA's generation with ``CachedLM`` (its default token budget) under two ways of
+   running a decode step (``CachedLM.decode``: ``dynamic`` against ``graph`` on CUDA, against
+   ``static`` elsewhere): seconds and forward passes of each after one untimed warm-up, the
+   ratio, and how many generated strings differ between them.
+2. The same under ``torch.profiler`` (each way) (CPU and, on CUDA, GPU activity): the operators with the
    most self device time and the most self CPU time, and the kernels' summed time against the
    wall time, so a launch- or host-bound run shows as wall time far above kernel time.
-3. One decode step alone (one new token per row after a prefill of ``--prompt-len`` tokens, a
-   ``DynamicCache`` as ``greedy_tokens`` uses): for each row count of ``--rows``, the median
+3. One decode step alone (one new token per row after a prefill of ``--prompt-len`` tokens,
+   each way): for each row count of ``--rows``, the median
    wall seconds of a step and, on CUDA, the median GPU seconds between CUDA events around it.
 
     python benchmarks/profile_decode.py --device cuda --n 1000 --rows 250,500,1000
@@ -35,6 +37,7 @@ from profile_eval import _sync  # noqa: E402
 
 import avsslib.evaluate as ev  # noqa: E402
 from avsslib.eval_backend import CachedLM  # noqa: E402
+from avsslib.eval_greedy import DynamicSteps, StaticSteps  # noqa: E402
 from avsslib.models import load_model  # noqa: E402
 
 
@@ -42,39 +45,39 @@ def step_seconds(
     lm: CachedLM, rows: int, prompt_len: int, steps: int, device: str
 ) -> tuple[float, float]:
     """Median wall and GPU seconds (GPU: NaN off CUDA) of one decode step of ``rows`` rows,
-    each after a prefill of ``prompt_len`` tokens, over ``steps`` steps."""
+    each after a prefill of ``prompt_len`` tokens, over ``steps`` steps, the steps run as
+    ``lm.decode`` says (``eval_greedy``'s ``DynamicSteps`` or ``StaticSteps``; a graph's capture
+    is in its second step, so the first two are not timed)."""
     ids = torch.randint(100, 1000, (rows, prompt_len))
-    mask = torch.ones(rows, prompt_len, dtype=torch.long)
+    mask = lm._to_device(torch.ones(rows, prompt_len, dtype=torch.long))
     cache = lm._new_cache()
     logits = lm._forward(
-        input_ids=lm._to_device(ids),
-        attention_mask=lm._to_device(mask),
-        cache=cache,
-        **lm._keep_last,
+        input_ids=lm._to_device(ids), attention_mask=mask, cache=cache, **lm._keep_last
     ).logits[:, -1]
-    mask = lm._to_device(mask)
-    position = torch.full((rows, 1), prompt_len, device=mask.device)
+    position = mask.sum(-1)
+    decode: DynamicSteps | StaticSteps = (
+        DynamicSteps(lm, cache, mask, position)
+        if lm.decode == "dynamic"
+        else StaticSteps(lm, cache, mask, position, steps + 2, graph=lm.decode == "graph")
+    )
     wall: list[float] = []
     gpu: list[float] = []
     cuda = device.startswith("cuda")
-    for _ in range(steps):
+    for step in range(steps + 2):
         tokens = logits.argmax(-1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         _sync(device)
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
         t0 = time.perf_counter()
-        logits = lm._forward(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=position, cache=cache
-        ).logits[:, -1]
+        logits = decode(tokens)
         if cuda:
             end.record()
         _sync(device)
-        wall.append(time.perf_counter() - t0)
-        if cuda:
-            gpu.append(begin.elapsed_time(end) / 1e3)
-        position = position + 1
+        if step >= 2:
+            wall.append(time.perf_counter() - t0)
+            if cuda:
+                gpu.append(begin.elapsed_time(end) / 1e3)
     return statistics.median(wall), statistics.median(gpu) if gpu else float("nan")
 
 
@@ -118,20 +121,38 @@ def main() -> None:
     model.register_forward_pre_hook(lambda m, a: calls.__setitem__("n", calls["n"] + 1))
     lm = CachedLM(model, tok, batch_size=args.batch_size, max_length=2048)
     print(f"token budget {lm.max_batch_tokens}, read back every {lm.check_every} steps", flush=True)
+    modes = ["dynamic", "graph"] if args.device.startswith("cuda") else ["dynamic", "static"]
     with tempfile.TemporaryDirectory() as tmp, ev._offline():
         requests = build_requests(args.task, Path(tmp) / args.task, args.n, 0)
-        answer(lm, requests)
-        calls["n"] = 0
-        _, seconds = answer(lm, requests)
-        print(f"== {args.task}: {seconds:.2f} s, {calls['n']} forward calls", flush=True)
-        profile_table(lm, requests, args.device, args.table_rows)
-    for rows in (int(r) for r in args.rows.split(",")):
-        wall, gpu = step_seconds(lm, rows, args.prompt_len, args.steps, args.device)
+        texts, seconds = {}, {}
+        for mode in modes:
+            lm.decode = mode
+            answer(lm, requests)
+            calls["n"] = 0
+            texts[mode], seconds[mode] = answer(lm, requests)
+            print(
+                f"== {args.task}, decode {mode}: {seconds[mode]:.2f} s,"
+                f" {calls['n']} forward calls (a graph replay makes none)"
+            )
+        differ = sum(a != b for a, b in zip(texts[modes[0]], texts[modes[1]], strict=True))
         print(
-            f"== decode step, {rows} rows after {args.prompt_len} tokens: wall {wall * 1e3:.2f} ms,"
-            f" GPU {gpu * 1e3:.2f} ms",
+            f"== {args.task}: decode {modes[1]} {seconds[modes[0]] / seconds[modes[1]]:.2f}x"
+            f" decode {modes[0]}; generated strings differing: {differ} of {len(requests)}",
             flush=True,
         )
+        for mode in modes:
+            lm.decode = mode
+            print(f"== profile, decode {mode}", flush=True)
+            profile_table(lm, requests, args.device, args.table_rows)
+    for mode in modes:
+        lm.decode = mode
+        for rows in (int(r) for r in args.rows.split(",")):
+            wall, gpu = step_seconds(lm, rows, args.prompt_len, args.steps, args.device)
+            print(
+                f"== decode step ({mode}), {rows} rows after {args.prompt_len} tokens:"
+                f" wall {wall * 1e3:.2f} ms, GPU {gpu * 1e3:.2f} ms",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

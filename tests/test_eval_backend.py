@@ -264,10 +264,13 @@ def _run(lm, name: str, folder: Path, seed: int = 0) -> list[dict]:
     return sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
-def assert_task_parity(model, tok, tasks, n: int, max_length: int, check_every: int = 1) -> None:
+def assert_task_parity(
+    model, tok, tasks, n: int, max_length: int, check_every: int = 1, decode: str | None = None
+) -> None:
     harness, ours = backends(model, tok, batch_size=4, max_length=max_length)
     assert ours.reuse_cache, ours.reuse_reason
     ours.check_every = check_every
+    ours.decode = decode or ours.decode
     with ev._offline(), tempfile.TemporaryDirectory() as tmp:
         for name in tasks:
             folder = Path(tmp) / name
@@ -326,6 +329,78 @@ def test_generation_read_back_in_blocks_is_the_harness_generation(
     generation = ["triviaqa_em", "nq_open_em"]  # the generation tasks of TASKS
     model = tiny_causal_lm(model_type, len(tok))
     assert_task_parity(model, tok, generation, n=6, max_length=128, check_every=3)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_generation_on_a_static_cache_is_the_harness_generation(
+    model_type, tok, data_dir, tiny_causal_lm
+):
+    """``decode="static"`` (the step a CUDA graph replays, run eagerly here) against HFLM on
+    the generation tasks, rows finishing at different steps while the batch keeps them."""
+    model = tiny_causal_lm(model_type, len(tok))
+    assert_task_parity(
+        model, tok, ["triviaqa_em", "nq_open_em"], n=6, max_length=128, decode="static"
+    )
+
+
+@pytest.mark.parametrize("model_type", sorted(REUSE_ARCHITECTURES))
+def test_static_decode_steps_equal_dynamic_ones_every_reuse_architecture(
+    model_type, tok, tiny_causal_lm
+):
+    """The same greedy tokens and (within float32 rounding) logits from a ``StaticCache`` with
+    an explicit mask as from the growing ``DynamicCache``, on left-padded prompts of several
+    lengths, on every architecture that reuses caches."""
+    from avsslib.eval_greedy import DynamicSteps, StaticSteps
+    from avsslib.kv_cache import pad_ids
+
+    model = tiny_causal_lm(model_type, 128)
+    _, ours = backends(model, tok, batch_size=3, max_length=64)
+    rnd = random.Random(1)
+    prompts = [[rnd.randrange(3, 128) for _ in range(n)] for n in (9, 4, 1, 7)]
+    runs = []
+    for static in (False, True):
+        width = max(map(len, prompts))
+        mask = pad_ids([[1] * len(p) for p in prompts], width, 0, left=True)
+        cache = ours._new_cache()
+        logits = ours._forward(
+            input_ids=pad_ids(prompts, width, 0, left=True),
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
+            cache=cache,
+        ).logits[:, -1]
+        steps = (
+            StaticSteps(ours, cache, mask, mask.sum(-1), 6, graph=False)
+            if static
+            else DynamicSteps(ours, cache, mask, mask.sum(-1))
+        )
+        seen = []
+        for _ in range(5):
+            tokens = logits.argmax(-1)
+            seen.append((tokens, logits.clone()))
+            logits = steps(tokens)
+        runs.append(seen)
+    for (ta, la), (tb, lb) in zip(*runs, strict=True):
+        assert torch.equal(ta, tb), model_type
+        assert torch.allclose(la, lb, atol=1e-5, rtol=1e-4), (model_type, (la - lb).abs().max())
+
+
+def test_default_decode_is_a_graph_on_cuda_sdpa_only(tiny_causal_lm):
+    from avsslib.eval_greedy import default_decode
+
+    model = tiny_causal_lm("llama", 128)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    model.config._attn_implementation = "sdpa"
+    assert default_decode(model, cuda, mixed_precision=False) == "graph"
+    assert default_decode(model, cpu, mixed_precision=False) == "dynamic"
+    assert default_decode(model, cuda, mixed_precision=True) == "dynamic"
+    model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+    assert default_decode(model, cuda, mixed_precision=False) == "dynamic"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_decode_is_the_harness_generation_on_cuda(tok, data_dir, tiny_causal_lm):
+    model = tiny_causal_lm("llama", len(tok)).cuda()
+    assert_task_parity(model, tok, ["triviaqa_em"], n=6, max_length=128, decode="graph")
 
 
 @pytest.mark.slow
