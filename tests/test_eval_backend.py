@@ -24,6 +24,7 @@ import torch
 import avsslib.evaluate as ev
 from avsslib.errors import ConfigError
 from avsslib.eval_backend import REUSE_ARCHITECTURES, CachedLM, common_prefix, select_rows
+from avsslib.eval_greedy import GRAPH_ARCHITECTURES
 from avsslib.evaluate import TASKS
 
 HARNESS_TASKS = [t for t, s in TASKS.items() if s.runner == "harness"]
@@ -343,13 +344,13 @@ def test_generation_on_a_static_cache_is_the_harness_generation(
     )
 
 
-@pytest.mark.parametrize("model_type", sorted(REUSE_ARCHITECTURES))
-def test_static_decode_steps_equal_dynamic_ones_every_reuse_architecture(
+@pytest.mark.parametrize("model_type", sorted(GRAPH_ARCHITECTURES))
+def test_static_decode_steps_equal_dynamic_ones_every_graph_architecture(
     model_type, tok, tiny_causal_lm
 ):
     """The same greedy tokens and (within float32 rounding) logits from a ``StaticCache`` with
     an explicit mask as from the growing ``DynamicCache``, on left-padded prompts of several
-    lengths, on every architecture that reuses caches."""
+    lengths, before and after dropping rows, on every architecture a graph may decode."""
     from avsslib.eval_greedy import DynamicSteps, StaticSteps
     from avsslib.kv_cache import pad_ids
 
@@ -374,7 +375,12 @@ def test_static_decode_steps_equal_dynamic_ones_every_reuse_architecture(
             else DynamicSteps(ours, cache, mask, mask.sum(-1))
         )
         seen = []
-        for _ in range(5):
+        for step in range(5):
+            if step == 3:  # rows 1 and 2 finished: both ways drop them
+                assert steps.shrink(2, 4)
+                index = torch.tensor([0, 3])
+                steps.keep(index)
+                logits = logits[index]
             tokens = logits.argmax(-1)
             seen.append((tokens, logits.clone()))
             logits = steps(tokens)
@@ -395,6 +401,7 @@ def test_default_decode_is_a_graph_on_cuda_sdpa_only(tiny_causal_lm):
     assert default_decode(model, cuda, mixed_precision=True) == "dynamic"
     model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
     assert default_decode(model, cuda, mixed_precision=False) == "dynamic"
+    assert GRAPH_ARCHITECTURES <= REUSE_ARCHITECTURES
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
