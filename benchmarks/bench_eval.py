@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument(
+        "--decode",
+        choices=("dynamic", "static", "graph"),
+        help="how our greedy steps run (CachedLM.decode; default: its choice for the device)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length
     )
     ours = CachedLM(model, tok, batch_size=args.batch_size, max_length=args.max_length)
+    ours.decode = args.decode or ours.decode
+    print(f"our greedy decode steps: {ours.decode}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, ev._offline():
         for k, name in enumerate(tasks):
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "max_length": args.max_length,
                 "cache_reuse": ours.reuse_cache,
+                "decode": ours.decode,
                 "max_batch_tokens": ours.max_batch_tokens,
                 "versions": {
                     "torch": torch.__version__,

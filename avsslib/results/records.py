@@ -173,7 +173,9 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
     capped at its size), the TruthfulQA MC1 ratio (harness / ours, ``x``), the study task set's
     seconds under each backend and their ratio, the most a backend batching as ours could gain
     there (harness / floor), the largest absolute log-likelihood difference over all tasks, and
-    whether the tokenizers library could use several threads (``TOKENIZERS_PARALLELISM``)."""
+    whether the tokenizers library could use several threads (``TOKENIZERS_PARALLELISM``), and
+    how our greedy decoding steps ran (``decode``: ``dynamic`` in files that do not say, all
+    written before the other ways existed; ``graph``, replayed as a CUDA graph)."""
     rows = []
     for path in sorted((Path(root) / "bench").glob("bench_eval_*.json")):
         data = _read_json(path)
@@ -196,6 +198,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 else math.nan,
                 "largest |dLL|": max(diffs, default=math.nan),
                 "tokenizer threads": _tokenizer_threads(data),
+                "decode": data.get("decode", "dynamic"),
             }
         )
     return _oldest_first(rows)
