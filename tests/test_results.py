@@ -678,6 +678,33 @@ def test_bench_eval_sentence_groups_a_sitting_by_tokenizer_threads(tmp_path):
     assert "The harness itself" not in sentence
 
 
+def test_bench_eval_names_the_way_greedy_steps_ran(tmp_path):
+    """Files without ``decode`` read as ``dynamic``; a CUDA-graph run says so in its sitting's
+    head, and the spread over runs is given per way."""
+    (tmp_path / "bench").mkdir()
+    for hour, ratio, decode in ((10, 4.0, None), (11, 5.0, None), (12, 7.0, "graph")):
+        data = {
+            "date": f"2026-12-07T{hour}:00:00+00:00",
+            "device": "cuda: NVIDIA H100 80GB HBM3",
+            "model": "smollm2-135m",
+            "n": 1000,
+            "tokenizers_parallelism": None,
+            "tasks": [{"task": "truthfulqa_mc1", "ratio": 6.0, "max_abs_ll_diff": 1e-4}],
+            "study": {"harness_s": 40.0, "ours_s": 40.0 / ratio, "ratio": ratio, "floor_s": 5.0},
+        }
+        if decode:
+            data["decode"] = decode
+        (tmp_path / "bench" / f"bench_eval_smol_{hour}.json").write_text(json.dumps(data))
+    table = R.bench_eval(tmp_path)
+    assert list(table["decode"]) == ["dynamic", "dynamic", "graph"]
+    sentence = R.bench_eval_sentence(table)
+    assert "tokenizer threads on, greedy steps as a CUDA graph, 2026-12-07 12:00 UTC)" in sentence
+    assert (
+        "the study's task set ran 4 to 5 times faster than with `HFLM` with the greedy steps on a "
+        "growing cache (2 runs) and 7 times with the steps as a CUDA graph (1 run)."
+    ) in sentence
+
+
 def test_bench_plumbing_reads_each_measurement(tmp_path):
     (tmp_path / "bench").mkdir()
 

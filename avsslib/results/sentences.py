@@ -233,6 +233,16 @@ _THREADS = {
 }
 
 
+_DECODE = {"graph": "greedy steps as a CUDA graph, ", "static": "greedy steps on a static cache, "}
+"""How a benchmark row's greedy steps ran, in its sentence's head (nothing for ``dynamic``)."""
+
+_DECODE_WAYS = {
+    "dynamic": "with the greedy steps on a growing cache",
+    "static": "on a static cache",
+    "graph": "with the steps as a CUDA graph",
+}
+
+
 def bench_eval_sentence(table: pd.DataFrame) -> str:
     """The evaluation benchmarks (:func:`avsslib.results.bench_eval`) in words: for the latest
     CPU run, and for each model's latest GPU sitting (its runs on that device within
@@ -279,11 +289,13 @@ def _bench_sitting(runs: pd.DataFrame) -> str:
     first, last = runs.iloc[0], runs.iloc[-1]
     device = "the 2-core CPU" if last.device == "cpu" else f"an {last.device}"
     model = "" if last.device == "cpu" or last.model == "–" else f"{last.model}, "
+    decode = _DECODE.get(str(last.get("decode", "dynamic")), "")
     if len(runs) == 1:
         threads = last["tokenizer threads"]
-        when = (f"tokenizer threads {threads}, " if threads != "–" else "") + f"{last.date} UTC"
+        when = (f"tokenizer threads {threads}, " if threads != "–" else "") + decode
+        when += f"{last.date} UTC"
     else:
-        when = f"{len(runs)} runs one after another, {first.date} to {last.date[-5:]} UTC"
+        when = f"{len(runs)} runs one after another, {decode}{first.date} to {last.date[-5:]} UTC"
     head = f"On {device} ({model}up to {plural(int(last.questions), 'question')} per task, {when}),"
     groups = list(runs.groupby("tokenizer threads", sort=True)) if len(runs) > 1 else [("", runs)]
     said = []
@@ -299,8 +311,9 @@ def _bench_sitting(runs: pd.DataFrame) -> str:
 
 def _gpu_spread(runs: pd.DataFrame) -> str:
     """The range of the study set's ratio over one model's GPU runs at its largest size with
-    the tokenizer threads on (the library's default), where there are several: runs on
-    different nodes and days differ more than runs within a sitting."""
+    the tokenizer threads on (the library's default), where there are several, per way of
+    running the greedy steps: runs on different nodes and days differ more than runs within
+    a sitting."""
     from avsslib.plots import plural
 
     runs = runs[
@@ -309,10 +322,21 @@ def _gpu_spread(runs: pd.DataFrame) -> str:
     if len(runs) < 2:
         return ""
     last = runs.iloc[-1]
+    ways = list(runs.groupby("decode", sort=False))
+    said = [
+        f"{_span(rows['study x'])} times"
+        + (" faster than with `HFLM`" if i == 0 else "")
+        + (
+            f" {_DECODE_WAYS.get(str(way), str(way))} ({plural(len(rows), 'run')})"
+            if len(ways) > 1
+            else ""
+        )
+        for i, (way, rows) in enumerate(ways)
+    ]
     return (
         f" Over the {plural(len(runs), 'GPU run')} of {last.model} at up to "
         f"{plural(int(last.questions), 'question')} per task with the tokenizer threads on, the "
-        f"study's task set ran {_span(runs['study x'])} times faster than with `HFLM`."
+        f"study's task set ran {' and '.join(said)}."
     )
 
 
