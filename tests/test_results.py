@@ -703,6 +703,18 @@ def test_bench_eval_names_the_way_greedy_steps_ran(tmp_path):
         "the study's task set ran 4 to 5 times faster than with `HFLM` with the greedy steps on a "
         "growing cache (2 runs) and 7 times with the steps as a CUDA graph (1 run)."
     ) in sentence
+    # a sitting that compares the two ways: one group each, the threads said once in the head
+    later = json.loads((tmp_path / "bench" / "bench_eval_smol_12.json").read_text())
+    later["date"], later["decode"] = "2026-12-07T12:02:00+00:00", "dynamic"
+    later["study"] = {**later["study"], "ratio": 6.0}
+    (tmp_path / "bench" / "bench_eval_smol_12b.json").write_text(json.dumps(later))
+    sentence = R.bench_eval_sentence(R.bench_eval(tmp_path))
+    assert (
+        "(SmolLM2-135M, up to 1,000 questions per task, 2 runs one after another, tokenizer "
+        "threads on, 2026-12-07 12:00 to 12:02 UTC), with the greedy steps on a growing cache, "
+        "TruthfulQA MC1 ran 6 times faster than with `HFLM` and the study's task set 6 times, "
+        "where at most 8 was possible; with them as a CUDA graph, TruthfulQA MC1 ran 6 times"
+    ) in sentence
 
 
 def test_bench_plumbing_reads_each_measurement(tmp_path):

@@ -236,6 +236,16 @@ _THREADS = {
 _DECODE = {"graph": "greedy steps as a CUDA graph, ", "static": "greedy steps on a static cache, "}
 """How a benchmark row's greedy steps ran, in its sentence's head (nothing for ``dynamic``)."""
 
+_SITTING_LABELS = {
+    "tokenizer threads": _THREADS,
+    "decode": {
+        "dynamic": "with the greedy steps on a growing cache",
+        "static": "with them on a static cache",
+        "graph": "with them as a CUDA graph",
+    },
+}
+"""How a group of runs within a sitting is named, per column that differs (sorted values)."""
+
 _DECODE_WAYS = {
     "dynamic": "with the greedy steps on a growing cache",
     "static": "on a static cache",
@@ -283,25 +293,29 @@ def _span(values: Iterable[float]) -> str:
 
 
 def _bench_sitting(runs: pd.DataFrame) -> str:
-    """One sentence for benchmark rows of one device (and model): what ran, then the ratios."""
+    """One sentence for benchmark rows of one device (and model): what ran, then the ratios,
+    per tokenizer-thread setting and way of decoding where these differ within the rows."""
     from avsslib.plots import plural
 
     first, last = runs.iloc[0], runs.iloc[-1]
     device = "the 2-core CPU" if last.device == "cpu" else f"an {last.device}"
     model = "" if last.device == "cpu" or last.model == "–" else f"{last.model}, "
-    decode = _DECODE.get(str(last.get("decode", "dynamic")), "")
+    varying = [c for c in _SITTING_LABELS if runs[c].nunique() > 1]
+    same = "" if "decode" in varying else _DECODE.get(str(last["decode"]), "")
+    if "tokenizer threads" not in varying and last["tokenizer threads"] != "–":
+        same = f"tokenizer threads {last['tokenizer threads']}, {same}"
     if len(runs) == 1:
-        threads = last["tokenizer threads"]
-        when = (f"tokenizer threads {threads}, " if threads != "–" else "") + decode
-        when += f"{last.date} UTC"
+        when = f"{same}{last.date} UTC"
     else:
-        when = f"{len(runs)} runs one after another, {decode}{first.date} to {last.date[-5:]} UTC"
+        when = f"{len(runs)} runs one after another, {same}{first.date} to {last.date[-5:]} UTC"
     head = f"On {device} ({model}up to {plural(int(last.questions), 'question')} per task, {when}),"
-    groups = list(runs.groupby("tokenizer threads", sort=True)) if len(runs) > 1 else [("", runs)]
+    groups = list(runs.groupby(varying, sort=True)) if varying else [((), runs)]
     said = []
-    for setting, rows in groups:
+    for key, rows in groups:
+        values = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(_SITTING_LABELS[c][str(v)] for c, v in zip(varying, values, strict=True))
         said.append(
-            (f"{_THREADS[setting]}, " if setting else "")
+            (f"{label}, " if label else "")
             + f"TruthfulQA MC1 ran {_span(rows['TruthfulQA MC1 x'])} times faster than with "
             f"`HFLM` and the study's task set {_span(rows['study x'])} times, where at most "
             f"{_span(rows['study: at most x'])} was possible"
