@@ -33,10 +33,12 @@ everything else (tokenisation rules, request plumbing, chat templates, caching h
     ``tok_batch_encode`` would tokenise each alone (so the ``has_bos_prefix`` rule applies to
     each prompt, not to the first prompt of a harness batch; one tokenizer call for all,
     :func:`~avsslib.eval_encoding.encode_prompts`), left truncated to ``max_length -
-    max_gen_toks``, left padded, and decoded greedily with a ``DynamicCache``. A sequence leaves
-    the batch as soon as it emits one of the model's EOS ids or its decoded text contains a stop
-    string, or after ``max_gen_toks`` tokens; its text is decoded and cut at the first stop string
-    exactly as the harness does. Because the harness also cuts at the first stop string, the
+    max_gen_toks``, left padded, and decoded greedily: the prompts on a ``DynamicCache``, the
+    steps after them on it too or, on a GPU, as a replayed CUDA graph on a ``StaticCache``
+    (``CachedLM.decode``). A sequence is done as soon as it emits one of the model's EOS ids or
+    its decoded text contains a stop string, or after ``max_gen_toks`` tokens, and leaves the
+    batch (on a static cache, once half the batch is done); its text is decoded and cut at the
+    first stop string exactly as the harness does. Because the harness also cuts at the first stop string, the
     tokens it keeps generating for a finished row (until every row of its batch is done) never
     change the answer. Rows per batch follow a token budget rather than ``batch_size``, so far
     more rows run at once (decoding is memory-bound).
