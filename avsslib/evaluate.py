@@ -338,6 +338,7 @@ def _backend_protocol(lm: Any, backend: str) -> dict[str, Any]:
     if backend == "avsslib":
         out["cache_reuse"] = lm.reuse_cache
         out["cache_reuse_reason"] = lm.reuse_reason
+        out["greedy_decode"] = lm.decode  # how generation steps ran: depends on the device
     return out
 
 

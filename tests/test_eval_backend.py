@@ -429,6 +429,7 @@ def test_evaluate_records_backend_and_rejects_unknown(tok, data_dir, tiny_causal
     }
     assert runs["avsslib"].tasks["sciq_mc"].protocol["model_backend"] == "avsslib"
     assert runs["avsslib"].tasks["sciq_mc"].protocol["cache_reuse"] is True
+    assert runs["avsslib"].tasks["sciq_mc"].protocol["greedy_decode"] == "dynamic"  # on a CPU
     assert runs["harness"].tasks["sciq_mc"].protocol["model_backend"] == "harness"
     for m in ("acc", "acc_norm"):
         assert np.array_equal(

@@ -56,6 +56,7 @@ VOLATILE_KEYS = {
     "end",
     "device",
     "devices",
+    "greedy_decode",  # follows the device (a CUDA graph on a GPU)
     "threads",
     "avsslib_commit",
     "started",
