@@ -164,8 +164,10 @@ class CachedLM(BatchedEncoding):
             "cache" if "cache" in params else "past_key_values"
         )  # transformers 5 renames it
         # how greedy decoding steps run (``eval_greedy``): a CUDA graph of the step on a GPU
-        self.decode = default_decode(
-            self.model, self.device, self.mixed_precision_dtype is not None
+        self.decode = (
+            default_decode(self.model, self.device, self.mixed_precision_dtype is not None)
+            if self.reuse_cache
+            else "dynamic"
         )
 
     # ------------------------------------------------------------ plumbing

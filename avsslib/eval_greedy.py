@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from avsslib.errors import ConfigError
 from avsslib.kv_cache import REUSE_ARCHITECTURES, pad_ids
 
 DECODE_MODES = ("dynamic", "static", "graph")
@@ -65,24 +66,38 @@ GRAPH_ARCHITECTURES = frozenset(REUSE_ARCHITECTURES - {"gptj"})
 reads such a mask otherwise)."""
 
 
-def default_decode(model: Any, device: torch.device, mixed_precision: bool) -> str:
-    """``"graph"`` on CUDA for an ``sdpa`` model of :data:`GRAPH_ARCHITECTURES` in its own dtype
-    whose rotary embedding does
-    not rescale with the positions it sees (a ``dynamic`` or ``longrope`` one reads them on the
-    host, which a graph cannot replay); ``"dynamic"`` otherwise."""
+def static_decode_support(model: Any) -> tuple[bool, str]:
+    """Whether ``model``'s decode steps may run on a ``StaticCache`` with a boolean 4-D mask
+    (``decode="static"`` or ``"graph"``): ``(ok, reason)``. Needs a model type of
+    :data:`GRAPH_ARCHITECTURES`, ``sdpa`` attention (eager attention adds the mask to its
+    scores, so a boolean mask would mask nothing), full-attention cache layers only (a sliding
+    window layer keeps fewer columns than the mask) and a rotary embedding that does not rescale
+    with the positions it sees (``dynamic`` and ``longrope`` may read them on the host, which a
+    graph cannot replay)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
     config = model.config
+    if config.model_type not in GRAPH_ARCHITECTURES:
+        return False, f"model type {config.model_type!r} is not among GRAPH_ARCHITECTURES"
+    impl = getattr(config, "_attn_implementation", None)
+    if impl != "sdpa":
+        return False, f"attention implementation {impl!r} (a static step needs sdpa)"
+    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=config).layers):
+        return False, "sliding-window or hybrid cache layers"
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = (
         str(rope.get("rope_type", rope.get("type", "default"))) if isinstance(rope, dict) else ""
     )
-    if (
-        device.type == "cuda"
-        and config.model_type in GRAPH_ARCHITECTURES
-        and getattr(config, "_attn_implementation", None) == "sdpa"
-        and not mixed_precision
-        and "dynamic" not in rope_type
-        and "longrope" not in rope_type
-    ):
+    if "dynamic" in rope_type or "longrope" in rope_type:
+        return False, f"rotary scaling {rope_type!r}"
+    return True, "a static cache with an explicit mask"
+
+
+def default_decode(model: Any, device: torch.device, mixed_precision: bool) -> str:
+    """``"graph"`` on CUDA for a model in its own dtype that :func:`static_decode_support`
+    accepts; ``"dynamic"`` otherwise (on a CPU a step's cost is its compute)."""
+    if device.type == "cuda" and not mixed_precision and static_decode_support(model)[0]:
         return "graph"
     return "dynamic"
 
@@ -247,6 +262,12 @@ def greedy_tokens(
         **lm._keep_last,
     ).logits[:, -1]
     decode = getattr(lm, "decode", "dynamic")
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"decode = {decode!r}: choose one of {', '.join(DECODE_MODES)}.")
+    if decode != "dynamic":
+        ok, why = static_decode_support(lm.model)
+        if not ok:
+            raise ConfigError(f"decode = {decode!r} cannot run on this model: {why}.")
     steps: DynamicSteps | StaticSteps = (
         DynamicSteps(lm, cache, mask, mask.sum(-1))
         if decode == "dynamic" or max_gen == 1

@@ -391,17 +391,105 @@ def test_static_decode_steps_equal_dynamic_ones_every_graph_architecture(
 
 
 def test_default_decode_is_a_graph_on_cuda_sdpa_only(tiny_causal_lm):
-    from avsslib.eval_greedy import default_decode
+    from avsslib.eval_greedy import default_decode, static_decode_support
 
-    model = tiny_causal_lm("llama", 128)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    model = tiny_causal_lm("llama", 128)
     model.config._attn_implementation = "sdpa"
     assert default_decode(model, cuda, mixed_precision=False) == "graph"
     assert default_decode(model, cpu, mixed_precision=False) == "dynamic"
     assert default_decode(model, cuda, mixed_precision=True) == "dynamic"
+    model.config._attn_implementation = "eager"  # adds the mask to its scores
+    assert default_decode(model, cuda, mixed_precision=False) == "dynamic"
+    model.config._attn_implementation = "sdpa"
     model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
     assert default_decode(model, cuda, mixed_precision=False) == "dynamic"
-    assert GRAPH_ARCHITECTURES <= REUSE_ARCHITECTURES
+    gptj = tiny_causal_lm("gptj", 128)
+    gptj.config._attn_implementation = "sdpa"
+    assert static_decode_support(gptj) == (
+        False,
+        "model type 'gptj' is not among GRAPH_ARCHITECTURES",
+    )
+    window = tiny_causal_lm(
+        "qwen2", 128, use_sliding_window=True, sliding_window=8, max_window_layers=0
+    )
+    window.config._attn_implementation = "sdpa"
+    assert static_decode_support(window)[1] == "sliding-window or hybrid cache layers"
+
+
+def test_a_static_decode_the_model_cannot_run_is_refused(tok, data_dir, tiny_causal_lm):
+    """A static step on eager attention would mask nothing: asking for one is an error, as is
+    an unknown way of decoding."""
+    from avsslib.eval_greedy import greedy_tokens
+
+    model = tiny_causal_lm("llama", len(tok))
+    _, ours = backends(model, tok, batch_size=2, max_length=64)
+    model.config._attn_implementation = "eager"
+    ours.decode = "static"
+    with pytest.raises(ConfigError, match="sdpa"):
+        greedy_tokens(ours, [[5, 6, 7]], ["\n"], 4)
+    model.config._attn_implementation = "sdpa"
+    ours.decode = "compiled"
+    with pytest.raises(ConfigError, match="dynamic, static, graph"):
+        greedy_tokens(ours, [[5, 6, 7]], ["\n"], 4)
+
+
+def test_graph_bookkeeping_with_an_emulated_graph(monkeypatch, tok, data_dir, tiny_causal_lm):
+    """The ``graph`` path on the CPU, with ``torch.cuda``'s graph replaced by an emulation that
+    keeps a real graph's semantics: capture runs nothing and returns an output buffer, replay
+    runs the step on the tensors captured (not the step object's current ones) and writes that
+    buffer. Held to HFLM on the generation tasks, it checks the eager first step, the capture,
+    the aliased output, and the new capture after finished rows are dropped."""
+    import contextlib
+
+    from avsslib.eval_greedy import StaticSteps
+
+    capturing: list = []
+    captures = []
+
+    class Graph:
+        def replay(self):
+            self.out.copy_(self.run())
+
+    @contextlib.contextmanager
+    def graph(g):
+        capturing.append(g)
+        yield
+        capturing.pop()
+
+    real_step = StaticSteps._step
+
+    def step(self):
+        if not capturing:
+            return real_step(self)
+        g = capturing[-1]
+        ids, pos, mask, cache = self.ids, self.pos, self.mask, self.cache  # the "addresses"
+        g.run = lambda: self.lm._forward(
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache
+        ).logits[:, -1]
+        g.out = torch.full((ids.shape[0], self.lm.model.config.vocab_size), float("nan"))
+        captures.append(ids.shape[0])
+        return g.out
+
+    real_keep, kept = StaticSteps.keep, []
+
+    def keep(self, index):
+        kept.append(len(index))
+        real_keep(self, index)
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(StaticSteps, "_step", step)
+    monkeypatch.setattr(StaticSteps, "keep", keep)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    model = tiny_causal_lm("llama", len(tok))
+    assert_task_parity(
+        model, tok, ["triviaqa_em", "nq_open_em"], n=6, max_length=128, decode="graph"
+    )
+    assert kept and set(kept) <= set(captures), (kept, captures)  # captured anew after dropping
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -713,7 +713,8 @@ def test_bench_eval_names_the_way_greedy_steps_ran(tmp_path):
         "(SmolLM2-135M, up to 1,000 questions per task, 2 runs one after another, tokenizer "
         "threads on, 2026-12-07 12:00 to 12:02 UTC), with the greedy steps on a growing cache, "
         "TruthfulQA MC1 ran 6 times faster than with `HFLM` and the study's task set 6 times, "
-        "where at most 8 was possible; with them as a CUDA graph, TruthfulQA MC1 ran 6 times"
+        "where at most 8 was possible; with the greedy steps as a CUDA graph, TruthfulQA MC1 ran 6 "
+        "times"
     ) in sentence
 
 

@@ -198,7 +198,7 @@ def bench_eval(root: str | Path) -> pd.DataFrame:
                 else math.nan,
                 "largest |dLL|": max(diffs, default=math.nan),
                 "tokenizer threads": _tokenizer_threads(data),
-                "decode": data.get("decode", "dynamic"),
+                "decode": data.get("decode") or "dynamic",
             }
         )
     return _oldest_first(rows)

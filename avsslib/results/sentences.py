@@ -240,8 +240,8 @@ _SITTING_LABELS = {
     "tokenizer threads": _THREADS,
     "decode": {
         "dynamic": "with the greedy steps on a growing cache",
-        "static": "with them on a static cache",
-        "graph": "with them as a CUDA graph",
+        "static": "with the greedy steps on a static cache",
+        "graph": "with the greedy steps as a CUDA graph",
     },
 }
 """How a group of runs within a sitting is named, per column that differs (sorted values)."""
@@ -309,11 +309,13 @@ def _bench_sitting(runs: pd.DataFrame) -> str:
     else:
         when = f"{len(runs)} runs one after another, {same}{first.date} to {last.date[-5:]} UTC"
     head = f"On {device} ({model}up to {plural(int(last.questions), 'question')} per task, {when}),"
-    groups = list(runs.groupby(varying, sort=True)) if varying else [((), runs)]
+    groups = list(runs.groupby(varying, sort=True, dropna=False)) if varying else [((), runs)]
     said = []
     for key, rows in groups:
         values = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(_SITTING_LABELS[c][str(v)] for c, v in zip(varying, values, strict=True))
+        label = ", ".join(
+            _SITTING_LABELS[c].get(str(v), f"{c} {v}") for c, v in zip(varying, values, strict=True)
+        )
         said.append(
             (f"{label}, " if label else "")
             + f"TruthfulQA MC1 ran {_span(rows['TruthfulQA MC1 x'])} times faster than with "
@@ -336,7 +338,7 @@ def _gpu_spread(runs: pd.DataFrame) -> str:
     if len(runs) < 2:
         return ""
     last = runs.iloc[-1]
-    ways = list(runs.groupby("decode", sort=False))
+    ways = list(runs.groupby("decode", sort=False, dropna=False))
     said = [
         f"{_span(rows['study x'])} times"
         + (" faster than with `HFLM`" if i == 0 else "")
