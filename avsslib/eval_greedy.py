@@ -238,6 +238,29 @@ class StaticSteps:
         self._graph = self._logits = None
 
 
+def checked_decode(lm: Any) -> str:
+    """``lm.decode`` (``"dynamic"`` if unset), once it is known and the model can run it;
+    else a ``ConfigError`` that says why."""
+    decode = getattr(lm, "decode", "dynamic")
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"decode = {decode!r}: choose one of {', '.join(DECODE_MODES)}.")
+    if decode != "dynamic":
+        ok, why = static_decode_support(lm.model)
+        if not ok:
+            raise ConfigError(f"decode = {decode!r} cannot run on this model: {why}.")
+    return decode
+
+
+def decode_steps(
+    lm: Any, cache: Any, mask: torch.Tensor, max_gen: int, decode: str
+) -> DynamicSteps | StaticSteps:
+    """The decode steps after a prefill into ``cache`` of the rows ``mask`` (left padded) marks,
+    run as ``decode`` (:func:`checked_decode`) says, with room for ``max_gen`` tokens."""
+    if decode == "dynamic" or max_gen == 1:
+        return DynamicSteps(lm, cache, mask, mask.sum(-1))
+    return StaticSteps(lm, cache, mask, mask.sum(-1), max_gen, graph=decode == "graph")
+
+
 def greedy_tokens(
     lm: Any, prompts: list[list[int]], until: list[str], max_gen: int
 ) -> list[list[int]]:
@@ -250,6 +273,7 @@ def greedy_tokens(
     GPU runs; a row that finished inside a block (or, on a static cache, at any time before the
     last row) has run on, and its tokens after its first EOS id are dropped (the harness's
     batches run finished rows on the same way, and cut the text at the first stop string)."""
+    decode = checked_decode(lm)
     width = max(len(p) for p in prompts)
     mask = lm._to_device(pad_ids([[1] * len(p) for p in prompts], width, 0, left=True))
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -261,18 +285,7 @@ def greedy_tokens(
         cache=cache,
         **lm._keep_last,
     ).logits[:, -1]
-    decode = getattr(lm, "decode", "dynamic")
-    if decode not in DECODE_MODES:
-        raise ConfigError(f"decode = {decode!r}: choose one of {', '.join(DECODE_MODES)}.")
-    if decode != "dynamic":
-        ok, why = static_decode_support(lm.model)
-        if not ok:
-            raise ConfigError(f"decode = {decode!r} cannot run on this model: {why}.")
-    steps: DynamicSteps | StaticSteps = (
-        DynamicSteps(lm, cache, mask, mask.sum(-1))
-        if decode == "dynamic" or max_gen == 1
-        else StaticSteps(lm, cache, mask, mask.sum(-1), max_gen, graph=decode == "graph")
-    )
+    steps = decode_steps(lm, cache, mask, max_gen, decode)
     del cache
     ends_at = eos_ids(lm.model)
     stops = [s for s in until if s]

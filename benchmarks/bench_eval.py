@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 import avsslib
+from avsslib.eval_greedy import DECODE_MODES
 
 STUDY_TASKS = ("wikitext2_ppl", "sst2", "sciq_mc", "triviaqa_em")
 DEFAULT_TASKS = ("truthfulqa_mc1", "sst2", "sciq_mc", "triviaqa_em")
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument(
         "--decode",
-        choices=("dynamic", "static", "graph"),
+        choices=DECODE_MODES,
         help="how our greedy steps run (CachedLM.decode; default: its choice for the device)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")

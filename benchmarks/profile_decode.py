@@ -37,7 +37,7 @@ from profile_eval import _sync  # noqa: E402
 
 import avsslib.evaluate as ev  # noqa: E402
 from avsslib.eval_backend import CachedLM  # noqa: E402
-from avsslib.eval_greedy import DynamicSteps, StaticSteps  # noqa: E402
+from avsslib.eval_greedy import checked_decode, decode_steps  # noqa: E402
 from avsslib.models import load_model  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def step_seconds(
 ) -> tuple[float, float]:
     """Median wall and GPU seconds (GPU: NaN off CUDA) of one decode step of ``rows`` rows,
     each after a prefill of ``prompt_len`` tokens, over ``steps`` steps, the steps run as
-    ``lm.decode`` says (``eval_greedy``'s ``DynamicSteps`` or ``StaticSteps``; a graph's capture
+    ``lm.decode`` says (``eval_greedy.decode_steps``; a graph's capture
     is in its second step, so the first two are not timed)."""
     ids = torch.randint(100, 1000, (rows, prompt_len))
     mask = lm._to_device(torch.ones(rows, prompt_len, dtype=torch.long))
@@ -54,12 +54,7 @@ def step_seconds(
     logits = lm._forward(
         input_ids=lm._to_device(ids), attention_mask=mask, cache=cache, **lm._keep_last
     ).logits[:, -1]
-    position = mask.sum(-1)
-    decode: DynamicSteps | StaticSteps = (
-        DynamicSteps(lm, cache, mask, position)
-        if lm.decode == "dynamic"
-        else StaticSteps(lm, cache, mask, position, steps + 2, graph=lm.decode == "graph")
-    )
+    decode = decode_steps(lm, cache, mask, steps + 2, checked_decode(lm))
     wall: list[float] = []
     gpu: list[float] = []
     cuda = device.startswith("cuda")
