@@ -72,3 +72,62 @@ def test_node_wheels_lists_what_the_node_lacks(tmp_path):
     assert listed["transformers"] == md.version("transformers")
     assert not {"torch", "numpy", "huggingface-hub", "pandas"} & set(listed)
     assert "datasets" in listed and "gguf" in listed
+
+
+def _wheel(folder: Path, name: str) -> None:
+    """A minimal pure-Python wheel of distribution ``name`` (a module of the same name)."""
+    import zipfile
+
+    info = f"{name}-0.1.dist-info"
+    with zipfile.ZipFile(folder / f"{name}-0.1-py3-none-any.whl", "w") as z:
+        z.writestr(f"{name}.py", "X = 1\n")
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="bash tool")
+def test_bundle_joins_checks_and_sets_up(tmp_path):
+    """`bundle`: the carried pieces, joined in name order and checked against their sum, give the
+    wheels (less those the skip glob names), the data and the GGUF files; a wrong sum stops it."""
+    import hashlib
+    import tarfile
+
+    src = tmp_path / "src"
+    for sub in ("whl", "data/sciq", "gguf"):
+        (src / sub).mkdir(parents=True)
+    _wheel(src / "whl", "keepme")
+    _wheel(src / "whl", "dropme")
+    (src / "data" / "sciq" / "a.jsonl").write_text("{}\n")
+    (src / "gguf" / "m.gguf").write_bytes(b"GGUF")
+    blob = tmp_path / "b.tgz"
+    with tarfile.open(blob, "w:gz") as tar:
+        for sub in ("whl", "data", "gguf"):
+            tar.add(src / sub, arcname=sub)
+    data = blob.read_bytes()
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for i, k in enumerate(range(0, len(data), 300)):
+        (stage / f"p.a{chr(97 + i // 26)}{chr(97 + i % 26)}").write_bytes(data[k : k + 300])
+    assert len(list(stage.iterdir())) > 1
+
+    bad = node(tmp_path, "bundle", str(stage), "0" * 64)
+    assert bad.returncode == 3 and "do not add up" in bad.stderr
+    assert list(stage.iterdir())  # pieces kept for another try
+
+    # `setup` ends by importing the evaluation stack: give it this interpreter
+    env_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "bundle", str(stage), hashlib.sha256(data).hexdigest(), "dropme-*"],
+        cwd=ROOT,
+        env={**os.environ, "AVSS_NODE_DIR": str(tmp_path / "node"), "PATH": env_path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    site = tmp_path / "node" / "site"
+    assert (site / "keepme.py").exists() and not (site / "dropme.py").exists()
+    assert (tmp_path / "node" / "data" / "sciq" / "a.jsonl").exists()
+    assert (tmp_path / "node" / "gguf" / "m.gguf").read_bytes() == b"GGUF"
+    assert not list(stage.iterdir())  # pieces removed once joined

@@ -5,6 +5,10 @@
 # Which wheels: `.venv/bin/python tools/node_wheels.py --have NODE_PACKAGES` (then `pip download`).
 #
 #   tools/gpu_node.sh setup WHEELDIR DATADIR   install the wheels into $NODE/site, copy the data
+#   tools/gpu_node.sh bundle STAGE SHA256 [SKIP]  join STAGE/p.* (carried one per call), check the
+#                                              sum, unpack whl/ data/ gguf/, setup (wheels named by
+#                                              the glob SKIP left out, e.g. 'transformers-*'), move
+#                                              the GGUF files to $NODE/gguf
 #   tools/gpu_node.sh piece FILE NAME          append FILE (a piece of a GGUF file) to NAME.part
 #   tools/gpu_node.sh finish NAME SHA256       check the assembled file, then name it NAME
 #   tools/gpu_node.sh start TAG GPU ARGS...    python3 ARGS on GPU (e.g. -m avsslib reproduce ...), detached,
@@ -30,6 +34,16 @@ case $cmd in
       --target "$NODE/site" "$1"/*.whl
     cp -r "$2"/. "$NODE/data/"
     python3 -c "import lm_eval, datasets, gguf, torch; print('lm_eval', lm_eval.__version__, 'torch', torch.__version__, 'gpus', torch.cuda.device_count())" ;;
+  bundle)    # bundle STAGE SHA256 [SKIP]: the pieces of one tar.gz of whl/, data/ and gguf/
+    compgen -G "$1/p.*" > /dev/null || { echo "no pieces $1/p.*: carry them there first" >&2; exit 3; }
+    cat "$1"/p.* > "$NODE/bundle.tgz"
+    echo "$2  $NODE/bundle.tgz" | sha256sum -c - || { echo "pieces in $1 do not add up to $2" >&2; exit 3; }
+    rm -f "$1"/p.*; rm -rf "$NODE/bundle"; mkdir -p "$NODE/bundle"
+    tar xzf "$NODE/bundle.tgz" -C "$NODE/bundle" && rm -f "$NODE/bundle.tgz"
+    if [ -n "${3:-}" ]; then find "$NODE/bundle/whl" -name "$3" -print -delete; fi
+    "$0" setup "$NODE/bundle/whl" "$NODE/bundle/data"
+    if compgen -G "$NODE/bundle/gguf/*.gguf" > /dev/null; then mv "$NODE"/bundle/gguf/*.gguf "$NODE/gguf/"; fi
+    ls -l "$NODE/gguf" ;;
   piece)
     cat "$1" >> "$NODE/gguf/$2.part"; rm -f "$1"; ls -l "$NODE/gguf/" ;;
   finish)
