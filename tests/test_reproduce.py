@@ -472,3 +472,69 @@ def test_execute_runs_the_library_pipeline_under_the_results_lock(tmp_path, monk
     assert seen == [stage.config] and seen[0].out == tmp_path / "m" / "avss"
     with pytest.raises(TypeError, match="no pipeline"):
         rp.execute(rp.Stage("odd", ["odd"], tmp_path / "x", config=rp.replace(rp.SCALES["ci"])))
+
+
+def test_merge_brings_finished_node_stages_in(tmp_path):
+    """reproduce_merge: a finished stage folder from elsewhere replaces its namesake, its
+    reproduce.json entry replaces ours, the summary is written anew; an unfinished folder stays
+    out; a folder of another model is refused."""
+    from avsslib.reproduce_merge import merge_finished_stages
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m" / "mitigation"
+    run = committed / "triviaqa" / "avss-seed0"
+    here = tmp_path / "here" / "smollm2-135m"
+    (here / "mitigation" / "triviaqa").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(run, here / "mitigation" / "triviaqa" / "avss-seed0")
+    (here / "mitigation" / "triviaqa" / "avss-seed0" / "stale.txt").write_text("old")
+    name = "mitigate triviaqa avss seed 0"
+    old_entry = {"status": "done", "wall_s": 1.0, "argv": ["mitigate", "--n-eval", "300"]}
+    kept = {"status": "done", "wall_s": 2.0, "argv": ["study"]}
+    (here / "reproduce.json").write_text(
+        json.dumps(
+            {
+                "model": "smollm2-135m",
+                "devices": ["cpu"],
+                "stages": {name: old_entry, "study": kept},
+            }
+        )
+    )
+    node = tmp_path / "node" / "smollm2-135m"
+    finished = node / "mitigation" / "triviaqa" / "avss-seed0"
+    shutil.copytree(run, finished)
+    metrics = json.loads((finished / "metrics.json").read_text())
+    metrics["change"][0]["after"] = 0.987654
+    (finished / "metrics.json").write_text(json.dumps(metrics))
+    unfinished = node / "mitigation" / "triviaqa" / "eavss-seed0"
+    shutil.copytree(run, unfinished)
+    (unfinished / "reproduce_stage.json").unlink()
+    new_entry = {"status": "done", "wall_s": 50.0, "argv": ["mitigate", "--n-eval", "600"]}
+    failed = {"status": "failed (ConfigError)", "wall_s": 3.0}
+    (node / "reproduce.json").write_text(
+        json.dumps(
+            {
+                "model": "smollm2-135m",
+                "devices": ["NVIDIA H100 80GB HBM3"],
+                "stages": {name: new_entry, "mitigate triviaqa eavss seed 0": failed},
+            }
+        )
+    )
+
+    merged = merge_finished_stages(tmp_path / "node", tmp_path / "here")
+
+    assert merged == [here / "mitigation" / "triviaqa" / "avss-seed0"]
+    assert not (merged[0] / "stale.txt").exists()  # replaced, not overlaid
+    assert not (here / "mitigation" / "triviaqa" / "eavss-seed0").exists()
+    log = json.loads((here / "reproduce.json").read_text())
+    assert log["stages"] == {name: new_entry, "study": kept}
+    assert log["devices"] == ["NVIDIA H100 80GB HBM3", "cpu"]
+    summary = pd.read_csv(here / "mitigation" / "summary.csv")
+    assert summary["after"].iloc[0] == pytest.approx(0.987654)
+
+    (tmp_path / "other" / "smollm2-135m").mkdir(parents=True)
+    (tmp_path / "other" / "smollm2-135m" / "reproduce.json").write_text('{"model": "gpt2"}')
+    with pytest.raises(ConfigError, match="gpt2"):
+        merge_finished_stages(tmp_path / "other", tmp_path / "here")
+    with pytest.raises(ConfigError, match="no <model>/reproduce.json"):
+        merge_finished_stages(tmp_path / "empty", tmp_path / "here")
