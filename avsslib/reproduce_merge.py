@@ -3,8 +3,8 @@ this ``results/`` directory: each finished stage's folder replaces the one of th
 entry replaces the one in ``reproduce.json``, and the mitigation summaries are written anew.
 
 A stage folder is one that holds ``reproduce_stage.json`` (written when a stage finishes, with
-the settings it ran with); folders of unfinished stages are left out, so an interrupted run on
-the node cannot overwrite a finished one here.
+the stage's name and the settings it ran with); folders of unfinished stages are left out, so an
+interrupted run on the node cannot overwrite a finished one here.
 """
 
 from __future__ import annotations
@@ -20,23 +20,71 @@ from avsslib.reproduce_plan import STAGE_SETTINGS
 __all__ = ["merge_finished_stages"]
 
 
-def _replace_folder(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of ``source``: copied beside it first, then swapped in."""
-    fresh = target.with_name(target.name + ".merging")
-    old = target.with_name(target.name + ".replaced")
-    shutil.rmtree(fresh, ignore_errors=True)
-    shutil.copytree(source, fresh)
-    if target.exists():
-        target.rename(old)
-    fresh.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_log(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable reproduce.json ({exc}).") from exc
+        raise ConfigError(f"{path}: not readable as JSON ({exc}).") from exc
+
+
+def _stage_folders(model_root: Path) -> list[Path]:
+    """The finished stage folders under ``model_root``; a stage folder inside another one, or
+    one of our own temporary names, is refused (it would be copied with its parent)."""
+    folders = sorted(p.parent for p in model_root.rglob(STAGE_SETTINGS))
+    for folder in folders:
+        if folder.name.startswith("."):
+            raise ConfigError(
+                f"{folder}: a hidden folder (a leftover copy?) holds a finished stage."
+            )
+        outer = [f for f in folders if f != folder and f in folder.parents]
+        if outer:
+            raise ConfigError(
+                f"{folder}: a stage folder inside the stage folder {outer[0]}; not merged."
+            )
+    return folders
+
+
+def _plan(source: Path, results: Path) -> list[tuple[Path, dict[str, Any], Path]]:
+    """``(node model folder, its reproduce.json, our model folder)`` per model, all checked
+    before anything is written."""
+    logs = sorted(source.glob("*/reproduce.json"))
+    if not logs:
+        raise ConfigError(
+            f"{source}: no <model>/reproduce.json under it; point at the results directory "
+            "the pipeline wrote (e.g. the node's results/ after `tools/gpu_node.sh pack`)."
+        )
+    out = []
+    for log_path in logs:
+        there = _read_json(log_path)
+        root = results / log_path.parent.name
+        here_path = root / "reproduce.json"
+        if here_path.exists() and _read_json(here_path).get("model") != there.get("model"):
+            raise ConfigError(
+                f"{here_path} is of model {_read_json(here_path).get('model')!r}, {log_path} of "
+                f"{there.get('model')!r}: nothing merged."
+            )
+        _stage_folders(log_path.parent)
+        out.append((log_path.parent, there, root))
+    return out
+
+
+def _copy_in(folder: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``folder``, swapped in whole once copied; refused while a
+    run holds ``target``'s results lock."""
+    from avsslib.fs import replace_directory, results_lock
+
+    if target.is_dir():
+        with results_lock(target):  # refuses (ConfigError) while a run writes there
+            pass
+    fresh = target.parent / f".{target.name}.merging"
+    shutil.rmtree(fresh, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(folder, fresh)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    replace_directory(fresh, target)
 
 
 def merge_finished_stages(source: Path, results: Path) -> list[Path]:
@@ -44,47 +92,45 @@ def merge_finished_stages(source: Path, results: Path) -> list[Path]:
     reproduce`` elsewhere) into ``results``; returns the stage folders replaced or added, as
     paths under ``results``.
 
-    Per model: the folders holding ``reproduce_stage.json`` replace their namesakes; the entries
-    of ``source``'s ``reproduce.json`` whose status is ``done`` replace this one's (the devices
-    are joined); ``mitigation/summary*.csv`` and each ``mitigation-<K>fold`` summary are
-    written again from the merged folders. A model folder of another model (a different
-    ``model`` in ``reproduce.json``) is refused."""
-    from avsslib.fs import write_json_atomic
+    Per model: the folders holding ``reproduce_stage.json`` replace their namesakes; for each of
+    them the node's ``reproduce.json`` entry of that stage (named in ``reproduce_stage.json``)
+    replaces ours where it records a run (its ``argv``), and the devices are joined;
+    ``mitigation/summary*.csv`` and each ``mitigation-<K>fold`` summary are written again from
+    the merged folders. Every model is checked before anything is written: a model folder of
+    another model (a different ``model`` in ``reproduce.json``) refuses the whole merge."""
+    from avsslib.fs import file_lock, write_json_atomic
     from avsslib.reproduce_summary import summarise, summarise_folds
 
-    logs = sorted(Path(source).glob("*/reproduce.json"))
-    if not logs:
-        raise ConfigError(
-            f"{source}: no <model>/reproduce.json under it; point at the results directory "
-            "the pipeline wrote (e.g. the node's results/ after `tools/gpu_node.sh pack`)."
-        )
+    source, results = Path(source), Path(results)
+    if not results.is_dir():
+        raise ConfigError(f"{results}: no such results directory to merge into.")
+    if source.resolve() == results.resolve():
+        raise ConfigError(f"{source} is the results directory itself: nothing to merge.")
     merged: list[Path] = []
-    for log_path in logs:
-        there = _read_log(log_path)
-        root = Path(results) / log_path.parent.name
-        here_path = root / "reproduce.json"
-        here = _read_log(here_path) if here_path.exists() else {}
-        if here and here.get("model") != there.get("model"):
-            raise ConfigError(
-                f"{here_path} is of model {here.get('model')!r}, {log_path} of "
-                f"{there.get('model')!r}: not merged."
-            )
-        folders = sorted(p.parent for p in log_path.parent.rglob(STAGE_SETTINGS))
-        for folder in folders:
-            target = root / folder.relative_to(log_path.parent)
-            _replace_folder(folder, target)
-            merged.append(target)
-        done = {k: v for k, v in there.get("stages", {}).items() if v.get("status") == "done"}
-        devices = set(here.get("devices", [])) | set(there.get("devices", []))
-        log = {**there, **here} if here else dict(there)
-        log["devices"] = sorted(devices)
-        log["stages"] = {**here.get("stages", {}), **done}
-        root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(here_path, log)
-        touched = {t.relative_to(root).parts[0] for t in merged if root in t.parents}
-        if "mitigation" in touched:
+    for node_root, there, root in _plan(source, results):
+        entries = there.get("stages", {})
+        taken: dict[str, Any] = {}
+        targets = []
+        for folder in _stage_folders(node_root):
+            target = root / folder.relative_to(node_root)
+            _copy_in(folder, target)
+            targets.append(target)
+            name = _read_json(folder / STAGE_SETTINGS).get("stage")
+            entry = entries.get(name, {})
+            if entry.get("status") == "done" and "argv" in entry:
+                taken[name] = entry
+        with file_lock(root / ".reproduce.lock"):
+            here_path = root / "reproduce.json"
+            here = _read_json(here_path) if here_path.exists() else {}
+            log = {**there, **here}
+            log["devices"] = sorted({*here.get("devices", []), *there.get("devices", [])})
+            log["stages"] = {**here.get("stages", {}), **taken}
+            write_json_atomic(here_path, log)
+        tops = {t.relative_to(root).parts[0] for t in targets}
+        if "mitigation" in tops:
             summarise(root)
-        for name in sorted(touched):
-            if name.startswith("mitigation-") and name.endswith("fold"):
-                summarise_folds(root, int(name.removeprefix("mitigation-").removesuffix("fold")))
+        for top in sorted(tops):
+            if top.startswith("mitigation-") and top.endswith("fold"):
+                summarise_folds(root, int(top.removeprefix("mitigation-").removesuffix("fold")))
+        merged += targets
     return merged

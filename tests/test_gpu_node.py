@@ -82,7 +82,9 @@ def _wheel(folder: Path, name: str) -> None:
     with zipfile.ZipFile(folder / f"{name}-0.1-py3-none-any.whl", "w") as z:
         z.writestr(f"{name}.py", "X = 1\n")
         z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         z.writestr(f"{info}/RECORD", "")
 
 
@@ -114,11 +116,21 @@ def test_bundle_joins_checks_and_sets_up(tmp_path):
     bad = node(tmp_path, "bundle", str(stage), "0" * 64)
     assert bad.returncode == 3 and "do not add up" in bad.stderr
     assert list(stage.iterdir())  # pieces kept for another try
+    sha = hashlib.sha256(data).hexdigest()
+    typo = node(tmp_path, "bundle", str(stage), sha, "transformers-*")
+    assert typo.returncode == 3 and "no wheel in the bundle matches" in typo.stderr
+    assert not (tmp_path / "node" / "site" / "keepme.py").exists()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "p.aa").write_bytes(data[: len(data) // 2])
+    broken = node(tmp_path, "bundle", str(cut), hashlib.sha256(data[: len(data) // 2]).hexdigest())
+    assert broken.returncode == 3 and "unpacking" in broken.stderr
+    assert list(stage.iterdir())  # a skip glob matching nothing keeps the pieces too
 
     # `setup` ends by importing the evaluation stack: give it this interpreter
     env_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     done = subprocess.run(
-        ["bash", str(SCRIPT), "bundle", str(stage), hashlib.sha256(data).hexdigest(), "dropme-*"],
+        ["bash", str(SCRIPT), "bundle", str(stage), sha, "dropme-*"],
         cwd=ROOT,
         env={**os.environ, "AVSS_NODE_DIR": str(tmp_path / "node"), "PATH": env_path},
         capture_output=True,
@@ -130,4 +142,5 @@ def test_bundle_joins_checks_and_sets_up(tmp_path):
     assert (site / "keepme.py").exists() and not (site / "dropme.py").exists()
     assert (tmp_path / "node" / "data" / "sciq" / "a.jsonl").exists()
     assert (tmp_path / "node" / "gguf" / "m.gguf").read_bytes() == b"GGUF"
-    assert not list(stage.iterdir())  # pieces removed once joined
+    assert not list(stage.iterdir())  # pieces removed once unpacked
+    assert not (tmp_path / "node" / "bundle").exists()  # its copy removed once set up

@@ -18,6 +18,7 @@ import pytest
 from avsslib import reproduce as rp
 from avsslib import reproduce_plan
 from avsslib.errors import ConfigError
+from avsslib.reproduce_plan import STAGE_SETTINGS as STAGE
 
 
 def _executor(main):
@@ -474,67 +475,94 @@ def test_execute_runs_the_library_pipeline_under_the_results_lock(tmp_path, monk
         rp.execute(rp.Stage("odd", ["odd"], tmp_path / "x", config=rp.replace(rp.SCALES["ci"])))
 
 
-def test_merge_brings_finished_node_stages_in(tmp_path):
-    """reproduce_merge: a finished stage folder from elsewhere replaces its namesake, its
-    reproduce.json entry replaces ours, the summary is written anew; an unfinished folder stays
-    out; a folder of another model is refused."""
-    from avsslib.reproduce_merge import merge_finished_stages
-
-    committed = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m" / "mitigation"
-    run = committed / "triviaqa" / "avss-seed0"
-    here = tmp_path / "here" / "smollm2-135m"
-    (here / "mitigation" / "triviaqa").mkdir(parents=True)
+def _node_run(folder: Path, after: float | None = None) -> None:
+    """A copy of a committed mitigation run in ``folder`` (its first ``after`` changed)."""
     import shutil
 
-    shutil.copytree(run, here / "mitigation" / "triviaqa" / "avss-seed0")
+    run = (
+        Path(__file__).resolve().parents[1] / "results/smollm2-135m/mitigation/triviaqa/avss-seed0"
+    )
+    shutil.copytree(run, folder)
+    if after is not None:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["change"][0]["after"] = after
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_merge_brings_finished_node_stages_in(tmp_path):
+    """reproduce_merge: a finished stage folder from elsewhere replaces its namesake, its
+    reproduce.json entry replaces ours (not a bare "done" of a skipped stage), the summary is
+    written anew; an unfinished folder stays out; merging twice changes nothing more."""
+    from avsslib.reproduce_merge import merge_finished_stages
+
+    here = tmp_path / "here" / "smollm2-135m"
+    _node_run(here / "mitigation" / "triviaqa" / "avss-seed0")
     (here / "mitigation" / "triviaqa" / "avss-seed0" / "stale.txt").write_text("old")
     name = "mitigate triviaqa avss seed 0"
     old_entry = {"status": "done", "wall_s": 1.0, "argv": ["mitigate", "--n-eval", "300"]}
-    kept = {"status": "done", "wall_s": 2.0, "argv": ["study"]}
-    (here / "reproduce.json").write_text(
-        json.dumps(
-            {
-                "model": "smollm2-135m",
-                "devices": ["cpu"],
-                "stages": {name: old_entry, "study": kept},
-            }
-        )
-    )
+    kept = {"status": "done", "wall_s": 2.0, "argv": ["study"], "device": "cpu"}
+    log = {"model": "smollm2-135m", "devices": ["cpu"], "stages": {name: old_entry, "study": kept}}
+    (here / "reproduce.json").write_text(json.dumps(log))
+    (here / "avss").mkdir()
+    (here / "avss" / STAGE).write_text(json.dumps({"stage": "study", "argv": ["study"]}))
+
     node = tmp_path / "node" / "smollm2-135m"
-    finished = node / "mitigation" / "triviaqa" / "avss-seed0"
-    shutil.copytree(run, finished)
-    metrics = json.loads((finished / "metrics.json").read_text())
-    metrics["change"][0]["after"] = 0.987654
-    (finished / "metrics.json").write_text(json.dumps(metrics))
-    unfinished = node / "mitigation" / "triviaqa" / "eavss-seed0"
-    shutil.copytree(run, unfinished)
-    (unfinished / "reproduce_stage.json").unlink()
+    _node_run(node / "mitigation" / "triviaqa" / "avss-seed0", after=0.987654)
+    _node_run(node / "mitigation" / "triviaqa" / "eavss-seed0")
+    (node / "mitigation" / "triviaqa" / "eavss-seed0" / STAGE).unlink()  # unfinished
+    (node / "avss").mkdir()  # the study, skipped there as finished: a bare "done" entry
+    (node / "avss" / STAGE).write_text(json.dumps({"stage": "study", "argv": ["study"]}))
     new_entry = {"status": "done", "wall_s": 50.0, "argv": ["mitigate", "--n-eval", "600"]}
     failed = {"status": "failed (ConfigError)", "wall_s": 3.0}
-    (node / "reproduce.json").write_text(
-        json.dumps(
-            {
-                "model": "smollm2-135m",
-                "devices": ["NVIDIA H100 80GB HBM3"],
-                "stages": {name: new_entry, "mitigate triviaqa eavss seed 0": failed},
-            }
-        )
-    )
+    node_log = {
+        "model": "smollm2-135m",
+        "devices": ["NVIDIA H100 80GB HBM3"],
+        "stages": {
+            name: new_entry,
+            "study": {"status": "done"},
+            "mitigate triviaqa eavss seed 0": failed,
+        },
+    }
+    (node / "reproduce.json").write_text(json.dumps(node_log))
 
-    merged = merge_finished_stages(tmp_path / "node", tmp_path / "here")
+    for _ in range(2):
+        merged = merge_finished_stages(tmp_path / "node", tmp_path / "here")
+        assert merged == [here / "avss", here / "mitigation" / "triviaqa" / "avss-seed0"]
+        assert not (merged[1] / "stale.txt").exists()  # replaced, not overlaid
+        assert not (here / "mitigation" / "triviaqa" / "eavss-seed0").exists()
+        log = json.loads((here / "reproduce.json").read_text())
+        assert log["stages"] == {name: new_entry, "study": kept}
+        assert log["devices"] == ["NVIDIA H100 80GB HBM3", "cpu"]
+        summary = pd.read_csv(here / "mitigation" / "summary.csv")
+        assert summary["after"].iloc[0] == pytest.approx(0.987654)
+        assert not [p for p in here.rglob(".*") if ".merging" in p.name or ".stale-" in p.name]
 
-    assert merged == [here / "mitigation" / "triviaqa" / "avss-seed0"]
-    assert not (merged[0] / "stale.txt").exists()  # replaced, not overlaid
-    assert not (here / "mitigation" / "triviaqa" / "eavss-seed0").exists()
-    log = json.loads((here / "reproduce.json").read_text())
-    assert log["stages"] == {name: new_entry, "study": kept}
-    assert log["devices"] == ["NVIDIA H100 80GB HBM3", "cpu"]
-    summary = pd.read_csv(here / "mitigation" / "summary.csv")
-    assert summary["after"].iloc[0] == pytest.approx(0.987654)
 
-    (tmp_path / "other" / "smollm2-135m").mkdir(parents=True)
-    (tmp_path / "other" / "smollm2-135m" / "reproduce.json").write_text('{"model": "gpt2"}')
+def test_merge_refuses_before_writing(tmp_path):
+    """Another model's folder, a stage folder inside another, the results directory itself and a
+    missing target: each refused with nothing written."""
+    from avsslib.reproduce_merge import merge_finished_stages
+
+    here = tmp_path / "here"
+    (here / "smollm2-135m").mkdir(parents=True)
+    (here / "smollm2-135m" / "reproduce.json").write_text('{"model": "smollm2-135m"}')
+    node = tmp_path / "node"
+    for model, name in (("a-first", "a-first"), ("smollm2-135m", "gpt2")):
+        (node / model).mkdir(parents=True)
+        (node / model / "reproduce.json").write_text(json.dumps({"model": name, "stages": {}}))
+    _node_run(node / "a-first" / "mitigation" / "triviaqa" / "avss-seed0")
     with pytest.raises(ConfigError, match="gpt2"):
-        merge_finished_stages(tmp_path / "other", tmp_path / "here")
+        merge_finished_stages(node, here)
+    assert not (here / "a-first").exists()  # the first model was not merged either
+
+    (node / "smollm2-135m" / "reproduce.json").write_text('{"model": "smollm2-135m"}')
+    _node_run(node / "a-first" / "mitigation" / "triviaqa" / "avss-seed0" / "inner")
+    with pytest.raises(ConfigError, match="inside the stage folder"):
+        merge_finished_stages(node, here)
+    assert not (here / "a-first").exists()
+    with pytest.raises(ConfigError, match="itself"):
+        merge_finished_stages(here, here)
+    with pytest.raises(ConfigError, match="no such results directory"):
+        merge_finished_stages(node, tmp_path / "missing")
     with pytest.raises(ConfigError, match="no <model>/reproduce.json"):
-        merge_finished_stages(tmp_path / "empty", tmp_path / "here")
+        merge_finished_stages(tmp_path / "empty", here)

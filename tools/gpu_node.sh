@@ -37,13 +37,21 @@ case $cmd in
   bundle)    # bundle STAGE SHA256 [SKIP]: the pieces of one tar.gz of whl/, data/ and gguf/
     compgen -G "$1/p.*" > /dev/null || { echo "no pieces $1/p.*: carry them there first" >&2; exit 3; }
     cat "$1"/p.* > "$NODE/bundle.tgz"
-    echo "$2  $NODE/bundle.tgz" | sha256sum -c - || { echo "pieces in $1 do not add up to $2" >&2; exit 3; }
-    rm -f "$1"/p.*; rm -rf "$NODE/bundle"; mkdir -p "$NODE/bundle"
-    tar xzf "$NODE/bundle.tgz" -C "$NODE/bundle" && rm -f "$NODE/bundle.tgz"
-    if [ -n "${3:-}" ]; then find "$NODE/bundle/whl" -name "$3" -print -delete; fi
-    "$0" setup "$NODE/bundle/whl" "$NODE/bundle/data"
+    if ! echo "$2  $NODE/bundle.tgz" | sha256sum -c - ; then
+      rm -f "$NODE/bundle.tgz"; echo "pieces in $1 do not add up to $2 (kept there)" >&2; exit 3
+    fi
+    rm -rf "$NODE/bundle"; mkdir -p "$NODE/bundle"
+    tar xzf "$NODE/bundle.tgz" -C "$NODE/bundle" || { echo "unpacking $NODE/bundle.tgz failed (kept)" >&2; exit 3; }
+    rm -f "$NODE/bundle.tgz"
+    if [ -n "${3:-}" ]; then
+      skipped=$(find "$NODE/bundle/whl" -name "$3" -print -delete)
+      [ -n "$skipped" ] || { echo "no wheel in the bundle matches $3 (pieces kept)" >&2; exit 3; }
+      echo "left out: $skipped"
+    fi
+    rm -f "$1"/p.*
+    bash "$0" setup "$NODE/bundle/whl" "$NODE/bundle/data"
     if compgen -G "$NODE/bundle/gguf/*.gguf" > /dev/null; then mv "$NODE"/bundle/gguf/*.gguf "$NODE/gguf/"; fi
-    ls -l "$NODE/gguf" ;;
+    rm -rf "$NODE/bundle"; ls -l "$NODE/gguf" ;;
   piece)
     cat "$1" >> "$NODE/gguf/$2.part"; rm -f "$1"; ls -l "$NODE/gguf/" ;;
   finish)

@@ -11,17 +11,24 @@ again (:func:`avsslib.reproduce_merge.merge_finished_stages`). Prints what it re
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from avsslib.errors import ConfigError
 from avsslib.reproduce_merge import merge_finished_stages
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", type=Path, help="the other machine's results directory")
-    parser.add_argument("--into", type=Path, default=Path("results"), help="default: results")
+    parser.add_argument("--into", type=Path, default=RESULTS, help=f"default: {RESULTS}")
     args = parser.parse_args()
-    merged = merge_finished_stages(args.source, args.into)
+    try:
+        merged = merge_finished_stages(args.source, args.into)
+    except ConfigError as exc:
+        sys.exit(f"merge_node_results: {exc}")
     for folder in merged:
         print(folder)
     print(f"{len(merged)} stage folder(s) merged into {args.into}")
