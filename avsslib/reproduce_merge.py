@@ -115,7 +115,7 @@ def merge_finished_stages(source: Path, results: Path) -> list[Path]:
             target = root / folder.relative_to(node_root)
             _copy_in(folder, target)
             targets.append(target)
-            name = _read_json(folder / STAGE_SETTINGS).get("stage")
+            name = str(_read_json(folder / STAGE_SETTINGS).get("stage"))
             entry = entries.get(name, {})
             if entry.get("status") == "done" and "argv" in entry:
                 taken[name] = entry
