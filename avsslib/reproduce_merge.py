@@ -44,9 +44,9 @@ def _stage_folders(model_root: Path) -> list[Path]:
     return folders
 
 
-def _plan(source: Path, results: Path) -> list[tuple[Path, dict[str, Any], Path]]:
-    """``(node model folder, its reproduce.json, our model folder)`` per model, all checked
-    before anything is written."""
+def _plan(source: Path, results: Path) -> list[tuple[Path, dict[str, Any], Path, list[Path]]]:
+    """``(node model folder, its reproduce.json, our model folder, its finished stage folders)``
+    per model, all checked before anything is written."""
     logs = sorted(source.glob("*/reproduce.json"))
     if not logs:
         raise ConfigError(
@@ -58,13 +58,13 @@ def _plan(source: Path, results: Path) -> list[tuple[Path, dict[str, Any], Path]
         there = _read_json(log_path)
         root = results / log_path.parent.name
         here_path = root / "reproduce.json"
-        if here_path.exists() and _read_json(here_path).get("model") != there.get("model"):
+        ours = _read_json(here_path).get("model") if here_path.exists() else there.get("model")
+        if ours != there.get("model"):
             raise ConfigError(
-                f"{here_path} is of model {_read_json(here_path).get('model')!r}, {log_path} of "
-                f"{there.get('model')!r}: nothing merged."
+                f"{here_path} is of model {ours!r}, {log_path} of {there.get('model')!r}: "
+                "nothing merged."
             )
-        _stage_folders(log_path.parent)
-        out.append((log_path.parent, there, root))
+        out.append((log_path.parent, there, root, _stage_folders(log_path.parent)))
     return out
 
 
@@ -107,11 +107,11 @@ def merge_finished_stages(source: Path, results: Path) -> list[Path]:
     if source.resolve() == results.resolve():
         raise ConfigError(f"{source} is the results directory itself: nothing to merge.")
     merged: list[Path] = []
-    for node_root, there, root in _plan(source, results):
+    for node_root, there, root, folders in _plan(source, results):
         entries = there.get("stages", {})
         taken: dict[str, Any] = {}
         targets = []
-        for folder in _stage_folders(node_root):
+        for folder in folders:
             target = root / folder.relative_to(node_root)
             _copy_in(folder, target)
             targets.append(target)

@@ -236,10 +236,13 @@ _THREADS = {
 _DECODE = {"graph": "greedy steps as a CUDA graph, ", "static": "greedy steps on a static cache, "}
 """How a benchmark row's greedy steps ran, in its sentence's head (nothing for ``dynamic``)."""
 
+_GROWING_CACHE = "with the greedy steps on a growing cache"
+"""The dynamic way of decoding, in a sitting's groups and in the GPU spread alike."""
+
 _SITTING_LABELS = {
     "tokenizer threads": _THREADS,
     "decode": {
-        "dynamic": "with the greedy steps on a growing cache",
+        "dynamic": _GROWING_CACHE,
         "static": "with the greedy steps on a static cache",
         "graph": "with the greedy steps as a CUDA graph",
     },
@@ -247,7 +250,7 @@ _SITTING_LABELS = {
 """How a group of runs within a sitting is named, per column that differs (sorted values)."""
 
 _DECODE_WAYS = {
-    "dynamic": "with the greedy steps on a growing cache",
+    "dynamic": _GROWING_CACHE,
     "static": "on a static cache",
     "graph": "with the steps as a CUDA graph",
 }
