@@ -81,6 +81,29 @@ def test_table_shows_rows_in_a_dropdown_and_a_csv():
     assert ">24<" in styled and "24.0" not in styled
 
 
+def test_a_table_of_short_cells_is_compact_and_one_of_prose_is_not():
+    """Compact tables keep their cells on one line on a phone (book/_static/avss.css)."""
+    width = plots.COMPACT_CELL_CHARS
+    numbers = pd.DataFrame({"task": ["a task name far longer than the limit"], "n": ["x" * width]})
+    assert (
+        'class="avss-table avss-table-compact"' in plots.table(numbers, index=False)._repr_html_()
+    )
+    prose = numbers.assign(n="x" * (width + 1))
+    assert 'class="avss-table"' in plots.table(prose, index=False)._repr_html_()
+    # with the index shown, the first data column counts too; tags do not count
+    assert "compact" not in plots.table(numbers, index=True)._repr_html_()
+    tagged = pd.DataFrame({"claim": ["c"], "v": ["<strong>" + "y" * width + "</strong>"]})
+    assert "compact" in plots.table(tagged, index=False, escape=False)._repr_html_()
+    assert "compact" not in plots.table(tagged, index=False)._repr_html_()  # shown as text
+    assert "compact" not in plots.table(numbers.style, index=False)._repr_html_()
+
+
+def test_verdict_table_puts_the_verdict_beside_the_claim():
+    header = R.verdict_table(RESULTS)._repr_html_().partition("</thead>")[0]
+    columns = re.findall(r"<th[^>]*>([^<]*)</th>", header)
+    assert columns[:3] == ["claim", "verdict", "model (n)"], columns
+
+
 # ------------------------------------------------------------------------ reader on a fake tree
 
 

@@ -21,6 +21,7 @@ committed runs).
 """
 
 from avsslib.plots.formats import (
+    COMPACT_CELL_CHARS,
     DASH,
     VISIBLE_ROWS,
     TableHTML,
@@ -63,6 +64,7 @@ from avsslib.plots.style import (
 )
 
 __all__ = [
+    "COMPACT_CELL_CHARS",
     "DASH",
     "HIGHLIGHT_HATCH",
     "LAYER_AXIS_LABEL",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    pass
+    import pandas as pd
 
 
 # --------------------------------------------------------------------------------------------
@@ -21,6 +21,11 @@ DASH = "\u2013"
 
 VISIBLE_ROWS = 15
 """Rows a table shows on the page; the rest sit in a dropdown (and in the CSV download)."""
+
+COMPACT_CELL_CHARS = 24
+"""A table whose cells after the first column are all this short (text without markup) is
+*compact*: on a phone those cells keep to one line (``book/_static/avss.css``), so a row is as
+tall as its first cell while the table scrolls sideways; tables of prose keep wrapping."""
 
 
 def _missing(x: object) -> bool:
@@ -169,7 +174,7 @@ class TableHTML:
     """A table ready for the book: at most :data:`VISIBLE_ROWS` rows on the page inside a
     container that scrolls sideways, the full table in a dropdown, a CSV download (a ``data:``
     link, so it works offline) and an optional note. Notebooks display it as the last
-    expression of a cell (``_repr_html_``)."""
+    expression of a cell (``_repr_html_``). ``compact``: see :data:`COMPACT_CELL_CHARS`."""
 
     def __init__(
         self,
@@ -179,16 +184,18 @@ class TableHTML:
         name: str,
         n_rows: int,
         note: str | None = None,
+        compact: bool = False,
     ) -> None:
         self.visible, self.full, self.csv, self.name = visible, full, csv, name
-        self.n_rows, self.note = n_rows, note
+        self.n_rows, self.note, self.compact = n_rows, note, compact
 
     def _repr_html_(self) -> str:
         import base64
         import html
 
         scroll = '<div class="avss-table-scroll" style="overflow-x:auto;max-width:100%">{}</div>'
-        parts = [f'<div class="avss-table">{scroll.format(self.visible)}']
+        kind = "avss-table avss-table-compact" if self.compact else "avss-table"
+        parts = [f'<div class="{kind}">{scroll.format(self.visible)}']
         if self.full is not None:
             parts.append(
                 f'<details class="avss-table-full"><summary>Full table '
@@ -254,6 +261,7 @@ def table(
         styler = styler.set_table_attributes('class="dataframe"')
         full_html = styler.to_html()
         csv_frame = frame
+        compact = False
     else:
         frame = data
         shown = frame.drop(columns=[c for c in csv_only if c in frame.columns])
@@ -264,6 +272,7 @@ def table(
             shown[column] = [render(v) for v in shown[column]]
         full_html = shown.to_html(index=index, border=0, escape=escape, na_rep=DASH)
         csv_frame = frame
+        compact = _short_cells(shown.iloc[:, 0 if index else 1 :], plain=escape)
     n = len(frame)
     keep = (
         [int(i) for i in np.flatnonzero(np.asarray(show, dtype=bool))]
@@ -272,4 +281,16 @@ def table(
     )
     full = None if len(keep) == n else full_html
     visible_html = full_html if full is None else _styler_rows(full_html, keep)
-    return TableHTML(visible_html, full, csv_frame.to_csv(index=index), name, n, note)
+    return TableHTML(visible_html, full, csv_frame.to_csv(index=index), name, n, note, compact)
+
+
+def _short_cells(frame: pd.DataFrame, *, plain: bool) -> bool:
+    """Whether every cell of ``frame`` reads as at most :data:`COMPACT_CELL_CHARS` characters
+    (its tags removed unless the cells are ``plain`` text)."""
+    import re
+
+    for value in frame.to_numpy().ravel():
+        text = str(value) if plain else re.sub(r"<[^>]*>", "", str(value))
+        if len(text) > COMPACT_CELL_CHARS:
+            return False
+    return True

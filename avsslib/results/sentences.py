@@ -49,8 +49,9 @@ def verdict_markdown(
 
 
 def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"):
-    """The verdict table for the book's first page (:func:`avsslib.plots.table`): claim; model
-    and sample size; the verdict with its reason; the measured value, the random-layer baseline
+    """The verdict table for the book's first page (:func:`avsslib.plots.table`): claim; the
+    verdict with its reason (second, as in the README, so that a phone shows it beside the
+    claim); model and sample size; the measured value, the random-layer baseline
     and the best other score, each with its 95% interval; a link to the chapter with the
     evidence (``link`` formats ``{chapter}``, relative to the page that shows it)."""
     import html
@@ -62,13 +63,13 @@ def verdict_table(root: str | Path, *, link: str = "../notebooks/{chapter}.html"
     shown = pd.DataFrame(
         {
             "claim": frame["claim"].map(esc),
-            "model (n)": [
-                f"{esc(m)}<br><small>{esc(n)}</small>"
-                for m, n in zip(frame["model"], frame["n"], strict=True)
-            ],
             "verdict": [
                 f"<strong>{esc(v)}</strong><br><small>{esc(w)}</small>"
                 for v, w in zip(frame["verdict"], frame["why"], strict=True)
+            ],
+            "model (n)": [
+                f"{esc(m)}<br><small>{esc(n)}</small>"
+                for m, n in zip(frame["model"], frame["n"], strict=True)
             ],
             "measured [95% CI]": frame["measured [95% CI]"].map(esc),
             "random layers": frame["random layers"].map(esc),
