@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from avsslib.bootstrap import percentile_interval, resample_indices
-from avsslib.folds import compare_modes, pool_runs
+from avsslib.folds import compare_modes, folds_of, pool_runs
 from avsslib.protocol import is_sweep
 from avsslib.study import primary_metric_rows
 
@@ -208,10 +208,9 @@ def fold_comparison(
     root = Path(root)
     rows = []
     for folder in sorted(root.glob("*/mitigation-*fold/*/")) if root.is_dir() else []:
-        match = re.fullmatch(r"mitigation-(\d+)fold", folder.parent.name)
-        if not match:
+        folds = folds_of(folder.parent.name)
+        if folds is None:
             continue
-        folds = int(match[1])
         pooled = fold_runs(folder, folds)
         if pooled.empty or "random" not in set(pooled["mode"]):
             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,23 @@ __all__ = [
     "check_fold",
     "compare_modes",
     "fold_ids",
+    "folds_of",
+    "mitigation_folder",
     "mitigation_questions",
     "pool_runs",
     "task_fold_ids",
 ]
+
+
+def mitigation_folder(folds: int) -> str:
+    """The name of a model's folder of k-fold mitigation runs, ``mitigation-<K>fold``."""
+    return f"mitigation-{folds}fold"
+
+
+def folds_of(name: str) -> int | None:
+    """``K`` of a folder named by :func:`mitigation_folder`; ``None`` for any other name."""
+    match = re.fullmatch(r"mitigation-(\d+)fold", name)
+    return int(match[1]) if match else None
 
 
 def check_fold(folds: int | None, fold: int | None) -> None:

@@ -98,6 +98,7 @@ def merge_finished_stages(source: Path, results: Path) -> list[Path]:
     ``mitigation/summary*.csv`` and each ``mitigation-<K>fold`` summary are written again from
     the merged folders. Every model is checked before anything is written: a model folder of
     another model (a different ``model`` in ``reproduce.json``) refuses the whole merge."""
+    from avsslib.folds import folds_of
     from avsslib.fs import file_lock, write_json_atomic
     from avsslib.reproduce_summary import summarise, summarise_folds
 
@@ -129,8 +130,7 @@ def merge_finished_stages(source: Path, results: Path) -> list[Path]:
         tops = {t.relative_to(root).parts[0] for t in targets}
         if "mitigation" in tops:
             summarise(root)
-        for top in sorted(tops):
-            if top.startswith("mitigation-") and top.endswith("fold"):
-                summarise_folds(root, int(top.removeprefix("mitigation-").removesuffix("fold")))
+        for folds in sorted({k for k in map(folds_of, tops) if k is not None}):
+            summarise_folds(root, folds)
         merged += targets
     return merged

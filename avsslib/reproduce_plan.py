@@ -407,6 +407,8 @@ def mitigation_stages(
 def _fold_stages(root: Path, scale: Scale, common: Mapping[str, Any]) -> list[Stage]:
     """The k-fold protocol's mitigation runs: per seed, dataset, fold and mode one ``avss
     mitigate --folds K --fold k`` run, its layers chosen outside fold ``k``."""
+    from avsslib.folds import mitigation_folder
+
     assert scale.folds is not None
     _fold_sources(scale)
     eavss = root / f"eavss-{scale.folds}fold"
@@ -429,7 +431,7 @@ def _fold_stages(root: Path, scale: Scale, common: Mapping[str, Any]) -> list[St
                     f"{eavss}/prone_layers.json: no per-fold prone layers for "
                     f"{source!r} family {scale.family!r}."
                 )
-            folder = root / f"mitigation-{scale.folds}fold" / dataset
+            folder = root / mitigation_folder(scale.folds) / dataset
             negatives = _own_negatives(eavss, dataset, folder / "own_negatives.json")
             prone = {"layers_from": eavss / "prone_layers.json", "prone_family": scale.family}
             for fold in range(scale.folds):

@@ -28,11 +28,11 @@ def summarise_folds(root: Path, folds: int, *, n_boot: int = 2000) -> pd.DataFra
     and ``modes_vs_random.csv`` (:func:`avsslib.folds.compare_modes`); returns the last
     comparison (``None`` when nothing is complete)."""
     from avsslib.beyond import fold_runs
-    from avsslib.folds import compare_modes
+    from avsslib.folds import compare_modes, mitigation_folder
     from avsslib.fs import write_csv_atomic
 
     result = None
-    for folder in sorted((root / f"mitigation-{folds}fold").glob("*/")):
+    for folder in sorted((root / mitigation_folder(folds)).glob("*/")):
         pooled = fold_runs(folder, folds)
         if pooled.empty:
             continue
